@@ -1,0 +1,171 @@
+"""Our containers: labelled, host-networked, loopback-only, always removed.
+
+Every container kamleak creates carries labels naming the run and the process
+that made it, so `reap_leftovers()` can find what a killed run (SIGKILL) left
+behind and remove it, and nothing else on the user's engine is ever touched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import threading
+import uuid
+
+import docker
+import docker.errors
+
+LABEL_RUN = "org.kamleak.run"
+LABEL_PID = "org.kamleak.pid"
+LABEL_HOST = "org.kamleak.host"
+LABEL_ROLE = "org.kamleak.role"
+
+RUN_ID = os.environ.get("KAMLEAK_RUN_ID") or uuid.uuid4().hex[:12]
+_live: dict[str, "docker.models.containers.Container"] = {}
+_lock = threading.Lock()
+
+
+def labels(role: str) -> dict[str, str]:
+    return {LABEL_RUN: RUN_ID, LABEL_PID: str(os.getpid()),
+            LABEL_HOST: socket.gethostname(), LABEL_ROLE: role}
+
+
+_net_files: dict[str, str] | None = None
+
+
+def loopback_name_files() -> dict[str, str]:
+    """hosts + resolv.conf that keep name lookups on the box.
+
+    With host networking a container gets the host's hosts file; servers that
+    look up their own hostname at boot (Asterisk does) would then ask an
+    outside DNS server.  We map the hostname to loopback and point the
+    resolver at 127.0.0.1, where nothing of ours answers: lookups fail fast
+    and locally.
+    """
+    global _net_files
+    if _net_files is None:
+        d = tempfile.mkdtemp(prefix="kamleak-net-")
+        name = socket.gethostname()
+        with open(os.path.join(d, "hosts"), "w") as f:
+            f.write(f"127.0.0.1\tlocalhost {name}\n::1\tlocalhost ip6-localhost {name}\n")
+        with open(os.path.join(d, "resolv.conf"), "w") as f:
+            f.write("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+        os.chmod(d, 0o755)
+        _net_files = {"hosts": os.path.join(d, "hosts"), "resolv.conf": os.path.join(d, "resolv.conf")}
+    return _net_files
+
+
+def run(client: docker.DockerClient, image: str, *, role: str, name_hint: str,
+        command=None, entrypoint=None, mounts: dict[str, str] | None = None,
+        environment=None) -> "docker.models.containers.Container":
+    """Start a detached, host-networked container; `mounts` are read-only."""
+    files = loopback_name_files()
+    volumes = {files["hosts"]: {"bind": "/etc/hosts", "mode": "ro"},
+               files["resolv.conf"]: {"bind": "/etc/resolv.conf", "mode": "ro"}}
+    for host_path, target in (mounts or {}).items():
+        volumes[host_path] = {"bind": target, "mode": "ro"}
+    name = f"kamleak-{role}-{name_hint}-{uuid.uuid4().hex[:6]}"
+    container = client.containers.create(
+        image, command=command, entrypoint=entrypoint, name=name,
+        labels=labels(role), network_mode="host", volumes=volumes,
+        environment=environment, detach=True, init=True,
+        # No privileges beyond Docker's defaults; nothing to keep: the logs
+        # are collected before removal.
+        privileged=False)
+    with _lock:
+        _live[container.id] = container
+    try:
+        container.start()
+    except Exception:
+        remove(container)
+        raise
+    return container
+
+
+def is_running(container) -> bool:
+    try:
+        container.reload()
+    except docker.errors.NotFound:
+        return False
+    return container.status == "running"
+
+
+def exit_code(container) -> int | None:
+    try:
+        container.reload()
+    except docker.errors.NotFound:
+        return None
+    return container.attrs.get("State", {}).get("ExitCode")
+
+
+def logs(container, since: float | None = None) -> str:
+    try:
+        kwargs = {"since": int(since)} if since else {}
+        return container.logs(stdout=True, stderr=True, timestamps=False, **kwargs).decode(
+            "utf-8", "replace")
+    except docker.errors.APIError:
+        return ""
+
+
+def remove(container) -> None:
+    with _lock:
+        _live.pop(container.id, None)
+    try:
+        container.remove(force=True, v=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:  # removal already in progress
+        if "already in progress" not in str(exc):
+            raise
+
+
+def remove_all_live() -> int:
+    """Remove every container this process started and has not removed."""
+    with _lock:
+        victims = list(_live.values())
+    for c in victims:
+        try:
+            remove(c)
+        except docker.errors.DockerException:
+            pass
+    return len(victims)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_leftovers(client: docker.DockerClient, log=print) -> int:
+    """Remove containers of earlier kamleak runs on this host whose process is gone."""
+    host = socket.gethostname()
+    found = client.containers.list(all=True, filters={"label": [LABEL_RUN, f"{LABEL_HOST}={host}"]})
+    reaped = 0
+    for c in found:
+        pid = int(c.labels.get(LABEL_PID, "0") or 0)
+        if pid == os.getpid() or (pid and _pid_alive(pid)):
+            continue
+        try:
+            c.remove(force=True, v=True)
+            reaped += 1
+        except docker.errors.DockerException:
+            continue
+    if reaped:
+        log(f"kamleak: removed {reaped} container(s) left behind by an earlier, killed run")
+    return reaped
+
+
+def exec_run(container, cmd: list[str], timeout: float = 10.0) -> tuple[int, str]:
+    """`docker exec`, with a wall-clock bound enforced by the command itself."""
+    full = ["timeout", f"{max(1, int(timeout))}"] + cmd
+    try:
+        rc, out = container.exec_run(full, stdout=True, stderr=True)
+    except docker.errors.APIError as exc:
+        return 255, str(exc)
+    return rc, out.decode("utf-8", "replace")

@@ -1,0 +1,230 @@
+"""A Kamailio the harness runs: in a container (any image) or a local binary.
+
+Both bring the harness's own config (rendered into a run directory), listen
+on loopback ports allocated for this run, and are ready when JSON-RPC answers
+`core.version`.  If Kamailio exits while we wait, its own error line is what
+the user sees.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from .. import containers
+from ..errors import ServerError
+from ..rpc import KamailioRPC
+from ..errors import RPCError
+from ..wait import AbortedWait, WaitTimeout, poll
+from .config import HOST, KamailioConfig
+
+CONTAINER_DIR = "/etc/kamleak"
+
+_ERROR_HINTS = ("parse error", "not found in module", "unknown command", "could not find module",
+                "bad config", "cannot", "failed to", "error in config", "bind(")
+
+
+def refusal_line(log: str) -> str | None:
+    """Kamailio's own reason for not starting, from its log (or None)."""
+    errors = [ln for ln in log.splitlines() if re.search(r"\b(ERROR|CRITICAL|ALERT|BUG)\b", ln)]
+    if not errors:
+        return None
+    for hint in _ERROR_HINTS:
+        for ln in errors:
+            if hint in ln:
+                return _clean(ln)
+    return _clean(errors[0])
+
+
+def _clean(line: str) -> str:
+    m = re.search(r"\b(ERROR|CRITICAL|ALERT|BUG):.*", line)
+    return (m.group(0) if m else line).strip()
+
+
+def is_bind_error(line: str | None) -> bool:
+    return bool(line) and ("Address already in use" in line or "bind(" in line)
+
+
+class Kamailio:
+    """Common behaviour; subclasses say how the process runs."""
+
+    kind = "kamailio"
+
+    def __init__(self, config: KamailioConfig, run_dir: str | os.PathLike):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.rpc = KamailioRPC(f"http://{HOST}:{config.ws_port}/RPC")
+        self.version: str | None = None
+        self.started_at: float | None = None
+        self.ready_after: float | None = None
+
+    # URLs clients use
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{HOST}:{self.config.ws_port}/"
+
+    @property
+    def wss_url(self) -> str:
+        return f"wss://{HOST}:{self.config.wss_port}/"
+
+    def url(self, transport: str) -> str:
+        return self.wss_url if transport == "wss" else self.ws_url
+
+    # -- lifecycle -------------------------------------------------------
+    def start(self, timeout: float = 30.0) -> "Kamailio":
+        self.config.write(self.run_dir)
+        self.started_at = time.monotonic()
+        self._launch()
+        try:
+            self.version = poll(self._probe, timeout=timeout, what="Kamailio answering core.version",
+                                retry_on=(RPCError,), abort=self.death)
+        except AbortedWait:
+            log = self.log()
+            line = refusal_line(log) or "no error line in its log"
+            self.stop()
+            raise ServerError(f"Kamailio did not start: {line}",
+                              "see the Kamailio log" if not is_bind_error(line)
+                              else "a port was taken meanwhile; run again", log=log) from None
+        except WaitTimeout:
+            log = self.log()
+            self.stop()
+            raise ServerError(f"Kamailio did not answer JSON-RPC on {self.rpc.url} within "
+                              f"{timeout:.0f} s", "see the Kamailio log", log=log) from None
+        self.ready_after = time.monotonic() - self.started_at
+        return self
+
+    def _probe(self) -> str | None:
+        return self.rpc.core_version() or None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- to implement -----------------------------------------------------
+    def _launch(self) -> None:
+        raise NotImplementedError
+
+    def death(self) -> str | None:
+        """A reason if Kamailio is no longer running, else None."""
+        raise NotImplementedError
+
+    def log(self) -> str:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class ContainerKamailio(Kamailio):
+    """Kamailio inside IMAGE, whatever built it: we only need `kamailio`."""
+
+    def __init__(self, client, image: str, config: KamailioConfig, run_dir, name_hint="k"):
+        config.target_dir = CONTAINER_DIR
+        super().__init__(config, run_dir)
+        self.client = client
+        self.image = image
+        self.name_hint = name_hint
+        self.container = None
+        self._log_cache = ""
+
+    def _launch(self) -> None:
+        import docker.errors
+        try:
+            self.container = containers.run(
+                self.client, self.image, role="kamailio", name_hint=self.name_hint,
+                entrypoint=["kamailio"],
+                command=["-DD", "-E", "-f", f"{CONTAINER_DIR}/kamailio.cfg"],
+                mounts={str(self.run_dir): CONTAINER_DIR})
+        except docker.errors.ImageNotFound:
+            raise ServerError(f"image {self.image} not found",
+                              f"build it (`make images`) or pull it (`docker pull {self.image}`)") from None
+        except docker.errors.APIError as exc:
+            if "executable file not found" in str(exc) or "no such file" in str(exc).lower():
+                raise ServerError(f"image {self.image} has no kamailio binary in its PATH",
+                                  "pass an image that contains Kamailio") from None
+            raise ServerError(f"cannot start a container from {self.image}: "
+                              f"{str(exc).splitlines()[-1][:200]}") from None
+
+    def death(self) -> str | None:
+        if self.container is None:
+            return "never started"
+        if containers.is_running(self.container):
+            return None
+        return f"the Kamailio container exited with code {containers.exit_code(self.container)}"
+
+    def log(self) -> str:
+        if self.container is not None:
+            text = containers.logs(self.container)
+            if text:
+                self._log_cache = text
+        return self._log_cache
+
+    def stop(self) -> None:
+        if self.container is not None:
+            self.log()
+            containers.remove(self.container)
+            self.container = None
+
+    def describe(self) -> str:
+        return f"{self.version or 'kamailio'} in {self.image}"
+
+
+class LocalKamailio(Kamailio):
+    """A kamailio binary on this host (e.g. a source tree under `git bisect run`)."""
+
+    def __init__(self, binary: str, config: KamailioConfig, run_dir, module_dir: str | None = None):
+        config.target_dir = str(Path(run_dir).resolve())
+        config.runtime_dir = str(Path(run_dir).resolve() / "run")
+        super().__init__(config, run_dir)
+        self.binary = binary
+        self.module_dir = module_dir
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.run_dir / "kamailio.log"
+
+    def _launch(self) -> None:
+        (self.run_dir / "run").mkdir(parents=True, exist_ok=True)
+        cmd = [self.binary, "-DD", "-E", "-f", str(self.run_dir / "kamailio.cfg")]
+        if self.module_dir:
+            cmd += ["-L", self.module_dir]
+        with open(self.log_path, "wb") as out:
+            try:
+                self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, start_new_session=True)
+            except OSError as exc:
+                raise ServerError(f"cannot run {self.binary}: {exc.strerror}",
+                                  "pass the path of a built kamailio binary") from None
+
+    def death(self) -> str | None:
+        if self.proc is None:
+            return "never started"
+        rc = self.proc.poll()
+        return None if rc is None else f"kamailio exited with code {rc}"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            # Kamailio's main process stops its children on SIGTERM.
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.proc = None
+
+    def describe(self) -> str:
+        return f"{self.version or 'kamailio'} ({self.binary})"
