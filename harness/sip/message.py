@@ -19,6 +19,8 @@ __all__ = [
     "SipUri",
     "Via",
     "parse_name_addr",
+    "format_name_addr",
+    "canonical_name",
     "parse_params",
     "split_header_values",
     "new_branch",

@@ -1,0 +1,53 @@
+# kamleak: everything a fresh machine needs comes from here.
+#   make repro   show the issue-4140 leak and its mitigation (the main job)
+#   make test    unit tests + the real-stack suite (Kamailio + Asterisk)
+#   make setup   system packages, venv, Docker engine, images (both run it)
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+KAMLEAK := $(VENV)/bin/kamleak
+PYTEST_ARGS ?=
+# Debian packages the harness needs on the host (dockerd only if no engine answers).
+HOST_PKGS := debootstrap openssl
+
+.PHONY: setup venv host-packages images test unit repro bench clean
+
+setup: venv host-packages images
+
+$(VENV)/.installed: pyproject.toml
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+# Installs only what is missing, and only as root; otherwise it explains.
+host-packages:
+	@missing=""; \
+	for cmd in debootstrap openssl; do command -v $$cmd >/dev/null || missing="$$missing $$cmd"; done; \
+	if ! docker info >/dev/null 2>&1 && ! command -v dockerd >/dev/null; then missing="$$missing docker.io"; fi; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "kamleak: installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "kamleak: missing:$$missing; install them (sudo apt-get install$$missing) or run make as root" >&2; exit 1; \
+	  fi; \
+	fi
+
+# Starts a private dockerd only where that is the norm: CI, or root on a box
+# without systemd (containers, fresh VMs).  Elsewhere it explains.
+images: venv host-packages
+	@$(KAMLEAK) setup
+
+unit: venv
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+test: setup
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,943 @@
+"""SIP-over-WebSocket user agent (RFC 7118, RFC 3261, RFC 4028 session timers).
+
+Built so a test reads like a call ladder::
+
+    with WebSocketUA("ws://127.0.0.1:5066", user="alice", domain="127.0.0.1") as ua:
+        ua.connect()
+        dialog = ua.invite("sip:600123@127.0.0.1", session_expires=1800, refresher="uac")
+        dialog.reinvite()
+        ua.wait_for_request("BYE", timeout=30)
+        ua.disconnect("rst")
+
+A background reader thread receives frames, matches responses to client
+transactions (top Via branch + CSeq method, RFC 3261 17.1.3), auto-answers
+in-dialog requests and queues every request for ``wait_for_request``.
+Every wait has a deadline. Nothing is retransmitted: WebSocket is a reliable
+transport (RFC 3261 17.1.1.2 timers A/E are not used).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import select
+import socket
+import ssl
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, TypeVar, Union
+from urllib.parse import urlsplit
+
+import websocket
+
+from .message import (
+    SipMessage,
+    SipParseError,
+    apply_route_set,
+    build_ack,
+    build_request,
+    build_response,
+    format_name_addr,
+    new_branch,
+    new_call_id,
+    new_tag,
+    parse_name_addr,
+    parse_params,
+    route_set_from_record_route,
+)
+
+__all__ = [
+    "WebSocketUA",
+    "Dialog",
+    "ClientTransaction",
+    "TraceEntry",
+    "ReceivedError",
+    "UAError",
+    "UATimeout",
+    "CallFailed",
+    "make_sdp",
+]
+
+log = logging.getLogger(__name__)
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS"
+# Requests that refresh the remote target and so carry a Contact (RFC 3261 12.2.1.1).
+_TARGET_REFRESH = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"})
+_DISCONNECT_MODES = ("rst", "fin", "close")
+
+T = TypeVar("T")
+
+
+class UAError(Exception):
+    """Base error of the user agent."""
+
+
+class UATimeout(UAError):
+    """A wait ran past its deadline."""
+
+
+class CallFailed(UAError):
+    """A request got a final response >= 300; ``.response`` holds it."""
+
+    def __init__(self, response: SipMessage, message: Optional[str] = None) -> None:
+        self.response = response
+        super().__init__(message or f"{response.status} {response.reason}")
+
+
+@dataclass
+class TraceEntry:
+    ts: float  # time.time()
+    direction: str  # "out" | "in"
+    transport: str  # "ws" | "wss"
+    local: str  # "ip:port"
+    remote: str
+    message: Optional[SipMessage]  # None when the received bytes did not parse
+    raw: bytes
+
+
+@dataclass
+class ReceivedError:
+    """Something the peer sent that we could not accept (kept, never fatal)."""
+
+    ts: float
+    reason: str
+    raw: bytes
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class ClientTransaction:
+    """Client transaction state as far as a reliable transport needs it."""
+
+    def __init__(self, request: SipMessage) -> None:
+        self.request = request
+        self.branch = request.top_via_branch
+        self.method = request.method
+        self.responses: list[SipMessage] = []
+        self.final: Optional[SipMessage] = None
+        self.ack: Optional[SipMessage] = None  # INVITE only; resent on retransmitted finals
+        self._consumed = 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.branch or "", self.method or "")
+
+    def _next_response(self) -> Optional[SipMessage]:
+        if self._consumed < len(self.responses):
+            self._consumed += 1
+            return self.responses[self._consumed - 1]
+        return None
+
+
+def make_sdp(ip: str, session_id: int, version: int, port: int) -> bytes:
+    """Audio offer/answer: PCMU + telephone-event (RFC 4566, RFC 3551)."""
+    lines = [
+        "v=0",
+        f"o=kamleak {session_id} {version} IN IP4 {ip}",
+        "s=kamleak",
+        f"c=IN IP4 {ip}",
+        "t=0 0",
+        f"m=audio {port} RTP/AVP 0 101",
+        "a=rtpmap:0 PCMU/8000",
+        "a=rtpmap:101 telephone-event/8000",
+        "a=fmtp:101 0-16",
+        "a=ptime:20",
+        "a=sendrecv",
+    ]
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def _parse_session_expires(value: Optional[str]) -> tuple[Optional[int], Optional[str]]:
+    """``1800;refresher=uac`` -> (1800, "uac") (RFC 4028 4)."""
+    if not value:
+        return None, None
+    delta, _, rest = value.partition(";")
+    try:
+        seconds = int(delta.strip())
+    except ValueError:
+        return None, None
+    refresher = parse_params(rest).get("refresher")
+    return seconds, refresher.lower() if refresher else None
+
+
+class Dialog:
+    """An INVITE dialog where this UA was the UAC of the initial INVITE.
+
+    ``refresher`` is "local", "remote" or None: who refreshes the session
+    according to the last RFC 4028 negotiation.
+    """
+
+    def __init__(self, ua: "WebSocketUA", invite: SipMessage, response: SipMessage, sdp_port: int) -> None:
+        self.ua = ua
+        self.invite = invite
+        self.response = response
+        self.call_id: str = invite.call_id or ""
+        self.local_tag: str = invite.from_tag or ""
+        self.remote_tag: str = response.to_tag or ""
+        self.local_party: str = invite.header("From") or ""  # From value incl. our tag
+        self.remote_party: str = response.header("To") or ""  # To value incl. remote tag
+        self.local_uri = parse_name_addr(self.local_party)[1]
+        self.remote_uri = parse_name_addr(self.remote_party)[1]
+        self.local_cseq: int = invite.cseq[0] if invite.cseq else 1
+        self.remote_cseq: Optional[int] = None
+        self.route_set: list[str] = []
+        self.remote_target: str = invite.uri or ""
+        self.state = "early"
+        self.terminated_by: Optional[str] = None  # "local" | "remote"
+        self.session_expires: Optional[int] = None
+        self.min_se: Optional[int] = None
+        self.refresher: Optional[str] = None
+        self.sdp_session_id = random.randint(10**6, 10**9)
+        self.sdp_version = 1
+        self.sdp_port = sdp_port
+        self._update_from_response(response)
+
+    def __repr__(self) -> str:
+        return f"<Dialog {self.state} call-id={self.call_id} local={self.local_tag} remote={self.remote_tag}>"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.call_id, self.local_tag, self.remote_tag)
+
+    def _update_from_response(self, response: SipMessage) -> None:
+        # Route set comes from the dialog-creating response (12.1.2); a 2xx
+        # recomputes what an early dialog had (13.2.2.4).
+        self.route_set = route_set_from_record_route(response, as_uac=True)
+        self._refresh_target(response)
+        if 200 <= (response.status or 0) < 300:
+            self.response = response
+            self.remote_party = response.header("To") or self.remote_party
+            self.state = "confirmed"
+
+    def _refresh_target(self, msg: SipMessage) -> None:
+        contact = msg.header("Contact")
+        if contact:
+            self.remote_target = parse_name_addr(contact)[1]
+
+    def _apply_session_timer(self, msg: SipMessage, we_are_uac: bool) -> None:
+        seconds, refresher = _parse_session_expires(msg.header("Session-Expires"))
+        if seconds is None:
+            return
+        self.session_expires = seconds
+        if refresher:
+            local = (refresher == "uac") == we_are_uac
+            self.refresher = "local" if local else "remote"
+
+    def sdp(self) -> bytes:
+        """Our current SDP (offer or answer)."""
+        return make_sdp(self.ua.sdp_ip, self.sdp_session_id, self.sdp_version, self.sdp_port)
+
+    def build_request(
+        self,
+        method: str,
+        extra_headers: Iterable[tuple[str, str]] = (),
+        body: Union[bytes, str] = b"",
+        content_type: Optional[str] = None,
+    ) -> SipMessage:
+        """Next in-dialog request (RFC 3261 12.2.1.1); bumps the local CSeq."""
+        method = method.upper()
+        if method in ("ACK", "CANCEL"):
+            raise ValueError(f"{method} is not sent as a new in-dialog request")
+        with self.ua._cond:
+            self.local_cseq += 1
+            cseq = self.local_cseq
+        ruri, routes = apply_route_set(self.remote_target, self.route_set)
+        return build_request(
+            method,
+            ruri,
+            from_=self.local_party,
+            to=self.remote_party,
+            call_id=self.call_id,
+            cseq=cseq,
+            via=self.ua._new_via(),
+            contact=self.ua.contact if method in _TARGET_REFRESH else None,
+            route=routes,
+            extra_headers=[("User-Agent", self.ua.user_agent)] + list(extra_headers),
+            body=body,
+            content_type=content_type,
+        )
+
+    def request(
+        self,
+        method: str,
+        *,
+        extra_headers: Iterable[tuple[str, str]] = (),
+        body: Union[bytes, str] = b"",
+        content_type: Optional[str] = None,
+        timeout: float = 10.0,
+        check: bool = True,
+    ) -> SipMessage:
+        """Send an in-dialog request and return its final response (ACKed if
+        it was an INVITE). ``check`` raises CallFailed on >= 300."""
+        req = self.build_request(method, extra_headers, body, content_type)
+        tx = self.ua._start_transaction(req)
+        final = self.ua._wait_final(tx, timeout)
+        if req.method == "INVITE":
+            if 200 <= final.status < 300:
+                self._refresh_target(final)  # 2xx to re-INVITE is a target refresh (12.2.1.2)
+                self._apply_session_timer(final, we_are_uac=True)
+                ack = build_ack(req, final, route_set=self.route_set, remote_target=self.remote_target,
+                                via=self.ua._new_via())
+            else:
+                ack = build_ack(req, final)
+            self.ua._send_ack(tx, ack)
+        if req.method == "BYE" or final.status in (408, 481):
+            self._terminate("local" if req.method == "BYE" else "remote")  # RFC 3261 12.2.1.2
+        if check and final.status >= 300:
+            raise CallFailed(final, f"in-dialog {req.method} failed: {final.status} {final.reason}")
+        return final
+
+    def reinvite(
+        self,
+        session_expires: Optional[int] = None,
+        min_se: Optional[int] = None,
+        refresher: Optional[str] = None,
+        *,
+        timeout: float = 10.0,
+        extra_headers: Iterable[tuple[str, str]] = (),
+        check: bool = True,
+    ) -> SipMessage:
+        """Session refresh re-INVITE (RFC 4028 7.4) with the same SDP,
+        version + 1. Defaults re-use the negotiated session timer values."""
+        self.sdp_version += 1
+        headers = self.ua._timer_headers(
+            session_expires if session_expires is not None else self.session_expires,
+            min_se if min_se is not None else self.min_se,
+            refresher if refresher is not None else {"local": "uac", "remote": "uas"}.get(self.refresher or ""),
+        )
+        return self.request(
+            "INVITE",
+            extra_headers=headers + [("Allow", ALLOW)] + list(extra_headers),
+            body=self.sdp(),
+            content_type="application/sdp",
+            timeout=timeout,
+            check=check,
+        )
+
+    def bye(self, *, timeout: float = 10.0, extra_headers: Iterable[tuple[str, str]] = (), check: bool = True) -> SipMessage:
+        """UA-initiated BYE; returns the final response."""
+        return self.request("BYE", extra_headers=extra_headers, timeout=timeout, check=check)
+
+    def _terminate(self, by: str) -> None:
+        with self.ua._cond:
+            if self.state != "terminated":
+                self.state = "terminated"
+                self.terminated_by = by
+            self.ua._cond.notify_all()
+
+
+class WebSocketUA:
+    """A SIP UA on one WebSocket connection (RFC 7118).
+
+    ``auto_answer=False`` leaves incoming requests unanswered (answer them
+    with :meth:`respond`); they are queued for :meth:`wait_for_request` either way.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        user: str = "kamleak",
+        domain: Optional[str] = None,
+        *,
+        display_name: Optional[str] = None,
+        sdp_ip: str = "127.0.0.1",
+        user_agent: str = "kamleak",
+        auto_answer: bool = True,
+        io_timeout: float = 0.1,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss"):
+            raise ValueError(f"WebSocket URL must be ws:// or wss://, got {url!r}")
+        self.url = url
+        self.transport = parts.scheme  # "ws" | "wss"
+        self.user = user
+        self.domain = domain or parts.hostname or "invalid"
+        self.display_name = display_name
+        self.sdp_ip = sdp_ip
+        self.user_agent = user_agent
+        self.auto_answer = auto_answer
+        self.io_timeout = io_timeout
+        # RFC 7118 5.2: the UA has no reachable address, so Via/Contact use a
+        # random .invalid host; ";ob" asks for flow reuse (RFC 5626 5.4).
+        self.via_host = f"{secrets.token_hex(6)}.invalid"
+        self.contact = f"<sip:{user}@{self.via_host};transport=ws;ob>"
+
+        self.trace: list[TraceEntry] = []
+        self.errors: list[ReceivedError] = []
+        self.stray_responses: list[SipMessage] = []  # responses matching no client transaction
+        self.local_addr: Optional[str] = None
+        self.remote_addr: Optional[str] = None
+        self.closed_reason: Optional[str] = None
+
+        self._ws: Optional[websocket.WebSocket] = None
+        self._sock: Optional[socket.socket] = None
+        self._open = False
+        self._closed = False
+        self._cond = threading.Condition(threading.RLock())
+        self._io_lock = threading.Lock()  # serialises socket I/O (an SSL object is not thread-safe)
+        self._stop = threading.Event()
+        self._reader: Optional[threading.Thread] = None
+        self._transactions: dict[tuple[str, str], ClientTransaction] = {}
+        self._dialogs: dict[tuple[str, str, str], Dialog] = {}
+        self._requests: list[SipMessage] = []
+        self._errors_reported = 0
+
+    # -- connection ----------------------------------------------------------
+
+    def __enter__(self) -> "WebSocketUA":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<WebSocketUA {self.user} {self.url} {'connected' if self.connected else 'not connected'}>"
+
+    @property
+    def connected(self) -> bool:
+        return self._open
+
+    @property
+    def dialogs(self) -> list[Dialog]:
+        with self._cond:
+            return list(self._dialogs.values())
+
+    def connect(self, timeout: float = 5.0) -> "WebSocketUA":
+        """Open the WebSocket with subprotocol "sip" (RFC 7118 4)."""
+        if self._ws is not None or self._closed:
+            raise UAError("connect() called twice; use a new WebSocketUA per connection")
+        sslopt = {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}  # self-signed test certs
+        ws = websocket.WebSocket(sslopt=sslopt, skip_utf8_validation=True, enable_multithread=True)
+        try:
+            # Offer the subprotocol ourselves: websocket-client's own check
+            # only reports "Invalid WebSocket Header" when it is refused.
+            ws.connect(self.url, timeout=timeout, header=["Sec-WebSocket-Protocol: sip"])
+            agreed = (ws.getheaders() or {}).get("sec-websocket-protocol")
+            if (agreed or "").strip().lower() != "sip":
+                raise UAError(f"cannot connect to {self.url}: server did not accept WebSocket subprotocol 'sip' "
+                              f"(Sec-WebSocket-Protocol: {agreed!r})")
+            sock = ws.sock
+            local, remote = sock.getsockname(), sock.getpeername()
+        except UAError:
+            ws.shutdown()
+            raise
+        except (websocket.WebSocketException, OSError, ValueError) as exc:
+            ws.shutdown()
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise UAError(f"cannot connect to {self.url}: {type(exc).__name__}: {reason}") from None
+        sock.settimeout(self.io_timeout)
+        self._ws, self._sock = ws, sock
+        self.local_addr, self.remote_addr = _fmt_addr(local), _fmt_addr(remote)
+        self._open = True
+        self._reader = threading.Thread(target=self._reader_loop, name=f"kamleak-ua-{self.user}", daemon=True)
+        self._reader.start()
+        log.debug("%s connected %s -> %s", self.user, self.local_addr, self.remote_addr)
+        return self
+
+    def disconnect(self, mode: str = "rst", timeout: float = 2.0) -> None:
+        """Drop the connection.
+
+        "rst": stop the reader, SO_LINGER {1,0}, close -> the kernel sends a
+        TCP RST at once (also on TLS: no close_notify is sent).
+        "fin": stop the reader, shutdown(SHUT_RDWR) + close: FIN without a
+        WebSocket close frame. "close": WebSocket close handshake (RFC 6455
+        7.1.2), waiting up to ``timeout`` for the peer's close frame.
+        """
+        if mode not in _DISCONNECT_MODES:
+            raise ValueError(f"disconnect mode must be one of {_DISCONNECT_MODES}, got {mode!r}")
+        if self._sock is None:
+            raise UAError("not connected")
+        self._stop_reader()
+        with self._io_lock:
+            ws, sock = self._ws, self._sock
+            try:
+                if mode == "rst":
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    sock.close()
+                elif mode == "fin":
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass  # peer already gone
+                    sock.close()
+                else:
+                    ws.close(status=websocket.STATUS_NORMAL, timeout=timeout)
+                    sock.close()
+            except OSError as exc:
+                log.debug("disconnect(%s): %s", mode, exc)
+                sock.close()
+            finally:
+                ws.sock = None
+                ws.connected = False
+        with self._cond:
+            if self._open:
+                self.closed_reason = f"disconnected locally ({mode})"
+            self._open = False
+            self._cond.notify_all()
+        log.debug("%s disconnected (%s)", self.user, mode)
+
+    def close(self) -> None:
+        """Idempotent cleanup: clean WebSocket close if still open."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._sock is None:
+            return
+        if self._open:
+            try:
+                self.disconnect("close", timeout=1.0)
+                return
+            except UAError:
+                pass
+        self._stop_reader()
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        with self._cond:
+            self._open = False
+            self._cond.notify_all()
+
+    def _stop_reader(self) -> None:
+        self._stop.set()
+        reader = self._reader
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(timeout=max(2.0, 20 * self.io_timeout))
+            if reader.is_alive():
+                raise UAError("reader thread did not stop")
+
+    # -- reader --------------------------------------------------------------
+
+    def _reader_loop(self) -> None:
+        ws, sock = self._ws, self._sock
+        assert ws is not None and sock is not None
+        while not self._stop.is_set():
+            try:
+                # Wait for data without holding the I/O lock so senders are
+                # never blocked behind an idle recv.
+                if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                    readable, _, _ = select.select([sock], [], [], self.io_timeout)
+                    if not readable:
+                        continue
+                with self._io_lock:
+                    if self._stop.is_set():
+                        break
+                    opcode, frame = ws.recv_data_frame(control_frame=True)
+                    if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+                        data = frame.data.encode() if isinstance(frame.data, str) else bytes(frame.data)
+                        # Trace while still holding the lock: trace order == wire order.
+                        parsed = self._record_incoming(data)
+            except websocket.WebSocketTimeoutException:
+                continue  # partial frame: websocket-client keeps its state, try again
+            except (websocket.WebSocketConnectionClosedException, OSError, ValueError) as exc:
+                if not self._stop.is_set():
+                    self._connection_lost(f"connection lost: {type(exc).__name__}: {exc}")
+                return
+            except websocket.WebSocketException as exc:
+                self._record_error(f"WebSocket protocol error: {exc}", b"")
+                self._connection_lost(f"WebSocket protocol error: {exc}")
+                return
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                code = struct.unpack("!H", frame.data[:2])[0] if len(frame.data) >= 2 else None
+                self._connection_lost(f"peer sent WebSocket close (code {code})")
+                return
+            if opcode not in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY) or parsed is None:
+                continue
+            try:
+                if parsed.is_response:
+                    self._on_response(parsed)
+                else:
+                    self._on_request(parsed)
+            except Exception as exc:  # a bug here must not kill the reader silently
+                log.exception("error handling %s", parsed.summary())
+                self._record_error(f"error handling {parsed.summary()}: {type(exc).__name__}: {exc}", b"")
+
+    def _record_incoming(self, data: bytes) -> Optional[SipMessage]:
+        if not data.strip(b"\r\n "):
+            return None  # CRLF keep-alive (RFC 5626 4.4.1), not a message
+        ts = time.time()
+        msg: Optional[SipMessage] = None
+        try:
+            msg = SipMessage.parse(data)
+            _check_mandatory(msg)
+        except SipParseError as exc:
+            self._append_trace("in", msg, data, ts)
+            self._record_error(f"malformed SIP message received: {exc}", data, ts)
+            return None
+        self._append_trace("in", msg, data, ts)
+        log.debug("%s <- %s", self.user, msg.summary())
+        return msg
+
+    def _append_trace(self, direction: str, msg: Optional[SipMessage], raw: bytes, ts: Optional[float] = None) -> TraceEntry:
+        entry = TraceEntry(ts or time.time(), direction, self.transport, self.local_addr or "",
+                           self.remote_addr or "", msg, raw)
+        with self._cond:
+            self.trace.append(entry)
+        return entry
+
+    def _record_error(self, reason: str, raw: bytes, ts: Optional[float] = None) -> None:
+        log.warning("%s: %s", self.user, reason)
+        with self._cond:
+            self.errors.append(ReceivedError(ts or time.time(), reason, raw))
+            self._cond.notify_all()
+
+    def _connection_lost(self, reason: str) -> None:
+        log.debug("%s: %s", self.user, reason)
+        with self._cond:
+            if self._open:
+                self.closed_reason = reason
+            self._open = False
+            self._cond.notify_all()
+
+    def _on_response(self, resp: SipMessage) -> None:
+        key = (resp.top_via_branch or "", resp.cseq[1])
+        resend: Optional[SipMessage] = None
+        with self._cond:
+            tx = self._transactions.get(key)
+            if tx is None:
+                self.stray_responses.append(resp)
+                log.debug("stray response %s", resp.summary())
+                return
+            if resp.status >= 200 and tx.final is not None:
+                # Retransmitted final: ACK every 2xx again (13.2.2.4) and
+                # absorb non-2xx retransmissions with the same ACK (17.1.1.2).
+                if tx.ack is not None and resp.to_tag == tx.final.to_tag:
+                    resend = tx.ack
+            elif resp.status >= 200:
+                tx.final = resp
+            tx.responses.append(resp)
+            self._cond.notify_all()
+        if resend is not None:
+            self._send_quiet(resend)
+
+    def _on_request(self, req: SipMessage) -> None:
+        if self.auto_answer:
+            self._auto_answer(req)
+        with self._cond:
+            self._requests.append(req)
+            self._cond.notify_all()
+
+    def _find_dialog(self, req: SipMessage) -> Optional[Dialog]:
+        with self._cond:
+            return self._dialogs.get((req.call_id or "", req.to_tag or "", req.from_tag or ""))
+
+    def _auto_answer(self, req: SipMessage) -> None:
+        method = req.method
+        if method == "ACK":
+            return  # never answered (RFC 3261 17.1.1.3)
+        dialog = self._find_dialog(req)
+        if req.to_tag is not None and (dialog is None or (method == "INVITE" and dialog.state == "terminated")):
+            if method in ("BYE", "INVITE"):
+                self._respond_quiet(req, 481)  # unknown dialog (RFC 3261 12.2.2)
+                return
+        if method == "CANCEL":
+            self._respond_quiet(req, 481)  # we never have a pending server INVITE to cancel
+            return
+        if dialog is not None:
+            cseq = req.cseq[0]
+            if dialog.remote_cseq is not None and cseq < dialog.remote_cseq:
+                self._respond_quiet(req, 500, "CSeq Out of Order")  # RFC 3261 12.2.2
+                return
+            dialog.remote_cseq = cseq
+        if method == "BYE" and dialog is not None:
+            self._respond_quiet(req, 200)
+            dialog._terminate("remote")
+        elif method == "INVITE" and dialog is not None:
+            self._answer_refresh(dialog, req)
+        elif method == "OPTIONS":
+            self._respond_quiet(req, 200, extra_headers=[("Allow", ALLOW), ("Accept", "application/sdp"),
+                                                         ("Supported", "timer")])
+        else:
+            self._respond_quiet(req, 501)
+
+    def _answer_refresh(self, dialog: Dialog, req: SipMessage) -> None:
+        """200 to a peer's re-INVITE (a session refresh, RFC 4028 9)."""
+        dialog._refresh_target(req)  # target refresh request (12.2.2)
+        headers: list[tuple[str, str]] = [("Contact", self.contact), ("Allow", ALLOW), ("Supported", "timer")]
+        seconds, refresher = _parse_session_expires(req.header("Session-Expires"))
+        if seconds is not None:
+            refresher = refresher or "uac"  # RFC 4028 9: UAS chooses when absent
+            headers += [("Require", "timer"), ("Session-Expires", f"{seconds};refresher={refresher}")]
+            dialog.session_expires = seconds
+            dialog.refresher = "remote" if refresher == "uac" else "local"  # the peer is UAC here
+        self._respond_quiet(req, 200, extra_headers=headers, body=dialog.sdp(), content_type="application/sdp")
+
+    # -- sending -------------------------------------------------------------
+
+    def _new_via(self) -> str:
+        proto = "WSS" if self.transport == "wss" else "WS"
+        return f"SIP/2.0/{proto} {self.via_host};branch={new_branch()};rport"
+
+    def _send(self, msg: Union[SipMessage, bytes, str]) -> None:
+        if isinstance(msg, SipMessage):
+            raw, parsed, what = msg.encode(), msg, msg.summary()
+        else:
+            raw = msg.encode("utf-8") if isinstance(msg, str) else bytes(msg)
+            try:
+                parsed = SipMessage.parse(raw)
+            except SipParseError:
+                parsed = None
+            what = parsed.summary() if parsed else "raw data"
+        with self._io_lock:
+            ws = self._ws
+            if ws is None or not self._open:
+                raise UAError(f"cannot send {what}: not connected ({self.closed_reason or 'never connected'})")
+            entry = self._append_trace("out", parsed, raw)
+            try:
+                ws.send(raw, websocket.ABNF.OPCODE_TEXT)
+            except (websocket.WebSocketException, OSError) as exc:
+                with self._cond:
+                    self.trace.remove(entry)
+                raise UAError(f"sending {what} failed: {type(exc).__name__}: {exc}") from None
+        log.debug("%s -> %s", self.user, what)
+
+    def _send_quiet(self, msg: SipMessage) -> None:
+        """Send from the reader thread: a dead connection is already reported."""
+        try:
+            self._send(msg)
+        except UAError as exc:
+            log.debug("%s", exc)
+
+    def send_raw(self, data: Union[bytes, str]) -> None:
+        """Send arbitrary bytes as one text frame (for negative tests)."""
+        self._send(data)
+
+    def send(self, msg: SipMessage) -> None:
+        """Send a SipMessage as-is (no transaction is created)."""
+        self._send(msg)
+
+    def respond(
+        self,
+        request: SipMessage,
+        status: int,
+        reason: Optional[str] = None,
+        *,
+        extra_headers: Iterable[tuple[str, str]] = (),
+        body: Union[bytes, str] = b"",
+        content_type: Optional[str] = None,
+        to_tag: Optional[str] = None,
+    ) -> SipMessage:
+        """Answer a received request; adds a To tag if it has none (8.2.6.2)."""
+        if request.to_tag is None and status > 100:
+            to_tag = to_tag or new_tag()
+        resp = build_response(request, status, reason, to_tag=to_tag,
+                              extra_headers=[("User-Agent", self.user_agent)] + list(extra_headers),
+                              body=body, content_type=content_type)
+        self._send(resp)
+        return resp
+
+    def _respond_quiet(self, request: SipMessage, status: int, reason: Optional[str] = None, **kw) -> None:
+        try:
+            self.respond(request, status, reason, **kw)
+        except UAError as exc:
+            log.debug("%s", exc)
+
+    def _start_transaction(self, req: SipMessage) -> ClientTransaction:
+        tx = ClientTransaction(req)
+        with self._cond:
+            self._transactions[tx.key] = tx
+        self._send(req)
+        return tx
+
+    def _send_ack(self, tx: ClientTransaction, ack: SipMessage) -> None:
+        with self._cond:
+            tx.ack = ack
+        self._send(ack)
+
+    # -- waiting -------------------------------------------------------------
+
+    def _wait(self, predicate: Callable[[], Optional[T]], deadline: float, timeout: float, what: str) -> T:
+        with self._cond:
+            while True:
+                if len(self.errors) > self._errors_reported:
+                    new = self.errors[self._errors_reported:]
+                    self._errors_reported = len(self.errors)
+                    raise UAError(f"while waiting for {what}: " + "; ".join(str(e) for e in new))
+                value = predicate()
+                if value is not None:
+                    return value
+                if not self._open:
+                    raise UAError(f"connection closed ({self.closed_reason}) while waiting for {what}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise UATimeout(f"no {what} within {timeout:.1f} s")
+                self._cond.wait(remaining)
+
+    def _wait_final(self, tx: ClientTransaction, timeout: float,
+                    on_provisional: Optional[Callable[[SipMessage], None]] = None) -> SipMessage:
+        deadline = time.monotonic() + timeout
+        what = f"final response to {tx.method}"
+        while True:
+            resp = self._wait(tx._next_response, deadline, timeout, what)
+            if resp.status >= 200:
+                return resp
+            if on_provisional is not None:
+                on_provisional(resp)
+
+    def wait_for_request(self, method: Optional[str] = None, timeout: float = 10.0, *,
+                         call_id: Optional[str] = None) -> SipMessage:
+        """Next received request (optionally of ``method`` / ``call_id``),
+        removed from the queue. Already auto-answered if auto_answer is on."""
+        method = method.upper() if method else None
+
+        def take() -> Optional[SipMessage]:
+            for i, req in enumerate(self._requests):
+                if (method is None or req.method == method) and (call_id is None or req.call_id == call_id):
+                    return self._requests.pop(i)
+            return None
+
+        what = f"{method or 'any'} request" + (f" in call {call_id}" if call_id else "")
+        return self._wait(take, time.monotonic() + timeout, timeout, what)
+
+    # -- client requests -----------------------------------------------------
+
+    def _timer_headers(self, session_expires: Optional[int], min_se: Optional[int],
+                       refresher: Optional[str]) -> list[tuple[str, str]]:
+        headers: list[tuple[str, str]] = []
+        if session_expires is not None:
+            value = str(session_expires) + (f";refresher={refresher}" if refresher else "")
+            headers.append(("Session-Expires", value))
+        if min_se is not None:
+            headers.append(("Min-SE", str(min_se)))
+        return headers
+
+    def _from_value(self, tag: str) -> str:
+        return format_name_addr(f"sip:{self.user}@{self.domain}", self.display_name, {"tag": tag})
+
+    def _target_uri(self, target: str) -> str:
+        return target if target.lower().startswith(("sip:", "sips:")) else f"sip:{target}@{self.domain}"
+
+    def invite(
+        self,
+        target: str,
+        *,
+        session_expires: Optional[int] = None,
+        min_se: Optional[int] = None,
+        refresher: Optional[str] = None,
+        timeout: float = 10.0,
+        supported: Optional[str] = "timer",
+        extra_headers: Iterable[tuple[str, str]] = (),
+    ) -> Dialog:
+        """Place a call and return the confirmed dialog.
+
+        1xx with a To tag creates an early dialog (RFC 3261 12.1.2); 2xx
+        confirms it and is ACKed end-to-end (13.2.2.4); >= 300 gets the
+        hop-by-hop ACK (17.1.1.3) and raises CallFailed.
+        """
+        uri = self._target_uri(target)
+        sdp_port = random.randrange(10000, 60000, 2)  # RTP on an even port (RFC 3550 11)
+        headers: list[tuple[str, str]] = [("Allow", ALLOW)]
+        if supported:
+            headers.append(("Supported", supported))
+        headers += self._timer_headers(session_expires, min_se, refresher)
+        headers.append(("User-Agent", self.user_agent))
+        headers += list(extra_headers)
+        req = build_request(
+            "INVITE", uri,
+            from_=self._from_value(new_tag()),
+            to=format_name_addr(uri),
+            call_id=new_call_id(),
+            cseq=1,
+            via=self._new_via(),
+            contact=self.contact,
+            extra_headers=headers,
+            body=b"",
+        )
+        sdp_session_id = random.randint(10**6, 10**9)
+        req.body = make_sdp(self.sdp_ip, sdp_session_id, 1, sdp_port)
+        req.add_header("Content-Type", "application/sdp")
+        early: dict[str, Dialog] = {}
+
+        def new_dialog(resp: SipMessage) -> Dialog:
+            d = Dialog(self, req, resp, sdp_port)
+            d.sdp_session_id = sdp_session_id
+            d.min_se = min_se
+            with self._cond:
+                self._dialogs[d.key] = d
+            return d
+
+        def on_provisional(resp: SipMessage) -> None:
+            tag = resp.to_tag
+            if tag and resp.status > 100:
+                if tag in early:
+                    early[tag]._update_from_response(resp)
+                else:
+                    early[tag] = new_dialog(resp)
+
+        tx = self._start_transaction(req)
+        final = self._wait_final(tx, timeout, on_provisional)
+        if final.status >= 300:
+            self._send_ack(tx, build_ack(req, final))
+            for d in early.values():
+                d._terminate("remote")
+            raise CallFailed(final, f"INVITE {uri} failed: {final.status} {final.reason}")
+        dialog = early.get(final.to_tag or "")
+        if dialog is not None:
+            dialog._update_from_response(final)
+        else:
+            dialog = new_dialog(final)
+        for tag, d in early.items():
+            if d is not dialog:
+                d._terminate("remote")  # other early dialogs end with the 2xx (13.2.2.4)
+        if not final.header("Contact"):
+            self._record_error(f"2xx to INVITE without Contact (RFC 3261 13.3.1.4): {final.summary()}", final.encode())
+        # No Session-Expires in the 2xx means no session timer (RFC 4028 7.2).
+        dialog._apply_session_timer(final, we_are_uac=True)
+        self._send_ack(tx, build_ack(req, final, route_set=dialog.route_set, remote_target=dialog.remote_target,
+                                     via=self._new_via()))
+        return dialog
+
+    def request(
+        self,
+        method: str,
+        uri: Optional[str] = None,
+        *,
+        extra_headers: Iterable[tuple[str, str]] = (),
+        body: Union[bytes, str] = b"",
+        content_type: Optional[str] = None,
+        timeout: float = 10.0,
+        check: bool = True,
+    ) -> SipMessage:
+        """Out-of-dialog non-INVITE request (OPTIONS, MESSAGE, ...) -> final response."""
+        method = method.upper()
+        if method in ("INVITE", "ACK", "CANCEL"):
+            raise ValueError(f"use invite()/dialogs for {method}")
+        ruri = self._target_uri(uri or f"sip:{self.domain}")
+        req = build_request(
+            method, ruri,
+            from_=self._from_value(new_tag()),
+            to=format_name_addr(ruri),
+            call_id=new_call_id(),
+            cseq=1,
+            via=self._new_via(),
+            contact=self.contact if method in ("REGISTER", "SUBSCRIBE") else None,
+            extra_headers=[("User-Agent", self.user_agent)] + list(extra_headers),
+            body=body,
+            content_type=content_type,
+        )
+        tx = self._start_transaction(req)
+        final = self._wait_final(tx, timeout)
+        if check and final.status >= 300:
+            raise CallFailed(final, f"{method} {ruri} failed: {final.status} {final.reason}")
+        return final
+
+
+def _check_mandatory(msg: SipMessage) -> None:
+    """Headers without which we cannot match or answer (RFC 3261 8.1.1)."""
+    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        if not msg.has_header(name):
+            raise SipParseError(f"missing mandatory header {name} in {msg.summary()}")
+    msg.cseq  # raises SipParseError if malformed
+    for name in ("From", "To"):
+        parse_name_addr(msg.header(name) or "")
+    if msg.top_via is None or (msg.is_response and not msg.top_via_branch):
+        raise SipParseError(f"no usable top Via in {msg.summary()}")
+
+
+def _fmt_addr(addr) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,109 @@
+"""What Kamailio to test: a version we build, any image, or a local binary.
+
+A target knows how to get ready (build or check the image, check the binary)
+and how to start a Kamailio with a given config.  The pytest plugin
+parametrizes tests over the targets given on the command line.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+from . import images
+from .errors import ImageError, UsageError
+from .kamailio import ContainerKamailio, KamailioConfig, LocalKamailio
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str          # "version" | "image" | "binary"
+    ref: str           # "6.0.1" | "ghcr.io/kamailio/kamailio:5.8.5-bookworm" | "/path/kamailio"
+    module_dir: str | None = None
+    _checked: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @property
+    def id(self) -> str:
+        if self.kind == "version":
+            return self.ref
+        if self.kind == "image":
+            return self.ref.rsplit("/", 1)[-1]
+        return "bin:" + os.path.basename(os.path.dirname(os.path.abspath(self.ref))) + "/" + \
+            os.path.basename(self.ref)
+
+    @property
+    def image(self) -> str | None:
+        if self.kind == "version":
+            return images.kamailio_spec(self.ref).tag
+        return self.ref if self.kind == "image" else None
+
+    def prepare(self, client) -> None:
+        """Build our image, or check a foreign image/binary contains Kamailio."""
+        if self._checked.get("ok"):
+            return
+        if self.kind == "version":
+            images.build(client, images.kamailio_spec(self.ref))
+        elif self.kind == "image":
+            if not images.has_kamailio(client, self.ref):
+                raise ImageError(f"image {self.ref} has no kamailio binary in its PATH",
+                                 "pass an image that contains Kamailio and its modules")
+        else:
+            check_binary(self.ref)
+        self._checked["ok"] = True
+
+    def kamailio(self, client, config: KamailioConfig, run_dir, name_hint: str = "k"):
+        if self.kind == "binary":
+            return LocalKamailio(self.ref, config, run_dir, module_dir=self.module_dir)
+        return ContainerKamailio(client, self.image, config, run_dir, name_hint=name_hint)
+
+    @property
+    def needs_docker(self) -> bool:
+        return self.kind != "binary"
+
+
+def check_binary(path: str) -> str:
+    """The version line of a local kamailio binary; a clear error otherwise."""
+    if not os.path.exists(path):
+        found = shutil.which(path)
+        if not found:
+            raise UsageError(f"Kamailio binary {path} not found",
+                             "pass the path of a built kamailio (e.g. src/kamailio)")
+        path = found
+    if not os.access(path, os.X_OK):
+        raise UsageError(f"{path} is not executable", "pass the kamailio binary itself")
+    try:
+        out = subprocess.run([path, "-v"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UsageError(f"{path} does not run: {exc}", "pass a kamailio binary") from None
+    first = (out.stdout or out.stderr).strip().splitlines()[:1]
+    if not first or "kamailio" not in first[0].lower():
+        raise UsageError(f"{path} is not Kamailio (`-v` printed {first[0][:60] if first else 'nothing'!r})",
+                         "pass the kamailio binary")
+    return first[0]
+
+
+def parse_targets(versions=(), images_=(), binaries=(), module_dir=None) -> list[Target]:
+    """Targets from option values; each value may be comma-separated."""
+    def split(values):
+        out = []
+        for v in values or ():
+            out += [x.strip() for x in str(v).split(",") if x.strip()]
+        return out
+
+    targets: list[Target] = []
+    for v in split(versions):
+        targets.append(Target("version", images.canonical_version(v)))
+    for i in split(images_):
+        targets.append(Target("image", i))
+    for b in split(binaries):
+        targets.append(Target("binary", b, module_dir=module_dir))
+    if not targets:
+        targets = [Target("version", v) for v in images.KAMAILIO_SUITES]
+    seen, unique = set(), []
+    for t in targets:
+        if t.id not in seen:
+            seen.add(t.id)
+            unique.append(t)
+    return unique

@@ -1,0 +1,82 @@
+"""The verdict: leaked or not, and the evidence a Kamailio engineer accepts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from .rpc import TmCell
+
+
+@dataclass
+class Reply:
+    """A final reply Kamailio sent upstream (to the PBX) for the watched request."""
+
+    code: int
+    reason: str
+    at: float                 # seconds after the request reached Kamailio's peer log
+    stateless: bool | None    # from the reason's "(N/SL)" / "(N/TM)" mark, if any
+
+    def describe(self) -> str:
+        how = {True: " statelessly", False: " statefully", None: ""}[self.stateless]
+        return f"{self.code} {self.reason}{how}"
+
+
+def classify_reason(reason: str) -> bool | None:
+    """Kamailio marks error replies with "(<kill reason>/<SL|TM>)"."""
+    if reason.rstrip().endswith("/SL)"):
+        return True
+    if reason.rstrip().endswith("/TM)"):
+        return False
+    return None
+
+
+@dataclass
+class Verdict:
+    leaked: bool
+    method: str
+    call_id: str
+    cells: list[TmCell]                 # the watched transaction(s) still in tm.list
+    replies: list[Reply]
+    watched_for: float                  # seconds polled after the request
+    deadline: float                     # the limit derived from tm timers
+    gone_after: float | None            # when the cell left tm.list (None: never seen / still there)
+    seen: bool                          # the cell was seen in tm.list at least once
+    stats_before: dict
+    stats_after: dict
+    stats_consistent: bool
+    stats_note: str
+    timers: dict
+    target: str = ""
+    kamailio_version: str = ""
+    variant: str = ""
+    transport: str = ""
+    timeline: list[tuple[float, str]] = field(default_factory=list)
+    samples: list[dict] = field(default_factory=list)
+
+    @property
+    def outcome(self) -> str:
+        return "leak" if self.leaked else "clean"
+
+    def sentence(self) -> str:
+        replied = "; Kamailio replied " + ", then ".join(r.describe() for r in self.replies) \
+            if self.replies else "; no reply from Kamailio was seen"
+        short = self.call_id if len(self.call_id) <= 24 else self.call_id[:20] + "…"
+        if self.leaked:
+            cell = self.cells[0]
+            return (f"{self.method} Call-ID {short} still in tm.list {self.watched_for:.1f} s after "
+                    f"the {self.method} (outgoings {cell.outgoings}, ref_count {cell.ref_count})"
+                    f"{replied}")
+        gone = f"left tm.list {self.gone_after:.1f} s after the {self.method}" \
+            if self.gone_after is not None else "never lingered in tm.list"
+        return f"{self.method} Call-ID {short} {gone}{replied}"
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["cells"] = [{**{k: v for k, v in asdict(c).items() if k != "raw"}} for c in self.cells]
+        d["outcome"] = self.outcome
+        d["sentence"] = self.sentence()
+        return d
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, default=str)

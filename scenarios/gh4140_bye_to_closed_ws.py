@@ -1,0 +1,287 @@
+"""Kamailio issue 4140: a BYE towards a WebSocket client that is gone leaks its transaction.
+
+The report (5.8.5): a WebRTC client on WebSocket calls through Kamailio to an
+Asterisk PBX with session timers.  The client's connection dies.  Asterisk
+hangs up and sends BYE; Kamailio cannot reach the client ("TCP/TLS connection
+for WebSocket could not be found"), answers with a stateless error, and the
+BYE transaction stays in `tm.list` for good: shared memory leaks per call.
+
+Why (tm): on a forwarding error `t_relay()` sets the kill reason
+REQ_ERR_DELAYED (16) and expects the error reply at the end of the script;
+tm sends that delayed reply and releases the cell only if the kill reason is
+*exactly* 16.  If anything in the same worker created a local tm request
+while the BYE was handled (uac_req_send(), t_uac_send(), pua_dialoginfo
+publishing "terminated"), the kill reason also carries REQ_FWDED (1): 17.
+Then sl_reply_error() replies statelessly and nobody ever releases the cell
+(outgoings 0, ref_count 1).  A textbook config, without such a trigger,
+does not leak.
+
+The ladder this module drives, with real Asterisk and real Kamailio:
+
+    UA (WS/WSS)            Kamailio               Asterisk
+      INVITE + Session-Expires -->   INVITE -->
+      <-- 200                       <-- 200
+      ACK -->                        ACK -->
+      re-INVITE (refresh) -->        re-INVITE -->
+      <-- 200 / ACK -->              ...
+      RST (connection dies)
+                   [wait until ws.dump no longer lists it]
+                                     <-- BYE        (Asterisk hangs up)
+                            500 (1/SL) -->          (the client is gone)
+                   [watch the BYE cell in tm.list until fr+wt+margin]
+
+Variants are Kamailio defines; the expectations below are what the
+project's own tests assert for the versions the harness builds.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from dataclasses import dataclass
+
+from harness import oracle, pbx_trace
+from harness.errors import ScenarioError, ServerError, UsageError
+from harness.kamailio import Kamailio, TmTimers
+from harness.verdict import Reply, Verdict, classify_reason
+from harness.wait import WaitTimeout, poll
+
+ISSUE = 4140
+TITLE = "BYE to a closed WebSocket connection stays in tm.list"
+
+# What creates a local tm request while the BYE is handled.
+TRIGGERS = {
+    "none": (),
+    "dialog": ("WITH_DIALOG",),                                   # dialog module alone
+    "uac_req_send": ("WITH_TRIGGER_UAC_REQ_SEND",),               # MESSAGE via uac
+    "t_uac_send": ("WITH_TRIGGER_T_UAC_SEND",),                   # MESSAGE via tm
+    "pua_dialoginfo": ("WITH_TRIGGER_PUA_DIALOGINFO",),           # BLF: PUBLISH terminated
+}
+# How the config answers when t_relay() fails.
+REPLY_STYLES = {
+    "sl_reply_error": (),                                         # stock kamailio.cfg
+    "send_reply_error": ("WITH_REPLY_SEND_REPLY_ERROR",),         # sl, 6.0+
+    "t_reply_error": ("WITH_REPLY_T_REPLY_ERROR",),               # tm, 6.0+
+}
+DELAYED_REPLY_OFF = ("WITH_DELAYED_REPLY_OFF",)                   # tm param, 6.1+
+
+DEFAULT_VARIANT = "pua_dialoginfo"  # the realistic trigger, stock reply style
+DISCONNECTS = ("rst", "fin", "close")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """`trigger[+reply_style][+delayed_reply_off]`, e.g. `uac_req_send+t_reply_error`."""
+
+    trigger: str = "pua_dialoginfo"
+    reply: str = "sl_reply_error"
+    delayed_reply_off: bool = False
+
+    @classmethod
+    def parse(cls, name: str) -> "Variant":
+        parts = [p.strip() for p in name.strip().split("+") if p.strip()]
+        if not parts:
+            raise UsageError("empty variant name", f"use e.g. {DEFAULT_VARIANT}")
+        trigger, reply, off = parts[0], "sl_reply_error", False
+        for p in parts[1:]:
+            if p in REPLY_STYLES:
+                reply = p
+            elif p in ("delayed_reply_off", "delayed_reply=0"):
+                off = True
+            else:
+                raise UsageError(f"unknown variant part '{p}' in '{name}'",
+                                 f"after the trigger use {', '.join(REPLY_STYLES)} or delayed_reply_off")
+        if trigger not in TRIGGERS:
+            raise UsageError(f"unknown trigger '{trigger}' in variant '{name}'",
+                             f"use one of {', '.join(TRIGGERS)}")
+        return cls(trigger, reply, off)
+
+    @property
+    def name(self) -> str:
+        parts = [self.trigger]
+        if self.reply != "sl_reply_error":
+            parts.append(self.reply)
+        if self.delayed_reply_off:
+            parts.append("delayed_reply_off")
+        return "+".join(parts)
+
+    @property
+    def defines(self) -> tuple[str, ...]:
+        d = TRIGGERS[self.trigger] + REPLY_STYLES[self.reply]
+        return d + (DELAYED_REPLY_OFF if self.delayed_reply_off else ())
+
+    @property
+    def creates_local_request(self) -> bool:
+        return self.trigger in ("uac_req_send", "t_uac_send", "pua_dialoginfo")
+
+
+def _vt(version: str) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def applicable(version: str, variant: Variant) -> str | None:
+    """Why VARIANT cannot run on VERSION (Kamailio would refuse the config), or None."""
+    v = _vt(version)
+    if variant.reply != "sl_reply_error" and v < (6, 0):
+        return f"{variant.reply}() does not exist before Kamailio 6.0"
+    if variant.delayed_reply_off and v < (6, 1):
+        return 'modparam("tm", "delayed_reply") does not exist before Kamailio 6.1'
+    return None
+
+
+def expected(version: str, variant: Variant) -> str:
+    """"leak", "clean" or "n/a" for the Debian versions kamleak builds.
+
+    A leak needs a trigger and the stock stateless error reply; 6.1's
+    t_unref() drops "orphaned transactions without branches" (Debian's
+    6.1.5 carries it), so nothing leaks there.
+    """
+    if applicable(version, variant):
+        return "n/a"
+    if variant.creates_local_request and variant.reply == "sl_reply_error" \
+            and not variant.delayed_reply_off and _vt(version) < (6, 1):
+        return "leak"
+    return "clean"
+
+
+class NotApplicable(Exception):
+    """The variant cannot run on this Kamailio (it refused the config)."""
+
+
+# ---------------------------------------------------------------------------
+
+def new_extension() -> str:
+    return str(random.randrange(10_000_000, 99_999_999))
+
+
+def wait_ws_gone(kamailio: Kamailio, local_port: int, timeout: float = 10.0) -> float:
+    """Poll ws.dump until Kamailio no longer lists the client's connection."""
+    t0 = time.monotonic()
+    needle = f":{local_port}"
+
+    def gone():
+        dump = kamailio.rpc.ws_dump()
+        conns = dump.get("connections") or []
+        return not any(needle in str(c) for c in conns)
+
+    poll(gone, timeout=timeout, what=f"Kamailio dropping the WebSocket connection from port {local_port}",
+         abort=kamailio.death)
+    return time.monotonic() - t0
+
+
+def start_kamailio(kamailio_factory, variant: Variant, timers: TmTimers | None = None) -> Kamailio:
+    """Start Kamailio with the variant; a refused variant-only feature is N/A."""
+    try:
+        return kamailio_factory(defines=variant.defines, timers=timers)
+    except ServerError as exc:
+        text = str(exc)
+        if any(k in text for k in ("Can't set module parameter", "unknown command")) and \
+                (variant.reply != "sl_reply_error" or variant.delayed_reply_off):
+            raise NotApplicable(f"Kamailio refused variant {variant.name}: {exc.cause}") from None
+        raise
+
+
+def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant,
+        disconnect: str = "rst", target: str = "") -> Verdict:
+    """Drive the issue-4140 ladder once and return the oracle's verdict."""
+    if disconnect not in DISCONNECTS:
+        raise UsageError(f"unknown disconnect mode '{disconnect}'", f"use one of {', '.join(DISCONNECTS)}")
+    rpc = kamailio.rpc
+    t0 = time.monotonic()
+    timeline: list[tuple[float, str]] = []
+
+    def mark(label: str) -> None:
+        timeline.append((round(time.monotonic() - t0, 3), label))
+
+    # Pre-condition: a quiet Kamailio; snapshot its counters.
+    stats_before = rpc.tm_stats()
+    pbx_log_start = len(pbx.log())
+
+    # 1. The call: INVITE with session timers, then the refreshing re-INVITE.
+    ua = ua_factory(kamailio.url(transport))
+    ext = new_extension()
+    mark("INVITE")
+    dialog = ua.invite(f"sip:{ext}@127.0.0.1", session_expires=1800, min_se=90,
+                       refresher="uac", timeout=15)
+    call_id = dialog.call_id
+    mark("200 OK + ACK")
+    mark("re-INVITE")
+    resp = dialog.reinvite(session_expires=1800, timeout=15)
+    if resp.status != 200:
+        raise ScenarioError(f"re-INVITE answered {resp.status} {resp.reason}", "see the SIP trace")
+    mark("re-INVITE 200 OK + ACK")
+
+    # 2. The client's connection dies; wait until Kamailio has really dropped it.
+    local_port = int(ua.local_addr.rsplit(":", 1)[1])
+    ua.disconnect(disconnect)
+    mark(f"disconnect ({disconnect})")
+    try:
+        wait_ws_gone(kamailio, local_port)
+    except WaitTimeout:
+        raise ScenarioError(f"Kamailio still lists the WebSocket connection from port {local_port} "
+                            f"after the {disconnect} disconnect",
+                            "the disconnect did not take effect") from None
+    mark("ws.dump: connection gone")
+
+    # 3. Asterisk hangs up: its BYE must cross Kamailio towards the dead client.
+    timers = oracle.read_timers(rpc, {"fr_timer": kamailio.config.timers.fr_timer,
+                                      "fr_inv_timer": kamailio.config.timers.fr_inv_timer,
+                                      "wt_timer": kamailio.config.timers.wt_timer})
+    deadline = timers.deadline_for("BYE")
+    pbx.hangup(ext)
+    bye_sent = time.monotonic()
+    mark("BYE (Asterisk hangs up)")
+
+    # 4. The oracle: watch the BYE transaction until it is gone or the deadline.
+    watch = oracle.watch_transaction(rpc, call_id, "BYE", deadline=deadline, started=bye_sent,
+                                     alive=kamailio.death)
+    if watch.first_seen is not None:
+        mark("BYE cell in tm.list")
+    if watch.gone_after is not None:
+        mark("BYE cell gone")
+    else:
+        mark("deadline" if watch.seen else "watch ended")
+
+    # Kamailio's replies, as Asterisk received them (evidence, not timing).
+    replies = _replies(pbx, pbx_log_start, call_id, bye_sent, timeout=2.0 if watch.seen else deadline)
+    for r in replies:
+        timeline.append((round(bye_sent - t0 + r.at, 3), f"reply {r.code}"))
+    timeline.sort()
+
+    if not watch.seen and not replies:
+        raise ScenarioError("Asterisk's BYE never reached Kamailio (no BYE cell, no reply)",
+                            "see the Asterisk log")
+    if any(r.code == 200 for r in replies):
+        raise ScenarioError("the BYE was answered 200: a live client got it, the disconnect "
+                            "did not happen", "see the SIP trace")
+
+    leaked = bool(watch.cells)
+    stats_after, consistent, note = oracle.stats_settled(rpc, stats_before, len(watch.cells),
+                                                         timeout=timers.wt_timer / 1000 * 2 + 2)
+    if kamailio.death():
+        raise ScenarioError(f"Kamailio died during the scenario: {kamailio.death()}",
+                            "see the Kamailio log")
+    return Verdict(
+        leaked=leaked, method="BYE", call_id=call_id, cells=watch.cells, replies=replies,
+        watched_for=watch.watched_for, deadline=deadline, gone_after=watch.gone_after,
+        seen=watch.seen, stats_before=stats_before, stats_after=stats_after,
+        stats_consistent=consistent, stats_note=note, timers=timers.as_dict(),
+        target=target, kamailio_version=kamailio.version or "", variant=variant.name,
+        transport=transport, timeline=timeline, samples=watch.samples)
+
+
+def _replies(pbx, log_start: int, call_id: str, sent: float, timeout: float) -> list[Reply]:
+    """Final replies to the BYE in Asterisk's log (waits up to TIMEOUT for one)."""
+    def found():
+        msgs = pbx_trace.parse_pjsip_log(pbx.log()[log_start:])
+        return pbx_trace.responses_to(msgs, call_id, "BYE") or None
+
+    try:
+        msgs = poll(found, timeout=timeout, what="Kamailio's reply to the BYE in Asterisk's log")
+    except WaitTimeout:
+        return []
+    at = time.monotonic() - sent
+    return [Reply(code=m.message.status, reason=m.message.reason, at=round(at, 3),
+                  stateless=classify_reason(m.message.reason)) for m in msgs]
