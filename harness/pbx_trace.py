@@ -79,6 +79,15 @@ def _lenient(raw: bytes) -> SipMessage | None:
         return None
 
 
+def stamp_seconds(stamp: str) -> float | None:
+    """Asterisk's `%F %T.%3q` log stamp as epoch seconds (None if absent)."""
+    import datetime
+    try:
+        return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp()
+    except ValueError:
+        return None
+
+
 def responses_to(messages: list[PbxMessage], call_id: str, method: str) -> list[PbxMessage]:
     """Final responses Asterisk received for its METHOD request in CALL_ID."""
     found = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 
 from .rpc import TmCell
@@ -18,8 +19,10 @@ class Reply:
     stateless: bool | None    # from the reason's "(N/SL)" / "(N/TM)" mark, if any
 
     def describe(self) -> str:
+        """`500 (1/SL) statelessly`: the code and Kamailio's mark, as engineers quote it."""
         how = {True: " statelessly", False: " statefully", None: ""}[self.stateless]
-        return f"{self.code} {self.reason}{how}"
+        mark = re.search(r"\(\d+/(SL|TM)\)\s*$", self.reason)
+        return f"{self.code} {mark.group(0).strip() if mark else self.reason}{how}"
 
 
 def classify_reason(reason: str) -> bool | None:
@@ -71,8 +74,22 @@ class Verdict:
             if self.gone_after is not None else "never lingered in tm.list"
         return f"{self.method} Call-ID {short} {gone}{replied}"
 
+    def report(self) -> str:
+        """The sentence plus the cells and the stats check, for a failure message."""
+        lines = [self.sentence()]
+        for c in self.cells:
+            lines.append(f"  leaked: {c.describe()}")
+        lines.append(f"  tm.stats: {self.stats_note}")
+        lines.append(f"  Kamailio: {self.kamailio_version} [{self.target}], variant {self.variant}, "
+                     f"{self.transport.upper()}; deadline {self.deadline:.1f} s from tm timers "
+                     f"(fr {self.timers.get('fr_timer')} ms, wt {self.timers.get('wt_timer')} ms)")
+        return "\n".join(lines)
+
     def to_json(self) -> dict:
         d = asdict(self)
+        # Keep only the points where the cell count changed: the shape of the drain.
+        d["samples"] = [s for i, s in enumerate(self.samples)
+                        if i in (0, len(self.samples) - 1) or s["cells"] != self.samples[i - 1]["cells"]]
         d["cells"] = [{**{k: v for k, v in asdict(c).items() if k != "raw"}} for c in self.cells]
         d["outcome"] = self.outcome
         d["sentence"] = self.sentence()
@@ -80,3 +97,10 @@ class Verdict:
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, default=str)
+
+
+def assert_no_leak(verdict: Verdict) -> None:
+    """Fail the current pytest test with the verdict's report if it leaked."""
+    if verdict.leaked:
+        import pytest
+        pytest.fail(verdict.report(), pytrace=False)

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from harness import oracle, pbx_trace
 from harness.errors import ScenarioError, ServerError, UsageError
 from harness.kamailio import Kamailio, TmTimers
+from harness.sip import UAError
 from harness.verdict import Reply, Verdict, classify_reason
 from harness.wait import WaitTimeout, poll
 
@@ -200,15 +201,19 @@ def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant
     pbx_log_start = len(pbx.log())
 
     # 1. The call: INVITE with session timers, then the refreshing re-INVITE.
-    ua = ua_factory(kamailio.url(transport))
     ext = new_extension()
-    mark("INVITE")
-    dialog = ua.invite(f"sip:{ext}@127.0.0.1", session_expires=1800, min_se=90,
-                       refresher="uac", timeout=15)
-    call_id = dialog.call_id
-    mark("200 OK + ACK")
-    mark("re-INVITE")
-    resp = dialog.reinvite(session_expires=1800, timeout=15)
+    try:
+        ua = ua_factory(kamailio.url(transport))
+        mark("INVITE")
+        dialog = ua.invite(f"sip:{ext}@127.0.0.1", session_expires=1800, min_se=90,
+                           refresher="uac", timeout=15)
+        call_id = dialog.call_id
+        mark("200 OK + ACK")
+        mark("re-INVITE")
+        resp = dialog.reinvite(session_expires=1800, timeout=15)
+    except UAError as exc:
+        raise ScenarioError(f"the call could not be set up: {exc}",
+                            "see the SIP trace and the Kamailio log") from None
     if resp.status != 200:
         raise ScenarioError(f"re-INVITE answered {resp.status} {resp.reason}", "see the SIP trace")
     mark("re-INVITE 200 OK + ACK")
@@ -237,17 +242,18 @@ def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant
     # 4. The oracle: watch the BYE transaction until it is gone or the deadline.
     watch = oracle.watch_transaction(rpc, call_id, "BYE", deadline=deadline, started=bye_sent,
                                      alive=kamailio.death)
+    at_bye = bye_sent - t0
     if watch.first_seen is not None:
-        mark("BYE cell in tm.list")
+        timeline.append((round(at_bye + watch.first_seen, 3), "BYE cell in tm.list"))
     if watch.gone_after is not None:
-        mark("BYE cell gone")
+        timeline.append((round(at_bye + watch.gone_after, 3), "BYE cell gone"))
     else:
-        mark("deadline" if watch.seen else "watch ended")
+        mark("deadline: BYE cell still there" if watch.seen else "watch ended")
 
     # Kamailio's replies, as Asterisk received them (evidence, not timing).
-    replies = _replies(pbx, pbx_log_start, call_id, bye_sent, timeout=2.0 if watch.seen else deadline)
+    replies = _replies(pbx, pbx_log_start, call_id, timeout=2.0 if watch.seen else deadline)
     for r in replies:
-        timeline.append((round(bye_sent - t0 + r.at, 3), f"reply {r.code}"))
+        timeline.append((round(at_bye + r.at, 3), f"Kamailio replies {r.code} to the BYE"))
     timeline.sort()
 
     if not watch.seen and not replies:
@@ -272,16 +278,28 @@ def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant
         transport=transport, timeline=timeline, samples=watch.samples)
 
 
-def _replies(pbx, log_start: int, call_id: str, sent: float, timeout: float) -> list[Reply]:
-    """Final replies to the BYE in Asterisk's log (waits up to TIMEOUT for one)."""
+def _replies(pbx, log_start: int, call_id: str, timeout: float) -> list[Reply]:
+    """Final replies to the BYE in Asterisk's log (waits up to TIMEOUT for one).
+
+    `Reply.at` is measured on Asterisk's own clock: from the log record of
+    the BYE it transmitted to the record of each reply it received.
+    """
     def found():
         msgs = pbx_trace.parse_pjsip_log(pbx.log()[log_start:])
-        return pbx_trace.responses_to(msgs, call_id, "BYE") or None
+        replies = pbx_trace.responses_to(msgs, call_id, "BYE")
+        return (msgs, replies) if replies else None
 
     try:
-        msgs = poll(found, timeout=timeout, what="Kamailio's reply to the BYE in Asterisk's log")
+        msgs, replies = poll(found, timeout=timeout,
+                             what="Kamailio's reply to the BYE in Asterisk's log")
     except WaitTimeout:
         return []
-    at = time.monotonic() - sent
-    return [Reply(code=m.message.status, reason=m.message.reason, at=round(at, 3),
-                  stateless=classify_reason(m.message.reason)) for m in msgs]
+    sent = pbx_trace.requests_sent(msgs, call_id, "BYE")
+    t_sent = pbx_trace.stamp_seconds(sent[0].stamp) if sent else None
+    out = []
+    for m in replies:
+        t = pbx_trace.stamp_seconds(m.stamp)
+        at = round(t - t_sent, 3) if t is not None and t_sent is not None else 0.0
+        out.append(Reply(code=m.message.status, reason=m.message.reason, at=at,
+                         stateless=classify_reason(m.message.reason)))
+    return out

@@ -269,10 +269,10 @@ class Dialog:
         body: Union[bytes, str] = b"",
         content_type: Optional[str] = None,
         timeout: float = 10.0,
-        check: bool = True,
+        check: bool = False,
     ) -> SipMessage:
         """Send an in-dialog request and return its final response (ACKed if
-        it was an INVITE). ``check`` raises CallFailed on >= 300."""
+        it was an INVITE). With ``check`` a final >= 300 raises CallFailed."""
         req = self.build_request(method, extra_headers, body, content_type)
         tx = self.ua._start_transaction(req)
         final = self.ua._wait_final(tx, timeout)
@@ -299,7 +299,7 @@ class Dialog:
         *,
         timeout: float = 10.0,
         extra_headers: Iterable[tuple[str, str]] = (),
-        check: bool = True,
+        check: bool = False,
     ) -> SipMessage:
         """Session refresh re-INVITE (RFC 4028 7.4) with the same SDP,
         version + 1. Defaults re-use the negotiated session timer values."""
@@ -318,7 +318,7 @@ class Dialog:
             check=check,
         )
 
-    def bye(self, *, timeout: float = 10.0, extra_headers: Iterable[tuple[str, str]] = (), check: bool = True) -> SipMessage:
+    def bye(self, *, timeout: float = 10.0, extra_headers: Iterable[tuple[str, str]] = (), check: bool = False) -> SipMessage:
         """UA-initiated BYE; returns the final response."""
         return self.request("BYE", extra_headers=extra_headers, timeout=timeout, check=check)
 
@@ -348,6 +348,7 @@ class WebSocketUA:
         user_agent: str = "kamleak",
         auto_answer: bool = True,
         io_timeout: float = 0.1,
+        send_timeout: float = 5.0,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss"):
@@ -361,6 +362,7 @@ class WebSocketUA:
         self.user_agent = user_agent
         self.auto_answer = auto_answer
         self.io_timeout = io_timeout
+        self.send_timeout = send_timeout
         # RFC 7118 5.2: the UA has no reachable address, so Via/Contact use a
         # random .invalid host; ";ob" asks for flow reuse (RFC 5626 5.4).
         self.via_host = f"{secrets.token_hex(6)}.invalid"
@@ -473,6 +475,7 @@ class WebSocketUA:
             finally:
                 ws.sock = None
                 ws.connected = False
+                self._sock = None
         with self._cond:
             if self._open:
                 self.closed_reason = f"disconnected locally ({mode})"
@@ -487,20 +490,10 @@ class WebSocketUA:
         self._closed = True
         if self._sock is None:
             return
-        if self._open:
-            try:
-                self.disconnect("close", timeout=1.0)
-                return
-            except UAError:
-                pass
-        self._stop_reader()
         try:
-            self._sock.close()
-        except OSError:
-            pass
-        with self._cond:
-            self._open = False
-            self._cond.notify_all()
+            self.disconnect("close" if self._open else "fin", timeout=1.0)
+        except UAError as exc:
+            log.warning("%s: close: %s", self.user, exc)
 
     def _stop_reader(self) -> None:
         self._stop.set()
@@ -516,6 +509,7 @@ class WebSocketUA:
         ws, sock = self._ws, self._sock
         assert ws is not None and sock is not None
         while not self._stop.is_set():
+            parsed: Optional[SipMessage] = None
             try:
                 # Wait for data without holding the I/O lock so senders are
                 # never blocked behind an idle recv.
@@ -564,7 +558,7 @@ class WebSocketUA:
         try:
             msg = SipMessage.parse(data)
             _check_mandatory(msg)
-        except SipParseError as exc:
+        except Exception as exc:  # SipParseError, or anything odd: keep it, never kill the reader
             self._append_trace("in", msg, data, ts)
             self._record_error(f"malformed SIP message received: {exc}", data, ts)
             return None
@@ -683,12 +677,18 @@ class WebSocketUA:
                 parsed = None
             what = parsed.summary() if parsed else "raw data"
         with self._io_lock:
-            ws = self._ws
-            if ws is None or not self._open:
+            ws, sock = self._ws, self._sock
+            if ws is None or sock is None or not self._open:
                 raise UAError(f"cannot send {what}: not connected ({self.closed_reason or 'never connected'})")
             entry = self._append_trace("out", parsed, raw)
             try:
-                ws.send(raw, websocket.ABNF.OPCODE_TEXT)
+                # The short reader timeout would abort a send mid-frame when
+                # the peer's window is full; allow longer while we hold the lock.
+                sock.settimeout(self.send_timeout)
+                try:
+                    ws.send(raw, websocket.ABNF.OPCODE_TEXT)
+                finally:
+                    sock.settimeout(self.io_timeout)
             except (websocket.WebSocketException, OSError) as exc:
                 with self._cond:
                     self.trace.remove(entry)
@@ -900,7 +900,7 @@ class WebSocketUA:
         body: Union[bytes, str] = b"",
         content_type: Optional[str] = None,
         timeout: float = 10.0,
-        check: bool = True,
+        check: bool = False,
     ) -> SipMessage:
         """Out-of-dialog non-INVITE request (OPTIONS, MESSAGE, ...) -> final response."""
         method = method.upper()

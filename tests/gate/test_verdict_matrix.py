@@ -1,0 +1,66 @@
+"""The harness proves its own verdicts against real Kamailio.
+
+For every Kamailio version kamleak builds, every config variant of the
+issue-4140 scenario, over WS and WSS: the verdict observed must be the one
+the scenario expects (`gh4140.expected`).  A leak must be *detected* where
+Kamailio leaks (trigger + stateless error reply before 6.1) and *not*
+reported where it does not (no trigger, the mitigations, 6.1.5).  A harness
+that can only say "clean", or only "leak", fails here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from scenarios import gh4140_bye_to_closed_ws as gh4140
+from scenarios.gh4140_bye_to_closed_ws import Variant
+
+TRIGGERS = ["none", "dialog", "uac_req_send", "t_uac_send", "pua_dialoginfo"]
+MITIGATIONS = ["send_reply_error", "t_reply_error", "delayed_reply_off"]
+MATRIX = [Variant.parse(t) for t in TRIGGERS] + [
+    Variant.parse(f"{t}+{m}") for t in ("uac_req_send", "t_uac_send", "pua_dialoginfo")
+    for m in MITIGATIONS]
+
+
+@pytest.mark.known_versions
+@pytest.mark.parametrize("gate_variant", MATRIX, ids=[v.name for v in MATRIX], indirect=True)
+def test_verdict_matches_real_kamailio(kamailio_factory, pbx, ua_factory, transport,
+                                       kamailio_target, gate_variant, record_verdict):
+    expect = gh4140.expected(kamailio_target.ref, gate_variant)
+    if expect == "n/a":
+        # Kamailio itself must refuse the config: the feature does not exist.
+        with pytest.raises(gh4140.NotApplicable):
+            gh4140.start_kamailio(kamailio_factory, gate_variant)
+        return
+
+    kamailio = gh4140.start_kamailio(kamailio_factory, gate_variant)
+    verdict = gh4140.run(kamailio=kamailio, pbx=pbx, ua_factory=ua_factory, transport=transport,
+                         variant=gate_variant, target=kamailio_target.id)
+    record_verdict(verdict)
+
+    assert verdict.outcome == expect, verdict.report()
+    assert verdict.stats_consistent, verdict.stats_note
+    assert verdict.replies, "Kamailio's reply to the BYE must be on record"
+    assert all(r.code >= 400 for r in verdict.replies), verdict.report()
+    if verdict.leaked:
+        # The 4140 signature: a stateless error and a cell nobody releases.
+        cell = verdict.cells[0]
+        assert (cell.outgoings, cell.ref_count) == (0, 1), cell.describe()
+        assert verdict.replies[0].stateless is True, verdict.report()
+    else:
+        assert verdict.gone_after is not None and verdict.gone_after < verdict.deadline
+
+
+@pytest.mark.known_versions
+@pytest.mark.parametrize("disconnect", ["fin", "close"])
+@pytest.mark.parametrize("gate_variant", [Variant.parse("uac_req_send")], ids=["uac_req_send"],
+                         indirect=True)
+def test_every_disconnect_mode_reaches_the_dead_connection_path(
+        kamailio_factory, pbx, ua_factory, kamailio_target, gate_variant, disconnect,
+        record_verdict):
+    """FIN without a close frame and a clean close end where RST does."""
+    kamailio = gh4140.start_kamailio(kamailio_factory, gate_variant)
+    verdict = gh4140.run(kamailio=kamailio, pbx=pbx, ua_factory=ua_factory, transport="ws",
+                         variant=gate_variant, disconnect=disconnect, target=kamailio_target.id)
+    record_verdict(verdict)
+    assert verdict.outcome == gh4140.expected(kamailio_target.ref, gate_variant), verdict.report()
