@@ -259,7 +259,16 @@ def build_all(client: docker.DockerClient, specs: list[ImageSpec], workers: int 
 
 
 def has_kamailio(client: docker.DockerClient, image: str) -> str | None:
-    """The path of `kamailio` inside IMAGE, or None.  Used for user images."""
+    """The path of `kamailio` inside IMAGE, or None.  Used for user images.
+
+    Never pulls: `containers.run` would fetch a missing image from a registry
+    behind the user's back; we say how to get it instead.
+    """
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        raise ImageError(f"image {image} not found on this Docker engine",
+                         f"pull or build it first (`docker pull {image}`)") from None
     try:
         out = client.containers.run(image, entrypoint=["/bin/sh", "-c"],
                                     command=["command -v kamailio || true"],

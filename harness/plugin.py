@@ -237,7 +237,7 @@ def kamailio_factory(request, kamailio_target, tmp_path, pbx_log):
                 return k.start(timeout=timeout)
             except ServerError as exc:
                 last = exc
-                if "port was taken" not in str(exc):
+                if "already taken" not in str(exc):
                     raise
         raise last
 

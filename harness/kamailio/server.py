@@ -24,7 +24,7 @@ from .config import HOST, KamailioConfig
 
 CONTAINER_DIR = "/etc/kamleak"
 
-_ERROR_HINTS = ("parse error", "not found in module", "unknown command", "could not find module",
+_ERROR_HINTS = ("Address already in use", "parse error", "not found in module", "unknown command", "could not find module",
                 "bad config", "cannot", "failed to", "error in config", "bind(")
 
 
@@ -86,9 +86,13 @@ class Kamailio:
             log = self.log()
             line = refusal_line(log) or "no error line in its log"
             self.stop()
-            raise ServerError(f"Kamailio did not start: {line}",
-                              "see the Kamailio log" if not is_bind_error(line)
-                              else "a port was taken meanwhile; run again", log=log) from None
+            if is_bind_error(line):
+                port = re.search(r"on \[?[\d.]+\]?:(\d+)", line)
+                raise ServerError(f"Kamailio could not bind 127.0.0.1:{port.group(1) if port else '?'}: "
+                                  "the port is already taken", "free it or run again (ports are "
+                                  "chosen anew)", log=log) from None
+            raise ServerError(f"Kamailio refused to start: {line}{self._config_line(line)}",
+                              "see the Kamailio log", log=log) from None
         except WaitTimeout:
             log = self.log()
             self.stop()
@@ -96,6 +100,17 @@ class Kamailio:
                               f"{timeout:.0f} s", "see the Kamailio log", log=log) from None
         self.ready_after = time.monotonic() - self.started_at
         return self
+
+    def _config_line(self, error: str) -> str:
+        """` (line 278: t_reply_error();)` when the error names a config line."""
+        m = re.search(r"line (\d+)", error)
+        if not m:
+            return ""
+        try:
+            text = (self.run_dir / "kamailio.cfg").read_text().splitlines()[int(m.group(1)) - 1]
+        except (OSError, IndexError):
+            return ""
+        return f" [line {m.group(1)}: {text.strip()}]"
 
     def _probe(self) -> str | None:
         return self.rpc.core_version() or None

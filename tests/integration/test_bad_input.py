@@ -1,0 +1,121 @@
+"""Bad input ends with one clear line, a non-zero exit, and nothing left behind.
+
+Each case runs the way a user meets it (pytest options, the CLI, the
+fixtures) against the real engine and images.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import containers, ports
+from harness.asterisk import AsteriskPBX
+from harness.errors import ServerError
+from harness.kamailio import ContainerKamailio, KamailioConfig
+from harness.targets import Target
+from scenarios import gh4140_bye_to_closed_ws as gh4140
+
+ROOT = Path(__file__).resolve().parents[2]
+GATE = "tests/gate/test_gh4140_bye_to_closed_ws.py"
+
+
+def ours(client) -> set[str]:
+    return {c.id for c in client.containers.list(
+        all=True, filters={"label": f"{containers.LABEL_PID}={os.getpid()}"})}
+
+
+@pytest.fixture
+def nothing_left(docker_client):
+    """Post-condition: the test leaves no container of ours behind."""
+    before = ours(docker_client)
+    yield
+    assert ours(docker_client) <= before, "a container of this run was left behind"
+
+
+def run(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--kamailio-version", "9.9.9", "unknown Kamailio version '9.9.9'"),
+    ("--variant", "frobnicate", "unknown trigger 'frobnicate'"),
+    ("--variant", "uac_req_send+sl_reply_warning", "unknown variant part 'sl_reply_warning'"),
+    ("--transport", "udp", "unknown transport 'udp'"),
+])
+def test_bad_pytest_option_is_one_line_usage_error(option, value, expected):
+    proc = run(sys.executable, "-m", "pytest", GATE, option, value, "-p", "no:cacheprovider")
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR:")]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr
+
+
+def test_docker_unreachable_and_not_startable():
+    proc = run(sys.executable, "-m", "harness.cli", "setup",
+               env={"DOCKER_HOST": "unix:///nonexistent/docker.sock", "KAMLEAK_START_DOCKER": "no"})
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["kamleak: no Docker engine answers; start Docker (e.g. `sudo systemctl start "
+                     "docker`), or run `make setup` as root to start a private engine"], proc.stderr
+
+
+def test_image_without_kamailio_binary(docker_client, nothing_left):
+    target = Target("image", "debian:bookworm-slim")
+    with pytest.raises(Exception) as exc:
+        target.prepare(docker_client)
+    assert str(exc.value) == ("image debian:bookworm-slim has no kamailio binary in its PATH; "
+                              "pass an image that contains Kamailio and its modules")
+
+
+def test_missing_image(docker_client, nothing_left):
+    target = Target("image", "kamleak/no-such-image:1.0")
+    with pytest.raises(Exception) as exc:
+        target.prepare(docker_client)
+    assert str(exc.value) == ("image kamleak/no-such-image:1.0 not found on this Docker engine; "
+                              "pull or build it first (`docker pull kamleak/no-such-image:1.0`)")
+
+
+def test_port_taken_is_named(docker_client, nothing_left, kamleak_images, tmp_path):
+    udp, ws, wss, pbx = ports.allocate(4)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ws))
+        squatter.listen()
+        k = ContainerKamailio(docker_client, "kamleak/kamailio:6.0.1",
+                              KamailioConfig(udp, ws, wss, pbx), tmp_path)
+        with pytest.raises(ServerError) as exc:
+            k.start()
+    assert f"Kamailio could not bind 127.0.0.1:{ws}: the port is already taken" in str(exc.value)
+
+
+def test_config_refused_shows_kamailios_own_line(docker_client, nothing_left, kamleak_images, tmp_path):
+    udp, ws, wss, pbx = ports.allocate(4)
+    k = ContainerKamailio(docker_client, "kamleak/kamailio:5.6.3",
+                          KamailioConfig(udp, ws, wss, pbx, defines=("WITH_REPLY_T_REPLY_ERROR",)),
+                          tmp_path)
+    with pytest.raises(ServerError) as exc:
+        k.start()
+    msg = str(exc.value)
+    assert msg.startswith("Kamailio refused to start: ")
+    assert "unknown command, missing loadmodule?" in msg and "t_reply_error();" in msg
+    assert "\n" not in msg
+
+
+def test_variant_not_applicable_to_the_version(kamailio_factory, kamailio_target):
+    if kamailio_target.ref != "5.6.3":
+        pytest.skip("delayed_reply exists from 6.1 on; the refusal is checked on 5.6.3")
+    with pytest.raises(gh4140.NotApplicable) as exc:
+        gh4140.start_kamailio(kamailio_factory, gh4140.Variant.parse("uac_req_send+delayed_reply_off"))
+    assert "Can't set module parameter" in str(exc.value)
+
+
+def test_asterisk_not_booting_within_its_deadline(docker_client, nothing_left, kamleak_images, tmp_path):
+    pbx = AsteriskPBX(docker_client, tmp_path)
+    with pytest.raises(ServerError) as exc:
+        pbx.start(timeout=0.01)
+    assert str(exc.value).startswith("Asterisk did not boot: Asterisk fully booted not reached within")
