@@ -53,5 +53,11 @@ test: setup
 	@mkdir -p $(dir $(JUNIT))
 	$(PY) -m pytest tests -m "not gate" --junitxml=$(JUNIT) --kamleak-summary=artifacts/verdicts.json $(PYTEST_ARGS)
 
+# make repro [VERSION=6.0.1 | IMAGE=ghcr.io/...] [VARIANT=pua_dialoginfo] [TRANSPORT=ws|wss]
+repro: setup
+	@$(KAMLEAK) repro $(if $(VERSION),--version $(VERSION)) $(if $(IMAGE),--image $(IMAGE)) \
+	  $(if $(VARIANT),--variant $(VARIANT)) $(if $(TRANSPORT),--transport $(TRANSPORT)) \
+	  $(if $(MITIGATION),--mitigation $(MITIGATION))
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -12,7 +12,9 @@ import sys
 import time
 
 from . import containers, engine, images
-from .errors import KamleakError
+from .errors import KamleakError, UsageError
+from .runner import Bench
+from .targets import Target, parse_targets
 
 
 def _say(msg: str) -> None:
@@ -40,6 +42,105 @@ def cmd_images(args) -> int:
     return 0
 
 
+def _target_from(args, default_version: str | None = "6.0.1") -> Target:
+    targets = parse_targets([args.version] if args.version else [],
+                            [args.image] if args.image else [],
+                            [args.kamailio_bin] if getattr(args, "kamailio_bin", None) else [],
+                            getattr(args, "kamailio_modules", None))
+    given = sum(bool(x) for x in (args.version, args.image, getattr(args, "kamailio_bin", None)))
+    if given > 1:
+        raise UsageError("give one of --version, --image, --kamailio-bin", "pick the Kamailio to run")
+    if given == 0:
+        if default_version is None:
+            raise UsageError("no Kamailio given", "pass --version, --image or --kamailio-bin")
+        return Target("version", images.canonical_version(default_version))
+    return targets[0]
+
+
+def _rule(title: str) -> None:
+    print(f"\n── {title} " + "─" * max(4, 76 - len(title)), flush=True)
+
+
+def cmd_repro(args) -> int:
+    """The issue-4140 leak, shown as a bug report, then the mitigation beside it."""
+    from scenarios import gh4140_bye_to_closed_ws as gh4140
+    from .pbx_trace import parse_pjsip_log
+    from . import report
+
+    target = _target_from(args)
+    variant = gh4140.Variant.parse(args.variant or gh4140.DEFAULT_VARIANT)
+    mitigated = gh4140.Variant(variant.trigger, args.mitigation, False) \
+        if args.mitigation != "delayed_reply_off" else gh4140.Variant(variant.trigger, "sl_reply_error", True)
+    runs = [(f"as deployed: {variant.name} with {variant.reply}()", variant),
+            (f"mitigated: {mitigated.name}", mitigated)]
+    results = []
+    with Bench(target, log=_say) as bench:
+        print(f"kamleak repro: Kamailio issue 4140 ({gh4140.TITLE})", flush=True)
+        print(f"  target {target.id}, transport {args.transport.upper()}, client goes away by "
+              f"{args.disconnect.upper()}; Asterisk 22 at {bench.pbx.address}", flush=True)
+        for title, v in runs:
+            _rule(title)
+            try:
+                kam = gh4140.start_kamailio(bench.kamailio, v)
+            except gh4140.NotApplicable as exc:
+                print(f"  not applicable on this Kamailio: {exc}")
+                results.append(None)
+                continue
+            print(f"  {kam.describe()} ready in {kam.ready_after:.2f} s; calling ...", flush=True)
+            log_start = len(bench.pbx.log())
+            verdict = gh4140.run(kamailio=kam, pbx=bench.pbx, ua_factory=bench.ua,
+                                 transport=args.transport, variant=v, disconnect=args.disconnect,
+                                 target=target.id)
+            results.append(verdict)
+            pbx_msgs = parse_pjsip_log(bench.pbx.log()[log_start:])
+            print("\n  Call ladder (WS leg from the client, UDP leg from Asterisk's log):")
+            events = [(verdict.started_at + t, label) for t, label in verdict.timeline
+                      if label.startswith(("disconnect", "ws.dump", "deadline", "BYE cell"))]
+            for line in report.ladder(bench.uas[-1].trace, pbx_msgs, verdict.call_id, events):
+                print("   " + line)
+            print(f"\n  tm.list {verdict.watched_for:.1f} s after the BYE "
+                  f"(deadline {verdict.deadline:.1f} s from fr_timer {verdict.timers['fr_timer']} ms "
+                  f"+ wt_timer {verdict.timers['wt_timer']} ms):")
+            if verdict.cells:
+                for c in verdict.cells:
+                    print(f"    {c.describe()}")
+            else:
+                print(f"    no cell for Call-ID {verdict.call_id} (gone after "
+                      f"{verdict.gone_after:.1f} s)")
+            print(f"  tm.stats before → after: {report.stats_delta(verdict.stats_before, verdict.stats_after)}")
+            print(f"    {verdict.stats_note}")
+            print("  Kamailio log for this call:")
+            for line in report.kamailio_lines(kam.log(), verdict.call_id):
+                print(f"    {line[:160]}")
+            print(f"\n  Verdict: {verdict.outcome.upper()}: {verdict.sentence()}", flush=True)
+            kam.stop()
+    _rule("side by side")
+    first, second = results
+    if first is not None and second is not None:
+        for line in report.side_by_side(runs[0][0].split(":")[0], first,
+                                        runs[1][0].split(":")[0], second):
+            print(line)
+    if first is None or not first.leaked:
+        _say(f"the leak did NOT reproduce on {target.id} with {variant.name}"
+             + ("" if first is None else f": {first.sentence()}"))
+        return 1
+    if second is not None and second.leaked:
+        _say(f"the mitigation {mitigated.name} did not help: {second.sentence()}")
+        return 1
+    print(f"\nkamleak: reproduced: {first.sentence()}")
+    if second is not None:
+        print(f"kamleak: with {mitigated.name}: {second.sentence()}")
+    return 0
+
+
+def _add_target_args(p) -> None:
+    p.add_argument("--version", default=None,
+                   help=f"a Kamailio version kamleak builds: {', '.join(images.KAMAILIO_SUITES)}")
+    p.add_argument("--image", default=None, help="any image containing a kamailio binary")
+    p.add_argument("--kamailio-bin", default=None, help="a local kamailio binary")
+    p.add_argument("--kamailio-modules", default=None, help="module directory for --kamailio-bin")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kamleak",
                                 description="Leak-detection harness for real Kamailio (tm, issue 4140).")
@@ -50,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--start-engine", action="store_true", default=None,
                    help="start a private dockerd if none answers (needs root)")
     s.set_defaults(func=cmd_setup)
+    r = sub.add_parser("repro", help="show the issue-4140 leak with its evidence, then the mitigation")
+    _add_target_args(r)
+    r.add_argument("--variant", default=None,
+                   help="config variant (default: pua_dialoginfo, the realistic trigger)")
+    r.add_argument("--mitigation", default="send_reply_error",
+                   choices=("send_reply_error", "t_reply_error", "delayed_reply_off"),
+                   help="what the contrast run changes (default: send_reply_error)")
+    r.add_argument("--transport", default="ws", choices=("ws", "wss"))
+    r.add_argument("--disconnect", default="rst", choices=("rst", "fin", "close"))
+    r.set_defaults(func=cmd_repro)
     i = sub.add_parser("images", help="list the images kamleak builds and whether they are current")
     i.set_defaults(func=cmd_images)
     return p

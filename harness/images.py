@@ -44,7 +44,7 @@ def canonical_version(v: str) -> str:
     if v not in KAMAILIO_SUITES:
         known = ", ".join(KAMAILIO_SUITES)
         raise UsageError(f"unknown Kamailio version '{v}'",
-                         f"pick one of {known}, or pass --kamailio-image for any other build")
+                         f"pick one of {known}, or test an image of any other build (--kamailio-image)")
     return v
 
 

@@ -16,14 +16,14 @@ environment with kamleak installed gets:
 from __future__ import annotations
 
 import signal
-import tempfile
 
 import pytest
 
 from . import containers, engine, images
 from .asterisk import AsteriskPBX
-from .errors import KamleakError, ServerError
-from .kamailio import KamailioConfig, TmTimers
+from .errors import KamleakError
+from .kamailio import TmTimers
+from .runner import launch_kamailio
 from .targets import Target, parse_targets
 from . import ports
 
@@ -223,23 +223,13 @@ def kamailio_factory(request, kamailio_target, tmp_path, pbx_log):
     kamailio_target.prepare(client)
     started = []
 
+    def registered(k):
+        started.append(k)
+        attach(request, f"kamailio log ({k.describe()}, ws {k.config.ws_port})", k.log)
+
     def start(defines=(), timers: TmTimers | None = None, timeout: float = 30.0):
-        last = None
-        for attempt in range(3):
-            udp, ws, wss = ports.allocate(3)
-            cfg = KamailioConfig(udp_port=udp, ws_port=ws, wss_port=wss, pbx_port=pbx_log.sip_port,
-                                 defines=tuple(defines), timers=timers or TmTimers())
-            run_dir = tempfile.mkdtemp(prefix=f"kamailio-{len(started)}-{attempt}-", dir=tmp_path)
-            k = kamailio_target.kamailio(client, cfg, run_dir, name_hint=kamailio_target.id.replace(":", "_").replace("/", "_"))
-            started.append(k)
-            attach(request, f"kamailio log ({k.describe()}, ws {ws})", k.log)
-            try:
-                return k.start(timeout=timeout)
-            except ServerError as exc:
-                last = exc
-                if "already taken" not in str(exc):
-                    raise
-        raise last
+        return launch_kamailio(kamailio_target, client, pbx_log.sip_port, tmp_path, defines,
+                               timers, timeout, on_start=registered)
 
     yield start
     for k in started:

@@ -30,3 +30,81 @@ def format_trace(entries, full: bool = True) -> str:
             raw = e.raw.decode("utf-8", "replace") if isinstance(e.raw, bytes) else str(e.raw)
             out.append("    " + raw.replace("\r\n", "\n").rstrip("\n").replace("\n", "\n    "))
     return "\n".join(out) + ("\n" if out else "")
+
+
+# ---------------------------------------------------------------------------
+# The call ladder: both legs around Kamailio, in time order.
+
+def ladder(ua_trace, pbx_messages, call_id: str | None = None, events=()) -> list[str]:
+    """One line per SIP message: time, who -> who, first line, and a note.
+
+    The WebSocket leg comes from the UA's own trace, the UDP leg from
+    Asterisk's log; both clocks are the host's (the containers share it).
+    """
+    from .pbx_trace import stamp_seconds
+
+    rows = []
+    for e in ua_trace:
+        msg = e.message
+        if call_id and msg is not None and msg.call_id != call_id:
+            continue
+        who = "UA ──────────▶ Kamailio" if e.direction == "out" else "UA ◀────────── Kamailio"
+        rows.append((e.ts, f"{e.transport.upper():4}", who, first_line(e), ""))
+    for m in pbx_messages:
+        msg = m.message
+        if msg is None or (call_id and msg.call_id != call_id):
+            continue
+        t = stamp_seconds(m.stamp) or 0.0
+        who = ("           Kamailio ◀────────── Asterisk" if m.direction == "out"
+               else "           Kamailio ──────────▶ Asterisk")
+        note = ""
+        if not msg.is_request:
+            mark = msg.reason.rstrip()
+            note = ("  ← stateless" if mark.endswith("/SL)") else
+                    "  ← stateful" if mark.endswith("/TM)") else "")
+        rows.append((t, "UDP ", who, f"{msg.method} {msg.uri}" if msg.is_request
+                     else f"{msg.status} {msg.reason}", note))
+    for t, label in events:
+        rows.append((t, "    ", f"  ┄┄ {label}", "", ""))
+    rows.sort(key=lambda r: r[0])
+    return [f"{_ts(t)}  {tr} {who:42} {text[:70]}{note}".rstrip() for t, tr, who, text, note in rows]
+
+
+def kamailio_lines(log: str, call_id: str, limit: int = 12) -> list[str]:
+    """Kamailio's log lines about this call (its log_prefix carries the Call-ID)."""
+    keep = [ln.strip() for ln in log.splitlines()
+            if call_id in ln or "WebSocket connection from" in ln]
+    return keep[-limit:]
+
+
+def stats_delta(before: dict, after: dict, keys=("current", "waiting", "created", "freed",
+                                                   "rpl_generated", "rpl_sent")) -> str:
+    return ", ".join(f"{k} {before.get(k, 0)}→{after.get(k, 0)}" for k in keys)
+
+
+def side_by_side(left_title: str, left, right_title: str, right) -> list[str]:
+    """Two verdicts as a small comparison table."""
+    def reply(v):
+        return ", ".join(r.describe() for r in v.replies) or "-"
+
+    def cell(v):
+        if v.leaked:
+            return f"still in tm.list after {v.watched_for:.1f} s"
+        return f"gone after {v.gone_after:.1f} s" if v.gone_after is not None else "never seen"
+
+    def stat(v, k):
+        return f"{v.stats_before.get(k, 0)} → {v.stats_after.get(k, 0)}"
+
+    def live(v):
+        d = (v.stats_after.get("created", 0) - v.stats_after.get("freed", 0)) - \
+            (v.stats_before.get("created", 0) - v.stats_before.get("freed", 0))
+        return f"{d:+d}"
+
+    rows = [("", left_title, right_title),
+            ("reply to the BYE", reply(left), reply(right)),
+            ("BYE transaction", cell(left), cell(right)),
+            ("tm.stats current", stat(left, "current"), stat(right, "current")),
+            ("created - freed", live(left), live(right)),
+            ("verdict", left.outcome.upper(), right.outcome.upper())]
+    w1 = max(len(r[1]) for r in rows) + 3
+    return [f"  {a:18} {b:{w1}} {c}" for a, b, c in rows]

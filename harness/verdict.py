@@ -55,6 +55,7 @@ class Verdict:
     variant: str = ""
     transport: str = ""
     timeline: list[tuple[float, str]] = field(default_factory=list)
+    started_at: float = 0.0             # epoch of timeline's 0
     samples: list[dict] = field(default_factory=list)
 
     @property

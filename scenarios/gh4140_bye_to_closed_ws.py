@@ -190,7 +190,7 @@ def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant
     if disconnect not in DISCONNECTS:
         raise UsageError(f"unknown disconnect mode '{disconnect}'", f"use one of {', '.join(DISCONNECTS)}")
     rpc = kamailio.rpc
-    t0 = time.monotonic()
+    t0, t0_epoch = time.monotonic(), time.time()
     timeline: list[tuple[float, str]] = []
 
     def mark(label: str) -> None:
@@ -275,7 +275,7 @@ def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant
         seen=watch.seen, stats_before=stats_before, stats_after=stats_after,
         stats_consistent=consistent, stats_note=note, timers=timers.as_dict(),
         target=target, kamailio_version=kamailio.version or "", variant=variant.name,
-        transport=transport, timeline=timeline, samples=watch.samples)
+        transport=transport, timeline=timeline, samples=watch.samples, started_at=t0_epoch)
 
 
 def _replies(pbx, log_start: int, call_id: str, timeout: float) -> list[Reply]:
