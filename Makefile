@@ -9,8 +9,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 KAMLEAK := $(VENV)/bin/kamleak
 PYTEST_ARGS ?=
-# Debian packages the harness needs on the host (dockerd only if no engine answers).
-HOST_PKGS := debootstrap openssl
+# Kamailio on the host: the local-binary path (`--kamailio-bin`, `kamleak check`)
+# is tested against Debian's package, as a developer's build would be run.
+HOST_KAMAILIO := kamailio kamailio-websocket-modules kamailio-tls-modules kamailio-presence-modules
 
 .PHONY: setup venv host-packages images test unit repro bench clean
 
@@ -29,6 +30,7 @@ host-packages:
 	@missing=""; \
 	for cmd in debootstrap openssl; do command -v $$cmd >/dev/null || missing="$$missing $$cmd"; done; \
 	if ! docker info >/dev/null 2>&1 && ! command -v dockerd >/dev/null; then missing="$$missing docker.io"; fi; \
+	if [ "$$(id -u)" = 0 ]; then for p in $(HOST_KAMAILIO); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; fi; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "kamleak: installing Debian packages:$$missing"; \
@@ -52,6 +54,7 @@ JUNIT ?= artifacts/junit.xml
 test: setup
 	@mkdir -p $(dir $(JUNIT))
 	$(PY) -m pytest tests -m "not gate" --junitxml=$(JUNIT) --kamleak-summary=artifacts/verdicts.json $(PYTEST_ARGS)
+	@$(KAMLEAK) cleanup --check
 
 # make repro [VERSION=6.0.1 | IMAGE=ghcr.io/...] [VARIANT=pua_dialoginfo] [TRANSPORT=ws|wss]
 repro: setup

@@ -27,10 +27,9 @@ class AsteriskPBX:
         self.image = image or images.asterisk_spec().tag
         self.run_dir = Path(run_dir)
         self.name_hint = name_hint
-        self.container = None
+        self.running: containers.Running | None = None
         self.sip_port: int | None = None
         self.ready_after: float | None = None
-        self._log_cache = ""
 
     @property
     def address(self) -> str:
@@ -54,8 +53,9 @@ class AsteriskPBX:
         mounts = self.render()
         t0 = time.monotonic()
         try:
-            self.container = containers.run(self.client, self.image, role="asterisk",
-                                            name_hint=self.name_hint, mounts=mounts)
+            self.running = containers.Running(
+                containers.run(self.client, self.image, role="asterisk",
+                               name_hint=self.name_hint, mounts=mounts), "Asterisk")
         except docker.errors.ImageNotFound:
             raise ServerError(f"image {self.image} not found", "build it: `make images`") from None
         try:
@@ -68,14 +68,13 @@ class AsteriskPBX:
         return self
 
     def _booted(self) -> bool:
-        rc, out = containers.exec_run(self.container, ["asterisk", "-rx", "core waitfullybooted"],
-                                      timeout=5)
+        rc, out = self.running.exec(["asterisk", "-rx", "core waitfullybooted"], timeout=5)
         return rc == 0 and "fully booted" in out.lower()
 
     def cli(self, command: str, timeout: float = 10.0) -> str:
-        if self.container is None:
+        if self.running is None or self.running.container is None:
             raise ServerError("Asterisk is not running")
-        rc, out = containers.exec_run(self.container, ["asterisk", "-rx", command], timeout=timeout)
+        rc, out = self.running.exec(["asterisk", "-rx", command], timeout=timeout)
         if rc != 0:
             raise ServerError(f"Asterisk CLI `{command}` failed ({rc}): {out.strip()[:200]}",
                               "see the Asterisk log", log=self.log())
@@ -105,26 +104,14 @@ class AsteriskPBX:
         return channel
 
     def death(self) -> str | None:
-        if self.container is None:
-            return "never started"
-        if containers.is_running(self.container):
-            return None
-        return f"the Asterisk container exited with code {containers.exit_code(self.container)}"
+        return self.running.death() if self.running else "Asterisk was never started"
 
-    def log(self, since: float | None = None) -> str:
-        if self.container is not None:
-            text = containers.logs(self.container, since=since)
-            if since is not None:
-                return text
-            if text:
-                self._log_cache = text
-        return self._log_cache
+    def log(self) -> str:
+        return self.running.log() if self.running else ""
 
     def stop(self) -> None:
-        if self.container is not None:
-            self.log()
-            containers.remove(self.container)
-            self.container = None
+        if self.running is not None:
+            self.running.stop()
         if self.sip_port:
             ports.release(self.sip_port)
 

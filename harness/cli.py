@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 
@@ -31,6 +32,22 @@ def cmd_setup(args) -> int:
     specs = [images.asterisk_spec()] + [images.kamailio_spec(v) for v in versions]
     tags = images.build_all(client, specs)
     _say(f"ready in {time.monotonic() - t0:.0f} s: {', '.join(tags)}")
+    return 0
+
+
+def cmd_cleanup(args) -> int:
+    """Remove containers of kamleak runs that are gone; --check: fail if any of ours exist."""
+    client = engine.client(start=False)
+    mine = client.containers.list(all=True, filters={"label": containers.LABEL_RUN})
+    if args.check:
+        if mine:
+            _say(f"{len(mine)} kamleak container(s) were left behind: "
+                 + ", ".join(c.name for c in mine[:5]))
+            containers.reap_leftovers(client, log=_say)
+            return 1
+        _say("no kamleak containers left")
+        return 0
+    containers.reap_leftovers(client, log=_say)
     return 0
 
 
@@ -141,6 +158,89 @@ def _add_target_args(p) -> None:
     p.add_argument("--kamailio-modules", default=None, help="module directory for --kamailio-bin")
 
 
+# `git bisect run` reads exit codes: 0 good, 1-127 bad except 125 (skip),
+# >= 128 aborts the bisection.  `check` keeps to that contract.
+EXIT_CLEAN, EXIT_LEAK, EXIT_CANNOT_TEST, EXIT_ABORT = 0, 1, 125, 128
+
+
+def gate_once(target: Target, variant, transport: str = "ws", disconnect: str = "rst"):
+    """One gate run: ("leak" | "clean" | "skip", note, verdict or None)."""
+    from scenarios import gh4140_bye_to_closed_ws as gh4140
+    from .errors import ImageError, ScenarioError, ServerError
+
+    try:
+        with Bench(target, log=_say) as bench:
+            try:
+                kam = gh4140.start_kamailio(bench.kamailio, variant)
+            except gh4140.NotApplicable as exc:
+                return "skip", f"not applicable: {exc}", None
+            verdict = gh4140.run(kamailio=kam, pbx=bench.pbx, ua_factory=bench.ua,
+                                 transport=transport, variant=variant, disconnect=disconnect,
+                                 target=target.id)
+            return verdict.outcome, verdict.sentence(), verdict
+    except (ServerError, ImageError, ScenarioError) as exc:
+        return "skip", f"cannot test: {exc.cause}", None
+
+
+def cmd_check(args) -> int:
+    """Exit 0 clean, 1 leak, 125 cannot test: a `git bisect run` step."""
+    from scenarios import gh4140_bye_to_closed_ws as gh4140
+    from .targets import check_binary
+
+    variant = gh4140.Variant.parse(args.variant or gh4140.DEFAULT_VARIANT)
+    target = _target_from(args, default_version=None)
+    if target.kind == "binary" and not os.path.exists(target.ref):
+        _say(f"cannot test: Kamailio binary {target.ref} not found (did the build fail?)")
+        return EXIT_CANNOT_TEST
+    if target.kind == "binary":
+        check_binary(target.ref)
+    outcome, note, _ = gate_once(target, variant, args.transport, args.disconnect)
+    print(f"kamleak check: {outcome.upper()}: {note}", flush=True)
+    return {"clean": EXIT_CLEAN, "leak": EXIT_LEAK}.get(outcome, EXIT_CANNOT_TEST)
+
+
+def _bisect_target(item: str) -> Target:
+    if item in images.KAMAILIO_SUITES or item in ("5.6", "6.0", "6.1"):
+        return Target("version", images.canonical_version(item))
+    if re.fullmatch(r"\d+\.\d+(\.\d+)?", item):
+        images.canonical_version(item)   # raises: an unknown version, not an image name
+    if os.path.sep in item and os.path.isfile(item):
+        return Target("binary", item)
+    return Target("image", item)
+
+
+def cmd_bisect(args) -> int:
+    """Run the gate on as few builds as needed to find where the verdict flips."""
+    from scenarios import gh4140_bye_to_closed_ws as gh4140
+    from .bisect import bisect, table
+
+    items = [x.strip() for raw in args.builds for x in raw.split(",") if x.strip()]
+    targets = {item: _bisect_target(item) for item in items}
+    variant = gh4140.Variant.parse(args.variant or gh4140.DEFAULT_VARIANT)
+    _say(f"bisecting {len(items)} builds with variant {variant.name} over {args.transport.upper()}")
+
+    def check(item: str):
+        _say(f"gate on {item} ...")
+        outcome, note, _ = gate_once(targets[item], variant, args.transport)
+        _say(f"  {item}: {outcome}")
+        return outcome, ("" if outcome != "skip" else note)
+
+    result = bisect(items, check)
+    for line in table(result):
+        print(line)
+    first = result.items[result.first_other]
+    before = result.items[result.last_same]
+    v_first = result.verdict_of(result.first_other)
+    if result.first_other - result.last_same > 1:
+        print(f"kamleak bisect: the verdict flips somewhere after {before} and by {first} "
+              f"(the builds between could not be tested)")
+    else:
+        print(f"kamleak bisect: {first} is the first build with verdict {v_first.upper()} "
+              f"({before} and earlier: {result.verdict_of(result.last_same).upper()})")
+    print(f"kamleak bisect: {result.runs} gate runs ({result.search_runs} between the ends)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kamleak",
                                 description="Leak-detection harness for real Kamailio (tm, issue 4140).")
@@ -161,6 +261,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--transport", default="ws", choices=("ws", "wss"))
     r.add_argument("--disconnect", default="rst", choices=("rst", "fin", "close"))
     r.set_defaults(func=cmd_repro)
+    c = sub.add_parser("check", help="one gate run; exit 0 clean, 1 leak, 125 cannot test "
+                                     "(for `git bisect run`)")
+    _add_target_args(c)
+    c.add_argument("--variant", default=None, help="config variant (default: pua_dialoginfo)")
+    c.add_argument("--transport", default="ws", choices=("ws", "wss"))
+    c.add_argument("--disconnect", default="rst", choices=("rst", "fin", "close"))
+    c.set_defaults(func=cmd_check, usage_exit=EXIT_ABORT)
+    b = sub.add_parser("bisect", help="find the first build in an ordered list where the verdict flips")
+    b.add_argument("builds", nargs="*", help="versions (5.6.3 6.0.1 6.1.5), images or binaries, "
+                                             "oldest first; the two ends must disagree")
+    b.add_argument("--variant", default=None, help="config variant (default: pua_dialoginfo)")
+    b.add_argument("--transport", default="ws", choices=("ws", "wss"))
+    b.set_defaults(func=cmd_bisect)
+    k = sub.add_parser("cleanup", help="remove containers left by killed runs")
+    k.add_argument("--check", action="store_true",
+                   help="exit 1 if any kamleak container exists (run after a test suite)")
+    k.set_defaults(func=cmd_cleanup)
     i = sub.add_parser("images", help="list the images kamleak builds and whether they are current")
     i.set_defaults(func=cmd_images)
     return p
@@ -178,7 +295,7 @@ def main(argv=None) -> int:
         if os.environ.get("KAMLEAK_DEBUG"):
             raise
         _say(exc.line())
-        return exc.exit_code
+        return getattr(args, "usage_exit", None) or exc.exit_code
     except KeyboardInterrupt:
         containers.remove_all_live()
         _say("interrupted; our containers were removed")

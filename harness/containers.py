@@ -169,3 +169,38 @@ def exec_run(container, cmd: list[str], timeout: float = 10.0) -> tuple[int, str
     except docker.errors.APIError as exc:
         return 255, str(exc)
     return rc, out.decode("utf-8", "replace")
+
+
+class Running:
+    """A started container of ours: is it alive, what did it log, remove it.
+
+    The log is kept after removal, so a report made later still has it.
+    """
+
+    def __init__(self, container, what: str):
+        self.container = container
+        self.what = what
+        self._log = ""
+
+    def death(self) -> str | None:
+        if self.container is None:
+            return f"the {self.what} container was removed"
+        if is_running(self.container):
+            return None
+        return f"the {self.what} container exited with code {exit_code(self.container)}"
+
+    def log(self) -> str:
+        if self.container is not None:
+            text = logs(self.container)
+            if text:
+                self._log = text
+        return self._log
+
+    def exec(self, cmd: list[str], timeout: float = 10.0) -> tuple[int, str]:
+        return exec_run(self.container, cmd, timeout=timeout)
+
+    def stop(self) -> None:
+        if self.container is not None:
+            self.log()
+            remove(self.container)
+            self.container = None

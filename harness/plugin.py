@@ -92,6 +92,9 @@ def pytest_generate_tests(metafunc):
         if metafunc.definition.get_closest_marker("known_versions"):
             # Tests asserting expected verdicts run only where expectations exist.
             targets = [t for t in targets if t.kind == "version"]
+        if metafunc.definition.get_closest_marker("single_target"):
+            # Harness behaviour that does not depend on the Kamailio: run it once.
+            targets = targets[:1]
         metafunc.parametrize("kamailio_target", targets, ids=[t.id for t in targets], indirect=True)
     if "transport" in metafunc.fixturenames:
         transports = metafunc.config._kamleak_transports

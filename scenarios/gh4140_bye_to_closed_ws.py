@@ -241,7 +241,7 @@ def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant
 
     # 4. The oracle: watch the BYE transaction until it is gone or the deadline.
     watch = oracle.watch_transaction(rpc, call_id, "BYE", deadline=deadline, started=bye_sent,
-                                     alive=kamailio.death)
+                                     alive=kamailio.death, appear_within=deadline)
     at_bye = bye_sent - t0
     if watch.first_seen is not None:
         timeline.append((round(at_bye + watch.first_seen, 3), "BYE cell in tm.list"))

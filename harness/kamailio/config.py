@@ -52,7 +52,6 @@ class KamailioConfig:
     # Where the config directory is seen by Kamailio (container path, or the
     # host directory itself for a local binary).
     target_dir: str = "/etc/kamleak"
-    runtime_dir: str | None = None
 
     def __post_init__(self):
         unknown = sorted(set(self.defines) - VARIANT_DEFINES)
@@ -82,8 +81,6 @@ class KamailioConfig:
             f"listen=tcp:{HOST}:{self.ws_port}",
             f"listen=tls:{HOST}:{self.wss_port}",
         ]
-        if self.runtime_dir:
-            lines.append(f'runtime_dir="{self.runtime_dir}"')
         lines.append("# ---- end of generated header ----\n")
         return "\n".join(lines)
 

@@ -148,17 +148,16 @@ class ContainerKamailio(Kamailio):
         self.client = client
         self.image = image
         self.name_hint = name_hint
-        self.container = None
-        self._log_cache = ""
+        self.running: containers.Running | None = None
 
     def _launch(self) -> None:
         import docker.errors
         try:
-            self.container = containers.run(
+            self.running = containers.Running(containers.run(
                 self.client, self.image, role="kamailio", name_hint=self.name_hint,
                 entrypoint=["kamailio"],
                 command=["-DD", "-E", "-f", f"{CONTAINER_DIR}/kamailio.cfg"],
-                mounts={str(self.run_dir): CONTAINER_DIR})
+                mounts={str(self.run_dir): CONTAINER_DIR}), "Kamailio")
         except docker.errors.ImageNotFound:
             raise ServerError(f"image {self.image} not found",
                               f"build it (`make images`) or pull it (`docker pull {self.image}`)") from None
@@ -170,24 +169,14 @@ class ContainerKamailio(Kamailio):
                               f"{str(exc).splitlines()[-1][:200]}") from None
 
     def death(self) -> str | None:
-        if self.container is None:
-            return "never started"
-        if containers.is_running(self.container):
-            return None
-        return f"the Kamailio container exited with code {containers.exit_code(self.container)}"
+        return self.running.death() if self.running else "Kamailio was never started"
 
     def log(self) -> str:
-        if self.container is not None:
-            text = containers.logs(self.container)
-            if text:
-                self._log_cache = text
-        return self._log_cache
+        return self.running.log() if self.running else ""
 
     def stop(self) -> None:
-        if self.container is not None:
-            self.log()
-            containers.remove(self.container)
-            self.container = None
+        if self.running is not None:
+            self.running.stop()
 
     def describe(self) -> str:
         return f"{self.version or 'kamailio'} in {self.image}"
@@ -198,7 +187,6 @@ class LocalKamailio(Kamailio):
 
     def __init__(self, binary: str, config: KamailioConfig, run_dir, module_dir: str | None = None):
         config.target_dir = str(Path(run_dir).resolve())
-        config.runtime_dir = str(Path(run_dir).resolve() / "run")
         super().__init__(config, run_dir)
         self.binary = binary
         self.module_dir = module_dir
@@ -207,7 +195,9 @@ class LocalKamailio(Kamailio):
 
     def _launch(self) -> None:
         (self.run_dir / "run").mkdir(parents=True, exist_ok=True)
-        cmd = [self.binary, "-DD", "-E", "-f", str(self.run_dir / "kamailio.cfg")]
+        # -Y: our own runtime dir, never the system's /run/kamailio.
+        cmd = [self.binary, "-DD", "-E", "-f", str(self.run_dir / "kamailio.cfg"),
+               "-Y", str((self.run_dir / "run").resolve())]
         if self.module_dir:
             cmd += ["-L", self.module_dir]
         with open(self.log_path, "wb") as out:

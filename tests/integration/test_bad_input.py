@@ -18,6 +18,7 @@ from harness import containers, ports
 from harness.asterisk import AsteriskPBX
 from harness.errors import ServerError
 from harness.kamailio import ContainerKamailio, KamailioConfig
+from harness.runner import launch_kamailio
 from harness.targets import Target
 from scenarios import gh4140_bye_to_closed_ws as gh4140
 
@@ -106,11 +107,16 @@ def test_config_refused_shows_kamailios_own_line(docker_client, nothing_left, ka
     assert "\n" not in msg
 
 
-def test_variant_not_applicable_to_the_version(kamailio_factory, kamailio_target):
-    if kamailio_target.ref != "5.6.3":
-        pytest.skip("delayed_reply exists from 6.1 on; the refusal is checked on 5.6.3")
+def test_variant_not_applicable_to_the_version(docker_client, kamleak_images, pbx, tmp_path,
+                                               nothing_left):
+    # delayed_reply exists from 6.1 on: 5.6.3 must refuse it, and we say "not applicable".
+    target = Target("version", "5.6.3")
+
+    def start(defines=(), timers=None):
+        return launch_kamailio(target, docker_client, pbx.sip_port, tmp_path, defines, timers)
+
     with pytest.raises(gh4140.NotApplicable) as exc:
-        gh4140.start_kamailio(kamailio_factory, gh4140.Variant.parse("uac_req_send+delayed_reply_off"))
+        gh4140.start_kamailio(start, gh4140.Variant.parse("uac_req_send+delayed_reply_off"))
     assert "Can't set module parameter" in str(exc.value)
 
 

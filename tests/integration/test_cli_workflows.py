@@ -1,0 +1,104 @@
+"""The CLI workflows users run: `kamleak repro`, `check` (git bisect run), `bisect`.
+
+All against real Kamailio and Asterisk; `check` also against the Kamailio
+binary installed on this host from Debian (5.6.3 on bookworm), as a Kamailio
+developer's build tree would be run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HOST_KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
+HOST_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
+
+
+def kamleak(*args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_repro_shows_the_leak_and_the_mitigation(kamleak_images):
+    proc = kamleak("repro", "--version", "6.0.1")
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-2000:]
+    assert "Verdict: LEAK: BYE Call-ID" in out and "Verdict: CLEAN: BYE Call-ID" in out
+    assert "← stateless" in out and "← stateful" in out
+    assert "via_builder(): TCP/TLS connection" in out, "Kamailio's own log line is shown"
+    assert "outgoings 0, ref_count 1" in out
+    side = out.split("side by side", 1)[1]
+    assert "500 (1/SL) statelessly" in side and "500 (1/TM) statefully" in side
+
+
+def test_repro_says_why_when_the_leak_does_not_reproduce(kamleak_images):
+    proc = kamleak("repro", "--version", "6.1.5", "--variant", "uac_req_send")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "kamleak: the leak did NOT reproduce on 6.1.5 with uac_req_send: BYE Call-ID")
+
+
+needs_host_kamailio = pytest.mark.skipif(
+    not (os.path.exists(HOST_KAMAILIO) and os.path.exists(f"{HOST_MODULES}/websocket.so")),
+    reason="Debian's kamailio + websocket/tls/presence modules are not installed on this host "
+           "(`make setup` as root installs them)")
+
+
+@needs_host_kamailio
+@pytest.mark.parametrize("variant, code", [
+    ("uac_req_send", 1),                      # 5.6.3 leaks with a trigger
+    ("none", 0),                              # and not without
+    ("uac_req_send+t_reply_error", 125),      # t_reply_error() does not exist: cannot test
+])
+def test_check_on_a_local_binary_follows_git_bisect_run(kamleak_images, variant, code):
+    proc = kamleak("check", "--kamailio-bin", HOST_KAMAILIO, "--kamailio-modules", HOST_MODULES,
+                   "--variant", variant)
+    assert proc.returncode == code, proc.stdout[-2000:] + proc.stderr[-2000:]
+    if code == 125:
+        assert "unknown command, missing loadmodule?" in proc.stdout
+    else:
+        assert proc.stdout.startswith(f"kamleak check: {'LEAK' if code else 'CLEAN'}: BYE Call-ID")
+    left = subprocess.run(["pgrep", "-f", r"kamleak-.*/kamailio\.cfg"], capture_output=True, text=True)
+    assert left.stdout == "", "the local Kamailio must be stopped"
+
+
+def test_check_bad_binaries(tmp_path):
+    missing = kamleak("check", "--kamailio-bin", str(tmp_path / "src" / "kamailio"))
+    assert missing.returncode == 125 and "not found (did the build fail?)" in missing.stderr
+    notkam = kamleak("check", "--kamailio-bin", "/bin/true")
+    assert notkam.returncode == 128, "a wrong binary must abort a git bisect, not mark it bad"
+    assert notkam.stderr.strip() == "kamleak: /bin/true is not Kamailio (`-v` printed 'nothing'); pass the kamailio binary"
+
+
+def test_bisect_finds_where_the_leak_disappears(kamleak_images):
+    builds = ["5.6.3", "6.0.1", "6.1.5"]
+    proc = kamleak("bisect", *builds, "--variant", "uac_req_send")
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+    assert "kamleak bisect: 6.1.5 is the first build with verdict CLEAN (6.0.1 and earlier: LEAK)" in out
+    # Two ends, then ceil(log2(N-1)) points between them.
+    between = math.ceil(math.log2(len(builds) - 1))
+    assert f"kamleak bisect: {2 + between} gate runs ({between} between the ends)" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["5.6.3"], "bisect needs at least two Kamailio builds, got 1"),
+    ([], "bisect needs at least two Kamailio builds, got 0"),
+    (["5.6.3", "7.7.7"], "unknown Kamailio version '7.7.7'"),
+])
+def test_bisect_bad_lists(args, message):
+    proc = kamleak("bisect", *args)
+    assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1]
+
+
+def test_bisect_ends_that_agree(kamleak_images):
+    proc = kamleak("bisect", "6.1.5", "6.1.5", "--variant", "none")
+    assert proc.returncode == 2
+    assert "both ends give the same verdict (clean)" in proc.stderr

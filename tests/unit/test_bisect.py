@@ -1,0 +1,54 @@
+"""The bisection state machine (verdicts given; real runs are in tests/gate)."""
+
+import math
+
+import pytest
+
+from harness.bisect import bisect
+from harness.errors import UsageError
+
+
+def oracle(verdicts: dict):
+    calls = []
+
+    def check(item):
+        calls.append(item)
+        return verdicts[item], ""
+    return check, calls
+
+
+@pytest.mark.parametrize("n, flip", [(3, 2), (8, 5), (9, 1), (9, 8), (16, 7), (33, 20)])
+def test_finds_the_flip_in_log2_runs(n, flip):
+    items = [f"v{i}" for i in range(n)]
+    check, calls = oracle({f"v{i}": ("leak" if i < flip else "clean") for i in range(n)})
+    result = bisect(items, check)
+    assert result.items[result.first_other] == f"v{flip}"
+    assert result.last_same == flip - 1
+    assert result.runs == len(calls) == len(set(calls))
+    assert result.search_runs <= math.ceil(math.log2(n - 1))
+
+
+def test_skipped_points_are_stepped_around():
+    verdicts = {"a": "leak", "b": "leak", "c": "skip", "d": "clean", "e": "clean"}
+    check, calls = oracle(verdicts)
+    result = bisect(list(verdicts), check)
+    assert result.items[result.first_other] == "d"
+    assert "c" in calls
+
+
+def test_all_skipped_between_gives_the_smallest_interval():
+    verdicts = {"a": "leak", "b": "skip", "c": "skip", "d": "clean"}
+    result = bisect(list(verdicts), oracle(verdicts)[0])
+    assert (result.last_same, result.first_other) == (0, 3)
+
+
+@pytest.mark.parametrize("items, verdicts, message", [
+    ([], {}, "at least two"),
+    (["a"], {"a": "leak"}, "at least two"),
+    (["a", "b"], {"a": "leak", "b": "leak"}, "same verdict (leak)"),
+    (["a", "b"], {"a": "skip", "b": "leak"}, "cannot test the end a"),
+])
+def test_bad_lists(items, verdicts, message):
+    with pytest.raises(UsageError) as exc:
+        bisect(items, oracle(verdicts)[0])
+    assert message in str(exc.value)
