@@ -196,7 +196,10 @@ def cmd_check(args) -> int:
         check_binary(target.ref)
     outcome, note, _ = gate_once(target, variant, args.transport, args.disconnect)
     print(f"kamleak check: {outcome.upper()}: {note}", flush=True)
-    return {"clean": EXIT_CLEAN, "leak": EXIT_LEAK}.get(outcome, EXIT_CANNOT_TEST)
+    codes = {"clean": EXIT_CLEAN, "leak": EXIT_LEAK}
+    if args.invert:  # searching for the fix: the old (leaking) side must exit 0
+        codes = {"clean": EXIT_LEAK, "leak": EXIT_CLEAN}
+    return codes.get(outcome, EXIT_CANNOT_TEST)
 
 
 def _bisect_target(item: str) -> Target:
@@ -267,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--variant", default=None, help="config variant (default: pua_dialoginfo)")
     c.add_argument("--transport", default="ws", choices=("ws", "wss"))
     c.add_argument("--disconnect", default="rst", choices=("rst", "fin", "close"))
+    c.add_argument("--invert", action="store_true",
+                   help="exit 0 on a leak and 1 when clean: for bisecting the commit that FIXED it")
     c.set_defaults(func=cmd_check, usage_exit=EXIT_ABORT)
     b = sub.add_parser("bisect", help="find the first build in an ordered list where the verdict flips")
     b.add_argument("builds", nargs="*", help="versions (5.6.3 6.0.1 6.1.5), images or binaries, "

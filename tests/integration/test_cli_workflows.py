@@ -69,6 +69,13 @@ def test_check_on_a_local_binary_follows_git_bisect_run(kamleak_images, variant,
     assert left.stdout == "", "the local Kamailio must be stopped"
 
 
+@needs_host_kamailio
+def test_check_invert_is_for_finding_the_fix(kamleak_images):
+    proc = kamleak("check", "--kamailio-bin", HOST_KAMAILIO, "--kamailio-modules", HOST_MODULES,
+                   "--variant", "none", "--invert")
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
 def test_check_bad_binaries(tmp_path):
     missing = kamleak("check", "--kamailio-bin", str(tmp_path / "src" / "kamailio"))
     assert missing.returncode == 125 and "not found (did the build fail?)" in missing.stderr
