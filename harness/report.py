@@ -108,3 +108,33 @@ def side_by_side(left_title: str, left, right_title: str, right) -> list[str]:
             ("verdict", left.outcome.upper(), right.outcome.upper())]
     w1 = max(len(r[1]) for r in rows) + 3
     return [f"  {a:18} {b:{w1}} {c}" for a, b, c in rows]
+
+
+def sip_trace(ua_traces, pbx_log: str) -> str:
+    """The SIP trace of a test: the ladder of both legs, then every message in full.
+
+    WS/WSS messages come from the UA's own trace, UDP ones from Asterisk's
+    log; both are stamped with the host's clock.
+    """
+    from .pbx_trace import parse_pjsip_log, stamp_seconds
+
+    pbx_msgs = parse_pjsip_log(pbx_log) if pbx_log else []
+    entries = [e for trace in ua_traces for e in trace]
+    out = ["# ladder (UA = the WebSocket client, Asterisk = the PBX)"]
+    out += ladder(entries, pbx_msgs)
+    out.append("")
+    out.append("# messages")
+    full = []
+    for e in entries:
+        arrow = "UA -> Kamailio" if e.direction == "out" else "Kamailio -> UA"
+        raw = e.raw.decode("utf-8", "replace") if isinstance(e.raw, bytes) else str(e.raw)
+        full.append((e.ts, f"{_ts(e.ts)} {e.transport.upper()} {arrow} ({e.local} / {e.remote})", raw))
+    for m in pbx_msgs:
+        arrow = "Asterisk -> Kamailio" if m.direction == "out" else "Kamailio -> Asterisk"
+        t = stamp_seconds(m.stamp) or 0.0
+        full.append((t, f"{_ts(t)} UDP {arrow} (Asterisk peer {m.peer})",
+                     m.raw.decode("utf-8", "replace")))
+    for _, head, raw in sorted(full, key=lambda x: x[0]):
+        out.append(head)
+        out.append("    " + raw.replace("\r\n", "\n").rstrip("\n").replace("\n", "\n    "))
+    return "\n".join(out) + "\n"

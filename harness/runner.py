@@ -24,8 +24,8 @@ def launch_kamailio(target: Target, client, pbx_port: int, workdir, defines=(),
     """Start Kamailio for TARGET with fresh loopback ports (retried if one is taken)."""
     last: ServerError | None = None
     for attempt in range(3):
-        udp, ws, wss = ports.allocate(3)
-        cfg = KamailioConfig(udp_port=udp, ws_port=ws, wss_port=wss, pbx_port=pbx_port,
+        udp, ws, wss, rpc = ports.allocate(4)
+        cfg = KamailioConfig(udp_port=udp, ws_port=ws, wss_port=wss, pbx_port=pbx_port, rpc_port=rpc,
                              defines=tuple(defines), timers=timers or TmTimers())
         run_dir = tempfile.mkdtemp(prefix=f"kamailio-{attempt}-", dir=workdir)
         hint = target.id.replace(":", "_").replace("/", "_")
@@ -35,7 +35,7 @@ def launch_kamailio(target: Target, client, pbx_port: int, workdir, defines=(),
         try:
             return k.start(timeout=timeout)
         except ServerError as exc:
-            ports.release(udp, ws, wss)
+            ports.release(udp, ws, wss, rpc)
             last = exc
             if "already taken" not in str(exc):
                 raise

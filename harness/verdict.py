@@ -56,6 +56,8 @@ class Verdict:
     transport: str = ""
     timeline: list[tuple[float, str]] = field(default_factory=list)
     started_at: float = 0.0             # epoch of timeline's 0
+    stats_samples: list[dict] = field(default_factory=list)   # tm.stats/shm every ~0.1 s
+    snapshots: dict = field(default_factory=dict)             # RPC answers at the key moments
     samples: list[dict] = field(default_factory=list)
 
     @property

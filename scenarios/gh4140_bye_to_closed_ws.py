@@ -39,11 +39,12 @@ from __future__ import annotations
 import random
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from harness import oracle, pbx_trace
 from harness.errors import ScenarioError, ServerError, UsageError
 from harness.kamailio import Kamailio, TmTimers
+from harness.sampler import StatsSampler
 from harness.sip import UAError
 from harness.verdict import Reply, Verdict, classify_reason
 from harness.wait import WaitTimeout, poll
@@ -189,16 +190,41 @@ def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant
     """Drive the issue-4140 ladder once and return the oracle's verdict."""
     if disconnect not in DISCONNECTS:
         raise UsageError(f"unknown disconnect mode '{disconnect}'", f"use one of {', '.join(DISCONNECTS)}")
-    rpc = kamailio.rpc
-    t0, t0_epoch = time.monotonic(), time.time()
-    timeline: list[tuple[float, str]] = []
+    r = _Run(kamailio, pbx)
+    # Pre-condition: snapshot Kamailio's counters; sample them all along.
+    r.stats_before = kamailio.rpc.tm_stats()
+    r.snapshots.update({"core.version": kamailio.version, "tm.stats before": r.stats_before,
+                        "core.shmmem before": kamailio.rpc.shmmem()})
+    r.pbx_log_start = len(pbx.log())
+    sampler = StatsSampler(kamailio.rpc, r.t0).start()
+    try:
+        verdict = _ladder(r, ua_factory, transport, variant, disconnect, target)
+    finally:
+        samples = sampler.stop()
+    verdict.stats_samples = samples
+    return verdict
 
-    def mark(label: str) -> None:
-        timeline.append((round(time.monotonic() - t0, 3), label))
 
-    # Pre-condition: a quiet Kamailio; snapshot its counters.
-    stats_before = rpc.tm_stats()
-    pbx_log_start = len(pbx.log())
+@dataclass
+class _Run:
+    """One run's clock, step marks and RPC snapshots."""
+
+    kamailio: Kamailio
+    pbx: object
+    t0: float = field(default_factory=time.monotonic)
+    t0_epoch: float = field(default_factory=time.time)
+    timeline: list = field(default_factory=list)
+    snapshots: dict = field(default_factory=dict)
+    stats_before: dict = field(default_factory=dict)
+    pbx_log_start: int = 0
+
+    def mark(self, label: str) -> None:
+        self.timeline.append((round(time.monotonic() - self.t0, 3), label))
+
+
+def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target) -> Verdict:
+    kamailio, pbx, rpc = r.kamailio, r.pbx, r.kamailio.rpc
+    t0, timeline, mark, snapshots = r.t0, r.timeline, r.mark, r.snapshots
 
     # 1. The call: INVITE with session timers, then the refreshing re-INVITE.
     ext = new_extension()
@@ -220,6 +246,7 @@ def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant
 
     # 2. The client's connection dies; wait until Kamailio has really dropped it.
     local_port = int(ua.local_addr.rsplit(":", 1)[1])
+    snapshots["ws.dump before disconnect"] = rpc.ws_dump()
     ua.disconnect(disconnect)
     mark(f"disconnect ({disconnect})")
     try:
@@ -229,6 +256,7 @@ def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant
                             f"after the {disconnect} disconnect",
                             "the disconnect did not take effect") from None
     mark("ws.dump: connection gone")
+    snapshots["ws.dump after disconnect"] = rpc.ws_dump()
 
     # 3. Asterisk hangs up: its BYE must cross Kamailio towards the dead client.
     timers = oracle.read_timers(rpc, {"fr_timer": kamailio.config.timers.fr_timer,
@@ -251,31 +279,35 @@ def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant
         mark("deadline: BYE cell still there" if watch.seen else "watch ended")
 
     # Kamailio's replies, as Asterisk received them (evidence, not timing).
-    replies = _replies(pbx, pbx_log_start, call_id, timeout=2.0 if watch.seen else deadline)
-    for r in replies:
-        timeline.append((round(at_bye + r.at, 3), f"Kamailio replies {r.code} to the BYE"))
+    replies = _replies(pbx, r.pbx_log_start, call_id, timeout=2.0 if watch.seen else deadline)
+    for reply in replies:
+        timeline.append((round(at_bye + reply.at, 3), f"Kamailio replies {reply.code} to the BYE"))
     timeline.sort()
 
     if not watch.seen and not replies:
         raise ScenarioError("Asterisk's BYE never reached Kamailio (no BYE cell, no reply)",
                             "see the Asterisk log")
-    if any(r.code == 200 for r in replies):
+    if any(reply.code == 200 for reply in replies):
         raise ScenarioError("the BYE was answered 200: a live client got it, the disconnect "
                             "did not happen", "see the SIP trace")
 
     leaked = bool(watch.cells)
-    stats_after, consistent, note = oracle.stats_settled(rpc, stats_before, len(watch.cells),
+    snapshots["tm.list at verdict"] = [c.raw for c in watch.cells]
+    stats_after, consistent, note = oracle.stats_settled(rpc, r.stats_before, len(watch.cells),
                                                          timeout=timers.wt_timer / 1000 * 2 + 2)
+    snapshots["tm.stats after"] = stats_after
+    snapshots["core.shmmem after"] = rpc.shmmem()
     if kamailio.death():
         raise ScenarioError(f"Kamailio died during the scenario: {kamailio.death()}",
                             "see the Kamailio log")
     return Verdict(
         leaked=leaked, method="BYE", call_id=call_id, cells=watch.cells, replies=replies,
         watched_for=watch.watched_for, deadline=deadline, gone_after=watch.gone_after,
-        seen=watch.seen, stats_before=stats_before, stats_after=stats_after,
+        seen=watch.seen, stats_before=r.stats_before, stats_after=stats_after,
         stats_consistent=consistent, stats_note=note, timers=timers.as_dict(),
         target=target, kamailio_version=kamailio.version or "", variant=variant.name,
-        transport=transport, timeline=timeline, samples=watch.samples, started_at=t0_epoch)
+        transport=transport, timeline=timeline, samples=watch.samples, started_at=r.t0_epoch,
+        snapshots=snapshots)
 
 
 def _replies(pbx, log_start: int, call_id: str, timeout: float) -> list[Reply]:

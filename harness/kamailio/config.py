@@ -47,6 +47,7 @@ class KamailioConfig:
     ws_port: int
     wss_port: int
     pbx_port: int
+    rpc_port: int = 0           # JSON-RPC listener (0: share the WS port)
     defines: tuple[str, ...] = ()
     timers: TmTimers = field(default_factory=TmTimers)
     # Where the config directory is seen by Kamailio (container path, or the
@@ -67,6 +68,7 @@ class KamailioConfig:
             f"#!define KAMLEAK_UDP_PORT {self.udp_port}",
             f"#!define KAMLEAK_WS_PORT {self.ws_port}",
             f"#!define KAMLEAK_WSS_PORT {self.wss_port}",
+            f"#!define KAMLEAK_RPC_PORT {self.rpc_port or self.ws_port}",
             f'#!substdef "!KAMLEAK_SELF!sip:{HOST}:{self.udp_port}!g"',
             f'#!substdef "!KAMLEAK_PBX_HOSTPORT!{HOST}:{self.pbx_port}!g"',
             f'#!substdef "!KAMLEAK_DIR!{d}!g"',
@@ -81,6 +83,9 @@ class KamailioConfig:
             f"listen=tcp:{HOST}:{self.ws_port}",
             f"listen=tls:{HOST}:{self.wss_port}",
         ]
+        if self.rpc_port and self.rpc_port != self.ws_port:
+            # Polling tm.list on its own socket keeps the SIP sockets' capture clean.
+            lines.append(f"listen=tcp:{HOST}:{self.rpc_port}")
         lines.append("# ---- end of generated header ----\n")
         return "\n".join(lines)
 

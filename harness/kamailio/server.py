@@ -57,7 +57,7 @@ class Kamailio:
     def __init__(self, config: KamailioConfig, run_dir: str | os.PathLike):
         self.config = config
         self.run_dir = Path(run_dir)
-        self.rpc = KamailioRPC(f"http://{HOST}:{config.ws_port}/RPC")
+        self.rpc = KamailioRPC(f"http://{HOST}:{config.rpc_port or config.ws_port}/RPC")
         self.version: str | None = None
         self.started_at: float | None = None
         self.ready_after: float | None = None

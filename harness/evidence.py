@@ -1,0 +1,61 @@
+"""A test's evidence: what its failure report shows and what the artifact tree keeps.
+
+Fixtures register evidence as they start things (`attach`); each source is
+read once, when the test's report is made, while the containers still
+exist: a report section added at teardown would be lost, and a log read
+after removal would be empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass
+class Evidence:
+    title: str                  # report section title
+    source: Callable[[], object]
+    filename: str | None        # artifact file name, or None
+    in_report: bool = True      # also a report section (text only)
+
+
+def attach(node_or_request, title: str, source, filename: str | None = None,
+           in_report: bool = True) -> None:
+    node = getattr(node_or_request, "node", node_or_request)
+    node.__dict__.setdefault("_kamleak_evidence", []).append(
+        Evidence(title, source, filename, in_report))
+
+
+def read_all(item) -> list[tuple[Evidence, object]]:
+    """Every registered source, read once per test (some, like a pcap, only can be)."""
+    cache = item.__dict__.setdefault("_kamleak_read", {})
+    out = []
+    for i, ev in enumerate(item.__dict__.get("_kamleak_evidence", [])):
+        if i not in cache:
+            try:
+                cache[i] = ev.source()
+            except Exception as exc:  # noqa: BLE001 - evidence must not mask the result
+                cache[i] = f"(could not be read: {exc})"
+        out.append((ev, cache[i]))
+    return out
+
+
+def add_sections(report, item) -> None:
+    for ev, content in read_all(item):
+        if ev.in_report and isinstance(content, str) and content:
+            report.sections.append((f"kamleak: {ev.title}", content))
+
+
+def write_files(store, item) -> str | None:
+    """Write every file-backed piece of evidence; returns the test's directory."""
+    files = [(ev, c) for ev, c in read_all(item) if ev.filename and c not in (None, "", b"")]
+    if not files:
+        return None
+    directory = store.test_dir(item.nodeid)
+    for ev, content in files:
+        name = ev.filename
+        if name.endswith(".pcap") and isinstance(content, str):
+            name = name[:-5] + ".txt"  # the note saying why there is no capture
+        store.write(directory, name, content)
+    return str(directory)

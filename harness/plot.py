@@ -1,0 +1,283 @@
+"""One run's timeline as a PNG: the tm counters, shm, and the scenario steps.
+
+`render_timeline(run, path)` takes a run record (`Verdict.to_json()` plus
+`stats_samples`) and draws what a person needs to *see* the leak: after the BYE,
+`current` and `created - freed` stay flat at 1 until the deadline (leak) or fall
+back to 0 (clean).
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+# Figure geometry: fixed so the label layout can work in pixels.
+_W_IN, _H_IN, _DPI = 10.0, 6.0, 100
+_LEFT, _RIGHT = 0.075, 0.975
+_STRIP = (0.635, 0.845)      # bottom, top of the step-label strip (figure fraction)
+_COUNTS = (0.365, 0.625)     # the tm counters panel
+_SHM = (0.085, 0.315)        # the shm panel
+
+_COLOURS = {"leak": "#c0392b", "clean": "#1e8449"}
+_OTHER = "#7f6000"
+_LABEL_FONT = 7
+_MERGE_WITHIN = 0.05         # steps closer than this share a label (if it stays short)
+_MERGED_MAX = 34             # ... and the merged text is at most this long
+
+
+def _num(v, default=0.0) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return default
+
+
+def _samples(run: dict) -> list[dict]:
+    out = []
+    for s in run.get("stats_samples") or []:
+        if isinstance(s, dict) and "t" in s:
+            out.append(s)
+    out.sort(key=lambda s: _num(s.get("t")))
+    return out
+
+
+def _steps(run: dict) -> list[tuple[float, str]]:
+    out = []
+    for step in run.get("timeline") or []:
+        try:
+            t, text = step[0], step[1]
+        except (TypeError, IndexError, KeyError):
+            continue
+        out.append((_num(t), str(text)))
+    out.sort(key=lambda s: s[0])
+    return out
+
+
+def _bye_and_deadline(run: dict, steps: list[tuple[float, str]]) -> tuple[float | None, float | None]:
+    """When the watched request went out, and when the watch window ends."""
+    method = str(run.get("method") or "BYE")
+    start = None
+    for t, text in steps:
+        if re.match(rf"\s*{re.escape(method)}\b", text, re.I) and "cell" not in text.lower():
+            start = t
+            break
+    end = None
+    for t, text in steps:
+        if text.lower().startswith("deadline"):
+            end = t
+    deadline = run.get("deadline")
+    if start is None and end is not None and deadline is not None:
+        start = end - _num(deadline)
+    if end is None and start is not None and deadline is not None:
+        end = start + _num(deadline)
+    return start, end
+
+
+def _group_steps(steps: list[tuple[float, str]]) -> list[tuple[float, str]]:
+    """Steps within ~0.05 s share one label when the result stays short."""
+    groups: list[tuple[float, list[str]]] = []
+    for t, text in steps:
+        if groups:
+            g_t, texts = groups[-1]
+            joined = " · ".join(texts + [text])
+            if t - g_t < _MERGE_WITHIN and len(joined) <= _MERGED_MAX:
+                texts.append(text)
+                continue
+        groups.append((t, [text]))
+    return [(t, " · ".join(texts)) for t, texts in groups]
+
+
+def _spread(desired: list[float], gap: float, lo: float, hi: float) -> list[float]:
+    """Positions >= gap apart, each as close as possible to its desired one.
+
+    Adjacent labels that collide are pooled into a block centred on their
+    desired positions (pool-adjacent-violators), then clamped into [lo, hi].
+    """
+    blocks: list[list] = []          # [first index, count, position of first]
+    for i, x in enumerate(desired):
+        blocks.append([i, 1, x])
+        while len(blocks) > 1:
+            a, b = blocks[-2], blocks[-1]
+            if a[2] + a[1] * gap <= b[2]:
+                break
+            n = a[1] + b[1]
+            first = a[0]
+            pos = sum(desired[first + k] - k * gap for k in range(n)) / n
+            blocks[-2:] = [[first, n, pos]]
+    out: list[float] = []
+    for first, n, pos in blocks:
+        out.extend(pos + k * gap for k in range(n))
+    # Clamp into the strip: shift right from the left edge, then left from the right edge.
+    for i in range(len(out)):
+        floor = lo if i == 0 else out[i - 1] + gap
+        out[i] = max(out[i], floor)
+    for i in range(len(out) - 1, -1, -1):
+        ceil = hi if i == len(out) - 1 else out[i + 1] - gap
+        out[i] = min(out[i], ceil)
+    return out
+
+
+def _fmt_t(t: float) -> str:
+    return f"{t:.2f}s" if abs(t) < 10 else f"{t:.1f}s"
+
+
+def _fit_text(txt, max_px: float, renderer) -> None:
+    """Shorten a (rotated) label with an ellipsis until it fits max_px."""
+    full = txt.get_text()
+    for cut in range(len(full), 3, -1):
+        txt.set_text(full if cut == len(full) else full[:cut].rstrip() + "…")
+        ext = txt.get_window_extent(renderer)
+        if ext.height <= max_px:
+            return
+
+
+def render_timeline(run: dict, path: str | Path) -> Path:
+    """Draw one run's tm counters, shm and scenario steps into a PNG at `path`."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    outcome = str(run.get("outcome") or "error").lower()
+    colour = _COLOURS.get(outcome, _OTHER)
+    samples = _samples(run)
+    steps = _steps(run)
+    bye, end = _bye_and_deadline(run, steps)
+
+    times = [_num(s.get("t")) for s in samples] + [t for t, _ in steps]
+    if end is not None and (outcome == "leak" or any(t >= end for t, _ in steps)):
+        times.append(end)
+    x_lo = min([0.0] + times)
+    x_hi = max(times) if times else 1.0
+    if x_hi - x_lo < 0.5:
+        x_hi = x_lo + 0.5
+    span = x_hi - x_lo
+    x_lo, x_hi = x_lo - 0.01 * span, x_hi + 0.02 * span
+
+    fig = plt.figure(figsize=(_W_IN, _H_IN), dpi=_DPI)
+    try:
+        width = _RIGHT - _LEFT
+        ax_c = fig.add_axes((_LEFT, _COUNTS[0], width, _COUNTS[1] - _COUNTS[0]))
+        ax_m = fig.add_axes((_LEFT, _SHM[0], width, _SHM[1] - _SHM[0]), sharex=ax_c)
+        ax_s = fig.add_axes((_LEFT, _STRIP[0], width, _STRIP[1] - _STRIP[0]))
+
+        # --- title and the sentence ------------------------------------------------
+        where = " · ".join(str(v) for v in (run.get("target"), run.get("variant"),
+                                              str(run.get("transport") or "").upper()) if v)
+        fig.text(0.5, 0.985, f"{outcome.upper()}" + (f" — {where}" if where else ""),
+                 ha="center", va="top", fontsize=14, fontweight="bold", color=colour)
+        sub = str(run.get("sentence") or "")
+        version = run.get("kamailio_version")
+        lines = textwrap.wrap(sub, 125)[:2] if sub else []
+        if version:
+            lines.append(str(version))
+        if lines:
+            fig.text(0.5, 0.935, "\n".join(lines), ha="center", va="top", fontsize=8.5,
+                     color="#333333", linespacing=1.3)
+
+        # --- the watch window band -------------------------------------------------
+        if bye is not None:
+            band_end = min(end, x_hi) if end is not None else x_hi
+            if band_end > bye:
+                for ax in (ax_c, ax_m):
+                    ax.axvspan(bye, band_end, color=colour, alpha=0.07, lw=0)
+                dl = f"deadline {_num(run.get('deadline')):.1f} s" if run.get("deadline") is not None else ""
+                ax_c.text(bye + 0.005 * span, 0.04, f"watched after the {run.get('method') or 'BYE'}"
+                          + (f" ({dl})" if dl else ""), transform=ax_c.get_xaxis_transform(),
+                          fontsize=7.5, color=colour, va="bottom", ha="left", alpha=0.9)
+
+        # --- step lines ------------------------------------------------------------
+        for t, text in steps:
+            special = text.lower().startswith("deadline") or "gone" in text.lower()
+            for ax in (ax_c, ax_m):
+                ax.axvline(t, color=colour if special else "#777777", ls="--", lw=0.8,
+                           alpha=0.9 if special else 0.55, zorder=1)
+
+        # --- tm counters -----------------------------------------------------------
+        if samples:
+            ts = [_num(s.get("t")) for s in samples]
+            series = [
+                ("current", [_num(s.get("current")) for s in samples], colour, 2.2, "-"),
+                ("created − freed", [_num(s.get("created")) - _num(s.get("freed")) for s in samples],
+                 "#1f4e9c", 1.4, "--"),
+                ("waiting", [_num(s.get("waiting")) for s in samples], "#e08a00", 1.2, ":"),
+            ]
+            top = 0.0
+            for name, ys, c, lw, ls in series:
+                if len(ts) == 1:
+                    ax_c.plot(ts, ys, marker="o", color=c, ls="none", label=name, zorder=3)
+                else:
+                    ax_c.step(ts, ys, where="post", color=c, lw=lw, ls=ls, label=name, zorder=3)
+                top = max([top] + ys)
+            ax_c.set_ylim(-0.25, max(2.0, top) * 1.45 + 0.3)
+            ax_c.legend(loc="upper right", fontsize=8, ncol=3, frameon=True, framealpha=0.9)
+        else:
+            ax_c.set_ylim(-0.25, 2.5)
+            ax_c.text(0.5, 0.5, "no tm.stats samples", transform=ax_c.transAxes,
+                      ha="center", va="center", color="#888888", fontsize=10)
+        ax_c.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+        ax_c.set_ylabel("transactions")
+        ax_c.grid(axis="y", color="#dddddd", lw=0.6)
+        ax_c.tick_params(labelbottom=False)
+
+        # --- shm -------------------------------------------------------------------
+        shm = [(_num(s.get("t")), _num(s.get("shm_used")) / 1024) for s in samples
+               if s.get("shm_used") is not None]
+        if shm:
+            ts, ks = zip(*shm)
+            if len(ts) == 1:
+                ax_m.plot(ts, ks, marker="o", color="#555555", ls="none")
+            else:
+                ax_m.step(ts, ks, where="post", color="#555555", lw=1.3)
+            lo, hi = min(ks), max(ks)
+            pad = max((hi - lo) * 0.25, 8.0)
+            ax_m.set_ylim(lo - pad, hi + pad)
+        else:
+            ax_m.text(0.5, 0.5, "no shm samples", transform=ax_m.transAxes,
+                      ha="center", va="center", color="#888888", fontsize=10)
+        fmt = ScalarFormatter(useOffset=False)
+        fmt.set_scientific(False)
+        ax_m.yaxis.set_major_formatter(fmt)
+        ax_m.yaxis.set_major_locator(MaxNLocator(nbins=4))
+        ax_m.set_ylabel("shm used (KiB)")
+        ax_m.text(0.005, 0.96, "a single leaked cell is invisible here: shm moves 20–200 KB "
+                  "between runs that leak nothing", transform=ax_m.transAxes, fontsize=7,
+                  color="#666666", va="top", ha="left",
+                  bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=1))
+        ax_m.set_xlabel("seconds since the scenario started")
+        ax_m.grid(axis="y", color="#eeeeee", lw=0.6)
+        ax_c.set_xlim(x_lo, x_hi)
+
+        # --- step labels in their own strip, spread apart with leader lines --------
+        fig_w_px, fig_h_px = _W_IN * _DPI, _H_IN * _DPI
+        strip_w = width * fig_w_px
+        strip_h = (_STRIP[1] - _STRIP[0]) * fig_h_px
+        ax_s.set_xlim(0, strip_w)
+        ax_s.set_ylim(0, strip_h)
+        ax_s.axis("off")
+        labels = _group_steps(steps)
+        if labels:
+            renderer = fig.canvas.get_renderer()
+            gap = _LABEL_FONT * 1.75
+            want = [(t - x_lo) / (x_hi - x_lo) * strip_w for t, _ in labels]
+            got = _spread(want, gap, gap / 2, strip_w - gap / 2)
+            rise = 14.0
+            for (t, text), x0, x1 in zip(labels, want, got):
+                special = text.lower().startswith("deadline") or "gone" in text.lower()
+                c = colour if special else "#333333"
+                ax_s.plot([x0, x0, x1], [0, rise * 0.35, rise], color="#999999", lw=0.6,
+                          clip_on=False)
+                txt = ax_s.text(x1, rise + 2, f"{_fmt_t(t)} {text}", rotation=90,
+                                rotation_mode="anchor", ha="left", va="center",
+                                fontsize=_LABEL_FONT, color=c,
+                                fontweight="bold" if special else "normal")
+                _fit_text(txt, strip_h - rise - 2, renderer)
+
+        fig.savefig(path, dpi=_DPI, facecolor="white")
+    finally:
+        plt.close(fig)
+    return path
