@@ -157,7 +157,7 @@ def reap_leftovers(client: docker.DockerClient, log=print) -> int:
         except docker.errors.DockerException:
             continue
     if reaped:
-        log(f"kamleak: removed {reaped} container(s) left behind by an earlier, killed run")
+        log(f"removed {reaped} container(s) left behind by an earlier, killed run")
     return reaped
 
 

@@ -45,7 +45,7 @@ def disconnect_mode(request) -> str:
 def docker_client():
     """A Docker client; starts a private engine only where allowed (CI, root)."""
     client = engine.client()
-    containers.reap_leftovers(client, log=lambda m: print(m, flush=True))
+    containers.reap_leftovers(client, log=lambda m: print(f"kamleak: {m}", flush=True))
     yield client
     containers.remove_all_live()
 

@@ -15,15 +15,16 @@ from pathlib import Path
 # Figure geometry: fixed so the label layout can work in pixels.
 _W_IN, _H_IN, _DPI = 10.0, 6.0, 100
 _LEFT, _RIGHT = 0.075, 0.975
-_STRIP = (0.635, 0.845)      # bottom, top of the step-label strip (figure fraction)
-_COUNTS = (0.365, 0.625)     # the tm counters panel
-_SHM = (0.085, 0.315)        # the shm panel
+_STRIP_BOTTOM = 0.575        # the step-label strip; its top follows the subtitle
+_COUNTS = (0.305, 0.565)     # the tm counters panel
+_SHM = (0.085, 0.255)        # the shm panel
+_SUB_TOP, _SUB_FONT = 0.942, 8.5
 
 _COLOURS = {"leak": "#c0392b", "clean": "#1e8449"}
 _OTHER = "#7f6000"
 _LABEL_FONT = 7
 _MERGE_WITHIN = 0.05         # steps closer than this share a label (if it stays short)
-_MERGED_MAX = 34             # ... and the merged text is at most this long
+_MERGED_MAX = 24             # ... and the merged text is at most this long
 
 
 def _num(v, default=0.0) -> float:
@@ -88,48 +89,81 @@ def _group_steps(steps: list[tuple[float, str]]) -> list[tuple[float, str]]:
     return [(t, " · ".join(texts)) for t, texts in groups]
 
 
-def _spread(desired: list[float], gap: float, lo: float, hi: float) -> list[float]:
-    """Positions >= gap apart, each as close as possible to its desired one.
+def _spread(desired: list[float], gaps: list[float], lo: float, hi: float) -> list[float]:
+    """Positions as close as possible to `desired`, label i at least gaps[i] right of i-1.
 
     Adjacent labels that collide are pooled into a block centred on their
     desired positions (pool-adjacent-violators), then clamped into [lo, hi].
+    gaps[0] is ignored.
     """
-    blocks: list[list] = []          # [first index, count, position of first]
+    cum = [0.0]
+    for g in gaps[1:]:
+        cum.append(cum[-1] + g)
+    blocks: list[list] = []          # [first index, last index, position of first]
     for i, x in enumerate(desired):
-        blocks.append([i, 1, x])
+        blocks.append([i, i, x])
         while len(blocks) > 1:
             a, b = blocks[-2], blocks[-1]
-            if a[2] + a[1] * gap <= b[2]:
+            if a[2] + cum[a[1]] - cum[a[0]] + gaps[b[0]] <= b[2]:
                 break
-            n = a[1] + b[1]
-            first = a[0]
-            pos = sum(desired[first + k] - k * gap for k in range(n)) / n
-            blocks[-2:] = [[first, n, pos]]
+            first, last = a[0], b[1]
+            n = last - first + 1
+            pos = sum(desired[k] - (cum[k] - cum[first]) for k in range(first, last + 1)) / n
+            blocks[-2:] = [[first, last, pos]]
     out: list[float] = []
-    for first, n, pos in blocks:
-        out.extend(pos + k * gap for k in range(n))
+    for first, last, pos in blocks:
+        out.extend(pos + cum[k] - cum[first] for k in range(first, last + 1))
     # Clamp into the strip: shift right from the left edge, then left from the right edge.
     for i in range(len(out)):
-        floor = lo if i == 0 else out[i - 1] + gap
-        out[i] = max(out[i], floor)
+        out[i] = max(out[i], lo if i == 0 else out[i - 1] + gaps[i])
     for i in range(len(out) - 1, -1, -1):
-        ceil = hi if i == len(out) - 1 else out[i + 1] - gap
-        out[i] = min(out[i], ceil)
+        out[i] = min(out[i], hi if i == len(out) - 1 else out[i + 1] - gaps[i + 1])
     return out
 
 
+def _special(text: str) -> bool:
+    """The steps that decide the verdict: the deadline, the cell leaving tm.list."""
+    low = text.lower()
+    return low.startswith("deadline") or bool(re.search(r"\bcell\b.*\b(gone|still)\b", low))
+
+
 def _fmt_t(t: float) -> str:
-    return f"{t:.2f}s" if abs(t) < 10 else f"{t:.1f}s"
+    return f"{t:.2f}" if abs(t) < 10 else f"{t:.1f}"
 
 
-def _fit_text(txt, max_px: float, renderer) -> None:
-    """Shorten a (rotated) label with an ellipsis until it fits max_px."""
+def _height(txt, renderer) -> float:
+    return txt.get_window_extent(renderer).height
+
+
+def _fit_label(txt, max_px: float, renderer) -> int:
+    """Make a rotated label fit max_px: wrap it onto two lines, then shorten
+    the last line with an ellipsis. Returns the number of lines used."""
     full = txt.get_text()
-    for cut in range(len(full), 3, -1):
-        txt.set_text(full if cut == len(full) else full[:cut].rstrip() + "…")
-        ext = txt.get_window_extent(renderer)
-        if ext.height <= max_px:
-            return
+    if _height(txt, renderer) <= max_px:
+        return 1
+    words = full.split(" ")
+    if len(words) > 1:
+        # the split that makes the longer line shortest
+        best = min(range(1, len(words)),
+                   key=lambda k: max(len(" ".join(words[:k])), len(" ".join(words[k:]))))
+        head, tail = " ".join(words[:best]), " ".join(words[best:])
+    else:
+        head, tail = full, ""
+    if tail:
+        txt.set_text(f"{head}\n{tail}")
+        if _height(txt, renderer) <= max_px:
+            return 2
+    # still too long: shorten the longer line
+    lines = [head, tail] if tail else [head]
+    for _ in range(len(full)):
+        i = max(range(len(lines)), key=lambda j: len(lines[j]))
+        if len(lines[i]) <= 4:
+            break
+        lines[i] = lines[i][:-2].rstrip(" ·…") + "…"
+        txt.set_text("\n".join(lines))
+        if _height(txt, renderer) <= max_px:
+            break
+    return len(lines)
 
 
 def render_timeline(run: dict, path: str | Path) -> Path:
@@ -163,21 +197,19 @@ def render_timeline(run: dict, path: str | Path) -> Path:
         width = _RIGHT - _LEFT
         ax_c = fig.add_axes((_LEFT, _COUNTS[0], width, _COUNTS[1] - _COUNTS[0]))
         ax_m = fig.add_axes((_LEFT, _SHM[0], width, _SHM[1] - _SHM[0]), sharex=ax_c)
-        ax_s = fig.add_axes((_LEFT, _STRIP[0], width, _STRIP[1] - _STRIP[0]))
-
         # --- title and the sentence ------------------------------------------------
         where = " · ".join(str(v) for v in (run.get("target"), run.get("variant"),
                                               str(run.get("transport") or "").upper()) if v)
         fig.text(0.5, 0.985, f"{outcome.upper()}" + (f" — {where}" if where else ""),
                  ha="center", va="top", fontsize=14, fontweight="bold", color=colour)
-        sub = str(run.get("sentence") or "")
-        version = run.get("kamailio_version")
-        lines = textwrap.wrap(sub, 125)[:2] if sub else []
-        if version:
-            lines.append(str(version))
+        sub = " — ".join(str(v) for v in (run.get("sentence"), run.get("kamailio_version")) if v)
+        lines = textwrap.wrap(sub, 150, max_lines=3, placeholder=" …") if sub else []
         if lines:
-            fig.text(0.5, 0.935, "\n".join(lines), ha="center", va="top", fontsize=8.5,
+            fig.text(0.5, _SUB_TOP, "\n".join(lines), ha="center", va="top", fontsize=_SUB_FONT,
                      color="#333333", linespacing=1.3)
+        line_frac = _SUB_FONT * 1.3 / 72 / _H_IN
+        strip_top = _SUB_TOP - len(lines) * line_frac - 0.012
+        ax_s = fig.add_axes((_LEFT, _STRIP_BOTTOM, width, strip_top - _STRIP_BOTTOM))
 
         # --- the watch window band -------------------------------------------------
         if bye is not None:
@@ -186,13 +218,14 @@ def render_timeline(run: dict, path: str | Path) -> Path:
                 for ax in (ax_c, ax_m):
                     ax.axvspan(bye, band_end, color=colour, alpha=0.07, lw=0)
                 dl = f"deadline {_num(run.get('deadline')):.1f} s" if run.get("deadline") is not None else ""
-                ax_c.text(bye + 0.005 * span, 0.04, f"watched after the {run.get('method') or 'BYE'}"
+                near = [t for t, _ in steps if bye <= t <= bye + 0.04 * span]
+                ax_c.text(max([bye] + near) + 0.006 * span, 0.96, f"watched after the {run.get('method') or 'BYE'}"
                           + (f" ({dl})" if dl else ""), transform=ax_c.get_xaxis_transform(),
-                          fontsize=7.5, color=colour, va="bottom", ha="left", alpha=0.9)
+                          fontsize=7.5, color=colour, va="top", ha="left", alpha=0.9)
 
         # --- step lines ------------------------------------------------------------
         for t, text in steps:
-            special = text.lower().startswith("deadline") or "gone" in text.lower()
+            special = _special(text)
             for ax in (ax_c, ax_m):
                 ax.axvline(t, color=colour if special else "#777777", ls="--", lw=0.8,
                            alpha=0.9 if special else 0.55, zorder=1)
@@ -239,10 +272,12 @@ def render_timeline(run: dict, path: str | Path) -> Path:
         else:
             ax_m.text(0.5, 0.5, "no shm samples", transform=ax_m.transAxes,
                       ha="center", va="center", color="#888888", fontsize=10)
-        fmt = ScalarFormatter(useOffset=False)
-        fmt.set_scientific(False)
-        ax_m.yaxis.set_major_formatter(fmt)
-        ax_m.yaxis.set_major_locator(MaxNLocator(nbins=4))
+            ax_m.set_yticks([])
+        if shm:
+            fmt = ScalarFormatter(useOffset=False)
+            fmt.set_scientific(False)
+            ax_m.yaxis.set_major_formatter(fmt)
+            ax_m.yaxis.set_major_locator(MaxNLocator(nbins=4))
         ax_m.set_ylabel("shm used (KiB)")
         ax_m.text(0.005, 0.96, "a single leaked cell is invisible here: shm moves 20–200 KB "
                   "between runs that leak nothing", transform=ax_m.transAxes, fontsize=7,
@@ -255,27 +290,35 @@ def render_timeline(run: dict, path: str | Path) -> Path:
         # --- step labels in their own strip, spread apart with leader lines --------
         fig_w_px, fig_h_px = _W_IN * _DPI, _H_IN * _DPI
         strip_w = width * fig_w_px
-        strip_h = (_STRIP[1] - _STRIP[0]) * fig_h_px
+        strip_h = (strip_top - _STRIP_BOTTOM) * fig_h_px
         ax_s.set_xlim(0, strip_w)
         ax_s.set_ylim(0, strip_h)
         ax_s.axis("off")
         labels = _group_steps(steps)
-        if labels:
+        if not labels:
+            ax_s.text(0.5, 0.15, "no timeline recorded", transform=ax_s.transAxes,
+                      ha="center", va="bottom", color="#888888", fontsize=9)
+        else:
             renderer = fig.canvas.get_renderer()
-            gap = _LABEL_FONT * 1.75
-            want = [(t - x_lo) / (x_hi - x_lo) * strip_w for t, _ in labels]
-            got = _spread(want, gap, gap / 2, strip_w - gap / 2)
+            line_px = _LABEL_FONT * 1.25 * _DPI / 72
             rise = 14.0
-            for (t, text), x0, x1 in zip(labels, want, got):
-                special = text.lower().startswith("deadline") or "gone" in text.lower()
-                c = colour if special else "#333333"
+            texts, widths = [], []
+            for t, text in labels:
+                special = _special(text)
+                txt = ax_s.text(0, rise + 2, f"{_fmt_t(t)} {text}", rotation=90,
+                                rotation_mode="anchor", ha="left", va="center",
+                                fontsize=_LABEL_FONT, color=colour if special else "#333333",
+                                fontweight="bold" if special else "normal", linespacing=1.05)
+                n = _fit_label(txt, strip_h - rise - 4, renderer)
+                texts.append(txt)
+                widths.append(n * line_px)
+            gaps = [0.0] + [(widths[i - 1] + widths[i]) / 2 + 2.5 for i in range(1, len(widths))]
+            want = [(t - x_lo) / (x_hi - x_lo) * strip_w for t, _ in labels]
+            got = _spread(want, gaps, widths[0] / 2, strip_w - widths[-1] / 2)
+            for txt, x0, x1 in zip(texts, want, got):
+                txt.set_x(x1)
                 ax_s.plot([x0, x0, x1], [0, rise * 0.35, rise], color="#999999", lw=0.6,
                           clip_on=False)
-                txt = ax_s.text(x1, rise + 2, f"{_fmt_t(t)} {text}", rotation=90,
-                                rotation_mode="anchor", ha="left", va="center",
-                                fontsize=_LABEL_FONT, color=c,
-                                fontweight="bold" if special else "normal")
-                _fit_text(txt, strip_h - rise - 2, renderer)
 
         fig.savefig(path, dpi=_DPI, facecolor="white")
     finally:
