@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import time
+from pathlib import Path
 
 from . import containers, engine, images
 from .errors import KamleakError, UsageError
@@ -78,6 +79,21 @@ def _rule(title: str) -> None:
     print(f"\n── {title} " + "─" * max(4, 76 - len(title)), flush=True)
 
 
+def _save_run(directory: Path, verdict, kam, bench, log_start: int) -> Path:
+    """One repro run's evidence: verdict, timeline plot, SIP trace, logs, config."""
+    from . import plot, report
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "verdict.json").write_text(verdict.dumps())
+    plot.render_timeline(verdict.to_json(), directory / "timeline.png")
+    pbx_log = bench.pbx.log()[log_start:]
+    (directory / "sip-trace.txt").write_text(report.sip_trace([bench.uas[-1].trace], pbx_log))
+    (directory / "kamailio.log").write_text(kam.log())
+    (directory / "asterisk.log").write_text(pbx_log)
+    (directory / "kamailio.cfg").write_text(kam.config.render())
+    return directory
+
+
 def cmd_repro(args) -> int:
     """The issue-4140 leak, shown as a bug report, then the mitigation beside it."""
     from scenarios import gh4140_bye_to_closed_ws as gh4140
@@ -130,6 +146,10 @@ def cmd_repro(args) -> int:
             for line in report.kamailio_lines(kam.log(), verdict.call_id):
                 print(f"    {line[:160]}")
             print(f"\n  Verdict: {verdict.outcome.upper()}: {verdict.sentence()}", flush=True)
+            if args.artifacts:
+                where = _save_run(Path(args.artifacts) / ("leaking" if v is variant else "mitigated"),
+                                  verdict, kam, bench, log_start)
+                print(f"  Evidence: {where}", flush=True)
             kam.stop()
     _rule("side by side")
     first, second = results
@@ -263,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the contrast run changes (default: send_reply_error)")
     r.add_argument("--transport", default="ws", choices=("ws", "wss"))
     r.add_argument("--disconnect", default="rst", choices=("rst", "fin", "close"))
+    r.add_argument("--artifacts", default=None, metavar="DIR",
+                   help="also save each run's evidence (verdict, timeline.png, SIP trace, logs) in DIR")
     r.set_defaults(func=cmd_repro)
     c = sub.add_parser("check", help="one gate run; exit 0 clean, 1 leak, 125 cannot test "
                                      "(for `git bisect run`)")
