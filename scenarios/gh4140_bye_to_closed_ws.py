@@ -201,6 +201,13 @@ def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant
         verdict = _ladder(r, ua_factory, transport, variant, disconnect, target)
     finally:
         samples = sampler.stop()
+    # Close the series with the post-condition the oracle settled on.
+    after, shm = r.snapshots.get("tm.stats after"), r.snapshots.get("core.shmmem after") or {}
+    if after:
+        samples.append({"t": round(r.settled_at - r.t0, 3), "current": after.get("current", 0),
+                        "waiting": after.get("waiting", 0), "created": after.get("created", 0),
+                        "freed": after.get("freed", 0),
+                        "shm_used": shm.get("real_used", shm.get("used", 0))})
     verdict.stats_samples = samples
     return verdict
 
@@ -217,6 +224,7 @@ class _Run:
     snapshots: dict = field(default_factory=dict)
     stats_before: dict = field(default_factory=dict)
     pbx_log_start: int = 0
+    settled_at: float = 0.0
 
     def mark(self, label: str) -> None:
         self.timeline.append((round(time.monotonic() - self.t0, 3), label))
@@ -295,6 +303,7 @@ def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target) -> Verd
     snapshots["tm.list at verdict"] = [c.raw for c in watch.cells]
     stats_after, consistent, note = oracle.stats_settled(rpc, r.stats_before, len(watch.cells),
                                                          timeout=timers.wt_timer / 1000 * 2 + 2)
+    r.settled_at = time.monotonic()
     snapshots["tm.stats after"] = stats_after
     snapshots["core.shmmem after"] = rpc.shmmem()
     if kamailio.death():
