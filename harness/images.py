@@ -26,6 +26,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from . import progress
 from .errors import ImageError, UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,7 +171,8 @@ def seed_base(client: docker.DockerClient, ref: str) -> str:
         mirror = debian_mirror()
         t0 = time.monotonic()
         _say(ref, f"seeding with debootstrap --variant=minbase {suite} (about a minute)")
-        with tempfile.TemporaryDirectory(prefix=f"kamleak-seed-{suite}-", dir="/var/tmp") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"kamleak-seed-{suite}-", dir="/var/tmp") as tmp, \
+                progress.Ticker(f"debootstrap {suite}"):
             root = os.path.join(tmp, "root")
             proc = subprocess.run(["debootstrap", "--variant=minbase", suite, root, mirror],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -237,7 +239,7 @@ def build(client: docker.DockerClient, spec: ImageSpec) -> str:
             if not line:
                 continue
             last = (last + [line])[-20:]
-            if line.startswith("Step "):
+            if line.startswith("Step ") and (progress.interactive() or _verbose()):
                 _say(spec.title, line[:110])
             elif _verbose():
                 _say(spec.title, "  " + line[:200])

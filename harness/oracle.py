@@ -86,7 +86,7 @@ class Watch:
 
 def watch_transaction(rpc: KamailioRPC, call_id: str, method: str, *, deadline: float,
                       started: float, interval: float = 0.05, alive=None,
-                      appear_within: float | None = None) -> Watch:
+                      appear_within: float | None = None, tick=None) -> Watch:
     """Poll tm.list for CALL_ID/METHOD until the cell is gone or DEADLINE passes.
 
     `started` is the monotonic time the request was sent (the clock of the
@@ -118,7 +118,11 @@ def watch_transaction(rpc: KamailioRPC, call_id: str, method: str, *, deadline: 
             break
         if limit.expired():
             break
+        if tick is not None:
+            tick(now)
         time.sleep(interval)
+    if tick is not None:
+        tick(None)
     return Watch(cells=current, seen=seen, first_seen=first_seen, gone_after=gone_after,
                  watched_for=time.monotonic() - started, samples=samples)
 

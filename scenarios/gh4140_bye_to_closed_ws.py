@@ -41,7 +41,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from harness import oracle, pbx_trace
+from harness import oracle, pbx_trace, progress
 from harness.errors import ScenarioError, ServerError, UsageError
 from harness.kamailio import Kamailio, TmTimers
 from harness.sampler import StatsSampler
@@ -277,7 +277,8 @@ def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target) -> Verd
 
     # 4. The oracle: watch the BYE transaction until it is gone or the deadline.
     watch = oracle.watch_transaction(rpc, call_id, "BYE", deadline=deadline, started=bye_sent,
-                                     alive=kamailio.death, appear_within=deadline)
+                                     alive=kamailio.death, appear_within=deadline,
+                                     tick=progress.countdown("watching the BYE cell", deadline))
     at_bye = bye_sent - t0
     if watch.first_seen is not None:
         timeline.append((round(at_bye + watch.first_seen, 3), "BYE cell in tm.list"))
