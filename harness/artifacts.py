@@ -35,7 +35,9 @@ class ArtifactStore:
     def __init__(self, root: str | os.PathLike, keep_runs: int = 10):
         self.root = Path(root)
         self.keep_runs = keep_runs
-        self.run_dir = self.root / f"{time.strftime('%Y%m%d-%H%M%S')}-{RUN_ID[:6]}"
+        # xdist workers share the controller's run directory (named in the env).
+        name = os.environ.get("KAMLEAK_RUN_DIR_NAME") or f"{time.strftime('%Y%m%d-%H%M%S')}-{RUN_ID[:6]}"
+        self.run_dir = self.root / name
         self._created = False
 
     def _ensure(self) -> None:
@@ -76,6 +78,6 @@ class ArtifactStore:
             path.write_text(str(content))
         return path
 
-    def write_summary(self, records: list[dict]) -> Path:
+    def write_summary(self, records: list[dict], name: str = "summary.json") -> Path:
         self._ensure()
-        return self.write(self.run_dir, "summary.json", records)
+        return self.write(self.run_dir, name, records)

@@ -311,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    # SIGTERM ends a run like Ctrl-C: containers removed, exit 130.
+    import signal
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -327,6 +331,13 @@ def main(argv=None) -> int:
         containers.remove_all_live()
         _say("interrupted; our containers were removed")
         return 130
+    except Exception as exc:  # noqa: BLE001 - one line for the user, the rest on request
+        if os.environ.get("KAMLEAK_DEBUG"):
+            raise
+        containers.remove_all_live()
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        _say(f"internal error: {type(exc).__name__}: {first} (KAMLEAK_DEBUG=1 shows the traceback)")
+        return 3
 
 
 if __name__ == "__main__":

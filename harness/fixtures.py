@@ -37,6 +37,12 @@ def gate_variant(request):
 
 
 @pytest.fixture
+def kamleak_repeat(request) -> int:
+    """Which repetition this is (with --kamleak-repeat N)."""
+    return request.param
+
+
+@pytest.fixture
 def disconnect_mode(request) -> str:
     return request.config.getoption("disconnect")
 

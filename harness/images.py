@@ -251,7 +251,24 @@ def build(client: docker.DockerClient, spec: ImageSpec) -> str:
 
 
 def build_all(client: docker.DockerClient, specs: list[ImageSpec], workers: int = 3) -> list[str]:
-    """Seed the bases (in parallel), then build the images (in parallel)."""
+    """Seed the bases (in parallel), then build the images (in parallel).
+
+    One process at a time builds (a file lock): xdist workers or parallel
+    runs wait for the first one and then find the images current.
+    """
+    import fcntl
+    lock_path = os.path.join(tempfile.gettempdir(), "kamleak-images.lock")
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _build_all(client, specs, workers)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build_all(client: docker.DockerClient, specs: list[ImageSpec], workers: int) -> list[str]:
+    if all(is_current(client, s) for s in specs):
+        return [s.tag for s in specs]
     bases = sorted({s.base for s in specs})
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(bases) or 1) as pool:
         for f in [pool.submit(ensure_base, client, b) for b in bases]:

@@ -25,7 +25,8 @@ from .errors import KamleakError
 from .evidence import add_sections, write_files
 from .fixtures import (  # noqa: F401 - registered as this plugin's fixtures
     disconnect_mode, docker_client, gate_variant, gh4140_verdict, kamailio, kamailio_factory,
-    kamailio_target, kamleak_images, pbx, pbx_log, record_verdict, transport, ua_factory)
+    kamailio_target, kamleak_images, kamleak_repeat, pbx, pbx_log, record_verdict, transport,
+    ua_factory)
 from .targets import parse_targets
 
 TRANSPORTS = ("ws", "wss")
@@ -59,6 +60,9 @@ def pytest_addoption(parser):
                 help="how many runs to keep under the artifact directory (default: 10)")
     g.addoption("--kamleak-summary", default=None, metavar="PATH",
                 help="also write every verdict of the run as JSON to PATH")
+    g.addoption("--kamleak-repeat", type=int, default=1, metavar="N",
+                help="run every Kamailio test N times and report the verdict counts "
+                     "(like the Asterisk testsuite's --number)")
     g.addoption("--kamleak-html", action="store_true",
                 help="write a self-contained report.html into the run's artifact directory")
 
@@ -77,12 +81,19 @@ def pytest_configure(config):
         from scenarios.gh4140_bye_to_closed_ws import DEFAULT_VARIANT, Variant
         names = [v.strip() for opt in config.getoption("variant") for v in opt.split(",") if v.strip()]
         config._kamleak_variants = [Variant.parse(n) for n in (names or [DEFAULT_VARIANT])]
+        repeat = config.getoption("kamleak_repeat")
+        if repeat < 1:
+            raise KamleakError(f"--kamleak-repeat {repeat} runs nothing", "give 1 or more")
         keep = config.getoption("kamleak_keep_runs")
         if keep < 1:
             raise KamleakError(f"--kamleak-keep-runs {keep} keeps nothing", "give 1 or more")
     except KamleakError as exc:
         raise pytest.UsageError(exc.line()) from None
     config._kamleak_store = ArtifactStore(config.getoption("kamleak_artifacts"), keep)
+    if not hasattr(config, "workerinput"):
+        # xdist workers start after this and inherit it: one run directory.
+        import os
+        os.environ["KAMLEAK_RUN_DIR_NAME"] = config._kamleak_store.run_dir.name
     # SIGTERM (CI cancelling a job) must clean up like Ctrl-C does.
     if hasattr(signal, "SIGTERM") and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _sigterm)
@@ -116,6 +127,11 @@ def pytest_generate_tests(metafunc):
             # Harness behaviour that does not depend on the Kamailio: run it once.
             targets = targets[:1]
         metafunc.parametrize("kamailio_target", targets, ids=[t.id for t in targets], indirect=True)
+    repeat = config.getoption("kamleak_repeat")
+    if repeat > 1 and "kamailio_target" in metafunc.fixturenames:
+        metafunc.fixturenames.append("kamleak_repeat")
+        metafunc.parametrize("kamleak_repeat", range(repeat),
+                             ids=[f"run{i + 1}" for i in range(repeat)], indirect=True)
     if "transport" in metafunc.fixturenames and not _parametrized_here(metafunc, "transport"):
         transports = config._kamleak_transports
         metafunc.parametrize("transport", transports, ids=transports, indirect=True)
@@ -165,20 +181,58 @@ def pytest_collection_modifyitems(session, config, items):
     config._kamleak_items = items
 
 
+def _repeat_counts(tr, config, records) -> None:
+    """With --kamleak-repeat: how often each test gave each verdict."""
+    if config.getoption("kamleak_repeat") <= 1:
+        return
+    import collections
+    import re
+    counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for r in records:
+        counts[re.sub(r"-run\d+|run\d+-|run\d+", "", r["test"]).replace("[]", "")][r["outcome"]] += 1
+    tr.section("kamleak repeat: verdict counts")
+    for test, c in counts.items():
+        n = sum(c.values())
+        mark = "stable" if len(c) == 1 else "UNSTABLE"
+        tr.write_line(f"{mark:8} {', '.join(f'{k} {m}/{n}' for k, m in sorted(c.items()))}  {test}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    if hasattr(config, "workerinput"):  # an xdist worker: hand the records to the controller
+        records = _records(config)
+        if records:
+            wid = config.workerinput.get("workerid", "gw")
+            config._kamleak_store.write_summary(records, name=f"summary-{wid}.json")
+
+
+def _merged_records(config) -> list[dict]:
+    records = _records(config)
+    run_dir = config._kamleak_store.run_dir
+    if run_dir.is_dir():
+        import json
+        for part in sorted(run_dir.glob("summary-gw*.json")):
+            records += json.loads(part.read_text())
+            part.unlink()
+    return records
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    verdicts = config.__dict__.get("_kamleak_verdicts", [])
-    if not verdicts:
+    if hasattr(config, "workerinput"):
+        return  # xdist workers run this too, silenced: the controller reports
+    records = _merged_records(config)
+    if not records:
         return
     tr = terminalreporter
     tr.section("kamleak verdicts")
     tr.write_line(f"{'kamailio':30} {'variant':34} {'tr':4} {'verdict':7} {'reply':44} cell")
-    for _, v in verdicts:
-        reply = ", ".join(r.describe() for r in v.replies) or "-"
-        cell = (f"gone {v.gone_after:.1f}s" if v.gone_after is not None
-                else f"still there {v.watched_for:.1f}s" if v.leaked else "never seen")
-        tr.write_line(f"{v.kamailio_version[:30]:30} {v.variant[:34]:34} {v.transport:4} "
-                      f"{v.outcome:7} {reply[:44]:44} {cell}")
-    records = _records(config)
+    for r in records:
+        reply = ", ".join(_reply(x) for x in r.get("replies", [])) or "-"
+        cell = (f"gone {r['gone_after']:.1f}s" if r.get("gone_after") is not None
+                else f"still there {r['watched_for']:.1f}s" if r.get("leaked") else "never seen")
+        tr.write_line(f"{r.get('kamailio_version', '')[:30]:30} {r.get('variant', '')[:34]:34} "
+                      f"{r.get('transport', ''):4} {r.get('outcome', ''):7} {reply[:44]:44} {cell}")
+    _repeat_counts(tr, config, records)
     store = config._kamleak_store
     summary = store.write_summary(records)
     tr.write_line(f"kamleak: verdicts in {summary}")
@@ -191,3 +245,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         from .html_report import render_html
         html = render_html(records, store.run_dir)
         tr.write_line(f"kamleak: report in {html}")
+
+
+def _reply(r: dict) -> str:
+    from .verdict import Reply
+    return Reply(r["code"], r["reason"], r.get("at", 0.0), r.get("stateless")).describe()

@@ -1,0 +1,1183 @@
+"""`kamleak lint`: a static advisor for Kamailio configs (issue 4140).
+
+What it looks for.  On a forwarding error `t_relay()` leaves the error reply
+to the end of the script (tm's kill reason REQ_ERR_DELAYED, 16).  If the same
+worker created a local tm request while that request was handled, the kill
+reason becomes 17 and tm no longer sends the delayed reply nor releases the
+transaction; a stateless `sl_reply_error()` on the failure path then leaves
+the cell in `tm.list` for good.  lint reports, with line numbers of the
+original file(s):
+
+- the relay-failure reply (`if (!t_relay()) { sl_reply_error(); }`, also
+  `if (t_relay()) {...} else {...}`, the reply possibly in a `route(X)` called
+  from the failure branch), in a route reachable from `request_route`;
+- the triggers that make it leak, i.e. what creates a local tm request while
+  a request is handled, and only these (measured by kamleak on 5.6.3/6.0.1):
+  `uac_req_send()` (uac.so loaded), `t_uac_send()` (tm), and pua_dialoginfo
+  (pua_dialoginfo.so + dialog.so loaded and dialogs tracked: `dlg_manage()`
+  or `setflag()` of dialog's `dlg_flag`, plus pua_dialoginfo's
+  `send_publish_flag` when set).  Things that send nothing in the request's
+  worker are not triggers: `pua_update_contact()`, `pua_set_publish()`,
+  `pua_json_publish()` (writes the presentity table), `uac_auth()` (a new
+  branch of the same transaction), `t_replicate()`, t_on_failure/onreply code.
+- version-aware advice: before 6.0 neither `send_reply_error()` (sl) nor
+  `t_reply_error()` (tm) exists, before 6.1 `modparam("tm", "delayed_reply",
+  0)` does not; using them there is an "error" finding (Kamailio refuses the
+  config).  From 6.1 tm frees such orphaned transactions itself (observed on
+  Debian's 6.1.5, with two final replies): an "info" note, not a leak.
+
+Levels: "leak" (measured pattern, exit 1), "warning" (same mechanism, not
+measured: stateless `sl_send_reply()` or no reply on the failure path; or a
+leak the config as written cannot load to show), "error" (the function or
+parameter does not exist on the given version), "info".
+
+What the parser understands: `#`, `//` and nested `/* */` comments (but not
+inside strings, and `#!`/`!!` lines are directives); strings in double quotes
+(escapes, may span lines) and single quotes; the preprocessor
+`#!define/def/trydef/redefine/undef`, `#!ifdef/#!ifndef/#!else/#!endif`
+(nested; defines passed as `-A NAME[=VALUE]` via `defines`), define values
+substituted in code as Kamailio does (not in strings, not inside `$pv(...)`),
+`#!substdef`/`#!substdefs` (define the ID; string substitution is not applied),
+`#!subst` ignored; `include_file`/`import_file` (with or without `#!`) followed
+when the file exists, relative to the including file; `loadmodule[x]`,
+`modparam[x]` (module regex split on `|`), `cfgengine`; route blocks
+(`request_route`/`route`, `route[N]`, `failure_route`, `branch_route`,
+`onreply_route`/`reply_route`, `onsend_route`, `event_route[...]`) with
+`if/else/while/switch` statements; reachability from `request_route` through
+`route(N)`, `route_if_exists(N)`, async route names, `t_on_branch(N)` (branch
+routes run inside `t_relay()`), and `event_route[dialog:end]` when dialogs are
+tracked (it runs while the BYE is handled).
+
+Limits (heuristics): KEMI configs (Lua, Python, JS... via `cfgengine`) are out
+of scope and reported as such; `route($var(x))` and other dynamic route names
+are not resolved (then triggers outside the static reach are warnings);
+reachability ignores conditions (a trigger anywhere on a reachable route
+counts, for any method); `$var(r) = t_relay(); if ($var(r) < 0) ...` is not
+followed; `#!ifexp` is assumed true; `#!subst` substitutions and `#!defenv`
+values are not evaluated beyond defining the name; modules' own requests other
+than the three triggers above (presence NOTIFYs, dmq, msilo, dlg_bye, ...) are
+not modelled; a 6.1 build without the orphaned-transaction change is not
+detectable from the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Finding", "lint", "lint_file", "main", "parse_version", "add_subparser"]
+
+LEVELS = ("leak", "error", "warning", "info")
+
+# ---------------------------------------------------------------------------
+# Findings
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One finding; `line` is in `path` (None: the linted config itself)."""
+
+    line: int
+    level: str      # "leak" | "error" | "warning" | "info"
+    code: str       # e.g. "4140-leak"
+    message: str
+    advice: tuple[str, ...] = ()
+    path: str | None = None
+
+    def format(self, default_path: str) -> str:
+        head = f"{self.path or default_path}:{self.line}: {self.level}: {self.message}"
+        return "\n".join([head] + [f"    advice: {a}" for a in self.advice])
+
+
+def parse_version(version: str | None) -> tuple[int, int, int] | None:
+    """"5.6.3", "6.1", "kamailio 5.8.5 (x86_64/linux)" -> (5, 6, 3); None -> None."""
+    if version is None:
+        return None
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
+    if not m:
+        raise ValueError(f"not a Kamailio version: {version!r} (use e.g. 5.8.5)")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+# ---------------------------------------------------------------------------
+# Preprocessing: comments, #! directives, includes, define substitution
+
+
+@dataclass(frozen=True)
+class Src:
+    file: str | None   # None: the main config
+    line: int
+
+    def cite(self) -> str:
+        return f"{self.file}:{self.line}" if self.file else f"line {self.line}"
+
+
+_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DIRECTIVE = re.compile(r"^[ \t]*(?:#!|!!)([A-Za-z_]+)(.*)$")
+_INCLUDE = re.compile(r"^[ \t]*(?:#!|!!)?(include_file|import_file)[ \t]+\"([^\"]+)\"")
+_MAX_INCLUDE_DEPTH = 10
+
+
+class _Pre:
+    """Turns config text into code lines, each tagged with its origin."""
+
+    def __init__(self, defines: dict[str, str]):
+        self.defines = dict(defines)
+        self.lines: list[tuple[Src, str]] = []
+        self.notes: list[Finding] = []
+        # Scanner state carried across lines (and included files).
+        self.in_string: str | None = None
+        self.comment_depth = 0
+        self.stack: list[tuple[bool, bool]] = []   # (branch active, parent active)
+
+    @property
+    def active(self) -> bool:
+        return all(a for a, _ in self.stack)
+
+    def run(self, text: str, file: str | None, base_dir: Path | None, depth: int = 0) -> None:
+        raw = text.split("\n")
+        i = 0
+        while i < len(raw):
+            line, lineno = raw[i].rstrip("\r"), i + 1
+            i += 1
+            src = Src(file, lineno)
+            if self.in_string is None and self.comment_depth == 0:
+                m = _DIRECTIVE.match(line)
+                if m:
+                    word, rest = m.group(1), m.group(2)
+                    # A define's value may continue on lines ending in "\".
+                    while rest.endswith("\\") and i < len(raw) and \
+                            word in ("define", "def", "trydef", "trydefine", "redefine", "redef"):
+                        rest = rest[:-1] + "\n" + raw[i].rstrip("\r")
+                        self.lines.append((src, ""))
+                        i += 1
+                    self._directive(word, rest, src, base_dir, depth)
+                    self.lines.append((src, ""))
+                    continue
+            if not self.active:
+                self.lines.append((src, ""))
+                continue
+            if self.in_string is None and self.comment_depth == 0:
+                m = _INCLUDE.match(line)
+                if m:
+                    self.lines.append((src, ""))
+                    self._include(m.group(1), m.group(2), src, base_dir, depth)
+                    continue
+            self.lines.append((src, self._scan(line)))
+
+    # -- directives --------------------------------------------------------
+
+    def _directive(self, word: str, rest: str, src: Src, base_dir, depth) -> None:
+        arg = rest.strip()
+        name = _ID.match(arg).group(0) if _ID.match(arg) else ""
+        if word in ("ifdef", "ifndef"):
+            parent = self.active
+            hit = name in self.defines
+            self.stack.append(((hit if word == "ifdef" else not hit), parent))
+            return
+        if word == "ifexp":
+            self.stack.append((True, self.active))
+            if self.active:
+                self.notes.append(Finding(src.line, "info", "preprocessor",
+                                          "#!ifexp is not evaluated: its branch is assumed true",
+                                          path=src.file))
+            return
+        if word == "else":
+            if self.stack:
+                a, parent = self.stack.pop()
+                self.stack.append((not a, parent))
+            else:
+                self.notes.append(Finding(src.line, "warning", "preprocessor",
+                                          "#!else without #!ifdef", path=src.file))
+            return
+        if word == "endif":
+            if self.stack:
+                self.stack.pop()
+            else:
+                self.notes.append(Finding(src.line, "warning", "preprocessor",
+                                          "#!endif without #!ifdef", path=src.file))
+            return
+        if not self.active:
+            return
+        if word in ("define", "def", "trydef", "trydefine", "redefine", "redef"):
+            if not name:
+                return
+            if word in ("trydef", "trydefine") and name in self.defines:
+                return
+            value = arg[len(name):].strip()
+            self.defines[name] = _strip_comments(value)
+        elif word == "undef":
+            self.defines.pop(name, None)
+        elif word in ("substdef", "substdefs"):
+            m = re.match(r"\"(.)(\w+)\1", arg)
+            if m:
+                self.defines.setdefault(m.group(2), "")
+        elif word in ("defenv", "defenvs", "trydefenv", "trydefenvs"):
+            m = re.match(r"(\w+)(?:\s*=\s*(\w+))?", arg)
+            if m:
+                env = m.group(2) or m.group(1)
+                if env in os.environ or not word.startswith("try"):
+                    self.defines.setdefault(m.group(1), "")
+        elif word in ("include_file", "import_file"):
+            m = re.match(r"\"([^\"]+)\"", arg)
+            if m:
+                self._include(word, m.group(1), src, base_dir, depth)
+        # KAMAILIO, SER, ALL, MAXCOMPAT, subst: nothing to do here.
+
+    def _include(self, kind: str, name: str, src: Src, base_dir: Path | None, depth: int) -> None:
+        target = Path(name)
+        if not target.is_absolute():
+            target = (base_dir or Path(".")) / target
+        if depth >= _MAX_INCLUDE_DEPTH:
+            self.notes.append(Finding(src.line, "warning", "include",
+                                      f"{kind} \"{name}\": too many nested includes, not followed",
+                                      path=src.file))
+            return
+        try:
+            text = target.read_text(errors="replace")
+        except OSError:
+            level = "warning" if kind == "include_file" else "info"
+            self.notes.append(Finding(
+                src.line, level, "include",
+                f"{kind} \"{name}\" not found relative to the config: its content is not analyzed",
+                path=src.file))
+            return
+        self.run(text, str(target), target.parent, depth + 1)
+
+    # -- code scanning -----------------------------------------------------
+
+    def _scan(self, line: str) -> str:
+        out: list[str] = []
+        i, n = 0, len(line)
+        while i < n:
+            c = line[i]
+            if self.comment_depth:
+                if line.startswith("*/", i):
+                    self.comment_depth -= 1
+                    i += 2
+                    out.append(" ")
+                elif line.startswith("/*", i):
+                    self.comment_depth += 1
+                    i += 2
+                else:
+                    i += 1
+                continue
+            if self.in_string:
+                j = i
+                while j < n:
+                    if line[j] == "\\" and self.in_string == '"':
+                        j += 2
+                        continue
+                    if line[j] == self.in_string:
+                        break
+                    j += 1
+                if j < n:
+                    out.append(line[i:j + 1])
+                    self.in_string = None
+                    i = j + 1
+                else:
+                    out.append(line[i:])
+                    i = n
+                continue
+            if c in "\"'":
+                self.in_string = c
+                out.append(c)
+                i += 1
+            elif c == "#" or line.startswith("//", i):
+                break
+            elif line.startswith("/*", i):
+                self.comment_depth = 1
+                i += 2
+            elif c == "$":
+                j = _pvar_end(line, i)
+                out.append(line[i:j])
+                i = j
+            elif c.isalpha() or c == "_":
+                m = _ID.match(line, i)
+                word = m.group(0)
+                out.append(self._expand(word))
+                i = m.end()
+            else:
+                out.append(c)
+                i += 1
+        if self.in_string:
+            out.append("\n")   # keep line structure; the string continues
+        return "".join(out)
+
+    def _expand(self, word: str, depth: int = 0) -> str:
+        value = self.defines.get(word)
+        if not value or depth > 10:
+            return word
+        return _ID.sub(lambda m: self._expand(m.group(0), depth + 1), value)
+
+
+def _pvar_end(line: str, i: int) -> int:
+    """End of a `$name`, `$name(...)` or `$(...)` pseudo-variable starting at i."""
+    j = i + 1
+    n = len(line)
+    if j < n and line[j] == "(":
+        return _paren_end(line, j)
+    m = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*").match(line, j)
+    if not m:
+        return j
+    j = m.end()
+    if j < n and line[j] == "(":
+        return _paren_end(line, j)
+    return j
+
+
+def _paren_end(line: str, j: int) -> int:
+    depth = 0
+    while j < len(line):
+        if line[j] == "(":
+            depth += 1
+        elif line[j] == ")":
+            depth -= 1
+            if depth == 0:
+                return j + 1
+        j += 1
+    return j
+
+
+def _strip_comments(value: str) -> str:
+    out, q = [], None
+    for k, c in enumerate(value):
+        if q:
+            q = None if c == q else q
+        elif c in "\"'":
+            q = c
+        elif c == "#" or value.startswith("//", k):
+            break
+        out.append(c)
+    return "".join(out).strip()
+
+
+# ---------------------------------------------------------------------------
+# Tokens and statements
+
+
+@dataclass(frozen=True)
+class Tok:
+    kind: str   # "id", "str", "num", "pvar", "op"
+    val: str
+    src: Src
+
+
+_TOKEN = re.compile(r"""
+    (?P<ws>\s+)
+  | (?P<str>"(?:\\.|[^"\\])*"|'[^']*')
+  | (?P<pvar>\$)
+  | (?P<num>0x[0-9a-fA-F]+|\d+)
+  | (?P<id>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<op>==|!=|=~|>=|<=|&&|\|\||\+=|<<|>>|.)
+""", re.VERBOSE | re.DOTALL)
+
+
+def _tokenize(lines: list[tuple[Src, str]]) -> list[Tok]:
+    text = "\n".join(code for _, code in lines)
+    starts, pos = [], 0
+    for _, code in lines:
+        starts.append(pos)
+        pos += len(code) + 1
+    toks: list[Tok] = []
+    i, n = 0, len(text)
+    while i < n:
+        m = _TOKEN.match(text, i)
+        kind = m.lastgroup
+        if kind == "pvar":
+            j = _pvar_end(text, i)
+            val = text[i:j]
+        else:
+            j = m.end()
+            val = m.group(0)
+        if kind != "ws":
+            src = lines[bisect.bisect_right(starts, i) - 1][0]
+            if kind == "str":
+                val = val[1:-1]
+            toks.append(Tok(kind, val, src))
+        i = j
+    return toks
+
+
+@dataclass
+class Call:
+    name: str
+    src: Src
+    args: list[list[Tok]]
+
+    def literal(self, k: int) -> str | None:
+        """Argument k as a literal name/string, or None if it is dynamic."""
+        if k >= len(self.args) or not self.args[k]:
+            return None
+        a = self.args[k]
+        if all(t.kind in ("id", "str", "num") for t in a):
+            return "".join(t.val for t in a)
+        return None
+
+
+@dataclass
+class Stmt:
+    kind: str                     # "if", "while", "switch", "block", "simple"
+    src: Src
+    toks: list[Tok] = field(default_factory=list)   # condition / expression / statement
+    body: list["Stmt"] = field(default_factory=list)   # then / loop / switch / block
+    orelse: list["Stmt"] = field(default_factory=list)
+
+    def calls(self) -> list[Call]:
+        """Calls in this statement's own tokens (not nested statements)."""
+        return _calls_in(self.toks)
+
+    def walk(self):
+        yield self
+        for s in self.body + self.orelse:
+            yield from s.walk()
+
+
+_KEYWORDS = {"if", "else", "while", "switch", "case", "default", "break", "return", "exit",
+             "drop", "not", "and", "or"}
+
+
+def _calls_in(toks: list[Tok]) -> list[Call]:
+    out = []
+    for k, t in enumerate(toks):
+        if t.kind != "id" or t.val in _KEYWORDS:
+            continue
+        if k + 1 < len(toks) and toks[k + 1].val == "(" and toks[k + 1].kind == "op":
+            args, depth, cur = [], 0, []
+            for u in toks[k + 2:]:
+                if u.kind == "op" and u.val == "(":
+                    depth += 1
+                elif u.kind == "op" and u.val == ")":
+                    if depth == 0:
+                        break
+                    depth -= 1
+                if u.kind == "op" and u.val == "," and depth == 0:
+                    args.append(cur)
+                    cur = []
+                    continue
+                cur.append(u)
+            if cur or args:
+                args.append(cur)
+            out.append(Call(t.val, t.src, args))
+    # A bare `name;` statement calls a function without parameters.
+    if len(toks) == 1 and toks[0].kind == "id" and toks[0].val not in _KEYWORDS:
+        out.append(Call(toks[0].val, toks[0].src, []))
+    return out
+
+
+class _Parser:
+    def __init__(self, toks: list[Tok]):
+        self.t = toks
+        self.i = 0
+
+    def peek(self, k: int = 0) -> Tok | None:
+        j = self.i + k
+        return self.t[j] if j < len(self.t) else None
+
+    def is_op(self, val: str, k: int = 0) -> bool:
+        t = self.peek(k)
+        return t is not None and t.kind == "op" and t.val == val
+
+    def balanced(self, open_: str, close: str) -> list[Tok]:
+        """Tokens between an opening bracket at self.i and its match."""
+        assert self.is_op(open_)
+        self.i += 1
+        depth, out = 0, []
+        while self.peek() is not None:
+            t = self.peek()
+            if t.kind == "op" and t.val == open_:
+                depth += 1
+            elif t.kind == "op" and t.val == close:
+                if depth == 0:
+                    self.i += 1
+                    return out
+                depth -= 1
+            out.append(t)
+            self.i += 1
+        return out
+
+    def block(self) -> list[Stmt]:
+        """Statements of a `{ ... }` block starting at self.i."""
+        self.i += 1   # "{"
+        out = []
+        while self.peek() is not None and not self.is_op("}"):
+            s = self.stmt()
+            if s is not None:
+                out.append(s)
+        self.i += 1   # "}"
+        return out
+
+    def stmt(self) -> Stmt | None:
+        t = self.peek()
+        if t.kind == "op" and t.val == ";":
+            self.i += 1
+            return None
+        if t.kind == "op" and t.val == "{":
+            return Stmt("block", t.src, body=self.block())
+        if t.kind == "id" and t.val in ("if", "while") and self.is_op("(", 1):
+            self.i += 1
+            cond = self.balanced("(", ")")
+            body = self._one()
+            orelse = []
+            if t.val == "if" and self.peek() is not None and self.peek().kind == "id" \
+                    and self.peek().val == "else":
+                self.i += 1
+                orelse = self._one()
+            return Stmt(t.val, t.src, cond, body, orelse)
+        if t.kind == "id" and t.val == "switch" and self.is_op("(", 1):
+            self.i += 1
+            expr = self.balanced("(", ")")
+            body: list[Stmt] = []
+            if self.is_op("{"):
+                self.i += 1
+                while self.peek() is not None and not self.is_op("}"):
+                    u = self.peek()
+                    if u.kind == "id" and u.val in ("case", "default"):
+                        while self.peek() is not None and not self.is_op(":"):
+                            self.i += 1
+                        self.i += 1
+                        continue
+                    s = self.stmt()
+                    if s is not None:
+                        body.append(s)
+                self.i += 1
+            return Stmt("switch", t.src, expr, body)
+        # A simple statement: up to ";" (or a "}" that closes the block).
+        toks, depth = [], 0
+        while self.peek() is not None:
+            u = self.peek()
+            if u.kind == "op":
+                if u.val in "([":
+                    depth += 1
+                elif u.val in ")]":
+                    depth -= 1
+                elif u.val == ";" and depth <= 0:
+                    self.i += 1
+                    break
+                elif u.val == "}" and depth <= 0:
+                    break
+                elif u.val == "{" and depth <= 0:
+                    break
+            toks.append(u)
+            self.i += 1
+        if not toks and self.is_op("{"):
+            return Stmt("block", t.src, body=self.block())
+        return Stmt("simple", t.src, toks)
+
+    def _one(self) -> list[Stmt]:
+        if self.peek() is None:
+            return []
+        if self.is_op("{"):
+            return self.block()
+        s = self.stmt()
+        return [s] if s is not None else []
+
+
+# ---------------------------------------------------------------------------
+# The config model
+
+
+_ROUTE_HEADS = {
+    "request_route": "request", "route": "route", "failure_route": "failure",
+    "branch_route": "branch", "onreply_route": "onreply", "reply_route": "onreply",
+    "onsend_route": "onsend", "event_route": "event",
+}
+
+
+@dataclass
+class Route:
+    kind: str
+    name: str
+    src: Src
+    body: list[Stmt]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.kind, self.name
+
+    @property
+    def label(self) -> str:
+        if self.kind == "request":
+            return "request_route"
+        if self.kind == "route":
+            return f"route[{self.name}]"
+        return f"{self.kind}_route[{self.name}]" if self.name else f"{self.kind}_route"
+
+    def stmts(self):
+        for s in self.body:
+            yield from s.walk()
+
+    def calls(self):
+        for s in self.stmts():
+            yield from s.calls()
+
+
+@dataclass
+class Config:
+    modules: dict[str, Src] = field(default_factory=dict)
+    modparams: list[tuple[str, str, list[Tok], Src]] = field(default_factory=list)
+    routes: dict[tuple[str, str], Route] = field(default_factory=dict)
+    cfgengine: tuple[str, Src] | None = None
+
+    def modparam(self, module: str, param: str) -> tuple[list[Tok], Src] | None:
+        found = None
+        for mods, p, value, src in self.modparams:
+            names = {x.strip("^$ ") for x in mods.split("|")}
+            if module in names and p == param:
+                found = (value, src)   # the last one wins
+        return found
+
+
+def _parse_config(toks: list[Tok]) -> Config:
+    cfg = Config()
+    p = _Parser(toks)
+    while p.peek() is not None:
+        t = p.peek()
+        if t.kind != "id":
+            p.i += 1
+            continue
+        if t.val in ("loadmodule", "loadmodulex") and p.peek(1) and p.peek(1).kind == "str":
+            name = p.peek(1).val.rsplit("/", 1)[-1]
+            name = name[:-3] if name.endswith(".so") else name
+            cfg.modules.setdefault(name, t.src)
+            p.i += 2
+        elif t.val in ("modparam", "modparamx") and p.is_op("(", 1):
+            p.i += 1
+            args = _split_args(p.balanced("(", ")"))
+            if len(args) >= 3 and args[0] and args[1]:
+                cfg.modparams.append(("".join(x.val for x in args[0]),
+                                      "".join(x.val for x in args[1]), args[2], t.src))
+        elif t.val == "cfgengine":
+            j = 1
+            while p.peek(j) is not None and p.peek(j).kind == "op" and p.peek(j).val == "=":
+                j += 1
+            if p.peek(j) is not None and p.peek(j).kind in ("str", "id"):
+                cfg.cfgengine = (p.peek(j).val, t.src)
+            p.i += j + 1
+        elif t.val in _ROUTE_HEADS and (p.is_op("[", 1) or p.is_op("{", 1)):
+            kind = _ROUTE_HEADS[t.val]
+            p.i += 1
+            name = ""
+            if p.is_op("["):
+                name = "".join(x.val for x in p.balanced("[", "]")).strip()
+            if not p.is_op("{"):
+                continue
+            body = p.block()
+            if kind == "route" and name in ("", "0", "DEFAULT_ROUTE"):
+                kind, name = "request", ""
+            route = Route(kind, name, t.src, body)
+            if route.key in cfg.routes:
+                cfg.routes[route.key].body.extend(body)
+            else:
+                cfg.routes[route.key] = route
+        else:
+            p.i += 1
+    return cfg
+
+
+def _split_args(toks: list[Tok]) -> list[list[Tok]]:
+    args, cur, depth = [], [], 0
+    for t in toks:
+        if t.kind == "op" and t.val in "([":
+            depth += 1
+        elif t.kind == "op" and t.val in ")]":
+            depth -= 1
+        if t.kind == "op" and t.val == "," and depth == 0:
+            args.append(cur)
+            cur = []
+        else:
+            cur.append(t)
+    args.append(cur)
+    return args
+
+
+# ---------------------------------------------------------------------------
+# The analysis
+
+_RELAY = {"t_relay", "t_relay_to", "t_relay_to_udp", "t_relay_to_tcp", "t_relay_to_tls",
+          "t_relay_to_sctp"}
+# How a relay failure is answered: kind, and whether the reply goes through tm.
+_REPLIES = {
+    "sl_reply_error": "sl_reply_error",        # stateless (the stock config): measured
+    "sl_send_reply": "stateless", "sl_reply": "stateless",
+    "send_reply_error": "send_reply_error",    # sl, 6.0+: stateful when a transaction exists
+    "t_reply_error": "t_reply_error",          # tm, 6.0+
+    "t_reply": "stateful", "t_send_reply": "stateful",
+    "send_reply": "stateful", "send_reply_mode": "stateful",   # sl: t_reply() if a transaction exists
+}
+_ROUTE_CALLS = {"route": 0, "route_if_exists": 0, "async_route": 0, "async_ms_route": 0,
+                "async_task_route": 0, "async_task_group_route": 0, "async_task_data": 0}
+_NEW_IN_6_0 = {"send_reply_error": "sl", "t_reply_error": "tm"}
+
+
+@dataclass
+class Trigger:
+    what: str          # e.g. "uac_req_send()"
+    src: Src           # the line that creates the local request (or the loadmodule)
+    via: str           # how it is reached, e.g. "request_route -> route[WITHINDLG]"
+    note: str = ""     # supporting lines, in words
+
+    def cite(self) -> str:
+        note = f" ({self.note})" if self.note else ""
+        return f"{self.what} at {self.src.cite()}{note}, reached {self.via}"
+
+
+@dataclass
+class RelaySite:
+    route: Route
+    relay: Call
+    reply_kind: str          # see _REPLIES, "none" or "unchecked"
+    reply_src: Src | None
+    reply_name: str = ""
+    reply_route: str = ""    # set when the reply is in a route called from the failure branch
+
+    def reply_cite(self) -> str:
+        if not self.reply_route:
+            return f"{self.reply_name}()"
+        return f"{self.reply_name}() ({self.reply_src.cite()}, in {self.reply_route})"
+
+
+class _Analysis:
+    def __init__(self, cfg: Config, version):
+        self.cfg = cfg
+        self.version = version
+        self.findings: list[Finding] = []
+        self.dynamic_route_calls: list[Src] = []
+
+    def add(self, src: Src, level: str, code: str, message: str, advice=()) -> None:
+        self.findings.append(Finding(src.line, level, code, message, tuple(advice), src.file))
+
+    # -- reachability ------------------------------------------------------
+
+    def reach(self, starts: list[tuple[str, str]], seen: dict | None = None) -> dict:
+        """Route key -> path of labels from the start, for routes reachable from STARTS."""
+        seen = {} if seen is None else seen
+        queue = []
+        for k in starts:
+            if k in self.cfg.routes and k not in seen:
+                seen[k] = (self.cfg.routes[k].label,)
+                queue.append(k)
+        while queue:
+            key = queue.pop(0)
+            for call in self.cfg.routes[key].calls():
+                nxt = None
+                if call.name in _ROUTE_CALLS:
+                    name = call.literal(_ROUTE_CALLS[call.name])
+                    if name is None:
+                        self.dynamic_route_calls.append(call.src)
+                        continue
+                    nxt = ("route", name)
+                elif call.name == "t_on_branch":
+                    name = call.literal(0)
+                    if name is None:
+                        self.dynamic_route_calls.append(call.src)
+                        continue
+                    nxt = ("branch", name)
+                if nxt and nxt in self.cfg.routes and nxt not in seen:
+                    seen[nxt] = seen[key] + (self.cfg.routes[nxt].label,)
+                    queue.append(nxt)
+        return seen
+
+    # -- relay sites -------------------------------------------------------
+
+    def relay_sites(self, reachable: dict) -> list[RelaySite]:
+        sites: list[RelaySite] = []
+        for key in reachable:
+            route = self.cfg.routes[key]
+            self._relay_walk(route, route.body, False, sites)
+        return sites
+
+    def _relay_walk(self, route: Route, stmts: list[Stmt], ack_cancel: bool, sites) -> None:
+        """Collect relay sites; ACK_CANCEL: under a t_check_trans()/ACK/CANCEL condition."""
+        for s in stmts:
+            if s.kind == "if":
+                relay, negated = _relay_in_condition(s.toks)
+                if relay is not None:
+                    branch = s.body if negated else s.orelse
+                    kind, src, name, where = self.reply_in(branch, set())
+                    if not (kind == "none" and ack_cancel):
+                        sites.append(RelaySite(route, relay, kind, src, name, where))
+            elif s.kind == "simple" and s.toks and s.toks[0].kind == "id" \
+                    and s.toks[0].val in _RELAY and not ack_cancel:
+                # A bare `t_relay();`.  Under t_check_trans() (ACK to a negative
+                # reply, CANCEL) t_relay() forwards without a delayed error reply.
+                sites.append(RelaySite(route, s.calls()[0], "unchecked", None))
+            inner = ack_cancel or (s.kind == "if" and _ack_cancel_condition(s.toks))
+            self._relay_walk(route, s.body, inner, sites)
+            self._relay_walk(route, s.orelse, inner, sites)
+
+    def reply_in(self, stmts: list[Stmt], visiting: set,
+                 where: str = "") -> tuple[str, Src | None, str, str]:
+        """The first reply function on a failure branch (following route() calls).
+
+        Returns (kind, line, function name, route label when found in a called route).
+        """
+        for s in stmts:
+            for st in s.walk():
+                for call in st.calls():
+                    if call.name in _REPLIES:
+                        return _REPLIES[call.name], call.src, call.name, where
+                    if call.name in ("route", "route_if_exists"):
+                        name = call.literal(0)
+                        key = ("route", name)
+                        if name and key in self.cfg.routes and key not in visiting:
+                            found = self.reply_in(self.cfg.routes[key].body, visiting | {key},
+                                                  self.cfg.routes[key].label)
+                            if found[0] != "none":
+                                return found
+        return "none", None, "", ""
+
+    # -- triggers ----------------------------------------------------------
+
+    def triggers(self, reachable: dict) -> list[Trigger]:
+        out = []
+        loaded = self.cfg.modules
+        for key, path in reachable.items():
+            route = self.cfg.routes[key]
+            via = " -> ".join(path)
+            for call in route.calls():
+                if call.name == "uac_req_send":
+                    if "uac" in loaded:
+                        out.append(Trigger("uac_req_send()", call.src, via,
+                                           f"uac.so loaded at {loaded['uac'].cite()}"))
+                    else:
+                        self.add(call.src, "error", "missing-module",
+                                 "uac_req_send() without loadmodule \"uac.so\": Kamailio refuses "
+                                 "the config")
+                elif call.name == "t_uac_send":
+                    out.append(Trigger("t_uac_send()", call.src, via))
+        return out
+
+    def dialog_tracking(self, reachable: dict) -> list[tuple[Src, str, str]]:
+        """Lines that make the dialog module track dialogs on reachable routes."""
+        out = []
+        flag = self.cfg.modparam("dialog", "dlg_flag")
+        flag_val = _int_value(flag[0]) if flag else None
+        for key, path in reachable.items():
+            for call in self.cfg.routes[key].calls():
+                if call.name == "dlg_manage":
+                    out.append((call.src, "dlg_manage()", " -> ".join(path)))
+                elif call.name == "setflag" and flag_val is not None and \
+                        _int_value(call.args[0] if call.args else []) == flag_val:
+                    out.append((call.src, f"setflag({flag_val}) (dialog's dlg_flag)",
+                                " -> ".join(path)))
+        return out
+
+    def flag_set(self, reachable: dict, flag: int) -> Src | None:
+        for key in reachable:
+            for call in self.cfg.routes[key].calls():
+                if call.name == "setflag" and _int_value(call.args[0] if call.args else []) == flag:
+                    return call.src
+        return None
+
+    # -- version checks ----------------------------------------------------
+
+    def version_checks(self) -> tuple[bool, Src | None]:
+        """Errors for functions/params the version lacks; (delayed_reply off?, its line)."""
+        v = self.version
+        for route in self.cfg.routes.values():
+            for call in route.calls():
+                if call.name in _NEW_IN_6_0 and v is not None and v < (6, 0, 0):
+                    self.add(call.src, "error", "unknown-function",
+                             f"{call.name}() ({_NEW_IN_6_0[call.name]} module) does not exist before "
+                             f"Kamailio 6.0: {_vs(v)} refuses this config",
+                             ['before 6.0 reply through the transaction instead: send_reply("500", '
+                              '"Server Error") (sl: stateful when a transaction exists) or '
+                              't_reply("500", "Server Error"); or upgrade to 6.0+'])
+        dr = self.cfg.modparam("tm", "delayed_reply")
+        if dr is None:
+            return False, None
+        value, src = dr
+        if v is not None and v < (6, 1, 0):
+            self.add(src, "error", "unknown-param",
+                     f'modparam("tm", "delayed_reply") does not exist before Kamailio 6.1: '
+                     f"{_vs(v)} refuses to start with it",
+                     ["remove it; " + (_advice_pre_6_0() if v < (6, 0, 0) else _advice_6_0())])
+        return _int_value(value) == 0, src
+
+
+def _relay_in_condition(toks: list[Tok]) -> tuple[Call | None, bool]:
+    """The t_relay*() call in an if-condition and whether it is negated."""
+    for k, t in enumerate(toks):
+        if t.kind == "id" and t.val in _RELAY and k + 1 < len(toks) and toks[k + 1].val == "(":
+            neg = 0
+            j = k - 1
+            while j >= 0 and (toks[j].val in ("!", "(") or toks[j].val == "not"):
+                if toks[j].val in ("!", "not"):
+                    neg += 1
+                j -= 1
+            call = next(c for c in _calls_in(toks[k:]) if c.name == t.val)
+            return call, bool(neg % 2)
+    return None, False
+
+
+def _ack_cancel_condition(toks: list[Tok]) -> bool:
+    if any(t.kind == "id" and t.val == "t_check_trans" for t in toks):
+        return True
+    return any(t.kind == "str" and re.fullmatch(r"(ACK|CANCEL)(\|(ACK|CANCEL))*", t.val)
+               for t in toks)
+
+
+def _int_value(toks: list[Tok]) -> int | None:
+    text = "".join(t.val for t in toks).strip()
+    try:
+        return int(text, 0)
+    except ValueError:
+        return None
+
+
+def _vs(v) -> str:
+    return "Kamailio " + ".".join(str(x) for x in v)
+
+
+def _advice_pre_6_0() -> str:
+    return ("upgrade: 6.0 has send_reply_error() (sl) and t_reply_error() (tm); 6.1 also "
+            'modparam("tm", "delayed_reply", 0) and tm frees such orphaned transactions itself')
+
+
+def _advice_6_0() -> str:
+    return ("replace sl_reply_error() by send_reply_error() (sl) or t_reply_error() (tm): both "
+            "reply through the transaction, which tm then releases")
+
+
+def _advice_restructure() -> str:
+    return ('or, on this version, reply through the transaction: send_reply("500", "Server Error") '
+            '(sl: stateful when a transaction exists) or t_reply("500", "Server Error"); the '
+            "specific error code is lost; not measured by kamleak: verify with `kamleak check`")
+
+
+def _advice_6_1() -> str:
+    return ('on 6.1+ modparam("tm", "delayed_reply", 0) also avoids it (tm replies and kills the '
+            "transaction at once; with sl_reply_error() still there, two final replies go out)")
+
+
+def _leak_advice(v) -> list[str]:
+    if v is None:
+        return [_advice_6_0() + " (Kamailio 6.0+)", _advice_6_1(),
+                "before 6.0: " + _advice_restructure().replace("or, on this version, ", "")]
+    if v < (6, 0, 0):
+        return [_advice_pre_6_0(), _advice_restructure()]
+    if v < (6, 1, 0):
+        return [_advice_6_0(), "or upgrade to 6.1, where tm frees such orphaned transactions itself"]
+    return [_advice_6_0() + " (one final reply instead of two)", _advice_6_1()]
+
+
+# ---------------------------------------------------------------------------
+# Entry points
+
+
+def lint(text: str, *, defines=frozenset(), version: str | None = None,
+         path: str = "kamailio.cfg") -> list[Finding]:
+    """Findings for the config TEXT (read from PATH, used to resolve includes).
+
+    DEFINES are `-A` defines (`NAME` or `NAME=VALUE`); VERSION is the Kamailio
+    version the config runs on (None: give advice for all versions).
+    """
+    v = parse_version(version)
+    defs = {}
+    for d in defines:
+        name, _, value = d.partition("=")
+        defs[name.strip()] = value.strip()
+    pre = _Pre(defs)
+    pre.run(text, None, Path(path).parent)
+    if pre.stack:
+        pre.notes.append(Finding(len(text.split("\n")), "warning", "preprocessor",
+                                 f"{len(pre.stack)} #!ifdef/#!ifndef without #!endif"))
+    if pre.in_string or pre.comment_depth:
+        pre.notes.append(Finding(len(text.split("\n")), "warning", "syntax",
+                                 "unterminated string or /* comment at the end of the config"))
+    cfg = _parse_config(_tokenize(pre.lines))
+    a = _Analysis(cfg, v)
+    a.findings.extend(pre.notes)
+    _analyze(a)
+    order = {lvl: k for k, lvl in enumerate(LEVELS)}
+    return sorted(a.findings, key=lambda f: (f.path or "", f.line, order.get(f.level, 9), f.code))
+
+
+def _analyze(a: _Analysis) -> None:
+    cfg, v = a.cfg, a.version
+    if cfg.cfgengine and cfg.cfgengine[0].lower() not in ("native", "kamailio", "default"):
+        a.add(cfg.cfgengine[1], "warning", "kemi",
+              f'cfgengine "{cfg.cfgengine[0]}": the routing logic is a KEMI script, out of scope '
+              "for kamleak lint (only the native config is analyzed)")
+        a.version_checks()
+        return
+    delayed_off, delayed_src = a.version_checks()
+    if ("request", "") not in cfg.routes:
+        a.findings.append(Finding(1, "warning", "no-request-route",
+                                  "no request_route found: nothing to analyze"))
+        return
+    reachable = a.reach([("request", "")])
+    triggers = a.triggers(reachable)
+
+    # pua_dialoginfo publishes dialog state changes (the BYE's "terminated" too).
+    tracking = a.dialog_tracking(reachable) if "dialog" in cfg.modules else []
+    if tracking:
+        # The dialog's end runs event_route[dialog:end] while the BYE is handled.
+        before = set(reachable)
+        a.reach([("event", "dialog:end")], reachable)
+        if set(reachable) != before:
+            extra = {k: p for k, p in reachable.items() if k not in before}
+            triggers += a.triggers(extra)
+    if "pua_dialoginfo" in cfg.modules:
+        pd = cfg.modules["pua_dialoginfo"]
+        if "dialog" not in cfg.modules:
+            a.add(pd, "warning", "pua_dialoginfo",
+                  'pua_dialoginfo is loaded without dialog.so: it needs the dialog module')
+        elif not tracking:
+            a.add(pd, "info", "pua_dialoginfo",
+                  "pua_dialoginfo is loaded but no dialog is tracked on a route reachable from "
+                  "request_route (no dlg_manage(), no setflag() of dialog's dlg_flag): it "
+                  "publishes nothing, so it is not counted as a 4140 trigger")
+        else:
+            spf = cfg.modparam("pua_dialoginfo", "send_publish_flag")
+            spf_val = _int_value(spf[0]) if spf else None
+            flag_src = a.flag_set(reachable, spf_val) if spf_val not in (None, -1) else None
+            if spf_val not in (None, -1) and flag_src is None:
+                a.add(spf[1], "info", "pua_dialoginfo",
+                      f"pua_dialoginfo publishes only dialogs flagged {spf_val} (send_publish_flag) "
+                      "and no reachable setflag() sets it: not counted as a 4140 trigger")
+            else:
+                src, name, via = tracking[0]
+                note = (f"with dialog.so it PUBLISHes every state change of a tracked dialog, the "
+                        f"BYE's \"terminated\" included; dialogs tracked by {name} at {src.cite()}")
+                if flag_src:
+                    note += f", send_publish_flag set at {flag_src.cite()}"
+                triggers.append(Trigger("pua_dialoginfo.so", pd, via, note))
+
+    # Triggers on routes no request reaches: say why they do not count.
+    for key, route in cfg.routes.items():
+        if key in reachable:
+            continue
+        for call in route.calls():
+            if call.name in ("uac_req_send", "t_uac_send"):
+                why = ("runs while a reply or timeout is handled, not the request"
+                       if route.kind in ("failure", "onreply") else
+                       "is not reached from request_route")
+                level = "info"
+                if a.dynamic_route_calls and route.kind == "route":
+                    why = ("is not reached statically from request_route, but the config calls "
+                           f"routes by a dynamic name ({a.dynamic_route_calls[0].cite()})")
+                    level = "warning"
+                a.add(call.src, level, "4140-trigger-unreached",
+                      f"{call.name}() in {route.label} {why}: not counted as a 4140 trigger")
+
+    sites = a.relay_sites(reachable)
+    if not triggers:
+        return
+    cited = "; ".join(t.cite() for t in triggers)
+    for site in sites:
+        _judge(a, site, triggers, cited, delayed_off, delayed_src)
+
+
+def _judge(a: _Analysis, site: RelaySite, triggers, cited: str, delayed_off: bool,
+           delayed_src: Src | None) -> None:
+    v = a.version
+    relay = f"{site.relay.name}() ({site.relay.src.cite()}, in {site.route.label})"
+    line = site.reply_src or site.relay.src
+    kind = site.reply_kind
+    if kind in ("send_reply_error", "t_reply_error", "stateful"):
+        if kind in _NEW_IN_6_0 and v is not None and v < (6, 0, 0):
+            return   # the unknown-function error says it all
+        a.add(line, "info", "4140-mitigated",
+              f"{relay} failure is answered with {site.reply_cite()}, through the transaction: "
+              f"no issue-4140 leak despite the local tm request(s): {cited}")
+        return
+    if kind == "sl_reply_error":
+        how, level = f"answered with {site.reply_cite()} (stateless)", "leak"
+    elif kind == "stateless":
+        how, level = (f"answered with {site.reply_cite()} (stateless; same mechanism as "
+                      "sl_reply_error(), not measured by kamleak)"), "warning"
+    elif kind == "none":
+        how, level = ("not answered on the failure branch (same mechanism: tm sends the delayed "
+                      "reply only when nothing else touched the kill reason; not measured)"),\
+            "warning"
+    else:
+        how, level = ("not checked (same mechanism: tm sends the delayed reply only when nothing "
+                      "else touched the kill reason; not measured)"), "warning"
+    base = (f"{relay} failure {how} while a local tm request is created for the same request: "
+            f"{cited}")
+    if delayed_off:
+        if v is not None and v < (6, 1, 0):
+            a.add(line, "warning", "4140-leak",
+                  f"{base}: this leaks the transaction on {_vs(v)} (issue 4140); "
+                  f'modparam("tm", "delayed_reply", 0) ({delayed_src.cite()}) cannot help there, '
+                  "the config does not load", _leak_advice(v))
+        else:
+            a.add(line, "info", "4140-delayed-reply-off",
+                  f'{base}; modparam("tm", "delayed_reply", 0) ({delayed_src.cite()}) makes tm '
+                  "reply and release at once (Kamailio 6.1+; older versions refuse the parameter): "
+                  "no leak, but two final replies",
+                  [_advice_6_0() + "; that also leaves a single final reply"])
+        return
+    if v is not None and v >= (6, 1, 0):
+        a.add(line, "info", "4140-freed-by-tm",
+              f"{base}. On {_vs(v)} tm frees such orphaned transactions itself (observed on "
+              "Debian's 6.1.5: 'dropping orphaned transaction without branches'), replying twice "
+              "(stateless, then stateful)", _leak_advice(v))
+        return
+    where = f"on {_vs(v)}" if v is not None else "on Kamailio before 6.1 (observed: 5.6.3, 6.0.1)"
+    a.add(line, level, "4140-leak",
+          f"{base}: the transaction is never released {where} (issue 4140)", _leak_advice(v))
+
+
+def lint_file(path: str, *, defines=frozenset(), version: str | None = None) -> list[Finding]:
+    text = Path(path).read_text(errors="replace")
+    return lint(text, defines=defines, version=version, path=path)
+
+
+def add_subparser(sub) -> argparse.ArgumentParser:
+    """Add `lint` to an argparse subparsers object (used by harness/cli.py)."""
+    p = sub.add_parser("lint", help="static check of a Kamailio config for the issue-4140 pattern",
+                       description="Static advisor for Kamailio configs (issue 4140): exit 1 if a "
+                                   "leak pattern is found, 0 otherwise, 2 if the config is unreadable.")
+    _arguments(p)
+    p.set_defaults(func=run_args)
+    return p
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", metavar="CONFIG", help="the Kamailio config file (kamailio.cfg)")
+    p.add_argument("--define", "-A", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="a preprocessor define, as kamailio -A (repeatable)")
+    p.add_argument("--kamailio-version", default=None, metavar="V",
+                   help="the Kamailio version the config runs on, e.g. 5.8.5 "
+                        "(default: advice for all versions)")
+
+
+def run_args(args) -> int:
+    try:
+        parse_version(args.kamailio_version)
+    except ValueError as exc:
+        print(f"kamleak lint: {exc}", file=sys.stderr)
+        return 2
+    try:
+        findings = lint_file(args.config, defines=set(args.define), version=args.kamailio_version)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        print(f"kamleak lint: cannot read {args.config}: {reason}", file=sys.stderr)
+        return 2
+    for f in findings:
+        print(f.format(args.config))
+    if not findings:
+        print(f"{args.config}: ok: no issue-4140 pattern found")
+    return 1 if any(f.level == "leak" for f in findings) else 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="kamleak lint")
+    _arguments(p)
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return run_args(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

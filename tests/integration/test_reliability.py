@@ -1,0 +1,128 @@
+"""Boringly reliable: interrupted runs leave nothing, listeners stay on loopback.
+
+Interrupts hit a real `kamleak check` at several points (while the servers
+start, while the oracle waits out its deadline) with SIGINT and SIGTERM; a
+SIGKILLed run's containers are found and removed by the next run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import containers
+from harness.wait import poll
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Run:
+    """`kamleak check` in the background, its stderr collected as it comes."""
+
+    def __init__(self, *args):
+        env = {**os.environ, "KAMLEAK_PROGRESS": "1"}  # the countdown shows where it is
+        self.proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "check", *args],
+                                     cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        self.err = b""
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        while chunk := os.read(self.proc.stderr.fileno(), 4096):
+            self.err += chunk
+
+    def wait_for(self, text: str, timeout: float = 120):
+        poll(lambda: text.encode() in self.err, timeout=timeout, what=f"'{text}' from kamleak",
+             abort=lambda: f"exited {self.proc.returncode}" if self.proc.poll() is not None else None)
+
+
+def ours(client, pid: int) -> list:
+    return client.containers.list(all=True, filters={"label": f"{containers.LABEL_PID}={pid}"})
+
+
+@pytest.mark.parametrize("sig, when", [
+    (signal.SIGINT, "watching the BYE cell"),   # during the deadline wait
+    (signal.SIGTERM, "watching the BYE cell"),
+    (signal.SIGINT, None),                      # while engine, PBX and Kamailio start
+])
+def test_interrupted_check_removes_its_containers(docker_client, kamleak_images, sig, when):
+    run = Run("--version", "6.0.1", "--variant", "uac_req_send")
+    if when:
+        run.wait_for(when)
+    else:
+        poll(lambda: ours(docker_client, run.proc.pid), timeout=60,
+             what="the run's first container")
+    run.proc.send_signal(sig)
+    assert run.proc.wait(60) == 130
+    assert b"interrupted; our containers were removed" in run.err
+    assert ours(docker_client, run.proc.pid) == []
+
+
+def test_a_killed_run_is_cleaned_up_by_the_next(docker_client, kamleak_images):
+    run = Run("--version", "6.0.1", "--variant", "uac_req_send")
+    run.wait_for("watching the BYE cell")
+    run.proc.send_signal(signal.SIGKILL)
+    run.proc.wait(30)
+    left = ours(docker_client, run.proc.pid)
+    assert len(left) == 2, "a SIGKILLed run leaves its Kamailio and Asterisk behind"
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "cleanup"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    assert "removed 2 container(s) left behind by an earlier, killed run" in proc.stderr
+    assert ours(docker_client, run.proc.pid) == []
+
+
+def pids_of(container) -> set[int]:
+    """Host PIDs of a container's processes (`docker top`)."""
+    top = container.top()
+    col = top["Titles"].index("PID")
+    return {int(row[col]) for row in top["Processes"]}
+
+
+def listening(pids: set[int]) -> list[tuple[str, str]]:
+    """(proto, local address) of every socket those processes listen on (host network)."""
+    import re
+    out = subprocess.run(["ss", "-H", "-lntup"], capture_output=True, text=True).stdout
+    socks = []
+    for line in out.splitlines():
+        owners = {int(p) for p in re.findall(r"pid=(\d+)", line)}
+        if owners & pids:
+            parts = line.split()
+            socks.append((parts[0], parts[4]))
+    return socks
+
+
+@pytest.mark.single_target
+def test_every_listener_of_ours_is_on_loopback(kamailio, pbx):
+    kam = listening(pids_of(kamailio.running.container))
+    assert kam, "Kamailio's sockets are visible on the host (host networking)"
+    assert all(addr.startswith("127.0.0.1:") for _, addr in kam), kam
+    ports = {int(addr.rsplit(":", 1)[1]) for _, addr in kam}
+    cfg = kamailio.config
+    assert {cfg.udp_port, cfg.ws_port, cfg.wss_port, cfg.rpc_port} <= ports
+
+    ast = listening(pids_of(pbx.running.container))
+    assert ("udp", f"127.0.0.1:{pbx.sip_port}") in ast
+    assert not [s for s in ast if s[0] == "tcp"], "Asterisk listens on no TCP port"
+    # pjsip opens two idle UDP sockets on wildcard addresses that no config
+    # setting binds to loopback (README, "what we cannot close"): at most those.
+    wildcard = [s for s in ast if not s[1].startswith(("127.0.0.1:", "[::1]:"))]
+    assert len(wildcard) <= 2 and all(p == "udp" for p, _ in wildcard), wildcard
+
+
+@pytest.mark.single_target
+def test_containers_are_unprivileged_and_mount_read_only(docker_client, kamailio, pbx):
+    mine = docker_client.containers.list(filters={"label": f"{containers.LABEL_PID}={os.getpid()}"})
+    assert {c.labels[containers.LABEL_ROLE] for c in mine} >= {"kamailio", "asterisk"}
+    for c in mine:
+        host = c.attrs["HostConfig"]
+        assert host["Privileged"] is False and not host.get("CapAdd")
+        assert host["NetworkMode"] == "host"
+        assert c.attrs["Mounts"] and all(m["RW"] is False for m in c.attrs["Mounts"]), c.name
