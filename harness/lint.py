@@ -710,6 +710,7 @@ _REPLIES = {
     "t_reply": "stateful", "t_send_reply": "stateful",
     "send_reply": "stateful", "send_reply_mode": "stateful",   # sl: t_reply() if a transaction exists
 }
+_REPLY_PRIORITY = ("sl_reply_error", "stateless", "send_reply_error", "t_reply_error", "stateful")
 _ROUTE_CALLS = {"route": 0, "route_if_exists": 0, "async_route": 0, "async_ms_route": 0,
                 "async_task_route": 0, "async_task_group_route": 0, "async_task_data": 0}
 _NEW_IN_6_0 = {"send_reply_error": "sl", "t_reply_error": "tm"}
@@ -813,24 +814,33 @@ class _Analysis:
 
     def reply_in(self, stmts: list[Stmt], visiting: set,
                  where: str = "") -> tuple[str, Src | None, str, str]:
-        """The first reply function on a failure branch (following route() calls).
+        """The reply on a failure branch (following route() calls), the worst first.
 
-        Returns (kind, line, function name, route label when found in a called route).
+        A stateless reply anywhere on the branch wins over stateful ones (a
+        conditional stateless reply still leaks when taken).  Returns (kind,
+        line, function name, route label when found in a called route).
         """
+        found = self._replies(stmts, visiting, where)
+        for kind in _REPLY_PRIORITY:
+            for f in found:
+                if f[0] == kind:
+                    return f
+        return "none", None, "", ""
+
+    def _replies(self, stmts, visiting, where) -> list[tuple[str, Src, str, str]]:
+        out = []
         for s in stmts:
             for st in s.walk():
                 for call in st.calls():
                     if call.name in _REPLIES:
-                        return _REPLIES[call.name], call.src, call.name, where
-                    if call.name in ("route", "route_if_exists"):
+                        out.append((_REPLIES[call.name], call.src, call.name, where))
+                    elif call.name in ("route", "route_if_exists"):
                         name = call.literal(0)
                         key = ("route", name)
                         if name and key in self.cfg.routes and key not in visiting:
-                            found = self.reply_in(self.cfg.routes[key].body, visiting | {key},
-                                                  self.cfg.routes[key].label)
-                            if found[0] != "none":
-                                return found
-        return "none", None, "", ""
+                            out += self._replies(self.cfg.routes[key].body, visiting | {key},
+                                                 self.cfg.routes[key].label)
+        return out
 
     # -- triggers ----------------------------------------------------------
 
@@ -971,8 +981,8 @@ def _leak_advice(v) -> list[str]:
 # Entry points
 
 
-def lint(text: str, *, defines=frozenset(), version: str | None = None,
-         path: str = "kamailio.cfg") -> list[Finding]:
+def lint(text: str, *, defines: set[str] | frozenset[str] = frozenset(),
+         version: str | None = None, path: str = "kamailio.cfg") -> list[Finding]:
     """Findings for the config TEXT (read from PATH, used to resolve includes).
 
     DEFINES are `-A` defines (`NAME` or `NAME=VALUE`); VERSION is the Kamailio
@@ -1126,7 +1136,8 @@ def _judge(a: _Analysis, site: RelaySite, triggers, cited: str, delayed_off: boo
           f"{base}: the transaction is never released {where} (issue 4140)", _leak_advice(v))
 
 
-def lint_file(path: str, *, defines=frozenset(), version: str | None = None) -> list[Finding]:
+def lint_file(path: str, *, defines: set[str] | frozenset[str] = frozenset(),
+              version: str | None = None) -> list[Finding]:
     text = Path(path).read_text(errors="replace")
     return lint(text, defines=defines, version=version, path=path)
 

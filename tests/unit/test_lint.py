@@ -1,0 +1,368 @@
+"""`kamleak lint`: the static issue-4140 advisor (harness/lint.py)."""
+
+import itertools
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+from harness.kamailio import KamailioConfig
+from harness.lint import Finding, lint, lint_file, main, parse_version
+from scenarios.gh4140_bye_to_closed_ws import REPLY_STYLES, TRIGGERS, Variant, expected
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+VERSIONS = ("5.6.3", "6.0.1", "6.1.5")
+VARIANTS = [Variant(t, r, off) for t, r, off in
+            itertools.product(TRIGGERS, REPLY_STYLES, (False, True))]
+
+
+@lru_cache(maxsize=None)
+def rendered(variant: Variant) -> str:
+    return KamailioConfig(udp_port=5060, ws_port=8080, wss_port=4443, pbx_port=5080,
+                          defines=variant.defines).render()
+
+
+def line_of(text: str, needle: str, nth: int = 1) -> int:
+    """1-based line of the NTH line containing NEEDLE (outside comments)."""
+    hits = [k for k, line in enumerate(text.split("\n"), 1)
+            if needle in line and not line.lstrip().startswith("#")]
+    return hits[nth - 1]
+
+
+def levels(findings: list[Finding]) -> set[str]:
+    return {f.level for f in findings}
+
+
+# ---------------------------------------------------------------------------
+# The harness's own config, every variant of the 4140 matrix
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_matrix_matches_expected(variant, version):
+    text = rendered(variant)
+    findings = lint(text, version=version)
+    want = expected(version, variant)
+    leaks = [f for f in findings if f.level == "leak"]
+    if want == "leak":
+        assert len(leaks) == 1, findings
+        leak = leaks[0]
+        assert leak.code == "4140-leak"
+        assert leak.line == line_of(text, "sl_reply_error();")
+        assert f"line {line_of(text, 't_relay()')}" in leak.message
+        # The trigger lines are cited.
+        if variant.trigger == "uac_req_send":
+            assert f"uac_req_send() at line {line_of(text, 'uac_req_send();')}" in leak.message
+        elif variant.trigger == "t_uac_send":
+            assert f"t_uac_send() at line {line_of(text, 't_uac_send(')}" in leak.message
+        else:
+            assert f"pua_dialoginfo.so at line {line_of(text, 'pua_dialoginfo.so')}" in leak.message
+            assert f"dlg_manage() at line {line_of(text, 'dlg_manage();')}" in leak.message
+        assert leak.advice
+    else:
+        assert not leaks, findings
+    if want == "n/a":
+        errors = [f for f in findings if f.level == "error"]
+        assert errors, findings
+        for e in errors:
+            if e.code == "unknown-param":
+                assert e.line == line_of(text, 'modparam("tm", "delayed_reply", 0)')
+                assert "6.1" in e.message
+            else:
+                assert e.code == "unknown-function"
+                assert e.line == line_of(text, f"{variant.reply}();")
+                assert "6.0" in e.message
+    else:
+        assert levels(findings) <= ({"leak"} if want == "leak" else {"info"}), findings
+    if version == "6.1.5":
+        assert levels(findings) <= {"info"}
+
+
+def test_matrix_advice_is_version_aware():
+    text = rendered(Variant.parse("uac_req_send"))
+    old = " ".join(lint(text, version="5.6.3")[0].advice)
+    assert "upgrade" in old and 'send_reply("500"' in old
+    assert "send_reply_error() (sl) and t_reply_error() (tm)" in old   # named as 6.0 features
+    six0 = " ".join(lint(text, version="6.0.1")[0].advice)
+    assert "send_reply_error()" in six0 and "t_reply_error()" in six0
+    assert "delayed_reply" not in six0
+    six1 = lint(text, version="6.1.5")
+    assert [f.level for f in six1] == ["info"]
+    assert "delayed_reply" in " ".join(six1[0].advice)
+    assert "orphaned" in six1[0].message
+
+
+def test_matrix_without_version_flags_the_leak_for_older_kamailio():
+    text = rendered(Variant.parse("pua_dialoginfo"))
+    (f,) = lint(text)
+    assert f.level == "leak" and "before 6.1" in f.message
+    assert lint(rendered(Variant.parse("pua_dialoginfo+delayed_reply_off")))[0].level == "info"
+    assert levels(lint(rendered(Variant.parse("t_uac_send+t_reply_error")))) == {"info"}
+
+
+def test_matrix_defines_can_come_from_the_command_line_style_defines():
+    # The same body with the variant passed as -A instead of the rendered header.
+    plain = KamailioConfig(udp_port=5060, ws_port=8080, wss_port=4443, pbx_port=5080).render()
+    assert not lint(plain, version="5.6.3")
+    (f,) = lint(plain, version="5.6.3", defines={"WITH_TRIGGER_T_UAC_SEND"})
+    assert f.level == "leak" and f.line == line_of(plain, "sl_reply_error();")
+
+
+# ---------------------------------------------------------------------------
+# Hand-written configs shaped like deployments
+
+def test_default_config_with_blf_block():
+    path = CONFIGS / "default_blf.cfg"
+    text = path.read_text()
+    assert lint_file(str(path), version="5.8.5") == []          # BLF off: stock config, no leak
+    findings = lint_file(str(path), defines={"WITH_BLF", "WITH_WEBSOCKETS"}, version="5.8.5")
+    (leak,) = findings
+    assert leak.level == "leak" and leak.path is None
+    assert leak.line == line_of(text, "sl_reply_error();") == 176   # in route[RELAY], not REGISTRAR
+    assert "line 175" in leak.message                              # the t_relay()
+    assert "pua_dialoginfo.so at line 72" in leak.message
+    # FLT_DIALOG is a #!define used by modparam("dialog", "dlg_flag") and setflag().
+    assert "setflag(4) (dialog's dlg_flag) at line 142" in leak.message
+    assert [f.level for f in lint_file(str(path), defines={"WITH_BLF"}, version="6.1.5")] == ["info"]
+
+
+def test_default_config_blf_needs_tracked_dialogs():
+    text = (CONFIGS / "default_blf.cfg").read_text().replace("setflag(FLT_DIALOG);", "")
+    findings = lint(text, defines={"WITH_BLF"}, version="6.0.1")
+    assert not [f for f in findings if f.level == "leak"]
+    (note,) = findings
+    assert note.level == "info" and note.line == 72 and "no dialog is tracked" in note.message
+
+
+def test_trigger_in_unreachable_route_does_not_count():
+    path = CONFIGS / "unreachable_trigger.cfg"
+    text = path.read_text()
+    findings = lint_file(str(path), version="6.0.1")
+    assert "leak" not in levels(findings)
+    by_line = {f.line: f for f in findings}
+    uac = by_line[line_of(text, "uac_req_send();")]
+    assert uac.level == "info" and "route[NOTIFY_HANGUP] is not reached" in uac.message
+    tuac = by_line[line_of(text, "t_uac_send(")]
+    assert tuac.level == "info" and "failure_route[MISSED]" in tuac.message
+    # Wired in through the #!ifdef (not through the commented-out calls): it leaks.
+    findings = lint_file(str(path), defines={"WITH_HANGUP_NOTIFY"}, version="6.0.1")
+    (leak,) = [f for f in findings if f.level == "leak"]
+    assert leak.line == line_of(text, "sl_reply_error();")
+    assert f"uac_req_send() at line {line_of(text, 'uac_req_send();')}" in leak.message
+    assert "request_route -> route[NOTIFY_HANGUP]" in leak.message
+
+
+def test_mitigated_config_with_send_reply_error():
+    path = CONFIGS / "mitigated_send_reply_error.cfg"
+    text = path.read_text()
+    reply = line_of(text, "send_reply_error();")
+    for version in ("6.0.1", "6.1.5", None):
+        (f,) = lint_file(str(path), version=version)
+        assert (f.level, f.code, f.line) == ("info", "4140-mitigated", reply)
+        assert f"t_uac_send() at line {line_of(text, 't_uac_send(')}" in f.message
+    # On 5.x the function does not exist: Kamailio refuses the config.
+    (f,) = lint_file(str(path), version="5.6.3")
+    assert (f.level, f.code, f.line) == ("error", "unknown-function", reply)
+    assert "6.0" in f.message and any('t_reply("500"' in a for a in f.advice)
+
+
+def test_trigger_in_included_file_and_reply_in_called_route():
+    path = CONFIGS / "include_main.cfg"
+    text = path.read_text()
+    inc = CONFIGS / "include" / "withindlg.cfg"
+    findings = lint_file(str(path), version="5.6.3")
+    (leak,) = [f for f in findings if f.level == "leak"]
+    assert leak.path is None and leak.line == line_of(text, "sl_reply_error();")
+    assert "in route[RELAY_ERROR]" in leak.message
+    assert f"{inc}:{line_of(inc.read_text(), 'uac_req_send();')}" in leak.message
+    (missing,) = [f for f in findings if f.code == "include"]
+    assert missing.level == "info" and missing.line == line_of(text, "import_file")
+
+
+def test_missing_include_file_is_a_warning(tmp_path):
+    cfg = tmp_path / "k.cfg"
+    cfg.write_text('loadmodule "tm.so"\ninclude_file "nope.cfg"\nrequest_route { exit; }\n')
+    (f,) = lint_file(str(cfg))
+    assert (f.level, f.code, f.line) == ("warning", "include", 2)
+
+
+# ---------------------------------------------------------------------------
+# The language: small configs
+
+HEAD = 'loadmodule "tm.so"\nloadmodule "sl.so"\nloadmodule "uac.so"\nloadmodule "dialog.so"\n'
+RELAY = 'route[RELAY] {\n\tif (!t_relay()) {\n\t\tsl_reply_error();\n\t}\n\texit;\n}\n'
+
+
+def leaks(text, **kw):
+    return [f for f in lint(text, version="6.0.1", **kw) if f.level == "leak"]
+
+
+def test_comments_strings_and_directives():
+    text = HEAD + (
+        'request_route {\n'
+        '\txlog("L_INFO", "# not a comment; uac_req_send(); // neither\\n");\n'
+        "\t# uac_req_send();\n"
+        "\t// uac_req_send();\n"
+        "\t/* uac_req_send();\n"
+        "\t#!define WITH_X\n"                    # inside a comment: no directive
+        "\t*/\n"
+        "#!ifdef WITH_X\n"
+        "\tuac_req_send();\n"
+        "#!endif\n"
+        "\troute(RELAY);\n"
+        "}\n") + RELAY
+    assert not leaks(text)
+    (f,) = leaks(text, defines={"WITH_X"})
+    assert "uac_req_send() at line 13" in f.message and f.line == 19
+
+
+def test_multiline_string_hides_calls():
+    text = HEAD + 'request_route {\n\txlog("L_INFO", "a\nroute(TRIG);\nb");\n\troute(RELAY);\n}\n' \
+        + 'route[TRIG] {\n\tuac_req_send();\n}\n' + RELAY
+    assert not leaks(text)
+
+
+def test_ifndef_else_nesting_and_trydef():
+    text = HEAD + (
+        "#!trydef MODE 1\n#!trydef MODE 2\n"
+        "request_route {\n"
+        "#!ifndef WITH_QUIET\n"
+        "#!ifdef WITH_OTHER\n\tsl_send_reply(\"403\", \"x\");\n#!else\n\tt_uac_send(\"MESSAGE\", \"sip:a@b\", \"\", \"\", \"\", \"\");\n#!endif\n"
+        "#!endif\n"
+        "\troute(RELAY);\n}\n") + RELAY
+    assert len(leaks(text)) == 1
+    assert not leaks(text, defines={"WITH_QUIET"})
+    assert not leaks(text, defines={"WITH_OTHER"})
+
+
+def test_define_values_are_substituted_in_code():
+    text = HEAD + ("#!define NOTIFY_ROUTE NOTIFY\n"
+                   "request_route {\n\troute(NOTIFY_ROUTE);\n\troute(RELAY);\n}\n"
+                   "route[NOTIFY] {\n\tuac_req_send();\n}\n") + RELAY
+    assert len(leaks(text)) == 1
+    # -A NAME=VALUE works the same way.
+    text2 = text.replace("#!define NOTIFY_ROUTE NOTIFY\n", "")
+    assert len(leaks(text2, defines={"NOTIFY_ROUTE=NOTIFY"})) == 1
+
+
+def test_positive_relay_with_else_branch_and_not_keyword():
+    body = 'request_route {\n\tuac_req_send();\n\tif (t_relay()) {\n\t\texit;\n\t} else {\n' \
+           '\t\tsl_reply_error();\n\t}\n}\n'
+    (f,) = leaks(HEAD + body)
+    assert f.line == 10
+    body2 = 'request_route {\n\tuac_req_send();\n\tif (not t_relay())\n\t\tsl_reply_error();\n}\n'
+    assert [f.line for f in leaks(HEAD + body2)] == [8]
+
+
+def test_stateless_or_missing_reply_is_a_warning_not_a_leak():
+    for failure in ('sl_send_reply("500", "Relay failed");', 'xlog("relay failed\\n");'):
+        text = HEAD + 'request_route {\n\tuac_req_send();\n\tif (!t_relay()) {\n\t\t' + failure \
+            + '\n\t}\n}\n'
+        findings = lint(text, version="5.6.3")
+        assert [f.level for f in findings] == ["warning"] and findings[0].code == "4140-leak"
+    # t_relay() under t_check_trans() (ACK/CANCEL idiom) is not a site.
+    text = HEAD + 'request_route {\n\tuac_req_send();\n\tif (t_check_trans()) {\n\t\tt_relay();\n\t}\n}\n'
+    assert lint(text, version="5.6.3") == []
+
+
+def test_stateful_reply_on_failure_branch_is_mitigated():
+    text = HEAD + 'request_route {\n\tuac_req_send();\n\tif (!t_relay()) {\n' \
+        '\t\tsend_reply("500", "Server Error");\n\t}\n}\n'
+    (f,) = lint(text, version="5.6.3")
+    assert (f.level, f.code) == ("info", "4140-mitigated")
+
+
+def test_branch_route_and_dialog_end_event_route_count():
+    branch = HEAD + 'request_route {\n\tt_on_branch("B");\n\troute(RELAY);\n}\n' \
+        'branch_route[B] {\n\tuac_req_send();\n}\n' + RELAY
+    assert len(leaks(branch)) == 1
+    dlg = HEAD + 'request_route {\n\tif (is_method("INVITE")) dlg_manage();\n\troute(RELAY);\n}\n' \
+        'event_route[dialog:end] {\n\tuac_req_send();\n}\n' + RELAY
+    (f,) = leaks(dlg)
+    assert "event_route[dialog:end]" in f.message
+    # Without tracked dialogs the event route never runs.
+    assert not leaks(dlg.replace("dlg_manage();", "xlog(\"x\");"))
+
+
+def test_pua_dialoginfo_send_publish_flag():
+    text = HEAD + 'loadmodule "pua.so"\nloadmodule "pua_dialoginfo.so"\n' \
+        'modparam("pua_dialoginfo", "send_publish_flag", 9)\n' \
+        'request_route {\n\tdlg_manage();\n\troute(RELAY);\n}\n' + RELAY
+    findings = lint(text, version="6.0.1")
+    assert "leak" not in levels(findings)
+    assert any("send_publish_flag" in f.message for f in findings)
+    flagged = text.replace("\tdlg_manage();\n", "\tdlg_manage();\n\tsetflag(9);\n")
+    assert len(leaks(flagged)) == 1
+
+
+def test_dynamic_route_calls_make_unreached_triggers_warnings():
+    text = HEAD + 'request_route {\n\troute($var(next));\n\troute(RELAY);\n}\n' \
+        'route[MAYBE] {\n\tuac_req_send();\n}\n' + RELAY
+    findings = lint(text, version="6.0.1")
+    (f,) = [f for f in findings if f.code == "4140-trigger-unreached"]
+    assert f.level == "warning" and "dynamic" in f.message
+    assert "leak" not in levels(findings)
+
+
+def test_kemi_is_out_of_scope():
+    text = HEAD + 'loadmodule "app_lua.so"\ncfgengine "lua"\n'
+    (f,) = lint(text)
+    assert (f.level, f.code, f.line) == ("warning", "kemi", 6)
+
+
+def test_unbalanced_ifdef_is_reported():
+    text = HEAD + "#!ifdef X\nrequest_route { exit; }\n"
+    assert any(f.code == "preprocessor" for f in lint(text, defines={"X"}))
+
+
+def test_parse_version():
+    assert parse_version("kamailio 5.8.5 (x86_64/linux) ") == (5, 8, 5)
+    assert parse_version("6.1") == (6, 1, 0)
+    assert parse_version(None) is None
+    with pytest.raises(ValueError):
+        parse_version("latest")
+
+
+# ---------------------------------------------------------------------------
+# CLI
+
+LINE = re.compile(r"^(?P<path>[^:]+):(?P<line>\d+): (?P<level>leak|error|warning|info): \S")
+
+
+def test_cli_leak_exit_1_and_format(capsys):
+    path = str(CONFIGS / "default_blf.cfg")
+    rc = main([path, "--define", "WITH_BLF", "-A", "WITH_NAT", "--kamailio-version", "5.6.3"])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 1
+    m = LINE.match(out[0])
+    assert m and m["path"] == path and m["line"] == "176" and m["level"] == "leak"
+    assert len(out) > 1 and all(line.startswith("    advice: ") for line in out[1:])
+
+
+def test_cli_clean_exit_0(capsys):
+    path = str(CONFIGS / "default_blf.cfg")
+    assert main([path]) == 0
+    assert capsys.readouterr().out.strip() == f"{path}: ok: no issue-4140 pattern found"
+    assert main([path, "--define", "WITH_BLF", "--kamailio-version", "6.1.5"]) == 0
+    assert LINE.match(capsys.readouterr().out.splitlines()[0])["level"] == "info"
+
+
+def test_cli_errors_alone_exit_0(capsys):
+    path = str(CONFIGS / "mitigated_send_reply_error.cfg")
+    assert main([path, "--kamailio-version", "5.6.3"]) == 0
+    assert LINE.match(capsys.readouterr().out.splitlines()[0])["level"] == "error"
+
+
+@pytest.mark.parametrize("target", ["missing.cfg", "."])
+def test_cli_unreadable_file_one_line_exit_2(capsys, tmp_path, target):
+    rc = main([str(tmp_path / target)])
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and "cannot read" in lines[0]
+
+
+def test_cli_bad_version_exit_2(capsys):
+    assert main([str(CONFIGS / "default_blf.cfg"), "--kamailio-version", "latest"]) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1
