@@ -184,13 +184,14 @@ def _add_target_args(p) -> None:
 EXIT_CLEAN, EXIT_LEAK, EXIT_CANNOT_TEST, EXIT_ABORT = 0, 1, 125, 128
 
 
-def gate_once(target: Target, variant, transport: str = "ws", disconnect: str = "rst"):
+def gate_once(target: Target, variant, transport: str = "ws", disconnect: str = "rst",
+              user_config=None):
     """One gate run: ("leak" | "clean" | "skip", note, verdict or None)."""
     from scenarios import gh4140_bye_to_closed_ws as gh4140
     from .errors import ImageError, ScenarioError, ServerError
 
     try:
-        with Bench(target, log=_say) as bench:
+        with Bench(target, log=_say, user_config=user_config) as bench:
             try:
                 kam = gh4140.start_kamailio(bench.kamailio, variant)
             except gh4140.NotApplicable as exc:
@@ -209,14 +210,21 @@ def cmd_check(args) -> int:
     from .targets import check_binary
 
     variant = gh4140.Variant.parse(args.variant or gh4140.DEFAULT_VARIANT)
-    target = _target_from(args, default_version=None)
+    user_config = None
+    if getattr(args, "config", None):
+        from .kamailio.user_config import UserConfig
+        user_config = UserConfig.load(args.config)
+        if args.transport == "wss" and not user_config.uses_tls:
+            raise UsageError(f"{args.config} loads no tls.so, so there is no WSS to test",
+                             "use --transport ws")
+    target = _target_from(args, default_version=None if args.command == "check" else "6.1.5")
     if target.kind == "binary" and not os.path.exists(target.ref):
         _say(f"cannot test: Kamailio binary {target.ref} not found (did the build fail?)")
         return EXIT_CANNOT_TEST
     if target.kind == "binary":
         check_binary(target.ref)
-    outcome, note, _ = gate_once(target, variant, args.transport, args.disconnect)
-    print(f"kamleak check: {outcome.upper()}: {note}", flush=True)
+    outcome, note, _ = gate_once(target, variant, args.transport, args.disconnect, user_config)
+    print(f"kamleak {args.command}: {outcome.upper()}: {note}", flush=True)
     codes = {"clean": EXIT_CLEAN, "leak": EXIT_LEAK}
     if args.invert:  # searching for the fix: the old (leaking) side must exit 0
         codes = {"clean": EXIT_LEAK, "leak": EXIT_CLEAN}
@@ -295,7 +303,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--disconnect", default="rst", choices=("rst", "fin", "close"))
     c.add_argument("--invert", action="store_true",
                    help="exit 0 on a leak and 1 when clean: for bisecting the commit that FIXED it")
+    c.add_argument("--config", default=None, metavar="KAMAILIO_CFG",
+                   help="run the scenario on your own kamailio.cfg (README: the contract)")
     c.set_defaults(func=cmd_check, usage_exit=EXIT_ABORT)
+    g = sub.add_parser("gate", help="the issue-4140 gate on your own kamailio.cfg: exit 0 clean, "
+                                    "1 leak, 2 bad input")
+    _add_target_args(g)
+    g.add_argument("--config", required=True, metavar="KAMAILIO_CFG",
+                   help="your kamailio.cfg (README: the contract)")
+    g.add_argument("--variant", default="none",
+                   help="extra harness defines (default: none; your config decides)")
+    g.add_argument("--transport", default="ws", choices=("ws", "wss"))
+    g.add_argument("--disconnect", default="rst", choices=("rst", "fin", "close"))
+    g.add_argument("--invert", action="store_true", help=argparse.SUPPRESS)
+    g.set_defaults(func=cmd_check)
     b = sub.add_parser("bisect", help="find the first build in an ordered list where the verdict flips")
     b.add_argument("builds", nargs="*", help="versions (5.6.3 6.0.1 6.1.5), images or binaries, "
                                              "oldest first; the two ends must disagree")

@@ -112,7 +112,8 @@ def kamailio_factory(request, kamailio_target, tmp_path, pbx_log):
 
     def start(defines=(), timers: TmTimers | None = None, timeout: float = 30.0):
         return launch_kamailio(kamailio_target, client, pbx_log.sip_port, tmp_path, defines,
-                               timers, timeout, on_start=registered)
+                               timers, timeout, on_start=registered,
+                               user_config=request.config._kamleak_user_config)
 
     yield start
     for cap in captures:

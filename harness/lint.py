@@ -1192,3 +1192,12 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def parse(text: str, *, defines: dict[str, str] | None = None,
+          path: str = "kamailio.cfg") -> tuple[Config, list[tuple[Src, str]]]:
+    """The parsed config and its preprocessed lines (for other checkers, e.g. the
+    user-config contract in harness/kamailio/user_config.py)."""
+    pre = _Pre(dict(defines or {}))
+    pre.run(text, None, Path(path).parent)
+    return _parse_config(_tokenize(pre.lines)), pre.lines

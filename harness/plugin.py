@@ -44,6 +44,9 @@ def pytest_addoption(parser):
                 help="test a local kamailio binary (runs on this host, loopback only)")
     g.addoption("--kamailio-modules", default=None, metavar="DIR",
                 help="module directory for --kamailio-bin (kamailio -L)")
+    g.addoption("--kamailio-config", default=None, metavar="PATH",
+                help="run the scenarios on YOUR kamailio.cfg (see README: the harness injects "
+                     "sockets and values; your routing stays untouched)")
     g.addoption("--transport", default="ws,wss", metavar="ws,wss",
                 help="WebSocket transports to test (default: ws,wss)")
     g.addoption("--variant", action="append", default=[], metavar="VARIANT",
@@ -78,6 +81,9 @@ def pytest_configure(config):
             raise KamleakError(f"unknown transport '{','.join(bad) or '(none)'}'",
                                "use --transport ws, wss or ws,wss")
         config._kamleak_transports = transports
+        user_cfg = config.getoption("kamailio_config")
+        from .kamailio.user_config import UserConfig
+        config._kamleak_user_config = UserConfig.load(user_cfg) if user_cfg else None
         from scenarios.gh4140_bye_to_closed_ws import DEFAULT_VARIANT, Variant
         names = [v.strip() for opt in config.getoption("variant") for v in opt.split(",") if v.strip()]
         config._kamleak_variants = [Variant.parse(n) for n in (names or [DEFAULT_VARIANT])]

@@ -20,13 +20,14 @@ from .targets import Target
 
 def launch_kamailio(target: Target, client, pbx_port: int, workdir, defines=(),
                     timers: TmTimers | None = None, timeout: float = 30.0,
-                    on_start=None) -> Kamailio:
+                    on_start=None, user_config=None) -> Kamailio:
     """Start Kamailio for TARGET with fresh loopback ports (retried if one is taken)."""
     last: ServerError | None = None
     for attempt in range(3):
         udp, ws, wss, rpc = ports.allocate(4)
         cfg = KamailioConfig(udp_port=udp, ws_port=ws, wss_port=wss, pbx_port=pbx_port, rpc_port=rpc,
-                             defines=tuple(defines), timers=timers or TmTimers())
+                             defines=tuple(defines), timers=timers or TmTimers(),
+                             user_config=user_config)
         run_dir = tempfile.mkdtemp(prefix=f"kamailio-{attempt}-", dir=workdir)
         hint = target.id.replace(":", "_").replace("/", "_")
         k = target.kamailio(client, cfg, run_dir, name_hint=hint)
@@ -45,8 +46,9 @@ def launch_kamailio(target: Target, client, pbx_port: int, workdir, defines=(),
 class Bench:
     """`with Bench(target) as bench:` -> bench.kamailio(...), bench.ua(...), bench.pbx."""
 
-    def __init__(self, target: Target, workdir: str | None = None, log=print):
+    def __init__(self, target: Target, workdir: str | None = None, log=print, user_config=None):
         self.target = target
+        self.user_config = user_config
         self.log = log
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kamleak-"))
@@ -72,7 +74,8 @@ class Bench:
 
     def kamailio(self, defines=(), timers: TmTimers | None = None) -> Kamailio:
         return launch_kamailio(self.target, self.client, self.pbx.sip_port, self.workdir,
-                               defines, timers, on_start=self.kamailios.append)
+                               defines, timers, on_start=self.kamailios.append,
+                               user_config=self.user_config)
 
     def ua(self, url: str, **kwargs):
         from .sip import WebSocketUA

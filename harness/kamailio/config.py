@@ -53,6 +53,9 @@ class KamailioConfig:
     # Where the config directory is seen by Kamailio (container path, or the
     # host directory itself for a local binary).
     target_dir: str = "/etc/kamleak"
+    # The user's own kamailio.cfg (harness.kamailio.user_config.UserConfig)
+    # instead of the harness's body.
+    user_config: object = None
 
     def __post_init__(self):
         unknown = sorted(set(self.defines) - VARIANT_DEFINES)
@@ -78,11 +81,14 @@ class KamailioConfig:
             if value is not None:
                 lines.append(f"#!define KAMLEAK_{name.upper()} {int(value)}")
         lines += [f"#!define {name}" for name in self.defines]
+        if self.user_config is not None:
+            lines.append("#!define KAMLEAK")
         lines += [
             f"listen=udp:{HOST}:{self.udp_port}",
             f"listen=tcp:{HOST}:{self.ws_port}",
-            f"listen=tls:{HOST}:{self.wss_port}",
         ]
+        if self.user_config is None or self.user_config.uses_tls:
+            lines.append(f"listen=tls:{HOST}:{self.wss_port}")
         if self.rpc_port and self.rpc_port != self.ws_port:
             # Polling tm.list on its own socket keeps the SIP sockets' capture clean.
             lines.append(f"listen=tcp:{HOST}:{self.rpc_port}")
@@ -90,12 +96,22 @@ class KamailioConfig:
         return "\n".join(lines)
 
     def render(self) -> str:
-        return self.header() + BODY.read_text()
+        body = self.user_config.body() if self.user_config is not None else BODY.read_text()
+        return self.header() + body
+
+    @property
+    def has_wss(self) -> bool:
+        return self.user_config is None or self.user_config.uses_tls
 
     def write(self, directory: str | os.PathLike) -> Path:
         """Write kamailio.cfg, tls.cfg, a self-signed certificate, dbtext/."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        if self.user_config is not None:
+            # Files beside the user's config (includes) resolve as they do at home.
+            import shutil
+            for f in self.user_config.siblings():
+                shutil.copy2(f, directory / f.name)
         cfg = directory / "kamailio.cfg"
         cfg.write_text(self.render())
         self._write_tls(directory)
