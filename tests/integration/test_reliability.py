@@ -126,3 +126,17 @@ def test_containers_are_unprivileged_and_mount_read_only(docker_client, kamailio
         assert host["Privileged"] is False and not host.get("CapAdd")
         assert host["NetworkMode"] == "host"
         assert c.attrs["Mounts"] and all(m["RW"] is False for m in c.attrs["Mounts"]), c.name
+
+
+def test_repeated_gates_give_identical_verdicts(kamleak_images, tmp_path):
+    """A reduced stability check (the full one: 50 repeats each, see the README)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/gate/test_gh4140_bye_to_closed_ws.py",
+         "-p", "no:cacheprovider", "--kamailio-version", "6.0.1,6.1.5", "--transport", "ws",
+         "--kamleak-repeat", "3", f"--kamleak-artifacts={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:]   # 6.0.1 leaks: the gate fails
+    counts = proc.stdout.split("kamleak repeat: verdict counts", 1)[1]
+    assert "stable   leak 3/3  tests/gate/test_gh4140_bye_to_closed_ws.py::test_gh4140_bye_to_closed_ws[6.0.1-ws-pua_dialoginfo]" in counts
+    assert "stable   clean 3/3  tests/gate/test_gh4140_bye_to_closed_ws.py::test_gh4140_bye_to_closed_ws[6.1.5-ws-pua_dialoginfo]" in counts
+    assert "UNSTABLE" not in counts
