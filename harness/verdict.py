@@ -52,6 +52,7 @@ class Verdict:
     timers: dict
     target: str = ""
     kamailio_version: str = ""
+    build_id: str = ""                  # image ID or binary sha256
     variant: str = ""
     transport: str = ""
     timeline: list[tuple[float, str]] = field(default_factory=list)

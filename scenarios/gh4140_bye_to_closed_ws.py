@@ -315,7 +315,8 @@ def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target) -> Verd
         watched_for=watch.watched_for, deadline=deadline, gone_after=watch.gone_after,
         seen=watch.seen, stats_before=r.stats_before, stats_after=stats_after,
         stats_consistent=consistent, stats_note=note, timers=timers.as_dict(),
-        target=target, kamailio_version=kamailio.version or "", variant=variant.name,
+        target=target, kamailio_version=kamailio.version or "", build_id=kamailio.build_id(),
+        variant=variant.name,
         transport=transport, timeline=timeline, samples=watch.samples, started_at=r.t0_epoch,
         snapshots=snapshots)
 

@@ -138,6 +138,9 @@ class Kamailio:
     def describe(self) -> str:
         raise NotImplementedError
 
+    def build_id(self) -> str:
+        raise NotImplementedError
+
 
 class ContainerKamailio(Kamailio):
     """Kamailio inside IMAGE, whatever built it: we only need `kamailio`."""
@@ -180,6 +183,13 @@ class ContainerKamailio(Kamailio):
 
     def describe(self) -> str:
         return f"{self.version or 'kamailio'} in {self.image}"
+
+    def build_id(self) -> str:
+        """The image's ID (sha256:…): which build exactly gave the verdict."""
+        try:
+            return self.client.images.get(self.image).id
+        except Exception:  # noqa: BLE001 - evidence, not a reason to fail
+            return ""
 
 
 class LocalKamailio(Kamailio):
@@ -233,3 +243,12 @@ class LocalKamailio(Kamailio):
 
     def describe(self) -> str:
         return f"{self.version or 'kamailio'} ({self.binary})"
+
+    def build_id(self) -> str:
+        """sha256 of the binary: which build exactly gave the verdict."""
+        import hashlib
+        try:
+            with open(self.binary, "rb") as f:
+                return "sha256:" + hashlib.sha256(f.read()).hexdigest()
+        except OSError:
+            return ""
