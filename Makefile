@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # is tested against Debian's package, as a developer's build would be run.
 HOST_KAMAILIO := kamailio kamailio-websocket-modules kamailio-tls-modules kamailio-presence-modules
 
-.PHONY: setup venv host-packages images test unit repro bench clean
+.PHONY: setup venv host-packages images test unit repro bench soak clean
 
 setup: venv host-packages images
 
@@ -61,6 +61,15 @@ repro: setup
 	@$(KAMLEAK) repro $(if $(VERSION),--version $(VERSION)) $(if $(IMAGE),--image $(IMAGE)) \
 	  $(if $(VARIANT),--variant $(VARIANT)) $(if $(TRANSPORT),--transport $(TRANSPORT)) \
 	  $(if $(MITIGATION),--mitigation $(MITIGATION))
+
+# Figures, not assertions: gate phases vs their floor, soak throughput.
+bench: setup
+	@$(KAMLEAK) bench --out artifacts
+
+# make soak [VERSION=6.0.1] [VARIANT=uac_req_send] [CALLS=1000] [MIX=0.001] [PBX=builtin|asterisk]
+soak: setup
+	@$(KAMLEAK) soak $(if $(VERSION),--version $(VERSION)) $(if $(VARIANT),--variant $(VARIANT)) \
+	  $(if $(CALLS),--calls $(CALLS)) $(if $(MIX),--mix $(MIX)) $(if $(PBX),--pbx $(PBX))
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 from . import containers, engine, images
+from . import bench as bench_cmd
 from . import lint as lint_cmd
+from . import soak as soak_cmd
 from .errors import KamleakError, UsageError
 from .runner import Bench
 from .targets import Target, parse_targets
@@ -324,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--transport", default="ws", choices=("ws", "wss"))
     b.set_defaults(func=cmd_bisect)
     lint_cmd.add_subparser(sub)
+    soak_cmd.add_subparser(sub)
+    bench_cmd.add_subparser(sub)
     k = sub.add_parser("cleanup", help="remove containers left by killed runs")
     k.add_argument("--check", action="store_true",
                    help="exit 1 if any kamleak container exists (run after a test suite)")
