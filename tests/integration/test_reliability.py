@@ -140,3 +140,38 @@ def test_repeated_gates_give_identical_verdicts(kamleak_images, tmp_path):
     assert "stable   leak 3/3  tests/gate/test_gh4140_bye_to_closed_ws.py::test_gh4140_bye_to_closed_ws[6.0.1-ws-pua_dialoginfo]" in counts
     assert "stable   clean 3/3  tests/gate/test_gh4140_bye_to_closed_ws.py::test_gh4140_bye_to_closed_ws[6.1.5-ws-pua_dialoginfo]" in counts
     assert "UNSTABLE" not in counts
+
+
+SLOW_BUILD = """
+import sys
+from pathlib import Path
+from harness import engine, images
+spec = images.ImageSpec(tag="kamleak-test/slow:1", context=Path(sys.argv[1]),
+                        base="debian:bookworm-slim", title="slow")
+try:
+    images.build(engine.client(), spec)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_interrupt_during_an_image_build_leaves_no_build_container(docker_client, kamleak_images,
+                                                                   tmp_path):
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text("FROM debian:bookworm-slim\nRUN sleep 120\n")
+    before = {c.id for c in docker_client.containers.list(all=True)}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_BUILD, str(tmp_path / "ctx")], cwd=ROOT,
+                            env={**os.environ, "KAMLEAK_PROGRESS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen = ""
+    while "Step 2/" not in seen:        # the RUN step is running in a build container
+        line = proc.stdout.readline()
+        assert line, seen
+        seen += line
+    poll(lambda: {c.id for c in docker_client.containers.list(all=True)} - before, timeout=30,
+         what="the build container")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 130
+    poll(lambda: not ({c.id for c in docker_client.containers.list(all=True)} - before),
+         timeout=30, what="the engine removing the cancelled build's container")
+    assert docker_client.images.list("kamleak-test/slow") == []
