@@ -173,10 +173,11 @@ def wait_ws_gone(kamailio: Kamailio, local_port: int, timeout: float = 10.0) -> 
     return time.monotonic() - t0
 
 
-def start_kamailio(kamailio_factory, variant: Variant, timers: TmTimers | None = None) -> Kamailio:
+def start_kamailio(kamailio_factory, variant: Variant, timers: TmTimers | None = None,
+                   extra_defines: tuple[str, ...] = ()) -> Kamailio:
     """Start Kamailio with the variant; a refused variant-only feature is N/A."""
     try:
-        return kamailio_factory(defines=variant.defines, timers=timers)
+        return kamailio_factory(defines=variant.defines + tuple(extra_defines), timers=timers)
     except ServerError as exc:
         text = str(exc)
         if any(k in text for k in ("Can't set module parameter", "unknown command")) and \

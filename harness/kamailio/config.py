@@ -24,7 +24,7 @@ HOST = "127.0.0.1"
 VARIANT_DEFINES = frozenset({
     "WITH_TRIGGER_UAC_REQ_SEND", "WITH_TRIGGER_T_UAC_SEND", "WITH_TRIGGER_PUA_DIALOGINFO",
     "WITH_DIALOG", "WITH_REPLY_SEND_REPLY_ERROR", "WITH_REPLY_T_REPLY_ERROR",
-    "WITH_DELAYED_REPLY_OFF",
+    "WITH_DELAYED_REPLY_OFF", "WITH_RELAY_NOCONNECT",
 })
 
 
@@ -75,6 +75,9 @@ class KamailioConfig:
             f'#!substdef "!KAMLEAK_SELF!sip:{HOST}:{self.udp_port}!g"',
             f'#!substdef "!KAMLEAK_PBX_HOSTPORT!{HOST}:{self.pbx_port}!g"',
             f'#!substdef "!KAMLEAK_DIR!{d}!g"',
+            # A TCP destination Kamailio has no connection to (the discard
+            # port); with set_forward_no_connect() nothing is ever sent there.
+            f'#!substdef "!KAMLEAK_DEAD_TCP!{HOST}:9!g"',
         ]
         for name in ("fr_timer", "fr_inv_timer", "wt_timer"):
             value = getattr(self.timers, name)

@@ -175,3 +175,20 @@ def test_interrupt_during_an_image_build_leaves_no_build_container(docker_client
     poll(lambda: not ({c.id for c in docker_client.containers.list(all=True)} - before),
          timeout=30, what="the engine removing the cancelled build's container")
     assert docker_client.images.list("kamleak-test/slow") == []
+
+
+def test_the_matrix_under_xdist_gives_the_same_verdicts(kamleak_images, tmp_path):
+    """pytest -n 2: per-worker ports, containers and Asterisk; one summary."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/gate/test_verdict_matrix.py", "-n", "2",
+         "-p", "no:cacheprovider", "--kamailio-version", "6.0.1", "--transport", "ws",
+         "-k", "test_verdict_matches_real_kamailio and (uac_req_send or none)",
+         f"--kamleak-artifacts={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    import json
+    summary = json.loads(next(tmp_path.glob("latest/summary.json")).read_text())
+    outcomes = {(r["variant"], r["outcome"]) for r in summary}
+    assert ("uac_req_send", "leak") in outcomes and ("none", "clean") in outcomes
+    assert ("uac_req_send+send_reply_error", "clean") in outcomes
+    assert len(summary) == 4, "both workers' verdicts are merged (delayed_reply_off: n/a)"

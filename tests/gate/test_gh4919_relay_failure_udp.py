@@ -1,0 +1,44 @@
+"""Kamailio issue 4919 across the versions kamleak builds (see the scenario module).
+
+Over plain UDP, no WebSocket: a local request, then t_relay() failing under
+set_forward_no_connect().  Leaks exactly where the 4140 mechanism says:
+a trigger and the stateless reply, before 6.1.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from scenarios import gh4919_relay_failure_udp as gh4919
+
+MATRIX = ["none", "uac_req_send", "t_uac_send", "uac_req_send+send_reply_error",
+          "t_uac_send+t_reply_error", "uac_req_send+delayed_reply_off"]
+
+
+@pytest.mark.known_versions
+@pytest.mark.parametrize("variant_name", MATRIX)
+def test_gh4919_verdict_matches_real_kamailio(kamailio_factory, kamailio_target, variant_name,
+                                              record_verdict):
+    variant = gh4919.parse_variant(variant_name)
+    expect = gh4919.expected(kamailio_target.ref, variant)
+    if expect == "n/a":
+        with pytest.raises(gh4919.NotApplicable):
+            gh4919.start_kamailio(kamailio_factory, variant)
+        return
+    kamailio = gh4919.start_kamailio(kamailio_factory, variant)
+    verdict = gh4919.run(kamailio=kamailio, variant=variant, target=kamailio_target.id)
+    record_verdict(verdict)
+    assert verdict.outcome == expect, verdict.report()
+    assert verdict.stats_consistent, verdict.stats_note
+    assert all(r.code >= 400 for r in verdict.replies)
+    if verdict.leaked:
+        # Unlike 4140 (Via building fails: outgoings 0) the branch is built
+        # here and only sending fails: outgoings 1.  Nobody holds a reference.
+        assert (verdict.cells[0].outgoings, verdict.cells[0].ref_count) == (1, 1)
+        assert [r.stateless for r in verdict.replies] == [True]
+
+
+def test_a_trigger_without_a_dialog_is_refused():
+    with pytest.raises(Exception) as exc:
+        gh4919.parse_variant("pua_dialoginfo")
+    assert "does not apply to issue 4919" in str(exc.value)
