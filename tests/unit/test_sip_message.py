@@ -81,7 +81,7 @@ def test_multi_value_headers_on_several_lines_keep_order():
     raw = (
         "SIP/2.0 200 OK\r\n"
         "Via: SIP/2.0/WS a.invalid;branch=z9hG4bK1\r\n"
-        "Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK2, SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK3\r\n"
+        "Via: SIP/2.0/UDP 127.0.10.1;branch=z9hG4bK2, SIP/2.0/UDP 127.0.10.2;branch=z9hG4bK3\r\n"
         "Record-Route: <sip:p2.example;lr>\r\n"
         "Record-Route: <sip:p1.example;lr;foo=\"a,b\">\r\n"
         "From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>;tag=2\r\nCall-ID: c\r\nCSeq: 7 INVITE\r\n"
@@ -204,10 +204,10 @@ def test_sip_uri_parse_and_str():
 
 
 def test_via_parse():
-    v = Via.parse("SIP/2.0/WS abc.invalid;branch=z9hG4bKx;rport=1234;received=10.0.0.1")
+    v = Via.parse("SIP/2.0/WS abc.invalid;branch=z9hG4bKx;rport=1234;received=127.0.10.1")
     assert (v.transport, v.host, v.port, v.branch) == ("WS", "abc.invalid", None, "z9hG4bKx")
     assert v.params["rport"] == "1234"
-    assert str(Via.parse("SIP/2.0/UDP 1.2.3.4:5060;branch=z9hG4bKy;rport")) == "SIP/2.0/UDP 1.2.3.4:5060;branch=z9hG4bKy;rport"
+    assert str(Via.parse("SIP/2.0/UDP 127.1.2.3:5060;branch=z9hG4bKy;rport")) == "SIP/2.0/UDP 127.1.2.3:5060;branch=z9hG4bKy;rport"
 
 
 def test_identifiers_are_fresh():
@@ -272,17 +272,17 @@ def test_ack_for_2xx_is_end_to_end():
     inv = _invite()
     ok = build_response(inv, 200, to_tag="rt", extra_headers=[
         ("Record-Route", "<sip:p2.example;lr>, <sip:p1.example;lr>"),
-        ("Contact", "<sip:bob@192.0.2.9:5080>"),
+        ("Contact", "<sip:bob@127.0.2.9:5080>"),
     ])
     ack = build_ack(inv, ok)
-    assert ack.uri == "sip:bob@192.0.2.9:5080"  # remote target
+    assert ack.uri == "sip:bob@127.0.2.9:5080"  # remote target
     assert ack.headers("Route") == ["<sip:p1.example;lr>", "<sip:p2.example;lr>"]  # RR reversed
     assert ack.top_via_branch != inv.top_via_branch and ack.top_via_branch.startswith("z9hG4bK")
     assert Via.parse(ack.header("Via")).params.keys() == Via.parse(inv.header("Via")).params.keys()
     assert ack.cseq == (5, "ACK") and ack.to_tag == "rt"
     # Explicit dialog state wins (re-INVITE case).
-    ack2 = build_ack(inv, ok, route_set=[], remote_target="sip:bob@198.51.100.1", via="SIP/2.0/WS a.invalid;branch=z9hG4bKnew")
-    assert ack2.uri == "sip:bob@198.51.100.1" and not ack2.has_header("Route") and ack2.top_via_branch == "z9hG4bKnew"
+    ack2 = build_ack(inv, ok, route_set=[], remote_target="sip:bob@127.51.100.1", via="SIP/2.0/WS a.invalid;branch=z9hG4bKnew")
+    assert ack2.uri == "sip:bob@127.51.100.1" and not ack2.has_header("Route") and ack2.top_via_branch == "z9hG4bKnew"
     with pytest.raises(ValueError):
         build_ack(inv, build_response(inv, 180))
 

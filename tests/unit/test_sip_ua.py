@@ -156,14 +156,14 @@ def peer_request(method, dialog_req, dialog_resp, cseq, *, body=b"", extra=()):
         from_=dialog_resp.header("To"), to=dialog_req.header("From"),
         call_id=dialog_req.call_id, cseq=cseq,
         via=f"SIP/2.0/WS 127.0.0.1:5066;branch={new_branch()}",
-        contact="<sip:bob@192.0.2.9:5080>" if method == "INVITE" else None,
+        contact="<sip:bob@127.0.2.9:5080>" if method == "INVITE" else None,
         extra_headers=list(extra), body=body,
         content_type="application/sdp" if body else None,
     )
 
 
 RR = "<sip:p2.example;lr>, <sip:p1.example;lr>"
-BOB_CONTACT = "<sip:bob@192.0.2.9:5080>"
+BOB_CONTACT = "<sip:bob@127.0.2.9:5080>"
 
 
 def answer_invite(peer, *, record_route=True, to_tag="bobtag"):
@@ -204,13 +204,13 @@ def test_call_ladder(ua_factory):
         r = peer.result
         r["invite"] = inv
         # 2xx ACK (RFC 3261 13.2.2.4): new branch, same CSeq number, route set, R-URI = remote target
-        assert ack.method == "ACK" and ack.uri == "sip:bob@192.0.2.9:5080"
+        assert ack.method == "ACK" and ack.uri == "sip:bob@127.0.2.9:5080"
         assert ack.top_via_branch != inv.top_via_branch
         assert ack.cseq == (1, "ACK") and ack.to_tag == "bobtag" and ack.from_tag == inv.from_tag
         assert ack.headers("Route") == ["<sip:p1.example;lr>", "<sip:p2.example;lr>"]
 
         reinv = peer.recv_sip()
-        assert reinv.method == "INVITE" and reinv.uri == "sip:bob@192.0.2.9:5080"
+        assert reinv.method == "INVITE" and reinv.uri == "sip:bob@127.0.2.9:5080"
         assert reinv.cseq == (2, "INVITE") and reinv.to_tag == "bobtag" and reinv.from_tag == inv.from_tag
         assert reinv.call_id == inv.call_id
         assert reinv.headers("Route") == ["<sip:p1.example;lr>", "<sip:p2.example;lr>"]
@@ -236,7 +236,7 @@ def test_call_ladder(ua_factory):
 
     dialog = ua.invite("sip:600123@127.0.0.1", session_expires=1800, min_se=90, refresher="uac", timeout=2)
     assert dialog.state == "confirmed"
-    assert dialog.remote_tag == "bobtag" and dialog.remote_target == "sip:bob@192.0.2.9:5080"
+    assert dialog.remote_tag == "bobtag" and dialog.remote_target == "sip:bob@127.0.2.9:5080"
     assert dialog.route_set == ["<sip:p1.example;lr>", "<sip:p2.example;lr>"]  # Record-Route reversed
     assert dialog.session_expires == 1800 and dialog.refresher == "local"
 
@@ -296,7 +296,7 @@ def test_peer_requests_are_auto_answered_and_ua_bye(ua_factory):
         peer.send_sip(stale)
         assert peer.recv_sip().status == 481  # unknown dialog (RFC 3261 12.2.2)
         bye = peer.recv_sip()
-        assert bye.method == "BYE" and bye.cseq == (2, "BYE") and bye.uri == "sip:bob@192.0.2.9:5080"
+        assert bye.method == "BYE" and bye.cseq == (2, "BYE") and bye.uri == "sip:bob@127.0.2.9:5080"
         assert not bye.has_header("Route")
         peer.send_sip(build_response(bye, 200))
 

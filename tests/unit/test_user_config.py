@@ -21,11 +21,11 @@ def test_the_deployment_config_meets_the_contract():
 
 
 @pytest.mark.parametrize("edit, expected", [
-    (lambda t: t.replace("#!ifndef KAMLEAK\nlisten=udp:10.0.0.10:5060", "listen=udp:10.0.0.10:5060\n#!ifndef KAMLEAK"),
-     "declares its own socket (listen=udp:10.0.0.10:5060) while KAMLEAK is defined; add: #!ifndef KAMLEAK"),
+    (lambda t: t.replace("#!ifndef KAMLEAK\nlisten=udp:127.0.10.10:5060", "listen=udp:127.0.10.10:5060\n#!ifndef KAMLEAK"),
+     "declares its own socket (listen=udp:127.0.10.10:5060) while KAMLEAK is defined; add: #!ifndef KAMLEAK"),
     (lambda t: t.replace('loadmodule "jsonrpcs.so"', ""), 'does not load jsonrpcs.so; add: loadmodule "jsonrpcs.so"'),
     (lambda t: t.replace("jsonrpc_dispatch();", ""), "does not serve JSON-RPC; add: if ($hu =~ \"^/RPC\")"),
-    (lambda t: t.replace('"KAMLEAK_PBX_HOSTPORT"', '"10.0.0.20:5060"'), "never sends calls to the harness's PBX"),
+    (lambda t: t.replace('"KAMLEAK_PBX_HOSTPORT"', '"127.0.10.20:5060"'), "never sends calls to the harness's PBX"),
     (lambda t: t.replace('modparam("tls", "config", "KAMLEAK_DIR/tls.cfg")', ""), "loads tls.so but not the harness's TLS config"),
     (lambda t: t.replace("tcp_accept_no_cl=yes", ""), "tcp_accept_no_cl=yes"),
 ])
