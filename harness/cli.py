@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import containers, engine, images
+from . import containers, engine, images, progress
 from . import bench as bench_cmd
 from . import lint as lint_cmd
 from . import soak as soak_cmd
@@ -22,8 +22,7 @@ from .runner import Bench
 from .targets import Target, parse_targets
 
 
-def _say(msg: str) -> None:
-    print(f"kamleak: {msg}", file=sys.stderr, flush=True)
+_say = progress.say
 
 
 def cmd_setup(args) -> int:

@@ -42,15 +42,17 @@ class Timers:
                 "wt_timer": self.wt_timer, "source": self.source}
 
 
-def read_timers(rpc: KamailioRPC, configured: dict[str, int | None]) -> Timers:
+def read_timers(rpc: KamailioRPC, configured) -> Timers:
     """tm timers as Kamailio runs them.
 
+    CONFIGURED is the config's TmTimers (or a dict of the same names).
     `cfg.get tm fr_timer` is refused by every Kamailio we build ("not
     readable via RPC interface": the values are kept as ticks), so it is
     tried first for builds that allow it, then the values of the config we
     rendered, then Kamailio's defaults.
     """
     values, sources = {}, set()
+    configured = configured if isinstance(configured, dict) else vars(configured)
     for name, default in TM_DEFAULTS.items():
         try:
             values[name] = int(rpc.cfg_get("tm", name))

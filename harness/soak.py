@@ -1031,13 +1031,7 @@ class _Driver:
             self._new_request(call, "BYE")
             return
         call.state = "peer_bye"
-        if self.builtin:
-            try:
-                self.far_end.hangup_call(call.call_id)
-            except (KeyError, ValueError) as exc:
-                self._finish(call, f"failed: the peer could not hang up: {exc}")
-        else:
-            self._pbx_hangup(call)
+        self._far_end_hangup(call)
 
     def _peer_bye_done(self, call: _Call) -> None:
         if self.builtin and call.peer_result and call.peer_result[0] != 200:
@@ -1063,6 +1057,10 @@ class _Driver:
         call.gone_after = time.monotonic() - call.gone_after
         call.state = "await_result"
         call.deadline = time.monotonic() + self.call_timeout
+        self._far_end_hangup(call)
+
+    def _far_end_hangup(self, call: _Call) -> None:
+        """The PBX side ends the call: the built-in peer at once, Asterisk via its CLI."""
         if self.builtin:
             try:
                 self.far_end.hangup_call(call.call_id)
@@ -1426,8 +1424,7 @@ def run_soak(kamailio, peer_or_pbx, *, calls: int, concurrency: int, rate: float
     rpc = kamailio.rpc
     counters = Counters(rpc)
     t = kamailio.config.timers
-    timers = oracle.read_timers(rpc, {"fr_timer": t.fr_timer, "fr_inv_timer": t.fr_inv_timer,
-                                      "wt_timer": t.wt_timer})
+    timers = oracle.read_timers(rpc, t)
     drain_limit = timers.deadline_for("BYE")
     builtin = isinstance(peer_or_pbx, UdpPeer)
     pbx_log_start = 0 if builtin else len(peer_or_pbx.log())

@@ -268,9 +268,7 @@ def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target) -> Verd
     snapshots["ws.dump after disconnect"] = rpc.ws_dump()
 
     # 3. Asterisk hangs up: its BYE must cross Kamailio towards the dead client.
-    timers = oracle.read_timers(rpc, {"fr_timer": kamailio.config.timers.fr_timer,
-                                      "fr_inv_timer": kamailio.config.timers.fr_inv_timer,
-                                      "wt_timer": kamailio.config.timers.wt_timer})
+    timers = oracle.read_timers(rpc, kamailio.config.timers)
     deadline = timers.deadline_for("BYE")
     pbx.hangup(ext)
     bye_sent = time.monotonic()

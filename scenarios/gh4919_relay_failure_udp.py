@@ -76,9 +76,7 @@ def run(*, kamailio: Kamailio, variant: Variant, target: str = "", timeout: floa
     t0, t0_epoch = time.monotonic(), time.time()
     timeline: list[tuple[float, str]] = []
     stats_before = rpc.tm_stats()
-    timers = oracle.read_timers(rpc, {"fr_timer": kamailio.config.timers.fr_timer,
-                                      "fr_inv_timer": kamailio.config.timers.fr_inv_timer,
-                                      "wt_timer": kamailio.config.timers.wt_timer})
+    timers = oracle.read_timers(rpc, kamailio.config.timers)
     deadline = timers.deadline_for(METHOD)
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
