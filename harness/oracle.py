@@ -150,3 +150,48 @@ def stats_settled(rpc: KamailioRPC, baseline: dict, leaked: int, timeout: float)
                                   f"and created-freed moved by {live}, expected {leaked}")
         time.sleep(0.1)
         after = rpc.tm_stats()
+
+
+# ---------------------------------------------------------------------------
+# Leaks without a cell: shm allocation sites across batches of requests.
+
+# A site must keep at least this many bytes per request, in every batch, to
+# count as leaking: one-time growth (a first-use cache) grows in the first
+# batch only, and per-request transients are freed before the snapshot.
+MIN_BYTES_PER_REQUEST = 8
+
+
+def shm_batches(rpc: KamailioRPC, send_batch, *, requests: int, batches: int = 2,
+                settle_timeout: float = 5.0, counters=None) -> dict:
+    """Run `send_batch(requests)` BATCHES times; which shm sites kept growing?
+
+    Before the first batch and after each one, tm must settle (`current`
+    back to its baseline, `created - freed` unchanged), then `mod.stats all
+    shm` is snapshot.  COUNTERS, if given, is a callable returning a dict of
+    named numbers (e.g. WebSocket connections) recorded at each snapshot.
+    Returns the evidence a memory verdict carries.
+    """
+    from . import memstats
+
+    baseline = rpc.tm_stats()
+    snaps = [memstats.snapshot(rpc)]
+    seen_counters = {k: [v] for k, v in (counters() if counters else {}).items()}
+    notes = []
+    for _ in range(batches):
+        send_batch(requests)
+        _, consistent, note = stats_settled(rpc, baseline, 0, timeout=settle_timeout)
+        notes.append(note)
+        if not consistent:
+            raise ScenarioError(f"tm did not settle after a batch of {requests}: {note}",
+                                "see the Kamailio log")
+        snaps.append(memstats.snapshot(rpc))
+        for k, v in (counters() if counters else {}).items():
+            seen_counters.setdefault(k, []).append(v)
+    per_batch = [memstats.growth(a, b) for a, b in zip(snaps, snaps[1:])]
+    sites = sorted({s for g in per_batch for s in g})
+    grown = {s: [g.get(s, 0) for g in per_batch] for s in sites}
+    floor = MIN_BYTES_PER_REQUEST * requests
+    leaked = [s for s, bs in grown.items() if all(b >= floor for b in bs)]
+    return {"requests": requests, "batches": batches, "sites": grown, "leaked_sites": leaked,
+            "min_bytes_per_request": MIN_BYTES_PER_REQUEST, "tm_stats_notes": notes,
+            "counters": seen_counters, "before": snaps[0], "after": snaps[-1]}

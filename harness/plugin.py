@@ -223,6 +223,16 @@ def _merged_records(config) -> list[dict]:
     return records
 
 
+def _memory_cell(m: dict) -> str:
+    """The summary's last column for a memory verdict: the leaking site, or none."""
+    leaked = m.get("leaked_sites") or []
+    if not leaked:
+        return "no shm site grew"
+    n = max(1, m.get("requests", 1) * m.get("batches", 1))
+    per = sum(sum(m["sites"][s]) for s in leaked) / n
+    return f"{leaked[0].split('(')[0]} +{per:.0f} B/request"
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if hasattr(config, "workerinput"):
         return  # xdist workers run this too, silenced: the controller reports
@@ -231,10 +241,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     tr = terminalreporter
     tr.section("kamleak verdicts")
-    tr.write_line(f"{'kamailio':30} {'variant':34} {'tr':4} {'verdict':7} {'reply':44} cell")
+    tr.write_line(f"{'kamailio':30} {'variant':34} {'tr':4} {'verdict':7} {'reply':44} cell / shm")
     for r in records:
         reply = ", ".join(_reply(x) for x in r.get("replies", [])) or "-"
-        cell = (f"gone {r['gone_after']:.1f}s" if r.get("gone_after") is not None
+        cell = (_memory_cell(r.get("memory") or {}) if r.get("kind") == "memory"
+                else f"gone {r['gone_after']:.1f}s" if r.get("gone_after") is not None
                 else f"still there {r['watched_for']:.1f}s" if r.get("leaked") else "never seen")
         tr.write_line(f"{r.get('kamailio_version', '')[:30]:30} {r.get('variant', '')[:34]:34} "
                       f"{r.get('transport', ''):4} {r.get('outcome', ''):7} {reply[:44]:44} {cell}")

@@ -60,12 +60,20 @@ class Verdict:
     stats_samples: list[dict] = field(default_factory=list)   # tm.stats/shm every ~0.1 s
     snapshots: dict = field(default_factory=dict)             # RPC answers at the key moments
     samples: list[dict] = field(default_factory=list)
+    # "transaction": a cell watched in tm.list; "memory": shm allocation
+    # sites (and counters) compared before and after batches of requests,
+    # for leaks that leave no cell.  `memory` holds that evidence:
+    # requests per batch, batches, per-site growth, leaked sites.
+    kind: str = "transaction"
+    memory: dict = field(default_factory=dict)
 
     @property
     def outcome(self) -> str:
         return "leak" if self.leaked else "clean"
 
     def sentence(self) -> str:
+        if self.kind == "memory":
+            return memory_sentence(self.memory)
         replied = "; Kamailio replied " + ", then ".join(r.describe() for r in self.replies) \
             if self.replies else "; no reply from Kamailio was seen"
         short = self.call_id if len(self.call_id) <= 24 else self.call_id[:20] + "…"
@@ -83,6 +91,10 @@ class Verdict:
         lines = [self.sentence()]
         for c in self.cells:
             lines.append(f"  leaked: {c.describe()}")
+        for site, per_batch in (self.memory.get("sites") or {}).items():
+            lines.append(f"  shm {site}: +{' B, +'.join(str(b) for b in per_batch)} B per batch")
+        for name, values in (self.memory.get("counters") or {}).items():
+            lines.append(f"  {name}: {' -> '.join(str(v) for v in values)}")
         lines.append(f"  tm.stats: {self.stats_note}")
         lines.append(f"  Kamailio: {self.kamailio_version} [{self.target}], variant {self.variant}, "
                      f"{self.transport.upper()}; deadline {self.deadline:.1f} s from tm timers "
@@ -101,6 +113,22 @@ class Verdict:
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, default=str)
+
+
+def memory_sentence(m: dict) -> str:
+    """`2 × 40 MESSAGEs: shm at tm: build_uac_req(1618) grew 17280 B (216 B a request)`."""
+    n, batches = m.get("requests", 0), m.get("batches", 0)
+    what = f"{batches} × {n} {m.get('what', 'requests')}"
+    leaked = m.get("leaked_sites") or []
+    counters = "; ".join(f"{k} {' -> '.join(str(x) for x in v)}"
+                         for k, v in (m.get("counters") or {}).items())
+    tail = f"; {counters}" if counters else ""
+    if not leaked:
+        return f"{what}: no shm allocation site kept growing{tail}"
+    total = sum(sum(m["sites"][s]) for s in leaked)
+    per = total / max(1, n * batches)
+    sites = ", ".join(leaked)
+    return f"{what}: shm at {sites} grew {total} B ({per:.0f} B a request){tail}"
 
 
 def assert_no_leak(verdict: Verdict) -> None:

@@ -2,11 +2,20 @@
 
 A scenario module states its issue number, tells the story, lists its
 config variants and the verdicts expected on the versions kamleak builds,
-and has a `run(...)` that returns a `harness.verdict.Verdict`.
+and has a `run(...)` that returns a `harness.verdict.Verdict`: a "transaction"
+verdict (a cell watched in tm.list) or a "memory" one (shm allocation sites
+compared around batches of requests, for leaks that leave no cell).
 """
 
-from . import gh4140_bye_to_closed_ws, gh4919_relay_failure_udp
+from . import (gh4140_bye_to_closed_ws, gh4503_branch_drop, gh4919_relay_failure_udp,
+               pr3403_local_request_drop)
 
-SCENARIOS = {"gh4140": gh4140_bye_to_closed_ws, "gh4919": gh4919_relay_failure_udp}
+SCENARIOS = {
+    "gh4140": gh4140_bye_to_closed_ws,
+    "gh4503": gh4503_branch_drop,
+    "gh4919": gh4919_relay_failure_udp,
+    "pr3403": pr3403_local_request_drop,
+}
 
-__all__ = ["SCENARIOS", "gh4140_bye_to_closed_ws", "gh4919_relay_failure_udp"]
+__all__ = ["SCENARIOS", "gh4140_bye_to_closed_ws", "gh4503_branch_drop", "gh4919_relay_failure_udp",
+           "pr3403_local_request_drop"]

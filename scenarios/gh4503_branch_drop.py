@@ -1,0 +1,114 @@
+"""Kamailio issue 4503: `drop` in branch_route after a local request leaks the INVITE.
+
+The report (2025, "Potential SHM memory leak in drop;?"): a proxy drops
+branches in a `branch_route` (a policy check) and loads pua_dialoginfo.
+Transactions pile up in shared memory for good: `outgoings 0`,
+`ref_count 1`, no timer running; only `tm.clean` frees them.  The fix
+(PR 4644, 2026) names the cause: pua_dialoginfo calls `t_request()`
+inline while the INVITE is handled (the dialog is created and "Trying" is
+published), which marks the worker's kill reason with REQ_FWDED (1).  Then:
+
+* path A, the stock `if (!t_relay()) sl_reply_error();`: `t_relay()`
+  fails (its only branch was dropped) and adds REQ_ERR_DELAYED (16): 17,
+  not exactly 16, so `t_unref()` neither sends the delayed reply nor frees
+  the cell; `sl_reply_error()` answers statelessly;
+* path B, internal replies disabled (`t_set_disable_internal_reply(1)`):
+  REQ_ERR_DELAYED is never set; the kill reason stays 1 and no check in
+  `t_unref()` matches it either.
+
+The issue-4140 mechanism, reached through `drop` instead of a dead
+connection.  The ladder, with the harness's UDP client:
+
+    client (UDP)                 Kamailio
+      INVITE -->                   dlg_manage(): pua_dialoginfo PUBLISHes "Trying"
+                                   (or uac_req_send()/t_uac_send(): a MESSAGE)
+                                   t_relay() -> branch_route: drop;  t_relay() fails
+      <-- 500 (…/SL) / ACK -->     [watch the INVITE cell until fr_inv+wt+margin]
+
+Expectations (what the project's tests assert on the Debian builds) are in
+`expected()`; they were measured, then found to follow the 4140 rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.errors import UsageError
+from harness.kamailio import Kamailio, TmTimers
+from harness.verdict import Verdict
+from scenarios import gh4140_bye_to_closed_ws as gh4140
+from scenarios._single_request import run_single_request
+
+ISSUE = 4503
+TITLE = "an INVITE whose branch is dropped in branch_route stays in tm.list"
+EXTRA_DEFINES = ("WITH_BRANCH_DROP",)
+NO_INTERNAL_REPLY = "no_internal_reply"
+DEFAULT_VARIANT = "pua_dialoginfo"
+METHOD = "INVITE"
+# fr_inv_timer as short as fr_timer: a healthy INVITE cell here never has a
+# branch, so only wt_timer matters; the deadline for a leak stays ~7 s.
+TIMERS = TmTimers(fr_timer=3000, fr_inv_timer=3000, wt_timer=1000)
+
+NotApplicable = gh4140.NotApplicable
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An issue-4140 variant, plus `+no_internal_reply` for path B."""
+
+    base: gh4140.Variant
+    no_internal_reply: bool = False
+
+    @classmethod
+    def parse(cls, name: str) -> "Variant":
+        parts = [p.strip() for p in name.split("+")]
+        off = NO_INTERNAL_REPLY in parts
+        rest = "+".join(p for p in parts if p != NO_INTERNAL_REPLY)
+        if not rest:
+            raise UsageError(f"variant '{name}' names no trigger", f"use e.g. {DEFAULT_VARIANT}")
+        return cls(gh4140.Variant.parse(rest), off)
+
+    @property
+    def name(self) -> str:
+        return self.base.name + (f"+{NO_INTERNAL_REPLY}" if self.no_internal_reply else "")
+
+    @property
+    def defines(self) -> tuple[str, ...]:
+        return self.base.defines + (("WITH_NO_INTERNAL_REPLY",) if self.no_internal_reply else ())
+
+    def __getattr__(self, attr):          # trigger, reply, delayed_reply_off, ...
+        return getattr(self.base, attr)
+
+
+def parse_variant(name: str) -> Variant:
+    return Variant.parse(name)
+
+
+def expected(version: str, variant: Variant) -> str:
+    """"leak", "clean" or "n/a" on the Debian builds kamleak makes.
+
+    Measured (tests/gate/test_gh4503_branch_drop.py): the issue-4140 rule,
+    for path A and path B alike.  A trigger (pua_dialoginfo, uac_req_send,
+    t_uac_send) plus a stateless error reply leaks on 5.6.3 and 6.0.1 with
+    one "500 (1/SL)"; the dialog module alone, or no trigger, does not
+    (5.6.3 then sends 500 (1/SL) and 500 (6/TM), 6.0.1 only the stateful
+    one).  send_reply_error()/t_reply_error() are clean, also with internal
+    replies disabled.  Debian's 6.1.5 drops the orphaned cell in t_unref(),
+    on both paths, before upstream's fix for 4503 (PR 4644) was needed.
+    """
+    return gh4140.expected(version, variant.base)
+
+
+def start_kamailio(kamailio_factory, variant: Variant) -> Kamailio:
+    return gh4140.start_kamailio(kamailio_factory, variant, timers=TIMERS,
+                                 extra_defines=EXTRA_DEFINES)
+
+
+def run(*, kamailio: Kamailio, variant: Variant, target: str = "", timeout: float = 10.0) -> Verdict:
+    """Send one INVITE over UDP whose branch the config drops; return the verdict."""
+    return run_single_request(kamailio=kamailio, variant=variant, method=METHOD, target=target,
+                              body=_SDP, content_type="application/sdp", timeout=timeout)
+
+
+_SDP = ("v=0\r\no=kamleak 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        "m=audio 9 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")

@@ -1,0 +1,129 @@
+"""Kamailio PR 3403: a local request dropped in event_route[tm:local-request] leaks its buffer.
+
+The report (2023, on presence NOTIFYs): a config filters local requests
+in `event_route[tm:local-request]` and drops some.  tm builds the request
+(`build_uac_req()`, in shm), runs the event route, and on `drop` frees the
+cell but not the buffer it had not attached yet.  Shared memory grows with
+every dropped request; `tm.list` shows nothing, and `core.shmmem` hides a
+few hundred bytes a request in its noise.  The PR was closed unmerged; the
+buffer is freed on the drop path in later tm code.
+
+So the oracle here is Kamailio's own per-site shm accounting (`mod.stats
+all shm`, see `harness.memstats`), compared around batches of requests:
+
+    client (UDP)                 Kamailio
+      MESSAGE -->                  t_uac_send() / uac_req_send(): a local MESSAGE
+                                   event_route[tm:local-request]: drop;
+      <-- 202 (…)                  [tm settles; snapshot mod.stats shm]
+      … × requests, × batches      a site that grew in every batch leaks
+
+Variants: the trigger (`t_uac_send`, `uac_req_send`), with `+drop` for the
+report's filter; without it the local request goes out and is answered
+(the clean control on every version).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from harness import oracle
+from harness.errors import ScenarioError, UsageError
+from harness.kamailio import Kamailio
+from harness.sip.udp import UdpClient
+from harness.verdict import Verdict
+from scenarios import gh4140_bye_to_closed_ws as gh4140
+
+ISSUE = 3403          # a pull request: the report is its description
+TITLE = "a local request dropped in event_route[tm:local-request] leaks shm"
+TRIGGERS = ("t_uac_send", "uac_req_send")
+DEFAULT_VARIANT = "t_uac_send+drop"
+METHOD = "MESSAGE"
+REQUESTS, BATCHES = 40, 2
+
+NotApplicable = gh4140.NotApplicable
+
+
+@dataclass(frozen=True)
+class Variant:
+    trigger: str = "t_uac_send"
+    drop: bool = True
+
+    @classmethod
+    def parse(cls, name: str) -> "Variant":
+        parts = [p.strip() for p in name.split("+") if p.strip()]
+        if not parts or parts[0] not in TRIGGERS or any(p != "drop" for p in parts[1:]):
+            raise UsageError(f"unknown variant '{name}' for PR {ISSUE}",
+                             f"use one of {', '.join(TRIGGERS)}, optionally with +drop")
+        return cls(parts[0], "drop" in parts[1:])
+
+    @property
+    def name(self) -> str:
+        return self.trigger + ("+drop" if self.drop else "")
+
+    @property
+    def defines(self) -> tuple[str, ...]:
+        d = gh4140.TRIGGERS[self.trigger] + ("WITH_LOCAL_REQUEST_ROUTE",)
+        return d + (("WITH_LOCAL_REQUEST_DROP",) if self.drop else ())
+
+
+def parse_variant(name: str) -> Variant:
+    return Variant.parse(name)
+
+
+def expected(version: str, variant: Variant) -> str:
+    """Measured on the Debian builds: only 5.6.3 loses the buffer of a dropped request
+    (~220-480 B a request at tm's build_uac_req); 6.0.1 and 6.1.5 free it."""
+    if variant.drop and gh4140._vt(version) < (6, 0):
+        return "leak"
+    return "clean"
+
+
+def start_kamailio(kamailio_factory, variant: Variant) -> Kamailio:
+    return kamailio_factory(defines=variant.defines)
+
+
+def run(*, kamailio: Kamailio, variant: Variant, target: str = "", requests: int = REQUESTS,
+        batches: int = BATCHES) -> Verdict:
+    """BATCHES × REQUESTS MESSAGEs over UDP, each creating one local request; the verdict."""
+    rpc = kamailio.rpc
+    t0, t0_epoch = time.monotonic(), time.time()
+    timeline: list[tuple[float, str]] = []
+    port = kamailio.config.udp_port
+    call_ids: list[str] = []
+    stats_before = rpc.tm_stats()
+    timers = oracle.read_timers(rpc, kamailio.config.timers)
+
+    def send_batch(n: int) -> None:
+        timeline.append((round(time.monotonic() - t0, 3), f"{n} MESSAGEs"))
+        for _ in range(n):
+            with UdpClient() as client:
+                finals = client.request(client.build(METHOD, f"sip:notify@127.0.0.1:{port}"),
+                                        ("127.0.0.1", port), timeout=5.0, quiet=0.0)
+                call_ids.append(client.call_id)
+            if not finals or finals[0].message.status != 202:
+                got = f"{finals[0].message.status} {finals[0].message.reason}" if finals else "nothing"
+                raise ScenarioError(f"Kamailio answered a {METHOD} with {got}, not 202",
+                                    "see the Kamailio log")
+        timeline.append((round(time.monotonic() - t0, 3), "tm settled; mod.stats shm"))
+
+    memory = oracle.shm_batches(rpc, send_batch, requests=requests, batches=batches,
+                                settle_timeout=timers.wt_timer / 1000 * 2 + 3)
+    snapshots = {"mod.stats shm before": memory.pop("before"),
+                 "mod.stats shm after": memory.pop("after")}
+    memory["what"] = f"{METHOD}s" + (" (local request dropped)" if variant.drop else "")
+    stats_after = rpc.tm_stats()
+    snapshots.update({"tm.stats before": stats_before, "tm.stats after": stats_after})
+    if kamailio.death():
+        raise ScenarioError(f"Kamailio died during the scenario: {kamailio.death()}",
+                            "see the Kamailio log")
+    elapsed = round(time.monotonic() - t0, 3)
+    return Verdict(
+        leaked=bool(memory["leaked_sites"]), method=METHOD,
+        call_id=call_ids[0] if call_ids else "", cells=[], replies=[], watched_for=elapsed,
+        deadline=0.0, gone_after=None, seen=False, stats_before=stats_before,
+        stats_after=stats_after, stats_consistent=True,
+        stats_note="; ".join(sorted(set(memory["tm_stats_notes"]))), timers=timers.as_dict(),
+        target=target, kamailio_version=kamailio.version or "", build_id=kamailio.build_id(),
+        variant=variant.name, transport="udp", timeline=timeline, started_at=t0_epoch,
+        snapshots=snapshots, kind="memory", memory=memory)
