@@ -226,11 +226,13 @@ def _merged_records(config) -> list[dict]:
 def _memory_cell(m: dict) -> str:
     """The summary's last column for a memory verdict: the leaking site, or none."""
     leaked = m.get("leaked_sites") or []
+    if m.get("drained_after") is not None:
+        return f"drained {m['drained_after']:.1f}s"
     if not leaked:
-        return "no shm site grew"
+        return "no shm site grew" if "drained_after" not in m else "held"
     n = max(1, m.get("requests", 1) * m.get("batches", 1))
     per = sum(sum(m["sites"][s]) for s in leaked) / n
-    return f"{leaked[0].split('(')[0]} +{per:.0f} B/request"
+    return f"{leaked[0].split('(')[0]} +{per:.0f} B/{m.get('unit', 'request')}"
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -118,17 +118,25 @@ class Verdict:
 def memory_sentence(m: dict) -> str:
     """`2 × 40 MESSAGEs: shm at tm: build_uac_req(1618) grew 17280 B (216 B a request)`."""
     n, batches = m.get("requests", 0), m.get("batches", 0)
-    what = f"{batches} × {n} {m.get('what', 'requests')}"
+    unit = m.get("unit", "request")
+    what = f"{batches} × {n} {m.get('what', 'requests')}" if batches > 1 else \
+        f"{n} {m.get('what', 'requests')}"
     leaked = m.get("leaked_sites") or []
     counters = "; ".join(f"{k} {' -> '.join(str(x) for x in v)}"
                          for k, v in (m.get("counters") or {}).items())
     tail = f"; {counters}" if counters else ""
-    if not leaked:
-        return f"{what}: no shm allocation site kept growing{tail}"
     total = sum(sum(m["sites"][s]) for s in leaked)
     per = total / max(1, n * batches)
-    sites = ", ".join(leaked)
-    return f"{what}: shm at {sites} grew {total} B ({per:.0f} B a request){tail}"
+    if "drained_after" in m:          # a drain: state that must go away after a while
+        if m["drained_after"] is not None:
+            return (f"{what}: their state drained {m['drained_after']:.1f} s after they fell "
+                    f"silent ({m.get('bytes_per_peer', 0)} B shm a {unit} released){tail}")
+        held = f"shm at {', '.join(leaked)} holds {total} B ({per:.0f} B a {unit})" if leaked \
+            else "counters still up"
+        return f"{what}: still held at the deadline: {held}{tail}"
+    if not leaked:
+        return f"{what}: no shm allocation site kept growing{tail}"
+    return f"{what}: shm at {', '.join(leaked)} grew {total} B ({per:.0f} B a {unit}){tail}"
 
 
 def assert_no_leak(verdict: Verdict) -> None:

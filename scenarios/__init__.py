@@ -7,15 +7,16 @@ verdict (a cell watched in tm.list) or a "memory" one (shm allocation sites
 compared around batches of requests, for leaks that leave no cell).
 """
 
-from . import (gh4140_bye_to_closed_ws, gh4503_branch_drop, gh4919_relay_failure_udp,
-               pr3403_local_request_drop)
+from . import (gh3236_silent_ws_peer, gh4140_bye_to_closed_ws, gh4503_branch_drop,
+               gh4919_relay_failure_udp, pr3403_local_request_drop)
 
 SCENARIOS = {
+    "gh3236": gh3236_silent_ws_peer,
     "gh4140": gh4140_bye_to_closed_ws,
     "gh4503": gh4503_branch_drop,
     "gh4919": gh4919_relay_failure_udp,
     "pr3403": pr3403_local_request_drop,
 }
 
-__all__ = ["SCENARIOS", "gh4140_bye_to_closed_ws", "gh4503_branch_drop", "gh4919_relay_failure_udp",
+__all__ = ["SCENARIOS", "gh3236_silent_ws_peer", "gh4140_bye_to_closed_ws", "gh4503_branch_drop", "gh4919_relay_failure_udp",
            "pr3403_local_request_drop"]

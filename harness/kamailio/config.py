@@ -26,7 +26,10 @@ VARIANT_DEFINES = frozenset({
     "WITH_DIALOG", "WITH_REPLY_SEND_REPLY_ERROR", "WITH_REPLY_T_REPLY_ERROR",
     "WITH_DELAYED_REPLY_OFF", "WITH_RELAY_NOCONNECT", "WITH_BRANCH_DROP",
     "WITH_NO_INTERNAL_REPLY", "WITH_LOCAL_REQUEST_ROUTE", "WITH_LOCAL_REQUEST_DROP",
+    "WITH_WS_KEEPALIVE_NONE", "WITH_WS_KEEPALIVE_CONCHECK",
 })
+# Defines that carry a value, given as "NAME=<int>".
+VALUE_DEFINES = frozenset({"KAMLEAK_WS_KEEPALIVE_TIMEOUT", "KAMLEAK_TCP_LIFETIME"})
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,15 @@ class KamailioConfig:
     user_config: object = None
 
     def __post_init__(self):
-        unknown = sorted(set(self.defines) - VARIANT_DEFINES)
+        names = set()
+        for d in self.defines:
+            name, eq, value = d.partition("=")
+            if eq and (name not in VALUE_DEFINES or not value.isdigit()):
+                raise UsageError(f"bad Kamailio config define {d!r}",
+                                 f"values go to {', '.join(sorted(VALUE_DEFINES))} as NAME=<int>")
+            if not eq:
+                names.add(name)
+        unknown = sorted(names - VARIANT_DEFINES)
         if unknown:
             raise UsageError(f"unknown Kamailio config define(s): {', '.join(unknown)}",
                              f"use some of {', '.join(sorted(VARIANT_DEFINES))}")
@@ -84,7 +95,7 @@ class KamailioConfig:
             value = getattr(self.timers, name)
             if value is not None:
                 lines.append(f"#!define KAMLEAK_{name.upper()} {int(value)}")
-        lines += [f"#!define {name}" for name in self.defines]
+        lines += [f"#!define {d.replace('=', ' ', 1)}" for d in self.defines]
         if self.user_config is not None:
             lines.append("#!define KAMLEAK")
         lines += [

@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS"
 # Requests that refresh the remote target and so carry a Contact (RFC 3261 12.2.1.1).
 _TARGET_REFRESH = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"})
-_DISCONNECT_MODES = ("rst", "fin", "close")
+_DISCONNECT_MODES = ("rst", "fin", "close", "silent")
 
 T = TypeVar("T")
 
@@ -379,6 +379,7 @@ class WebSocketUA:
         self._sock: Optional[socket.socket] = None
         self._open = False
         self._closed = False
+        self._silent = False   # disconnect("silent"): socket open, never read
         self._cond = threading.Condition(threading.RLock())
         self._io_lock = threading.Lock()  # serialises socket I/O (an SSL object is not thread-safe)
         self._stop = threading.Event()
@@ -448,12 +449,23 @@ class WebSocketUA:
         "fin": stop the reader, shutdown(SHUT_RDWR) + close: FIN without a
         WebSocket close frame. "close": WebSocket close handshake (RFC 6455
         7.1.2), waiting up to ``timeout`` for the peer's close frame.
+        "silent": the peer vanishes without a word (a laptop lid shut, a
+        network gone): the reader stops, the socket stays open and is never
+        read again, so no PING is answered and nothing is sent; only the
+        kernel still ACKs.  `close()` later resets it.
         """
         if mode not in _DISCONNECT_MODES:
             raise ValueError(f"disconnect mode must be one of {_DISCONNECT_MODES}, got {mode!r}")
         if self._sock is None:
             raise UAError("not connected")
         self._stop_reader()
+        if mode == "silent":
+            with self._cond:
+                self.closed_reason = "silent: socket kept open, never read"
+                self._open = False
+                self._cond.notify_all()
+            self._silent = True
+            return
         with self._io_lock:
             ws, sock = self._ws, self._sock
             try:
@@ -490,10 +502,27 @@ class WebSocketUA:
         self._closed = True
         if self._sock is None:
             return
+        if self._silent:
+            self._drop_silent()
+            return
         try:
             self.disconnect("close" if self._open else "fin", timeout=1.0)
         except UAError as exc:
             log.warning("%s: close: %s", self.user, exc)
+
+    def _drop_silent(self) -> None:
+        """End a silent connection with an RST (the reader is already stopped)."""
+        with self._io_lock:
+            sock, self._sock = self._sock, None
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+                sock.close()
+            if self._ws is not None:
+                self._ws.sock = None
+                self._ws.connected = False
 
     def _stop_reader(self) -> None:
         self._stop.set()
