@@ -180,26 +180,33 @@ def _add_target_args(p) -> None:
     p.add_argument("--kamailio-modules", default=None, help="module directory for --kamailio-bin")
 
 
+def _add_scenario_arg(p) -> None:
+    from scenarios import DEFAULT_SCENARIO, SCENARIOS
+
+    p.add_argument("--scenario", default=DEFAULT_SCENARIO, metavar="NAME",
+                   help=f"the catalogue's scenario: {', '.join(sorted(SCENARIOS))} "
+                        f"(default: {DEFAULT_SCENARIO}; README: Scenario catalogue)")
+
+
 # `git bisect run` reads exit codes: 0 good, 1-127 bad except 125 (skip),
 # >= 128 aborts the bisection.  `check` keeps to that contract.
 EXIT_CLEAN, EXIT_LEAK, EXIT_CANNOT_TEST, EXIT_ABORT = 0, 1, 125, 128
 
 
 def gate_once(target: Target, variant, transport: str = "ws", disconnect: str = "rst",
-              user_config=None):
+              user_config=None, scenario=None):
     """One gate run: ("leak" | "clean" | "skip", note, verdict or None)."""
-    from scenarios import gh4140_bye_to_closed_ws as gh4140
+    from scenarios import DEFAULT_SCENARIO, SCENARIOS
     from .errors import ImageError, ScenarioError, ServerError
 
+    sc = scenario or SCENARIOS[DEFAULT_SCENARIO]
     try:
         with Bench(target, log=_say, user_config=user_config) as bench:
             try:
-                kam = gh4140.start_kamailio(bench.kamailio, variant)
-            except gh4140.NotApplicable as exc:
+                verdict = sc.gate(bench, variant, transport=transport, disconnect=disconnect,
+                                  target=target.id)
+            except sc.NotApplicable as exc:
                 return "skip", f"not applicable: {exc}", None
-            verdict = gh4140.run(kamailio=kam, pbx=bench.pbx, ua_factory=bench.ua,
-                                 transport=transport, variant=variant, disconnect=disconnect,
-                                 target=target.id)
             return verdict.outcome, verdict.sentence(), verdict
     except (ServerError, ImageError, ScenarioError) as exc:
         return "skip", f"cannot test: {exc.cause}", None
@@ -207,12 +214,15 @@ def gate_once(target: Target, variant, transport: str = "ws", disconnect: str = 
 
 def cmd_check(args) -> int:
     """Exit 0 clean, 1 leak, 125 cannot test: a `git bisect run` step."""
-    from scenarios import gh4140_bye_to_closed_ws as gh4140
     from .targets import check_binary
 
-    variant = gh4140.Variant.parse(args.variant or gh4140.DEFAULT_VARIANT)
+    sc, variant = _scenario_variant(args)
     user_config = None
     if getattr(args, "config", None):
+        if not sc.USER_CONFIG:
+            raise UsageError(f"scenario {args.scenario} runs on the harness's own config only "
+                             f"(its story is built from the harness's defines)",
+                             "use --scenario gh4140 with --config")
         from .kamailio.user_config import UserConfig
         user_config = UserConfig.load(args.config)
         if args.transport == "wss" and not user_config.uses_tls:
@@ -224,12 +234,21 @@ def cmd_check(args) -> int:
         return EXIT_CANNOT_TEST
     if target.kind == "binary":
         check_binary(target.ref)
-    outcome, note, _ = gate_once(target, variant, args.transport, args.disconnect, user_config)
+    outcome, note, _ = gate_once(target, variant, args.transport, args.disconnect, user_config,
+                                 scenario=sc)
     print(f"kamleak {args.command}: {outcome.upper()}: {note}", flush=True)
     codes = {"clean": EXIT_CLEAN, "leak": EXIT_LEAK}
     if args.invert:  # searching for the fix: the old (leaking) side must exit 0
         codes = {"clean": EXIT_LEAK, "leak": EXIT_CLEAN}
     return codes.get(outcome, EXIT_CANNOT_TEST)
+
+
+def _scenario_variant(args):
+    """The scenario module `--scenario` names and its parsed `--variant` (or its default)."""
+    from scenarios import scenario
+
+    sc = scenario(args.scenario)
+    return sc, sc.parse_variant(args.variant or sc.DEFAULT_VARIANT)
 
 
 def _bisect_target(item: str) -> Target:
@@ -244,17 +263,17 @@ def _bisect_target(item: str) -> Target:
 
 def cmd_bisect(args) -> int:
     """Run the gate on as few builds as needed to find where the verdict flips."""
-    from scenarios import gh4140_bye_to_closed_ws as gh4140
     from .bisect import bisect, table
 
     items = [x.strip() for raw in args.builds for x in raw.split(",") if x.strip()]
     targets = {item: _bisect_target(item) for item in items}
-    variant = gh4140.Variant.parse(args.variant or gh4140.DEFAULT_VARIANT)
-    _say(f"bisecting {len(items)} builds with variant {variant.name} over {args.transport.upper()}")
+    sc, variant = _scenario_variant(args)
+    _say(f"bisecting {len(items)} builds: scenario {args.scenario}, variant {variant.name}"
+         f" over {args.transport.upper()}")
 
     def check(item: str):
         _say(f"gate on {item} ...")
-        outcome, note, _ = gate_once(targets[item], variant, args.transport)
+        outcome, note, _ = gate_once(targets[item], variant, args.transport, scenario=sc)
         _say(f"  {item}: {outcome}")
         return outcome, ("" if outcome != "skip" else note)
 
@@ -299,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="one gate run; exit 0 clean, 1 leak, 125 cannot test "
                                      "(for `git bisect run`)")
     _add_target_args(c)
-    c.add_argument("--variant", default=None, help="config variant (default: pua_dialoginfo)")
+    _add_scenario_arg(c)
+    c.add_argument("--variant", default=None,
+                   help="config variant (default: the scenario's; gh4140: pua_dialoginfo)")
     c.add_argument("--transport", default="ws", choices=("ws", "wss"))
     c.add_argument("--disconnect", default="rst", choices=("rst", "fin", "close"))
     c.add_argument("--invert", action="store_true",
@@ -317,11 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--transport", default="ws", choices=("ws", "wss"))
     g.add_argument("--disconnect", default="rst", choices=("rst", "fin", "close"))
     g.add_argument("--invert", action="store_true", help=argparse.SUPPRESS)
+    g.set_defaults(scenario="gh4140")
     g.set_defaults(func=cmd_check)
     b = sub.add_parser("bisect", help="find the first build in an ordered list where the verdict flips")
     b.add_argument("builds", nargs="*", help="versions (5.6.3 6.0.1 6.1.5), images or binaries, "
                                              "oldest first; the two ends must disagree")
-    b.add_argument("--variant", default=None, help="config variant (default: pua_dialoginfo)")
+    _add_scenario_arg(b)
+    b.add_argument("--variant", default=None,
+                   help="config variant (default: the scenario's; gh4140: pua_dialoginfo)")
     b.add_argument("--transport", default="ws", choices=("ws", "wss"))
     b.set_defaults(func=cmd_bisect)
     lint_cmd.add_subparser(sub)

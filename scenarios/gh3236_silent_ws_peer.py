@@ -44,6 +44,7 @@ from harness.errors import ScenarioError, UsageError
 from harness.kamailio import Kamailio
 from harness.sip import UAError
 from harness.verdict import Verdict
+from scenarios import gh4140_bye_to_closed_ws as gh4140
 
 ISSUE = 3236
 TITLE = "silent WebSocket peers: connection state must drain after keepalive"
@@ -59,7 +60,7 @@ MECHANISMS = {
 }
 DEFAULT_VARIANT = "ping"
 
-NotApplicable = ScenarioError   # every variant runs on every version
+NotApplicable = gh4140.NotApplicable   # never raised: every variant runs on every version
 
 
 @dataclass(frozen=True)
@@ -213,3 +214,13 @@ def run(*, kamailio: Kamailio, variant: Variant, ua_factory, transport: str = "w
         samples=[], snapshots={"websocket before": base, "websocket connected": connected,
                                "websocket at verdict": state, "samples": samples},
         kind="memory", memory=memory)
+
+
+USER_CONFIG = False     # the deadline assumes the harness's keepalive settings
+
+
+def gate(bench, variant: Variant, *, transport: str = "ws", disconnect: str = "",
+         target: str = "") -> Verdict:
+    """One run on a `harness.runner.Bench` (the peers fall silent: no disconnect mode)."""
+    return run(kamailio=start_kamailio(bench.kamailio, variant), variant=variant,
+               ua_factory=bench.ua, transport=transport, target=target)

@@ -345,3 +345,21 @@ def _replies(pbx, log_start: int, call_id: str, timeout: float) -> list[Reply]:
         out.append(Reply(code=m.message.status, reason=m.message.reason, at=at,
                          stateless=classify_reason(m.message.reason)))
     return out
+
+
+# ---------------------------------------------------------------------------
+# The uniform entry points `kamleak check/bisect --scenario` use.
+
+USER_CONFIG = True      # runs on the user's own kamailio.cfg (the README's contract)
+
+
+def parse_variant(name: str) -> Variant:
+    return Variant.parse(name)
+
+
+def gate(bench, variant: Variant, *, transport: str = "ws", disconnect: str = "rst",
+         target: str = "") -> Verdict:
+    """One run on a `harness.runner.Bench`."""
+    kam = start_kamailio(bench.kamailio, variant)
+    return run(kamailio=kam, pbx=bench.pbx, ua_factory=bench.ua, transport=transport,
+               variant=variant, disconnect=disconnect, target=target)

@@ -112,3 +112,12 @@ def run(*, kamailio: Kamailio, variant: Variant, target: str = "", timeout: floa
 
 _SDP = ("v=0\r\no=kamleak 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
         "m=audio 9 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+
+
+USER_CONFIG = False     # needs the harness's own config (its defines build the story)
+
+
+def gate(bench, variant: Variant, *, transport: str = "udp", disconnect: str = "",
+         target: str = "") -> Verdict:
+    """One run on a `harness.runner.Bench` (transport and disconnect do not apply)."""
+    return run(kamailio=start_kamailio(bench.kamailio, variant), variant=variant, target=target)

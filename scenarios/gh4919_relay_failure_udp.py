@@ -70,3 +70,12 @@ def run(*, kamailio: Kamailio, variant: Variant, target: str = "", timeout: floa
     """Send one out-of-dialog MESSAGE over UDP and return the oracle's verdict."""
     return run_single_request(kamailio=kamailio, variant=variant, method=METHOD, target=target,
                               timeout=timeout)
+
+
+USER_CONFIG = False     # needs the harness's own config (its defines build the story)
+
+
+def gate(bench, variant: Variant, *, transport: str = "udp", disconnect: str = "",
+         target: str = "") -> Verdict:
+    """One run on a `harness.runner.Bench` (transport and disconnect do not apply)."""
+    return run(kamailio=start_kamailio(bench.kamailio, variant), variant=variant, target=target)

@@ -127,3 +127,12 @@ def run(*, kamailio: Kamailio, variant: Variant, target: str = "", requests: int
         target=target, kamailio_version=kamailio.version or "", build_id=kamailio.build_id(),
         variant=variant.name, transport="udp", timeline=timeline, started_at=t0_epoch,
         snapshots=snapshots, kind="memory", memory=memory)
+
+
+USER_CONFIG = False     # needs the harness's own config (its defines build the story)
+
+
+def gate(bench, variant: Variant, *, transport: str = "udp", disconnect: str = "",
+         target: str = "") -> Verdict:
+    """One run on a `harness.runner.Bench` (transport and disconnect do not apply)."""
+    return run(kamailio=start_kamailio(bench.kamailio, variant), variant=variant, target=target)

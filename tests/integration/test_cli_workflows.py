@@ -109,3 +109,34 @@ def test_bisect_ends_that_agree(kamleak_images):
     proc = kamleak("bisect", "6.1.5", "6.1.5", "--variant", "none")
     assert proc.returncode == 2
     assert "both ends give the same verdict (clean)" in proc.stderr
+
+
+def test_bisect_any_scenario_of_the_catalogue(kamleak_images):
+    """PR 3403's buffer leak: only 5.6.3 loses it, so 6.0.1 is where it stops."""
+    proc = kamleak("bisect", "5.6.3", "6.0.1", "6.1.5", "--scenario", "pr3403")
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+    assert "scenario pr3403, variant t_uac_send+drop" in proc.stderr
+    assert "kamleak bisect: 6.0.1 is the first build with verdict CLEAN (5.6.3 and earlier: LEAK)" in out
+
+
+def test_check_runs_a_catalogue_scenario_with_git_bisect_exit_codes(kamleak_images):
+    leak = kamleak("check", "--version", "6.0.1", "--scenario", "gh4503", "--variant", "uac_req_send")
+    assert leak.returncode == 1, leak.stdout[-2000:] + leak.stderr[-2000:]
+    assert "kamleak check: LEAK: INVITE Call-ID" in leak.stdout and "outgoings 0, ref_count 1" in leak.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scenario", "nope"], "kamleak: unknown scenario 'nope'; use one of gh3236, gh4140, gh4503, "
+                             "gh4919, pr3403"),
+    (["--scenario", "gh4503", "--config", "tests/configs/user/deployment.cfg"],
+     "kamleak: scenario gh4503 runs on the harness's own config only (its story is built from the "
+     "harness's defines); use --scenario gh4140 with --config"),
+    (["--scenario", "pr3403", "--variant", "pua_dialoginfo"],
+     "kamleak: unknown variant 'pua_dialoginfo' for PR 3403; use one of t_uac_send, uac_req_send, "
+     "optionally with +drop"),
+])
+def test_check_bad_scenario_input_aborts_a_bisection_in_one_line(args, message):
+    proc = kamleak("check", "--version", "6.1.5", *args)
+    assert proc.returncode == 128, "bad input must abort `git bisect run`, not mark a commit"
+    assert proc.stderr.strip() == message
