@@ -20,6 +20,8 @@ original file(s):
   worker are not triggers: `pua_update_contact()`, `pua_set_publish()`,
   `pua_json_publish()` (writes the presentity table), `uac_auth()` (a new
   branch of the same transaction), `t_replicate()`, t_on_failure/onreply code.
+- `drop` in `event_route[tm:local-request]` (Kamailio PR 3403): before 6.0
+  tm loses the buffer of every dropped local request (measured on 5.6.3).
 - version-aware advice: before 6.0 neither `send_reply_error()` (sl) nor
   `t_reply_error()` (tm) exists, before 6.1 `modparam("tm", "delayed_reply",
   0)` does not; using them there is an "error" finding (Kamailio refuses the
@@ -1018,6 +1020,7 @@ def _analyze(a: _Analysis) -> None:
         a.version_checks()
         return
     delayed_off, delayed_src = a.version_checks()
+    _local_request_drop(a)
     if ("request", "") not in cfg.routes:
         a.findings.append(Finding(1, "warning", "no-request-route",
                                   "no request_route found: nothing to analyze"))
@@ -1083,6 +1086,32 @@ def _analyze(a: _Analysis) -> None:
     cited = "; ".join(t.cite() for t in triggers)
     for site in sites:
         _judge(a, site, triggers, cited, delayed_off, delayed_src)
+
+
+def _local_request_drop(a: _Analysis) -> None:
+    """PR 3403: `drop` in event_route[tm:local-request] lost the request's buffer before 6.0.
+
+    Measured by kamleak (scenario pr3403): 5.6.3 keeps ~430-450 B of shm at
+    tm's build_uac_req() per dropped request; 6.0.1 and 6.1.5 free it.
+    """
+    route = a.cfg.routes.get(("event", "tm:local-request"))
+    if route is None:
+        return
+    v = a.version
+    for st in route.stmts():
+        if not (st.kind == "simple" and st.toks and st.toks[0].val == "drop"):
+            continue
+        base = ("drop in event_route[tm:local-request]: tm built the local request in shm "
+                "(build_uac_req()) and frees the transaction, not that buffer")
+        if v is not None and v >= (6, 0, 0):
+            a.add(st.src, "info", "3403-freed",
+                  f"{base} before 6.0; {_vs(v)} frees it (measured on 6.0.1 and 6.1.5)")
+            continue
+        where = f"on {_vs(v)}" if v is not None else "on Kamailio before 6.0 (observed: 5.6.3)"
+        a.add(st.src, "leak", "3403-leak",
+              f"{base}: some 450 B of shm are lost per dropped request {where} (Kamailio PR 3403)",
+              ["do not create the request instead of dropping it in the event route (filter "
+               "before uac_req_send()/t_uac_send()/the module that sends it), or run 6.0+"])
 
 
 def _judge(a: _Analysis, site: RelaySite, triggers, cited: str, delayed_off: bool,

@@ -366,3 +366,27 @@ def test_cli_unreadable_file_one_line_exit_2(capsys, tmp_path, target):
 def test_cli_bad_version_exit_2(capsys):
     assert main([str(CONFIGS / "default_blf.cfg"), "--kamailio-version", "latest"]) == 2
     assert len(capsys.readouterr().err.splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------
+# PR 3403: drop in event_route[tm:local-request], on the harness's own variants
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("name", ["t_uac_send+drop", "uac_req_send+drop", "t_uac_send",
+                                  "uac_req_send"])
+def test_local_request_drop_flagged_exactly_where_pr3403_measures_a_leak(name, version):
+    from scenarios import pr3403_local_request_drop as pr3403
+
+    variant = pr3403.parse_variant(name)
+    text = KamailioConfig(udp_port=5060, ws_port=8080, wss_port=4443, pbx_port=5080,
+                          defines=variant.defines).render()
+    found = [f for f in lint(text, version=version) if f.code.startswith("3403")]
+    want = pr3403.expected(version, variant)
+    if not variant.drop:
+        assert found == []
+    elif want == "leak":
+        drop_line = line_of(text, "dropping local") + 1
+        assert [(f.level, f.line) for f in found] == [("leak", drop_line)]
+        assert "PR 3403" in found[0].message and found[0].advice
+    else:
+        assert [f.level for f in found] == ["info"]
