@@ -175,16 +175,18 @@ def shm_batches(rpc: KamailioRPC, send_batch, *, requests: int, batches: int = 2
 
     baseline = rpc.tm_stats()
     snaps = [memstats.snapshot(rpc)]
+    points = [_point(baseline, snaps[0])]     # for the timeline plot
     seen_counters = {k: [v] for k, v in (counters() if counters else {}).items()}
     notes = []
     for _ in range(batches):
         send_batch(requests)
-        _, consistent, note = stats_settled(rpc, baseline, 0, timeout=settle_timeout)
+        after, consistent, note = stats_settled(rpc, baseline, 0, timeout=settle_timeout)
         notes.append(note)
         if not consistent:
             raise ScenarioError(f"tm did not settle after a batch of {requests}: {note}",
                                 "see the Kamailio log")
         snaps.append(memstats.snapshot(rpc))
+        points.append(_point(after, snaps[-1]))
         for k, v in (counters() if counters else {}).items():
             seen_counters.setdefault(k, []).append(v)
     per_batch = [memstats.growth(a, b) for a, b in zip(snaps, snaps[1:])]
@@ -194,4 +196,15 @@ def shm_batches(rpc: KamailioRPC, send_batch, *, requests: int, batches: int = 2
     leaked = [s for s, bs in grown.items() if all(b >= floor for b in bs)]
     return {"requests": requests, "batches": batches, "sites": grown, "leaked_sites": leaked,
             "min_bytes_per_request": MIN_BYTES_PER_REQUEST, "tm_stats_notes": notes,
-            "counters": seen_counters, "before": snaps[0], "after": snaps[-1]}
+            "counters": seen_counters, "before": snaps[0], "after": snaps[-1], "points": points}
+
+
+def _point(stats: dict, sites: dict) -> dict:
+    """tm counters and shm bytes per module at one snapshot (monotonic time)."""
+    modules: dict[str, int] = {}
+    for site, b in sites.items():
+        module = site.split(":", 1)[0]
+        modules[module] = modules.get(module, 0) + b
+    return {"at": time.monotonic(), **{k: stats.get(k, 0) for k in
+                                      ("current", "waiting", "created", "freed")},
+            "modules": modules}

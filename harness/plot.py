@@ -230,15 +230,19 @@ def render_timeline(run: dict, path: str | Path) -> Path:
                 ax.axvline(t, color=colour if special else "#777777", ls="--", lw=0.8,
                            alpha=0.9 if special else 0.55, zorder=1)
 
-        # --- tm counters -----------------------------------------------------------
+        # --- tm counters (or a memory scenario's own counts) -------------------------
+        memory = run.get("memory") or {}
+        names = {"current": "current", "waiting": "waiting", **(memory.get("count_names") or {})}
         if samples:
             ts = [_num(s.get("t")) for s in samples]
             series = [
-                ("current", [_num(s.get("current")) for s in samples], colour, 2.2, "-"),
+                (names["current"], [_num(s.get("current")) for s in samples], colour, 2.2, "-"),
                 ("created − freed", [_num(s.get("created")) - _num(s.get("freed")) for s in samples],
                  "#1f4e9c", 1.4, "--"),
-                ("waiting", [_num(s.get("waiting")) for s in samples], "#e08a00", 1.2, ":"),
+                (names["waiting"], [_num(s.get("waiting")) for s in samples], "#e08a00", 1.2, ":"),
             ]
+            if "count_names" in memory:     # no tm counters in this story
+                series = [x for x in series if x[0] != "created − freed"]
             top = 0.0
             for name, ys, c, lw, ls in series:
                 if len(ts) == 1:
@@ -253,7 +257,7 @@ def render_timeline(run: dict, path: str | Path) -> Path:
             ax_c.text(0.5, 0.5, "no tm.stats samples", transform=ax_c.transAxes,
                       ha="center", va="center", color="#888888", fontsize=10)
         ax_c.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
-        ax_c.set_ylabel("transactions")
+        ax_c.set_ylabel(memory.get("counts_label") or "transactions")
         ax_c.grid(axis="y", color="#dddddd", lw=0.6)
         ax_c.tick_params(labelbottom=False)
 
@@ -278,9 +282,11 @@ def render_timeline(run: dict, path: str | Path) -> Path:
             fmt.set_scientific(False)
             ax_m.yaxis.set_major_formatter(fmt)
             ax_m.yaxis.set_major_locator(MaxNLocator(nbins=4))
-        ax_m.set_ylabel("shm used (KiB)")
-        ax_m.text(0.005, 0.96, "a single leaked cell is invisible here: shm moves 20–200 KB "
-                  "between runs that leak nothing", transform=ax_m.transAxes, fontsize=7,
+        ax_m.set_ylabel(memory.get("shm_label") or "shm used (KiB)")
+        caption = ("per allocation site, from mod.stats all shm: what core.shmmem's noise hides"
+                   if memory else "a single leaked cell is invisible here: shm moves 20–200 KB "
+                   "between runs that leak nothing")
+        ax_m.text(0.005, 0.96, caption, transform=ax_m.transAxes, fontsize=7,
                   color="#666666", va="top", ha="left",
                   bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=1))
         ax_m.set_xlabel("seconds since the scenario started")

@@ -168,10 +168,11 @@ def run(*, kamailio: Kamailio, variant: Variant, ua_factory, transport: str = "w
     while True:
         state = _state(rpc)
         t = time.monotonic() - silent_at
+        # Plotted as the count panel's "current" (connections) and the shm panel.
         samples.append({"t": round(time.monotonic() - t0, 3),
-                        "connections": state["ws_current_connections"],
-                        "ws.dump": state["ws.dump connections"],
-                        "shm": sum(state["sites"].values())})
+                        "current": state["ws_current_connections"],
+                        "waiting": state["ws.dump connections"],
+                        "shm_used": sum(state["sites"].values())})
         if dump_empty is None and state["ws.dump connections"] <= base["ws.dump connections"]:
             dump_empty = t
             mark("ws.dump: peers gone")
@@ -201,6 +202,9 @@ def run(*, kamailio: Kamailio, variant: Variant, ua_factory, transport: str = "w
                                              connected["ws.dump connections"],
                                              state["ws.dump connections"]]},
         "bytes_per_peer": round(sum(b[0] for b in grown.values()) / clients) if grown else 0,
+        "counts_label": "WebSocket connections",
+        "count_names": {"current": "ws_current_connections", "waiting": "in ws.dump"},
+        "shm_label": "websocket shm (KiB)",
     }
     leaked = drained_after is None
     stats_after = rpc.tm_stats()
@@ -212,8 +216,8 @@ def run(*, kamailio: Kamailio, variant: Variant, ua_factory, transport: str = "w
         kamailio_version=kamailio.version or "", build_id=kamailio.build_id(),
         variant=variant.name, transport=transport, timeline=timeline, started_at=t0_epoch,
         samples=[], snapshots={"websocket before": base, "websocket connected": connected,
-                               "websocket at verdict": state, "samples": samples},
-        kind="memory", memory=memory)
+                               "websocket at verdict": state},
+        stats_samples=samples, kind="memory", memory=memory)
 
 
 USER_CONFIG = False     # the deadline assumes the harness's keepalive settings

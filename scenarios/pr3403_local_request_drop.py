@@ -111,6 +111,11 @@ def run(*, kamailio: Kamailio, variant: Variant, target: str = "", requests: int
                                 settle_timeout=timers.wt_timer / 1000 * 2 + 3)
     snapshots = {"mod.stats shm before": memory.pop("before"),
                  "mod.stats shm after": memory.pop("after")}
+    # The plot: tm's counters and tm's shm (all its sites) at each snapshot.
+    samples = [{"t": round(p["at"] - t0, 3), "current": p["current"], "waiting": p["waiting"],
+                "created": p["created"], "freed": p["freed"],
+                "shm_used": p["modules"].get("tm", 0)} for p in memory.pop("points")]
+    memory["shm_label"] = "tm shm (KiB)"
     memory["what"] = f"{METHOD}s" + (" (local request dropped)" if variant.drop else "")
     stats_after = rpc.tm_stats()
     snapshots.update({"tm.stats before": stats_before, "tm.stats after": stats_after})
@@ -126,7 +131,7 @@ def run(*, kamailio: Kamailio, variant: Variant, target: str = "", requests: int
         stats_note="; ".join(sorted(set(memory["tm_stats_notes"]))), timers=timers.as_dict(),
         target=target, kamailio_version=kamailio.version or "", build_id=kamailio.build_id(),
         variant=variant.name, transport="udp", timeline=timeline, started_at=t0_epoch,
-        snapshots=snapshots, kind="memory", memory=memory)
+        snapshots=snapshots, stats_samples=samples, kind="memory", memory=memory)
 
 
 USER_CONFIG = False     # needs the harness's own config (its defines build the story)
