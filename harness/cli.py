@@ -295,7 +295,8 @@ def cmd_bisect(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kamleak",
-                                description="Leak-detection harness for real Kamailio (tm, issue 4140).")
+                                description="Leak-detection harness for real Kamailio: tm issue 4140 and a "
+                                            "catalogue of leak scenarios.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     s = sub.add_parser("setup", help="start/find the Docker engine and build the images")
     s.add_argument("--version", action="append",

@@ -50,4 +50,17 @@ def growth(before: Sites, after: Sites) -> Sites:
 
 
 def snapshot(rpc) -> Sites:
-    return parse_mod_stats(rpc.call("mod.stats", "all", "shm"))
+    """The shm sites now; a build that keeps no per-site accounting is an error.
+
+    Without it (Kamailio built without DBG_SR_MEMORY) every site list is
+    empty and a memory oracle would call every run clean.
+    """
+    from .errors import ScenarioError
+
+    sites = parse_mod_stats(rpc.call("mod.stats", "all", "shm"))
+    if not sites:
+        raise ScenarioError("this Kamailio keeps no shm accounting per allocation site "
+                            "(`mod.stats all shm` lists nothing), so a memory verdict is impossible",
+                            "use a build with memory debugging (DBG_SR_MEMORY, on in Debian's "
+                            "and upstream's packages)")
+    return sites

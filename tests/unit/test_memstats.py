@@ -33,3 +33,17 @@ def test_plain_dicts_parse_the_same():
 def test_anything_else_parses_to_nothing():
     assert parse_mod_stats({"error": "x"}) == {}
     assert parse_mod_stats(["Module: tm", "not a list", ["bad"], [["a(1)", "x"]]]) == {}
+
+
+def test_a_build_without_per_site_accounting_is_refused_not_judged_clean():
+    import pytest
+
+    from harness.errors import ScenarioError
+    from harness.memstats import snapshot
+
+    class NoAccounting:      # what `mod.stats all shm` answers without DBG_SR_MEMORY: nothing
+        def call(self, *args):
+            return ["Module: core", {"Total": 0}, ""]
+
+    with pytest.raises(ScenarioError, match="keeps no shm accounting per allocation site"):
+        snapshot(NoAccounting())
