@@ -140,3 +140,10 @@ def test_check_bad_scenario_input_aborts_a_bisection_in_one_line(args, message):
     proc = kamleak("check", "--version", "6.1.5", *args)
     assert proc.returncode == 128, "bad input must abort `git bisect run`, not mark a commit"
     assert proc.stderr.strip() == message
+
+
+def test_check_drives_websocket_peers_for_the_silent_peer_scenario(kamleak_images):
+    proc = kamleak("check", "--version", "6.1.5", "--scenario", "gh3236", "--variant", "none")
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "kamleak check: LEAK: 5 silent WS peers (none): still held at the deadline: shm at " \
+           "websocket: wsconn_add(" in proc.stdout
