@@ -40,7 +40,6 @@ import pstats
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -150,7 +149,7 @@ def soak_throughput(client, *, version: str, calls: int, concurrency: int, trans
     from .soak import run_soak
     from .targets import Target
 
-    workdir = tempfile.mkdtemp(prefix="kamleak-bench-")
+    workdir = containers.workdir()
     peer = UdpPeer().start()
     kam = None
     try:

@@ -45,14 +45,27 @@ def loopback_name_files() -> dict[str, str]:
     """
     global _net_files
     if _net_files is None:
-        d = tempfile.mkdtemp(prefix="kamleak-net-")
+        # One directory per user, shared by every kamleak process (the content
+        # is the same for all): nothing piles up, not even after a SIGKILL.
+        d = os.path.join(tempfile.gettempdir(), f"kamleak-net-{os.getuid()}")
+        os.makedirs(d, mode=0o755, exist_ok=True)
         name = socket.gethostname()
-        with open(os.path.join(d, "hosts"), "w") as f:
-            f.write(f"127.0.0.1\tlocalhost {name}\n::1\tlocalhost ip6-localhost {name}\n")
-        with open(os.path.join(d, "resolv.conf"), "w") as f:
-            f.write("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
-        os.chmod(d, 0o755)
-        _net_files = {"hosts": os.path.join(d, "hosts"), "resolv.conf": os.path.join(d, "resolv.conf")}
+        files = {"hosts": f"127.0.0.1\tlocalhost {name}\n::1\tlocalhost ip6-localhost {name}\n",
+                 "resolv.conf": "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"}
+        for fname, text in files.items():
+            path = os.path.join(d, fname)
+            try:
+                with open(path) as f:
+                    if f.read() == text:
+                        continue
+            except OSError:
+                pass
+            tmp = f"{path}.{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)      # atomic: a container never mounts half a file
+        _net_files = {fname: os.path.join(d, fname) for fname in files}
     return _net_files
 
 
@@ -158,7 +171,32 @@ def reap_leftovers(client: docker.DockerClient, log=print) -> int:
             continue
     if reaped:
         log(f"removed {reaped} container(s) left behind by an earlier, killed run")
+    reap_workdirs()
     return reaped
+
+
+WORKDIR_PREFIX = "kamleak-run-"
+
+
+def workdir() -> str:
+    """A scratch directory named after this process, so a later run can reap it."""
+    return tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-")
+
+
+def reap_workdirs() -> int:
+    """Remove scratch directories of kamleak processes that are gone (killed runs)."""
+    import shutil
+
+    base, removed = tempfile.gettempdir(), 0
+    for entry in os.listdir(base):
+        if not entry.startswith(WORKDIR_PREFIX):
+            continue
+        pid = entry[len(WORKDIR_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
+        removed += 1
+    return removed
 
 
 def exec_run(container, cmd: list[str], timeout: float = 10.0) -> tuple[int, str]:

@@ -131,10 +131,17 @@ def _section(run: dict, i: int, out_dir: Path) -> str:
     if sentence:
         out.append(f'<p class="sentence">{_e(sentence)}</p>')
     meta = [("Kamailio", run.get("kamailio_version")), ("target", run.get("target")),
-            ("variant", run.get("variant")), ("transport", run.get("transport")),
-            ("Call-ID", run.get("call_id")), ("deadline", run.get("deadline")),
-            ("watched for", run.get("watched_for")), ("gone after", run.get("gone_after")),
-            ("tm.stats", run.get("stats_note"))]
+            ("variant", run.get("variant")), ("transport", run.get("transport"))]
+    memory = run.get("memory") if run.get("kind") == "memory" else None
+    if memory is None:
+        meta += [("Call-ID", run.get("call_id")), ("deadline", run.get("deadline")),
+                 ("watched for", run.get("watched_for")), ("gone after", run.get("gone_after")),
+                 ("tm.stats", run.get("stats_note"))]
+    else:
+        meta += [(memory.get("unit", "request") + "s", memory.get("requests")),
+                 ("batches", memory.get("batches")),
+                 ("deadline", run.get("deadline") or None),
+                 ("drained after", memory.get("drained_after"))]
     meta_html = " · ".join(f"{_e(k)} <code>{_e(v)}</code>" for k, v in meta if v not in (None, ""))
     if meta_html:
         out.append(f'<p class="meta">{meta_html}</p>')
@@ -159,6 +166,17 @@ def _section(run: dict, i: int, out_dir: Path) -> str:
         for c in cells:
             out.append("<tr>" + "".join(f'<td class="mono">{_e(c.get(k))}</td>' for k in CELL_COLUMNS)
                        + "</tr>")
+        out.append("</table>")
+
+    if memory and memory.get("sites"):
+        # Memory verdicts: the shm allocation sites that moved, batch by batch.
+        leaked = set(memory.get("leaked_sites") or [])
+        out.append("<h3>shm allocation sites (mod.stats all shm), bytes gained per batch</h3>"
+                   "<table><tr><th>site</th><th>per batch</th><th>leaks</th></tr>")
+        for site, per_batch in sorted(memory["sites"].items()):
+            out.append(f'<tr><td class="mono">{_e(site)}</td><td class="mono">'
+                       f'{_e(", ".join(str(b) for b in per_batch))}</td>'
+                       f'<td>{"yes" if site in leaked else ""}</td></tr>')
         out.append("</table>")
 
     links, img = _artifacts(run, out_dir)

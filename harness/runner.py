@@ -51,7 +51,7 @@ class Bench:
         self.user_config = user_config
         self.log = log
         self._own_workdir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kamleak-"))
+        self.workdir = Path(workdir or containers.workdir())
         self.client = None
         self.pbx: AsteriskPBX | None = None
         self.kamailios: list[Kamailio] = []

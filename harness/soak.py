@@ -57,7 +57,6 @@ import socket
 import ssl
 import struct
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -1740,7 +1739,7 @@ def _main(args) -> int:
         if why:
             raise UsageError(f"variant {variant.name} cannot run on {target.ref}: {why}")
     out = Path(args.out or Path("artifacts") / time.strftime("soak-%Y%m%d-%H%M%S"))
-    workdir = tempfile.mkdtemp(prefix="kamleak-soak-")
+    workdir = containers.workdir()
     far = kam = None
     say = lambda m: print(f"kamleak soak: {m}", file=sys.stderr, flush=True)  # noqa: E731
     try:

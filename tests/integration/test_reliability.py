@@ -72,11 +72,17 @@ def test_a_killed_run_is_cleaned_up_by_the_next(docker_client, kamleak_images):
     run.proc.wait(30)
     left = ours(docker_client, run.proc.pid)
     assert len(left) == 2, "a SIGKILLed run leaves its Kamailio and Asterisk behind"
+    import tempfile
+    scratch = [d for d in os.listdir(tempfile.gettempdir())
+               if d.startswith(f"{containers.WORKDIR_PREFIX}{run.proc.pid}-")]
+    assert len(scratch) == 1, "... and its scratch directory"
     proc = subprocess.run([sys.executable, "-m", "harness.cli", "cleanup"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     assert "removed 2 container(s) left behind by an earlier, killed run" in proc.stderr
     assert ours(docker_client, run.proc.pid) == []
+    # ... and its scratch directory (configs, certificates) goes with them.
+    assert not os.path.exists(os.path.join(tempfile.gettempdir(), scratch[0]))
 
 
 def pids_of(container) -> set[int]:

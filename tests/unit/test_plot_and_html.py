@@ -192,3 +192,24 @@ def test_html_report(tmp_path):
 
     # the leaked cell is tabulated
     assert "0x7f3a1c2b9e40" in html and "4194304" in html and "103 BYE" in html
+
+
+def test_memory_verdict_in_html_and_png(tmp_path):
+    """A memory verdict (PR 3403's shape) shows its shm sites, not tm cell fields."""
+    run = {"test": "t::pr3403", "outcome": "leak", "kind": "memory", "variant": "t_uac_send+drop",
+           "kamailio_version": "kamailio 5.6.3", "transport": "udp",
+           "sentence": "2 × 40 MESSAGEs: shm at tm: build_uac_req(1618) grew 34248 B",
+           "timeline": [[0.02, "40 MESSAGEs"], [0.06, "tm settled; mod.stats shm"]],
+           "stats_samples": [{"t": 0.02, "current": 0, "waiting": 0, "created": 5, "freed": 5,
+                              "shm_used": 2100000}, {"t": 0.06, "current": 0, "waiting": 0,
+                                                     "created": 45, "freed": 45, "shm_used": 2117000}],
+           "memory": {"requests": 40, "batches": 2, "leaked_sites": ["tm: build_uac_req(1618)"],
+                      "sites": {"tm: build_uac_req(1618)": [17288, 16960],
+                                "tmx: tmx_check_pretran(250)": [400, 0]},
+                      "shm_label": "tm shm (KiB)"}}
+    html = render_html([run], tmp_path).read_text(encoding="utf-8")
+    assert "tm: build_uac_req(1618)" in html and "17288, 16960" in html
+    assert "tmx: tmx_check_pretran(250)" in html
+    assert "Call-ID" not in html and "batches <code>2</code>" in html
+    png = render_timeline(run, tmp_path / "memory.png")
+    assert png.stat().st_size > 10_000
