@@ -1114,7 +1114,8 @@ class _Driver:
         if outcome.startswith("failed"):
             self.failed += 1
             if len(self.errors) < 200:
-                self.errors.append(f"call {call.idx} ({call.kind}, {call.call_id}): {outcome}")
+                self.errors.append(f"call {call.idx} ({call.kind}, {call.call_id}, client port "
+                                   f"{call.local_port}): {outcome}")
         c = call.conn
         if c is not None and c.call is call:
             c.call = None

@@ -13,6 +13,7 @@ import json
 
 import pytest
 
+from harness.evidence import attach
 from harness.kamailio import TmTimers
 from harness.peer import UdpPeer
 from harness.runner import launch_kamailio
@@ -39,6 +40,10 @@ def soak_bench(request, docker_client, kamleak_images, tmp_path):
         k = launch_kamailio(Target("version", VERSION), docker_client, peer.sip_port, tmp_path,
                             Variant.parse(variant).defines, TmTimers(),
                             on_start=started.append)
+        # Kept with the artifacts of a failing run: the soak's errors name the
+        # calls (Call-ID, client port); Kamailio's log says what happened to them.
+        attach(request, f"kamailio log ({variant})", k.log, f"kamailio-{variant}.log",
+               in_report=False)
         return k
 
     yield peer, start
