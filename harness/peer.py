@@ -45,7 +45,8 @@ from typing import Callable, Optional
 
 from . import ports
 from .sip.message import (COMPACT_FORMS, MAGIC_COOKIE, SipParseError, SipUri, apply_route_set,
-                          parse_name_addr, reason_phrase, split_header_values)
+                          parse_name_addr, parse_session_expires, reason_phrase,
+                          split_header_values)
 from .wait import poll
 
 HOST = "127.0.0.1"
@@ -238,18 +239,6 @@ def sdp(session_id: int, version: int, port: int, ip: str = HOST) -> bytes:
             f"c=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\n"
             "a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
             "a=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n").encode()
-
-
-def parse_session_expires(value: str) -> tuple[Optional[int], Optional[str]]:
-    if not value:
-        return None, None
-    delta, _, rest = value.partition(";")
-    try:
-        secs = int(delta.strip())
-    except ValueError:
-        return None, None
-    mm = re.search(r"refresher\s*=\s*(\w+)", rest, re.I)
-    return secs, (mm.group(1).lower() if mm else None)
 
 
 # ---------------------------------------------------------------------------

@@ -255,6 +255,19 @@ def _format_params(params: dict[str, Optional[str]]) -> str:
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
 
 
+def parse_session_expires(value: Optional[str]) -> tuple[Optional[int], Optional[str]]:
+    """``1800;refresher=uac`` -> (1800, "uac") (RFC 4028 4); (None, None) if absent or bad."""
+    if not value:
+        return None, None
+    delta, _, rest = value.partition(";")
+    try:
+        seconds = int(delta.strip())
+    except ValueError:
+        return None, None
+    refresher = parse_params(rest).get("refresher")
+    return seconds, refresher.lower() if refresher else None
+
+
 def parse_name_addr(value: str) -> tuple[Optional[str], str, dict[str, Optional[str]]]:
     """Parse a From/To/Contact/Route value into ``(display, uri, params)``.
 

@@ -45,7 +45,7 @@ from .message import (
     new_call_id,
     new_tag,
     parse_name_addr,
-    parse_params,
+    parse_session_expires,
     route_set_from_record_route,
 )
 
@@ -151,19 +151,6 @@ def make_sdp(ip: str, session_id: int, version: int, port: int) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
-def _parse_session_expires(value: Optional[str]) -> tuple[Optional[int], Optional[str]]:
-    """``1800;refresher=uac`` -> (1800, "uac") (RFC 4028 4)."""
-    if not value:
-        return None, None
-    delta, _, rest = value.partition(";")
-    try:
-        seconds = int(delta.strip())
-    except ValueError:
-        return None, None
-    refresher = parse_params(rest).get("refresher")
-    return seconds, refresher.lower() if refresher else None
-
-
 class Dialog:
     """An INVITE dialog where this UA was the UAC of the initial INVITE.
 
@@ -219,7 +206,7 @@ class Dialog:
             self.remote_target = parse_name_addr(contact)[1]
 
     def _apply_session_timer(self, msg: SipMessage, we_are_uac: bool) -> None:
-        seconds, refresher = _parse_session_expires(msg.header("Session-Expires"))
+        seconds, refresher = parse_session_expires(msg.header("Session-Expires"))
         if seconds is None:
             return
         self.session_expires = seconds
@@ -681,7 +668,7 @@ class WebSocketUA:
         """200 to a peer's re-INVITE (a session refresh, RFC 4028 9)."""
         dialog._refresh_target(req)  # target refresh request (12.2.2)
         headers: list[tuple[str, str]] = [("Contact", self.contact), ("Allow", ALLOW), ("Supported", "timer")]
-        seconds, refresher = _parse_session_expires(req.header("Session-Expires"))
+        seconds, refresher = parse_session_expires(req.header("Session-Expires"))
         if seconds is not None:
             refresher = refresher or "uac"  # RFC 4028 9: UAS chooses when absent
             headers += [("Require", "timer"), ("Session-Expires", f"{seconds};refresher={refresher}")]
