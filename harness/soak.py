@@ -65,6 +65,7 @@ from typing import Callable, Optional
 
 from .errors import KamleakError, RPCError, ScenarioError, UsageError
 from .peer import LeanMessage, UdpPeer, encode, header_tag, header_uri, sdp
+from .sampler import Sampler
 from .sip.message import MAGIC_COOKIE, SipParseError, apply_route_set
 from .wait import Deadline
 
@@ -270,43 +271,6 @@ def _find_total(res) -> Optional[int]:
                     return None
             stack.extend(v)
     return None
-
-
-class Sampler:
-    """Background sampling during the run (evidence for the plot, never the verdict)."""
-
-    def __init__(self, counters: Counters, calls_done: Callable[[], int], t0: float,
-                 interval: float = 0.5):
-        self.counters = counters
-        self.calls_done = calls_done
-        self.t0 = t0
-        self.interval = interval
-        self.samples: list[dict] = []
-        self.phase = "run"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kamleak-soak-sampler", daemon=True)
-
-    def start(self) -> "Sampler":
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                s = self.counters.read()
-            except RPCError:
-                if self._stop.wait(self.interval):
-                    break
-                continue
-            s.update(t=round(time.monotonic() - self.t0, 3), calls=self.calls_done(),
-                     phase=self.phase)
-            self.samples.append(s)
-            self._stop.wait(self.interval)
-
-    def stop(self) -> list[dict]:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        return self.samples
 
 
 # ---------------------------------------------------------------------------
@@ -1449,11 +1413,14 @@ def run_soak(kamailio, peer_or_pbx, *, calls: int, concurrency: int, rate: float
         baseline.update(calls=0, t=0.0, settled=ok, hits=0)
         checkpoint_rows.append(baseline)
         t0 = time.monotonic()
-        sampler = Sampler(counters, lambda: driver.done, t0, sample_interval).start()
+        sampler = Sampler(lambda: {**counters.read(), "calls": driver.done}, t0, sample_interval,
+                          keep_going=True, name="kamleak-soak-sampler")
+        sampler.tags["phase"] = "run"
+        sampler.start()
         k = max(1, min(int(checkpoints), calls))
         bounds = sorted({round(calls * (j + 1) / k) for j in range(k)})
         for bound in bounds:
-            sampler.phase = "run"
+            sampler.tags["phase"] = "run"
             w0, c0, kc0 = time.monotonic(), time.process_time(), _container_cpu(kamailio)
             driver.run_until(driver.warmed + bound, abort=kamailio.death)
             phase_wall += time.monotonic() - w0
@@ -1461,7 +1428,7 @@ def run_soak(kamailio, peer_or_pbx, *, calls: int, concurrency: int, rate: float
             kc1 = _container_cpu(kamailio)
             if kam_cpu_phase is not None and kc0 is not None and kc1 is not None:
                 kam_cpu_phase += kc1 - kc0
-            sampler.phase = "drain"
+            sampler.tags["phase"] = "drain"
             _, ok = _drain(counters, drain_limit,
                            ws_base=ws_base if bound == bounds[-1] else None)
             settled_all &= ok
