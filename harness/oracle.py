@@ -162,21 +162,18 @@ MIN_BYTES_PER_REQUEST = 8
 
 
 def shm_batches(rpc: KamailioRPC, send_batch, *, requests: int, batches: int = 2,
-                settle_timeout: float = 5.0, counters=None) -> dict:
+                settle_timeout: float = 5.0) -> dict:
     """Run `send_batch(requests)` BATCHES times; which shm sites kept growing?
 
     Before the first batch and after each one, tm must settle (`current`
     back to its baseline, `created - freed` unchanged), then `mod.stats all
-    shm` is snapshot.  COUNTERS, if given, is a callable returning a dict of
-    named numbers (e.g. WebSocket connections) recorded at each snapshot.
-    Returns the evidence a memory verdict carries.
+    shm` is snapshot.  Returns the evidence a memory verdict carries.
     """
     from . import memstats
 
     baseline = rpc.tm_stats()
     snaps = [memstats.snapshot(rpc)]
     points = [_point(baseline, snaps[0])]     # for the timeline plot
-    seen_counters = {k: [v] for k, v in (counters() if counters else {}).items()}
     notes = []
     for _ in range(batches):
         send_batch(requests)
@@ -187,8 +184,6 @@ def shm_batches(rpc: KamailioRPC, send_batch, *, requests: int, batches: int = 2
                                 "see the Kamailio log")
         snaps.append(memstats.snapshot(rpc))
         points.append(_point(after, snaps[-1]))
-        for k, v in (counters() if counters else {}).items():
-            seen_counters.setdefault(k, []).append(v)
     per_batch = [memstats.growth(a, b) for a, b in zip(snaps, snaps[1:])]
     sites = sorted({s for g in per_batch for s in g})
     grown = {s: [g.get(s, 0) for g in per_batch] for s in sites}
@@ -196,7 +191,7 @@ def shm_batches(rpc: KamailioRPC, send_batch, *, requests: int, batches: int = 2
     leaked = [s for s, bs in grown.items() if all(b >= floor for b in bs)]
     return {"requests": requests, "batches": batches, "sites": grown, "leaked_sites": leaked,
             "min_bytes_per_request": MIN_BYTES_PER_REQUEST, "tm_stats_notes": notes,
-            "counters": seen_counters, "before": snaps[0], "after": snaps[-1], "points": points}
+            "before": snaps[0], "after": snaps[-1], "points": points}
 
 
 def _point(stats: dict, sites: dict) -> dict:

@@ -28,6 +28,7 @@ from .fixtures import (  # noqa: F401 - registered as this plugin's fixtures
     kamailio_target, kamleak_images, kamleak_repeat, pbx, pbx_log, record_verdict, transport,
     ua_factory)
 from .targets import parse_targets
+from .verdict import leaked_bytes
 
 TRANSPORTS = ("ws", "wss")
 
@@ -230,8 +231,7 @@ def _memory_cell(m: dict) -> str:
         return f"drained {m['drained_after']:.1f}s"
     if not leaked:
         return "no shm site grew" if "drained_after" not in m else "held"
-    n = max(1, m.get("requests", 1) * m.get("batches", 1))
-    per = sum(sum(m["sites"][s]) for s in leaked) / n
+    per = leaked_bytes(m)[1]
     return f"{leaked[0].split('(')[0]} +{per:.0f} B/{m.get('unit', 'request')}"
 
 

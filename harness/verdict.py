@@ -115,6 +115,12 @@ class Verdict:
         return json.dumps(self.to_json(), indent=2, default=str)
 
 
+def leaked_bytes(m: dict) -> tuple[int, float]:
+    """A memory verdict's bytes at its leaking sites: in all, and per request (or peer)."""
+    total = sum(sum(m["sites"][s]) for s in m.get("leaked_sites") or [])
+    return total, total / max(1, m.get("requests", 0) * m.get("batches", 0))
+
+
 def memory_sentence(m: dict) -> str:
     """`2 × 40 MESSAGEs: shm at tm: build_uac_req(1618) grew 17280 B (216 B a request)`."""
     n, batches = m.get("requests", 0), m.get("batches", 0)
@@ -125,8 +131,7 @@ def memory_sentence(m: dict) -> str:
     counters = "; ".join(f"{k} {' -> '.join(str(x) for x in v)}"
                          for k, v in (m.get("counters") or {}).items())
     tail = f"; {counters}" if counters else ""
-    total = sum(sum(m["sites"][s]) for s in leaked)
-    per = total / max(1, n * batches)
+    total, per = leaked_bytes(m)
     if "drained_after" in m:          # a drain: state that must go away after a while
         if m["drained_after"] is not None:
             return (f"{what}: their state drained {m['drained_after']:.1f} s after they fell "
