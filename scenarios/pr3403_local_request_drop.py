@@ -83,6 +83,13 @@ def start_kamailio(kamailio_factory, variant: Variant) -> Kamailio:
     return kamailio_factory(defines=variant.defines)
 
 
+def _expect_202(finals) -> None:
+    if not finals or finals[0].message.status != 202:
+        got = f"{finals[0].message.status} {finals[0].message.reason}" if finals else "nothing"
+        raise ScenarioError(f"Kamailio answered a {METHOD} with {got}, not 202",
+                            "see the Kamailio log")
+
+
 def run(*, kamailio: Kamailio, variant: Variant, target: str = "", requests: int = REQUESTS,
         batches: int = BATCHES) -> Verdict:
     """BATCHES × REQUESTS MESSAGEs over UDP, each creating one local request; the verdict."""
@@ -96,15 +103,12 @@ def run(*, kamailio: Kamailio, variant: Variant, target: str = "", requests: int
 
     def send_batch(n: int) -> None:
         timeline.append((round(time.monotonic() - t0, 3), f"{n} MESSAGEs"))
-        for _ in range(n):
-            with UdpClient() as client:
+        with UdpClient() as client:           # one socket; a new Call-ID per request
+            for _ in range(n):
                 finals = client.request(client.build(METHOD, f"sip:notify@127.0.0.1:{port}"),
                                         ("127.0.0.1", port), timeout=5.0, quiet=0.0)
                 call_ids.append(client.call_id)
-            if not finals or finals[0].message.status != 202:
-                got = f"{finals[0].message.status} {finals[0].message.reason}" if finals else "nothing"
-                raise ScenarioError(f"Kamailio answered a {METHOD} with {got}, not 202",
-                                    "see the Kamailio log")
+                _expect_202(finals)
         timeline.append((round(time.monotonic() - t0, 3), "tm settled; mod.stats shm"))
 
     memory = oracle.shm_batches(rpc, send_batch, requests=requests, batches=batches,

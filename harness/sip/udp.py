@@ -73,8 +73,9 @@ class UdpClient:
             while True:
                 data, src = self._sock.recvfrom(65535)
                 msg = SipMessage.parse(data)
-                if msg.is_request or msg.status < 200:
-                    continue
+                if msg.is_request or msg.status < 200 or \
+                        msg.header("Call-ID") != request.header("Call-ID"):
+                    continue        # a late reply to an earlier request on this socket
                 finals.append(Received(msg, round(time.monotonic() - self.sent_at, 3)))
                 if request.method == "INVITE" and msg.status >= 300:
                     self._sock.sendto(build_ack(request, msg).encode(), src)
