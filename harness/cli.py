@@ -41,7 +41,7 @@ def cmd_setup(args) -> int:
 def cmd_cleanup(args) -> int:
     """Remove containers of kamleak runs that are gone; --check: fail if any of ours exist."""
     client = engine.client(start=False)
-    mine = client.containers.list(all=True, filters={"label": containers.LABEL_RUN})
+    mine = containers.listing(client, containers.LABEL_RUN)
     if args.check:
         if mine:
             _say(f"{len(mine)} kamleak container(s) were left behind: "

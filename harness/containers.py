@@ -12,6 +12,7 @@ import socket
 import tempfile
 import threading
 import uuid
+from dataclasses import dataclass
 
 import docker
 import docker.errors
@@ -155,17 +156,34 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Listed:
+    """One row of the engine's container list: enough to name, filter and remove it."""
+    id: str
+    name: str
+    labels: dict
+
+
+def listing(client: docker.DockerClient, *label_filters: str) -> list[Listed]:
+    """Containers (running or not) matching every label filter, from one list call.
+
+    docker-py's containers.list() inspects each container after listing it, so a
+    container removed in between (a build step, a parallel run's cleanup) raises
+    NotFound; the raw list has everything we need and no such window.
+    """
+    rows = client.api.containers(all=True, filters={"label": list(label_filters)} if label_filters else None)
+    return [Listed(r["Id"], (r.get("Names") or ["?"])[0].lstrip("/"), r.get("Labels") or {}) for r in rows]
+
+
 def reap_leftovers(client: docker.DockerClient, log=print) -> int:
     """Remove containers of earlier kamleak runs on this host whose process is gone."""
-    host = socket.gethostname()
-    found = client.containers.list(all=True, filters={"label": [LABEL_RUN, f"{LABEL_HOST}={host}"]})
     reaped = 0
-    for c in found:
+    for c in listing(client, LABEL_RUN, f"{LABEL_HOST}={socket.gethostname()}"):
         pid = int(c.labels.get(LABEL_PID, "0") or 0)
         if pid == os.getpid() or (pid and _pid_alive(pid)):
             continue
         try:
-            c.remove(force=True, v=True)
+            client.api.remove_container(c.id, force=True, v=True)
             reaped += 1
         except docker.errors.DockerException:
             continue

@@ -27,8 +27,7 @@ GATE = "tests/gate/test_gh4140_bye_to_closed_ws.py"
 
 
 def ours(client) -> set[str]:
-    return {c.id for c in client.containers.list(
-        all=True, filters={"label": f"{containers.LABEL_PID}={os.getpid()}"})}
+    return {c.id for c in containers.listing(client, f"{containers.LABEL_PID}={os.getpid()}")}
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ class Run:
 
 
 def ours(client, pid: int) -> list:
-    return client.containers.list(all=True, filters={"label": f"{containers.LABEL_PID}={pid}"})
+    return containers.listing(client, f"{containers.LABEL_PID}={pid}")
 
 
 @pytest.mark.parametrize("sig, when", [
@@ -165,7 +165,7 @@ def test_interrupt_during_an_image_build_leaves_no_build_container(docker_client
                                                                    tmp_path):
     (tmp_path / "ctx").mkdir()
     (tmp_path / "ctx" / "Dockerfile").write_text("FROM debian:bookworm-slim\nRUN sleep 120\n")
-    before = {c.id for c in docker_client.containers.list(all=True)}
+    before = {c.id for c in containers.listing(docker_client)}
     proc = subprocess.Popen([sys.executable, "-c", SLOW_BUILD, str(tmp_path / "ctx")], cwd=ROOT,
                             env={**os.environ, "KAMLEAK_PROGRESS": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -174,11 +174,11 @@ def test_interrupt_during_an_image_build_leaves_no_build_container(docker_client
         line = proc.stdout.readline()
         assert line, seen
         seen += line
-    poll(lambda: {c.id for c in docker_client.containers.list(all=True)} - before, timeout=30,
+    poll(lambda: {c.id for c in containers.listing(docker_client)} - before, timeout=30,
          what="the build container")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(30) == 130
-    poll(lambda: not ({c.id for c in docker_client.containers.list(all=True)} - before),
+    poll(lambda: not ({c.id for c in containers.listing(docker_client)} - before),
          timeout=30, what="the engine removing the cancelled build's container")
     assert docker_client.images.list("kamleak-test/slow") == []
 
