@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+import requests.adapters
 
 from .errors import RPCError
 
@@ -134,20 +135,51 @@ def _one(result):
     return result
 
 
+# Where the harness's RPC connections come from. Kamailio indexes TCP connections
+# by the peer's ip:port only, and a new connection *replaces* the aliases of an
+# older one from the same ip:port (new_conn_alias_flags=2, the default). The
+# kernel may give an RPC connection to the RPC port the same ephemeral port as a
+# live WebSocket client's connection to the WS port, and then Kamailio (5.6, 6.0)
+# can no longer find that client: its next request to it fails in via_builder.
+# The clients all come from 127.0.0.1, so the RPC client comes from 127.0.0.2
+# (still loopback) and can never take over a client's alias. The takeover
+# itself is a catalogue scenario (scenarios/ws_alias_takeover.py).
+RPC_SOURCE_IP = "127.0.0.2"
+
+
+class _FromAddress(requests.adapters.HTTPAdapter):
+    def __init__(self, source_ip: str):
+        self.source_ip = source_ip
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["source_address"] = (self.source_ip, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
 class KamailioRPC:
     """`requests`-style client: `rpc.call("tm.stats")`, `rpc.tm_list()`..."""
 
-    def __init__(self, url: str, timeout: float = 5.0):
+    def __init__(self, url: str, timeout: float = 5.0, source_ip: str = RPC_SOURCE_IP):
         self.url = url
         self.timeout = timeout
+        self.source_ip = source_ip
+
+    def _post(self, payload: dict) -> requests.Response:
+        # One connection per call, never pooled: Kamailio closes it after the
+        # reply (set_reply_close), and a pooled one could be picked up just
+        # before its FIN arrives.
+        with requests.Session() as session:
+            session.mount("http://", _FromAddress(self.source_ip))
+            return session.post(self.url, json=payload, timeout=self.timeout,
+                                headers={"Connection": "close"})
 
     def call(self, method: str, *params: Any) -> Any:
         payload = {"jsonrpc": "2.0", "method": method, "id": next(_ids)}
         if params:
             payload["params"] = list(params)
         try:
-            resp = requests.post(self.url, json=payload, timeout=self.timeout,
-                                 headers={"Connection": "close"})
+            resp = self._post(payload)
         except requests.ConnectionError as exc:
             reason = "refused the connection" if "refused" in str(exc).lower() else "is unreachable"
             raise RPCError(f"Kamailio JSON-RPC at {self.url} {reason}",

@@ -55,8 +55,7 @@ class FakeResponse:
     (200, '{"jsonrpc":"2.0","id":1}', "without a result"),
 ])
 def test_rpc_errors_are_one_clear_line(monkeypatch, status, body, expected):
-    import harness.rpc as rpc_mod
-    monkeypatch.setattr(rpc_mod.requests, "post", lambda *a, **k: FakeResponse(status, body))
+    monkeypatch.setattr(KamailioRPC, "_post", lambda self, payload: FakeResponse(status, body))
     with pytest.raises(RPCError) as exc:
         KamailioRPC("http://127.0.0.1:1/RPC").call("tm.stats")
     assert expected in str(exc.value) and "\n" not in str(exc.value)
@@ -70,3 +69,31 @@ def test_connection_refused_is_named():
     with pytest.raises(RPCError) as exc:
         KamailioRPC(f"http://127.0.0.1:{port}/RPC", timeout=2).call("core.version")
     assert "refused the connection" in str(exc.value)
+
+
+def test_rpc_connections_come_from_their_own_loopback_address():
+    """Never from 127.0.0.1, where the SIP clients are: Kamailio would let an RPC
+    connection from a client's ip:port replace that client's alias (see harness.rpc)."""
+    import socket
+    import threading
+    from harness.rpc import RPC_SOURCE_IP
+
+    seen = []
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+
+        def serve():
+            conn, peer = srv.accept()
+            seen.append(peer[0])
+            conn.recv(65536)
+            body = b'{"jsonrpc":"2.0","result":"ok","id":1}'
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            conn.close()
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        assert KamailioRPC(f"http://127.0.0.1:{srv.getsockname()[1]}/RPC", timeout=5).call("x") == "ok"
+        t.join(5)
+    assert RPC_SOURCE_IP != "127.0.0.1" and RPC_SOURCE_IP.startswith("127.")
+    assert seen == [RPC_SOURCE_IP]
