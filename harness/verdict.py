@@ -76,6 +76,8 @@ class Verdict:
             return memory_sentence(self.memory)
         replied = "; Kamailio replied " + ", then ".join(r.describe() for r in self.replies) \
             if self.replies else "; no reply from Kamailio was seen"
+        if self.replies and all(200 <= r.code < 300 for r in self.replies):
+            replied = f"; delivered: the client answered {self.replies[0].describe()}"
         short = self.call_id if len(self.call_id) <= 24 else self.call_id[:20] + "…"
         if self.leaked:
             cell = self.cells[0]

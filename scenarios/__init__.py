@@ -9,7 +9,7 @@ compared around batches of requests, for leaks that leave no cell).
 """
 
 from . import (gh3236_silent_ws_peer, gh4140_bye_to_closed_ws, gh4503_branch_drop,
-               gh4919_relay_failure_udp, pr3403_local_request_drop)
+               gh4919_relay_failure_udp, pr3403_local_request_drop, ws_alias_takeover)
 
 SCENARIOS = {
     "gh3236": gh3236_silent_ws_peer,
@@ -17,6 +17,7 @@ SCENARIOS = {
     "gh4503": gh4503_branch_drop,
     "gh4919": gh4919_relay_failure_udp,
     "pr3403": pr3403_local_request_drop,
+    "takeover": ws_alias_takeover,
 }
 
 DEFAULT_SCENARIO = "gh4140"
@@ -32,4 +33,4 @@ def scenario(name: str):
 
 
 __all__ = ["DEFAULT_SCENARIO", "scenario", "SCENARIOS", "gh3236_silent_ws_peer", "gh4140_bye_to_closed_ws", "gh4503_branch_drop", "gh4919_relay_failure_udp",
-           "pr3403_local_request_drop"]
+           "pr3403_local_request_drop", "ws_alias_takeover"]

@@ -158,10 +158,12 @@ def new_extension() -> str:
     return str(random.randrange(10_000_000, 99_999_999))
 
 
-def wait_ws_gone(kamailio: Kamailio, local_port: int, timeout: float = 10.0) -> float:
-    """Poll ws.dump until Kamailio no longer lists the client's connection."""
+def wait_ws_gone(kamailio: Kamailio, local_port: int, timeout: float = 10.0,
+                 proto: str | None = None) -> float:
+    """Poll ws.dump until Kamailio no longer lists the client's connection
+    (only its PROTO one, "ws" or "wss", when two share the port)."""
     t0 = time.monotonic()
-    needle = f":{local_port}"
+    needle = f"{proto}:127.0.0.1:{local_port} ->" if proto else f":{local_port}"
 
     def gone():
         dump = kamailio.rpc.ws_dump()
@@ -187,9 +189,9 @@ def start_kamailio(kamailio_factory, variant: Variant, timers: TmTimers | None =
 
 
 def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant,
-        disconnect: str = "rst", target: str = "") -> Verdict:
+        disconnect: str = "rst", target: str = "", cut=None, ua_options: dict | None = None) -> Verdict:
     """Drive the issue-4140 ladder once and return the oracle's verdict."""
-    if disconnect not in DISCONNECTS:
+    if cut is None and disconnect not in DISCONNECTS:
         raise UsageError(f"unknown disconnect mode '{disconnect}'", f"use one of {', '.join(DISCONNECTS)}")
     r = _Run(kamailio, pbx)
     # Pre-condition: snapshot Kamailio's counters; sample them all along.
@@ -199,7 +201,8 @@ def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant
     r.pbx_log_start = len(pbx.log())
     sampler = StatsSampler(kamailio.rpc, r.t0).start()
     try:
-        verdict = _ladder(r, ua_factory, transport, variant, disconnect, target)
+        verdict = _ladder(r, ua_factory, transport, variant, disconnect, target, cut=cut,
+                          ua_options=ua_options)
     finally:
         samples = sampler.stop()
     # Close the series with the post-condition the oracle settled on.
@@ -231,14 +234,17 @@ class _Run:
         self.timeline.append((round(time.monotonic() - self.t0, 3), label))
 
 
-def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target) -> Verdict:
+def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target, *,
+            cut=None, ua_options: dict | None = None) -> Verdict:
+    """The ladder; CUT(r, ua, ua_factory, transport) replaces step 2 for stories
+    in which the client stays connected (a 200 to the BYE is then a verdict)."""
     kamailio, pbx, rpc = r.kamailio, r.pbx, r.kamailio.rpc
     t0, timeline, mark, snapshots = r.t0, r.timeline, r.mark, r.snapshots
 
     # 1. The call: INVITE with session timers, then the refreshing re-INVITE.
     ext = new_extension()
     try:
-        ua = ua_factory(kamailio.url(transport))
+        ua = ua_factory(kamailio.url(transport), **(ua_options or {}))
         mark("INVITE")
         dialog = ua.invite(f"sip:{ext}@127.0.0.1", session_expires=1800, min_se=90,
                            refresher="uac", timeout=15)
@@ -254,18 +260,10 @@ def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target) -> Verd
     mark("re-INVITE 200 OK + ACK")
 
     # 2. The client's connection dies; wait until Kamailio has really dropped it.
-    local_port = int(ua.local_addr.rsplit(":", 1)[1])
-    snapshots["ws.dump before disconnect"] = rpc.ws_dump()
-    ua.disconnect(disconnect)
-    mark(f"disconnect ({disconnect})")
-    try:
-        wait_ws_gone(kamailio, local_port)
-    except WaitTimeout:
-        raise ScenarioError(f"Kamailio still lists the WebSocket connection from port {local_port} "
-                            f"after the {disconnect} disconnect",
-                            "the disconnect did not take effect") from None
-    mark("ws.dump: connection gone")
-    snapshots["ws.dump after disconnect"] = rpc.ws_dump()
+    if cut is not None:
+        cut(r, ua, ua_factory, transport)
+    else:
+        _disconnect(r, ua, disconnect)
 
     # 3. Asterisk hangs up: its BYE must cross Kamailio towards the dead client.
     timers = oracle.read_timers(rpc, kamailio.config.timers)
@@ -295,7 +293,7 @@ def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target) -> Verd
     if not watch.seen and not replies:
         raise ScenarioError("Asterisk's BYE never reached Kamailio (no BYE cell, no reply)",
                             "see the Asterisk log")
-    if any(reply.code == 200 for reply in replies):
+    if cut is None and any(reply.code == 200 for reply in replies):
         raise ScenarioError("the BYE was answered 200: a live client got it, the disconnect "
                             "did not happen", "see the SIP trace")
 
@@ -318,6 +316,22 @@ def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target) -> Verd
         variant=variant.name,
         transport=transport, timeline=timeline, samples=watch.samples, started_at=r.t0_epoch,
         snapshots=snapshots)
+
+
+def _disconnect(r: _Run, ua, disconnect: str) -> None:
+    kamailio, rpc = r.kamailio, r.kamailio.rpc
+    local_port = int(ua.local_addr.rsplit(":", 1)[1])
+    r.snapshots["ws.dump before disconnect"] = rpc.ws_dump()
+    ua.disconnect(disconnect)
+    r.mark(f"disconnect ({disconnect})")
+    try:
+        wait_ws_gone(kamailio, local_port)
+    except WaitTimeout:
+        raise ScenarioError(f"Kamailio still lists the WebSocket connection from port {local_port} "
+                            f"after the {disconnect} disconnect",
+                            "the disconnect did not take effect") from None
+    r.mark("ws.dump: connection gone")
+    r.snapshots["ws.dump after disconnect"] = rpc.ws_dump()
 
 
 def _replies(pbx, log_start: int, call_id: str, timeout: float) -> list[Reply]:

@@ -336,7 +336,12 @@ class WebSocketUA:
         auto_answer: bool = True,
         io_timeout: float = 0.1,
         send_timeout: float = 5.0,
+        source: Optional[tuple[str, int]] = None,
+        share_port: bool = False,
     ) -> None:
+        """SOURCE: bind the connection to this (ip, port) first. SHARE_PORT:
+        SO_REUSEADDR, so that a second connection (to another destination) may
+        use the same ip:port, as a NAT mapping can; both sides must set it."""
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss"):
             raise ValueError(f"WebSocket URL must be ws:// or wss://, got {url!r}")
@@ -350,6 +355,8 @@ class WebSocketUA:
         self.auto_answer = auto_answer
         self.io_timeout = io_timeout
         self.send_timeout = send_timeout
+        self.source = source
+        self.share_port = share_port or source is not None
         # RFC 7118 5.2: the UA has no reachable address, so Via/Contact use a
         # random .invalid host; ";ob" asks for flow reuse (RFC 5626 5.4).
         self.via_host = f"{secrets.token_hex(6)}.invalid"
@@ -405,7 +412,8 @@ class WebSocketUA:
         try:
             # Offer the subprotocol ourselves: websocket-client's own check
             # only reports "Invalid WebSocket Header" when it is refused.
-            ws.connect(self.url, timeout=timeout, header=["Sec-WebSocket-Protocol: sip"])
+            ws.connect(self.url, timeout=timeout, header=["Sec-WebSocket-Protocol: sip"],
+                       socket=self._open_socket(timeout) if self.share_port else None)
             agreed = (ws.getheaders() or {}).get("sec-websocket-protocol")
             if (agreed or "").strip().lower() != "sip":
                 raise UAError(f"cannot connect to {self.url}: server did not accept WebSocket subprotocol 'sip' "
@@ -427,6 +435,24 @@ class WebSocketUA:
         self._reader.start()
         log.debug("%s connected %s -> %s", self.user, self.local_addr, self.remote_addr)
         return self
+
+    def _open_socket(self, timeout: float) -> socket.socket:
+        """The TCP (and TLS) connection, made here when it must bind first."""
+        parts = urlsplit(self.url)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(self.source or ("127.0.0.1", 0))
+            sock.settimeout(timeout)
+            sock.connect((parts.hostname, parts.port or (443 if self.transport == "wss" else 80)))
+            if self.transport == "wss":
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE   # self-signed test certs
+                sock = ctx.wrap_socket(sock, server_hostname=parts.hostname)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def disconnect(self, mode: str = "rst", timeout: float = 2.0) -> None:
         """Drop the connection.

@@ -1,0 +1,149 @@
+"""A second connection from a live WebSocket client's ip:port makes the client unreachable.
+
+Found by kamleak's own soak, not reported upstream as such: healthy calls
+failed now and then because the PBX's BYE could not reach a client that was
+still connected ("TCP/TLS connection (id: 0) for WebSocket could not be
+found").  The cause is in Kamailio's TCP layer:
+
+* Kamailio finds the connection for a request to `127.0.0.1:P;transport=ws`
+  through aliases keyed by the peer's ip:port (plus the local address, or
+  "any").  When a *new* connection arrives from an ip:port that already has
+  aliases, it takes them over: `new_conn_alias_flags` defaults to
+  TCP_ALIAS_REPLACE (core/tcp_options.c).
+* TCP allows two connections from the same ip:port when their destinations
+  differ.  A NAT mapping does this; so does the kernel's ephemeral port choice
+  (kamleak's JSON-RPC client once drew a WebSocket client's port for its
+  connection to the RPC port; it now connects from 127.0.0.2).
+* When the newcomer leaves, the aliases go with it: the first connection
+  is alive but can no longer be found by address, so a request towards it
+  fails in via_builder exactly as if the client were gone, and with a
+  local-request trigger its transaction leaks as in issue 4140.
+
+The ladder (the 4140 ladder with step 2 replaced):
+
+    UA (WS, port P)         Kamailio               Asterisk
+      INVITE, 200, ACK, re-INVITE, 200, ACK       (as in 4140)
+    newcomer from P --> WSS port: handshake, close
+                   [wait until ws.dump no longer lists the newcomer;
+                    the UA's connection is still listed and open]
+                                     <-- BYE        (Asterisk hangs up)
+      5.6.3, 6.0.1:        500 (.../SL or /TM) -->   (client not found)
+      6.1.5:     <-- BYE   200 -->                   (delivered)
+
+Measured on the Debian builds: 5.6.3 and 6.0.1 lose the client (and leak
+the BYE cell with a trigger, as 4140 does); `tcp_connection_match=1` does
+not help on either (6.0.1's via_builder looks the connection up by ip:port
+and the "any" local address, the alias the newcomer took); 6.1.5 delivers
+the BYE to the live client.  The mitigations of 4140 (send_reply_error(),
+t_reply_error()) keep the cell from leaking but not the client from being
+lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.errors import ScenarioError, UsageError
+from harness.verdict import Verdict
+from harness.wait import WaitTimeout
+from scenarios import gh4140_bye_to_closed_ws as gh4140
+
+ISSUE = None
+TITLE = "a second connection from a live WebSocket client's ip:port takes over its alias"
+CONNECTION_MATCH = "+tcp_connection_match"     # core parameter tcp_connection_match=1
+DEFAULT_VARIANT = "uac_req_send"
+
+NotApplicable = gh4140.NotApplicable
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A 4140 config variant, optionally with tcp_connection_match=1."""
+
+    base: gh4140.Variant
+    connection_match: bool = False
+
+    @classmethod
+    def parse(cls, name: str) -> "Variant":
+        match = name.endswith(CONNECTION_MATCH)
+        base = name[:-len(CONNECTION_MATCH)] if match else name
+        try:
+            return cls(gh4140.Variant.parse(base or "none"), match)
+        except UsageError as exc:
+            raise UsageError(f"unknown variant '{name}' for the alias takeover",
+                             f"{exc.fix}; add {CONNECTION_MATCH} for tcp_connection_match=1") from None
+
+    @property
+    def name(self) -> str:
+        return self.base.name + (CONNECTION_MATCH if self.connection_match else "")
+
+    @property
+    def defines(self) -> tuple[str, ...]:
+        return self.base.defines + (("WITH_TCP_CONNECTION_MATCH",) if self.connection_match else ())
+
+
+def applicable(version: str, variant: Variant) -> str | None:
+    return gh4140.applicable(version, variant.base)
+
+
+def client_lost(version: str) -> bool:
+    """Whether this version loses the live client after the takeover (measured)."""
+    return gh4140._vt(version) < (6, 1)
+
+
+def expected(version: str, variant: Variant) -> str:
+    """"leak", "clean" or "n/a": a lost client is the 4140 path, so 4140's table applies."""
+    if applicable(version, variant):
+        return "n/a"
+    if not client_lost(version):
+        return "clean"
+    return gh4140.expected(version, variant.base)
+
+
+def takeover(r, ua, ua_factory, transport: str) -> None:
+    """Step 2: a newcomer connects from the UA's ip:port to the other WebSocket
+    listener, then leaves; the UA's own connection stays open throughout."""
+    rpc = r.kamailio.rpc
+    ip, port = ua.local_addr.rsplit(":", 1)
+    other = "wss" if transport == "ws" else "ws"
+    r.snapshots["ws.dump before takeover"] = rpc.ws_dump()
+    ua_factory(r.kamailio.url(other), user="newcomer", source=(ip, int(port))).disconnect("close")
+    r.mark(f"a second connection from {ip}:{port} ({other}) opens and closes")
+    try:
+        gh4140.wait_ws_gone(r.kamailio, int(port), proto=other)
+    except WaitTimeout:
+        raise ScenarioError(f"Kamailio still lists the second connection from port {port}",
+                            "its close did not take effect") from None
+    r.mark("ws.dump: the second connection gone")
+    dump = rpc.ws_dump()
+    r.snapshots["ws.dump after takeover"] = dump
+    if not ua.connected or f"{transport}:{ip}:{port} ->" not in str(dump.get("connections")):
+        raise ScenarioError(f"the client's own connection from port {port} is gone too",
+                            "the takeover needs it alive; see the Kamailio log")
+
+
+def run(*, kamailio, pbx, ua_factory, transport: str, variant: Variant, target: str = "") -> Verdict:
+    return gh4140.run(kamailio=kamailio, pbx=pbx, ua_factory=ua_factory, transport=transport,
+                      variant=variant, target=target, cut=takeover,
+                      ua_options={"share_port": True})
+
+
+def start_kamailio(kamailio_factory, variant: Variant, timers=None):
+    extra = ("WITH_TCP_CONNECTION_MATCH",) if variant.connection_match else ()
+    return gh4140.start_kamailio(kamailio_factory, variant.base, timers, extra_defines=extra)
+
+
+# The uniform entry points `kamleak check/bisect --scenario` use.
+USER_CONFIG = True
+
+
+def parse_variant(name: str) -> Variant:
+    return Variant.parse(name)
+
+
+def gate(bench, variant: Variant, *, transport: str = "ws", disconnect: str = "rst",
+         target: str = "") -> Verdict:
+    """One run on a `harness.runner.Bench` (DISCONNECT does not apply: the client stays)."""
+    kam = start_kamailio(bench.kamailio, variant)
+    return run(kamailio=kam, pbx=bench.pbx, ua_factory=bench.ua, transport=transport,
+               variant=variant, target=target)
