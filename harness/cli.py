@@ -222,7 +222,7 @@ def cmd_check(args) -> int:
         if not sc.USER_CONFIG:
             raise UsageError(f"scenario {args.scenario} runs on the harness's own config only "
                              f"(its story is built from the harness's defines)",
-                             "use --scenario gh4140 with --config")
+                             "use --scenario gh4140 or takeover with --config")
         from .kamailio.user_config import UserConfig
         user_config = UserConfig.load(args.config)
         if args.transport == "wss" and not user_config.uses_tls:

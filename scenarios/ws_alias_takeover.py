@@ -106,6 +106,10 @@ def takeover(r, ua, ua_factory, transport: str) -> None:
     rpc = r.kamailio.rpc
     ip, port = ua.local_addr.rsplit(":", 1)
     other = "wss" if transport == "ws" else "ws"
+    own = r.kamailio.config.user_config
+    if other == "wss" and own is not None and not own.uses_tls:
+        raise UsageError("the takeover's second connection goes to the WSS listener, and "
+                         "this kamailio.cfg loads no tls.so", "load tls.so, or use gh4140")
     r.snapshots["ws.dump before takeover"] = rpc.ws_dump()
     ua_factory(r.kamailio.url(other), user="newcomer", source=(ip, int(port))).disconnect("close")
     r.mark(f"a second connection from {ip}:{port} ({other}) opens and closes")

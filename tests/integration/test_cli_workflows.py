@@ -131,7 +131,7 @@ def test_check_runs_a_catalogue_scenario_with_git_bisect_exit_codes(kamleak_imag
                              "gh4919, pr3403"),
     (["--scenario", "gh4503", "--config", "tests/configs/user/deployment.cfg"],
      "kamleak: scenario gh4503 runs on the harness's own config only (its story is built from the "
-     "harness's defines); use --scenario gh4140 with --config"),
+     "harness's defines); use --scenario gh4140 or takeover with --config"),
     (["--scenario", "pr3403", "--variant", "pua_dialoginfo"],
      "kamleak: unknown variant 'pua_dialoginfo' for PR 3403; use one of t_uac_send, uac_req_send, "
      "optionally with +drop"),
