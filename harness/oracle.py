@@ -161,7 +161,7 @@ def stats_settled(rpc: KamailioRPC, baseline: dict, leaked: int, timeout: float)
 MIN_BYTES_PER_REQUEST = 8
 
 
-def shm_batches(rpc: KamailioRPC, send_batch, *, requests: int, batches: int = 2,
+def shm_batches(rpc: KamailioRPC, send_batch, *, requests: int, batches: int = 3,
                 settle_timeout: float = 5.0) -> dict:
     """Run `send_batch(requests)` BATCHES times; which shm sites kept growing?
 

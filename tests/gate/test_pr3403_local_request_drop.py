@@ -1,7 +1,7 @@
 """Kamailio PR 3403 across the versions kamleak builds (see the scenario module).
 
 No cell is left behind: the oracle compares Kamailio's per-site shm
-accounting around two batches of requests.
+accounting around three batches of requests.
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ def test_check_runs_a_catalogue_scenario_with_git_bisect_exit_codes(kamleak_imag
 
 @pytest.mark.parametrize("args, message", [
     (["--scenario", "nope"], "kamleak: unknown scenario 'nope'; use one of gh3236, gh4140, gh4503, "
-                             "gh4919, pr3403"),
+                             "gh4919, pr3403, takeover"),
     (["--scenario", "gh4503", "--config", "tests/configs/user/deployment.cfg"],
      "kamleak: scenario gh4503 runs on the harness's own config only (its story is built from the "
      "harness's defines); use --scenario gh4140 or takeover with --config"),
