@@ -40,6 +40,7 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from harness import oracle, pbx_trace, progress
 from harness.errors import ScenarioError, ServerError, UsageError
@@ -116,6 +117,45 @@ class Variant:
     @property
     def creates_local_request(self) -> bool:
         return self.trigger in ("uac_req_send", "t_uac_send", "pua_dialoginfo")
+
+
+@dataclass(frozen=True)
+class FlaggedVariant:
+    """A 4140 variant plus one `+FLAG` part of another story, which adds DEFINE.
+
+    Other attributes (trigger, reply, delayed_reply_off, ...) are the base
+    variant's, so `start_kamailio()` and `run()` here take it as it is.
+    """
+
+    base: Variant
+    flagged: bool = False
+    FLAG: ClassVar[str] = ""
+    DEFINE: ClassVar[str] = ""
+
+    @classmethod
+    def parse(cls, name: str) -> "FlaggedVariant":
+        parts = [p.strip() for p in name.split("+")]
+        rest = "+".join(p for p in parts if p != cls.FLAG)
+        if not rest:
+            raise UsageError(f"variant '{name}' names no trigger", f"use e.g. {DEFAULT_VARIANT}")
+        try:
+            return cls(Variant.parse(rest), cls.FLAG in parts)
+        except UsageError as exc:
+            raise UsageError(f"unknown variant '{name}': {exc.cause}",
+                             f"{exc.fix}; add +{cls.FLAG} for {cls.DEFINE}") from None
+
+    @property
+    def name(self) -> str:
+        return self.base.name + (f"+{self.FLAG}" if self.flagged else "")
+
+    @property
+    def defines(self) -> tuple[str, ...]:
+        return self.base.defines + ((self.DEFINE,) if self.flagged else ())
+
+    def __getattr__(self, attr):
+        if attr == "base" or attr.startswith("__"):     # not set yet (copy, pickle)
+            raise AttributeError(attr)
+        return getattr(self.base, attr)
 
 
 def _vt(version: str) -> tuple[int, int]:

@@ -31,9 +31,6 @@ Expectations (what the project's tests assert on the Debian builds) are in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from harness.errors import UsageError
 from harness.kamailio import Kamailio, TmTimers
 from harness.verdict import Verdict
 from scenarios import gh4140_bye_to_closed_ws as gh4140
@@ -52,32 +49,15 @@ TIMERS = TmTimers(fr_timer=3000, fr_inv_timer=3000, wt_timer=1000)
 NotApplicable = gh4140.NotApplicable
 
 
-@dataclass(frozen=True)
-class Variant:
+class Variant(gh4140.FlaggedVariant):
     """An issue-4140 variant, plus `+no_internal_reply` for path B."""
 
-    base: gh4140.Variant
-    no_internal_reply: bool = False
-
-    @classmethod
-    def parse(cls, name: str) -> "Variant":
-        parts = [p.strip() for p in name.split("+")]
-        off = NO_INTERNAL_REPLY in parts
-        rest = "+".join(p for p in parts if p != NO_INTERNAL_REPLY)
-        if not rest:
-            raise UsageError(f"variant '{name}' names no trigger", f"use e.g. {DEFAULT_VARIANT}")
-        return cls(gh4140.Variant.parse(rest), off)
+    FLAG = NO_INTERNAL_REPLY
+    DEFINE = "WITH_NO_INTERNAL_REPLY"
 
     @property
-    def name(self) -> str:
-        return self.base.name + (f"+{NO_INTERNAL_REPLY}" if self.no_internal_reply else "")
-
-    @property
-    def defines(self) -> tuple[str, ...]:
-        return self.base.defines + (("WITH_NO_INTERNAL_REPLY",) if self.no_internal_reply else ())
-
-    def __getattr__(self, attr):          # trigger, reply, delayed_reply_off, ...
-        return getattr(self.base, attr)
+    def no_internal_reply(self) -> bool:
+        return self.flagged
 
 
 def parse_variant(name: str) -> Variant:

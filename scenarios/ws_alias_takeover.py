@@ -41,8 +41,6 @@ lost.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from harness.errors import ScenarioError, UsageError
 from harness.verdict import Verdict
 from harness.wait import WaitTimeout
@@ -50,36 +48,17 @@ from scenarios import gh4140_bye_to_closed_ws as gh4140
 
 ISSUE = None
 TITLE = "a second connection from a live WebSocket client's ip:port takes over its alias"
-CONNECTION_MATCH = "+tcp_connection_match"     # core parameter tcp_connection_match=1
+CONNECTION_MATCH = "tcp_connection_match"      # core parameter tcp_connection_match=1
 DEFAULT_VARIANT = "uac_req_send"
 
 NotApplicable = gh4140.NotApplicable
 
 
-@dataclass(frozen=True)
-class Variant:
+class Variant(gh4140.FlaggedVariant):
     """A 4140 config variant, optionally with tcp_connection_match=1."""
 
-    base: gh4140.Variant
-    connection_match: bool = False
-
-    @classmethod
-    def parse(cls, name: str) -> "Variant":
-        match = name.endswith(CONNECTION_MATCH)
-        base = name[:-len(CONNECTION_MATCH)] if match else name
-        try:
-            return cls(gh4140.Variant.parse(base or "none"), match)
-        except UsageError as exc:
-            raise UsageError(f"unknown variant '{name}' for the alias takeover",
-                             f"{exc.fix}; add {CONNECTION_MATCH} for tcp_connection_match=1") from None
-
-    @property
-    def name(self) -> str:
-        return self.base.name + (CONNECTION_MATCH if self.connection_match else "")
-
-    @property
-    def defines(self) -> tuple[str, ...]:
-        return self.base.defines + (("WITH_TCP_CONNECTION_MATCH",) if self.connection_match else ())
+    FLAG = CONNECTION_MATCH
+    DEFINE = "WITH_TCP_CONNECTION_MATCH"
 
 
 def applicable(version: str, variant: Variant) -> str | None:
@@ -133,8 +112,7 @@ def run(*, kamailio, pbx, ua_factory, transport: str, variant: Variant, target: 
 
 
 def start_kamailio(kamailio_factory, variant: Variant, timers=None):
-    extra = ("WITH_TCP_CONNECTION_MATCH",) if variant.connection_match else ()
-    return gh4140.start_kamailio(kamailio_factory, variant.base, timers, extra_defines=extra)
+    return gh4140.start_kamailio(kamailio_factory, variant, timers)
 
 
 # The uniform entry points `kamleak check/bisect --scenario` use.
