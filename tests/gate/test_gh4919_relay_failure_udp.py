@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from scenarios import gh4919_relay_failure_udp as gh4919
-from tests.gate.udp_matrix import run_and_check
+from tests.gate.matrix import run_and_check
 
 MATRIX = ["none", "uac_req_send", "t_uac_send", "uac_req_send+send_reply_error",
           "t_uac_send+t_reply_error", "uac_req_send+delayed_reply_off"]
