@@ -412,8 +412,8 @@ def parse_variant(name: str) -> Variant:
 
 
 def gate(bench, variant: Variant, *, transport: str = "ws", disconnect: str = "rst",
-         target: str = "") -> Verdict:
-    """One run on a `harness.runner.Bench`."""
+         target: str = "", **ladder) -> Verdict:
+    """One run on a `harness.runner.Bench`; LADDER: run()'s cut and ua_options."""
     kam = start_kamailio(bench.kamailio, variant)
     return run(kamailio=kam, pbx=bench.pbx, ua_factory=bench.ua, transport=transport,
-               variant=variant, disconnect=disconnect, target=target)
+               variant=variant, disconnect=disconnect, target=target, **ladder)
