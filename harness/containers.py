@@ -23,7 +23,10 @@ LABEL_HOST = "org.kamleak.host"
 LABEL_ROLE = "org.kamleak.role"
 
 RUN_ID = os.environ.get("KAMLEAK_RUN_ID") or uuid.uuid4().hex[:12]
-_live: dict[str, "docker.models.containers.Container"] = {}
+# By name, registered *before* the create call: an interrupt that lands after
+# the engine made the container but before docker-py returned its handle
+# (create is a POST, then an inspect) must not leave it behind.
+_live: dict[str, tuple] = {}     # name -> (client, container or None)
 _lock = threading.Lock()
 
 
@@ -80,6 +83,8 @@ def run(client: docker.DockerClient, image: str, *, role: str, name_hint: str,
     for host_path, target in (mounts or {}).items():
         volumes[host_path] = {"bind": target, "mode": "ro"}
     name = f"kamleak-{role}-{name_hint}-{uuid.uuid4().hex[:6]}"
+    with _lock:
+        _live[name] = (client, None)
     container = client.containers.create(
         image, command=command, entrypoint=entrypoint, name=name,
         labels=labels(role), network_mode="host", volumes=volumes,
@@ -88,7 +93,7 @@ def run(client: docker.DockerClient, image: str, *, role: str, name_hint: str,
         # are collected before removal.
         privileged=False)
     with _lock:
-        _live[container.id] = container
+        _live[name] = (client, container)
     try:
         container.start()
     except Exception:
@@ -124,7 +129,7 @@ def logs(container, since: float | None = None) -> str:
 
 def remove(container) -> None:
     with _lock:
-        _live.pop(container.id, None)
+        _live.pop(container.name, None)
     try:
         container.remove(force=True, v=True)
     except docker.errors.NotFound:
@@ -137,10 +142,15 @@ def remove(container) -> None:
 def remove_all_live() -> int:
     """Remove every container this process started and has not removed."""
     with _lock:
-        victims = list(_live.values())
-    for c in victims:
+        victims = list(_live.items())
+    for name, (client, c) in victims:
         try:
-            remove(c)
+            if c is not None:
+                remove(c)
+                continue
+            with _lock:
+                _live.pop(name, None)
+            client.api.remove_container(name, force=True, v=True)   # no handle yet
         except docker.errors.DockerException:
             pass
     return len(victims)

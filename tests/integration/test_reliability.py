@@ -207,3 +207,17 @@ def test_the_matrix_under_xdist_gives_the_same_verdicts(kamleak_images, tmp_path
     assert ("uac_req_send", "leak") in outcomes and ("none", "clean") in outcomes
     assert ("uac_req_send+send_reply_error", "clean") in outcomes
     assert len(summary) == 4, "both workers' verdicts are merged (delayed_reply_off: n/a)"
+
+
+def test_a_container_without_a_handle_yet_is_removed_too(docker_client, kamleak_images):
+    """An interrupt can land after the engine created a container and before
+    docker-py handed it back; cleanup finds it by the name registered first."""
+    import uuid
+
+    name = f"kamleak-test-nohandle-{uuid.uuid4().hex[:6]}"
+    with containers._lock:
+        containers._live[name] = (docker_client, None)      # what run() registers before create
+    docker_client.api.create_container(kamleak_images[0].tag, name=name, command="true",
+                                       labels=containers.labels("test"))
+    assert containers.remove_all_live() == 1
+    assert not [c for c in containers.listing(docker_client) if c.name == name]
