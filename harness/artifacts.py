@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from .containers import RUN_ID
+from .errors import UsageError
 
 
 def _safe(name: str) -> str:
@@ -39,6 +40,24 @@ class ArtifactStore:
         name = os.environ.get("KAMLEAK_RUN_DIR_NAME") or f"{time.strftime('%Y%m%d-%H%M%S')}-{RUN_ID[:6]}"
         self.run_dir = self.root / name
         self._created = False
+
+    def check_writable(self) -> None:
+        """Fail before any test runs if the evidence could not be written: try
+        it in the nearest existing directory (access() says yes to root)."""
+        import tempfile
+
+        probe = self.root
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            why = f"{probe} is not a directory"
+        else:
+            try:
+                tempfile.TemporaryDirectory(dir=probe, prefix=".kamleak-probe-").cleanup()
+                return
+            except OSError as exc:
+                why = f"cannot write in {probe} ({exc.strerror or exc})"
+        raise UsageError(f"--kamleak-artifacts {self.root}: {why}", "pass a directory you can write to")
 
     def _ensure(self) -> None:
         if self._created:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from .wait import WaitTimeout, poll
@@ -32,6 +34,7 @@ class Capture:
         self.proc: subprocess.Popen | None = None
         self.note = ""
         self._err: list[str] = []
+        self._result: bytes | str | None = None
 
     def start(self, timeout: float = 5.0) -> "Capture":
         if not self.tool:
@@ -71,14 +74,74 @@ class Capture:
                 self.proc.wait(5)
 
     def finish(self) -> bytes | str:
-        """Stop and return the pcap bytes, or the note saying why there is none."""
+        """Stop and return the pcap bytes, or the note saying why there is none
+        (the same answer on every call: the pcap file and the SIP trace both read it)."""
+        if self._result is not None:
+            return self._result
         self._kill()
         try:
             data = self.path.read_bytes() if not self.note else b""
         finally:
             self.path.unlink(missing_ok=True)
-        return data if data else (self.note or "no pcap: the capture produced nothing")
+        self._result = data if data else (self.note or "no pcap: the capture produced nothing")
+        return self._result
 
     def stop(self) -> None:
         self._kill()
         self.path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------
+# Reading the capture back: the UDP datagrams on loopback (what Kamailio sends
+# itself, e.g. the MESSAGE/PUBLISH of a local tm request, appears nowhere else).
+
+
+@dataclass
+class Datagram:
+    ts: float
+    src: tuple[str, int]
+    dst: tuple[str, int]
+    payload: bytes
+
+
+# pcap link types tcpdump/tshark write for `lo`, and the bytes before the IP header.
+_LINK_HEADER = {0: 4, 1: 14, 101: 0, 113: 16, 276: 20}
+
+
+def udp_datagrams(pcap: bytes) -> list[Datagram]:
+    """IPv4 UDP datagrams of a classic pcap file (µs or ns stamps, either byte
+    order); anything else (TCP, IPv6, fragments, pcapng) is skipped."""
+    if len(pcap) < 24:
+        return []
+    magic = pcap[:4]
+    order = {b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
+             b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9)}.get(magic)
+    if order is None:
+        return []
+    end, frac = order
+    linktype = struct.unpack(end + "I", pcap[20:24])[0] & 0x0FFFFFFF
+    skip = _LINK_HEADER.get(linktype)
+    if skip is None:
+        return []
+    out, pos = [], 24
+    while pos + 16 <= len(pcap):
+        sec, sub, incl, _orig = struct.unpack(end + "IIII", pcap[pos:pos + 16])
+        frame = pcap[pos + 16:pos + 16 + incl]
+        pos += 16 + incl
+        if linktype == 1 and frame[12:14] != b"\x08\x00":
+            continue  # not IPv4
+        ip = frame[skip:]
+        if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != 17:
+            continue
+        if struct.unpack(">H", ip[6:8])[0] & 0x3FFF:
+            continue  # a fragment
+        ihl = (ip[0] & 0x0F) * 4
+        total = struct.unpack(">H", ip[2:4])[0]
+        udp = ip[ihl:total]
+        if len(udp) < 8:
+            continue
+        sport, dport, length = struct.unpack(">HHH", udp[:6])
+        src = ".".join(str(b) for b in ip[12:16])
+        dst = ".".join(str(b) for b in ip[16:20])
+        out.append(Datagram(sec + sub * frac, (src, sport), (dst, dport), udp[8:length]))
+    return out

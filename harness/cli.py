@@ -19,7 +19,8 @@ from . import lint as lint_cmd
 from . import soak as soak_cmd
 from .errors import KamleakError, UsageError
 from .runner import Bench
-from .targets import Target, parse_targets
+from .targets import Target, add_option, parse_targets
+from .verdict import timers_text
 
 
 _say = progress.say
@@ -69,10 +70,12 @@ def _target_from(args, default_version: str | None = "6.0.1") -> Target:
                             getattr(args, "kamailio_modules", None))
     given = sum(bool(x) for x in (args.version, args.image, getattr(args, "kamailio_bin", None)))
     if given > 1:
-        raise UsageError("give one of --version, --image, --kamailio-bin", "pick the Kamailio to run")
+        raise UsageError("give one of --kamailio-version, --kamailio-image, --kamailio-bin",
+                         "pick the Kamailio to run")
     if given == 0:
         if default_version is None:
-            raise UsageError("no Kamailio given", "pass --version, --image or --kamailio-bin")
+            raise UsageError("no Kamailio given",
+                             "pass --kamailio-version, --kamailio-image or --kamailio-bin")
         return Target("version", images.canonical_version(default_version))
     return targets[0]
 
@@ -134,8 +137,8 @@ def cmd_repro(args) -> int:
             for line in report.ladder(bench.uas[-1].trace, pbx_msgs, verdict.call_id, events):
                 print("   " + line)
             print(f"\n  tm.list {verdict.watched_for:.1f} s after the BYE "
-                  f"(deadline {verdict.deadline:.1f} s from fr_timer {verdict.timers['fr_timer']} ms "
-                  f"+ wt_timer {verdict.timers['wt_timer']} ms):")
+                  f"(deadline {verdict.deadline:.1f} s from tm timers: "
+                  f"{timers_text(verdict.timers, verdict.method)}):")
             if verdict.cells:
                 for c in verdict.cells:
                     print(f"    {c.describe()}")
@@ -172,12 +175,22 @@ def cmd_repro(args) -> int:
     return 0
 
 
-def _add_target_args(p) -> None:
-    p.add_argument("--version", default=None,
-                   help=f"a Kamailio version kamleak builds: {', '.join(images.KAMAILIO_SUITES)}")
-    p.add_argument("--image", default=None, help="any image containing a kamailio binary")
-    p.add_argument("--kamailio-bin", default=None, help="a local kamailio binary")
-    p.add_argument("--kamailio-modules", default=None, help="module directory for --kamailio-bin")
+def _add_target_args(p, config: str | None = None) -> None:
+    """--kamailio-version/-image/-bin/-modules (and --kamailio-config: "optional",
+    "required" or None); `required` is checked after parsing so the alias counts."""
+    add_option(p, ("--kamailio-version", "--version"), dest="version", default=None, metavar="V",
+               help=f"a Kamailio version kamleak builds: {', '.join(images.KAMAILIO_SUITES)}")
+    add_option(p, ("--kamailio-image", "--image"), dest="image", default=None, metavar="IMAGE",
+               help="any image containing a kamailio binary")
+    p.add_argument("--kamailio-bin", default=None, metavar="PATH", help="a local kamailio binary")
+    p.add_argument("--kamailio-modules", default=None, metavar="DIR",
+                   help="module directory for --kamailio-bin")
+    if config:
+        add_option(p, ("--kamailio-config", "--config"), dest="config", default=None,
+                   metavar="KAMAILIO_CFG",
+                   help="your kamailio.cfg (README: the contract)" + (" (required)" if config ==
+                                                                      "required" else ""))
+        p.set_defaults(config_required=config == "required")
 
 
 def _add_scenario_arg(p) -> None:
@@ -216,13 +229,15 @@ def cmd_check(args) -> int:
     """Exit 0 clean, 1 leak, 125 cannot test: a `git bisect run` step."""
     from .targets import check_binary
 
+    if getattr(args, "config_required", False) and not args.config:
+        raise UsageError(f"{args.command} needs your config", "pass --kamailio-config KAMAILIO_CFG")
     sc, variant = _scenario_variant(args)
     user_config = None
     if getattr(args, "config", None):
         if not sc.USER_CONFIG:
             raise UsageError(f"scenario {args.scenario} runs on the harness's own config only "
                              f"(its story is built from the harness's defines)",
-                             "use --scenario gh4140 or takeover with --config")
+                             "use --scenario gh4140 or takeover with --kamailio-config")
         from .kamailio.user_config import UserConfig
         user_config = UserConfig.load(args.config)
         if args.transport == "wss" and not user_config.uses_tls:
@@ -293,14 +308,28 @@ def cmd_bisect(args) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors and their exit code chosen per
+    command: `check` (and `bisect`, its driver) exit 128, which aborts
+    `git bisect run`, where argparse's 2 would mark the commit bad."""
+
+    def __init__(self, *a, usage_exit: int = 2, **kw):
+        super().__init__(*a, **kw)
+        self.usage_exit = usage_exit
+
+    def error(self, message):
+        # One line, like every other bad input (argparse prints the usage too).
+        self.exit(self.usage_exit, f"{self.prog}: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kamleak",
+    p = Parser(prog="kamleak",
                                 description="Leak-detection harness for real Kamailio: tm issue 4140 and a "
                                             "catalogue of leak scenarios.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     s = sub.add_parser("setup", help="start/find the Docker engine and build the images")
-    s.add_argument("--version", action="append",
-                   help="Kamailio version(s) to build (default: all)")
+    add_option(s, ("--kamailio-version", "--version"), dest="version", action="append",
+               metavar="V", help="Kamailio version(s) to build (default: all)")
     s.add_argument("--start-engine", action="store_true", default=None,
                    help="start a private dockerd if none answers (needs root)")
     s.set_defaults(func=cmd_setup)
@@ -316,9 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--artifacts", default=None, metavar="DIR",
                    help="also save each run's evidence (verdict, timeline.png, SIP trace, logs) in DIR")
     r.set_defaults(func=cmd_repro)
-    c = sub.add_parser("check", help="one gate run; exit 0 clean, 1 leak, 125 cannot test "
-                                     "(for `git bisect run`)")
-    _add_target_args(c)
+    c = sub.add_parser("check", help="one gate run; exit 0 clean, 1 leak, 125 cannot test, "
+                                     "128 bad input (for `git bisect run`)", usage_exit=EXIT_ABORT)
+    _add_target_args(c, config="optional")
     _add_scenario_arg(c)
     c.add_argument("--variant", default=None,
                    help="config variant (default: the scenario's; gh4140: pua_dialoginfo)")
@@ -326,14 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--disconnect", default="rst", choices=("rst", "fin", "close"))
     c.add_argument("--invert", action="store_true",
                    help="exit 0 on a leak and 1 when clean: for bisecting the commit that FIXED it")
-    c.add_argument("--config", default=None, metavar="KAMAILIO_CFG",
-                   help="run the scenario on your own kamailio.cfg (README: the contract)")
     c.set_defaults(func=cmd_check, usage_exit=EXIT_ABORT)
     g = sub.add_parser("gate", help="the issue-4140 gate on your own kamailio.cfg: exit 0 clean, "
                                     "1 leak, 2 bad input")
-    _add_target_args(g)
-    g.add_argument("--config", required=True, metavar="KAMAILIO_CFG",
-                   help="your kamailio.cfg (README: the contract)")
+    _add_target_args(g, config="required")
     g.add_argument("--variant", default="none",
                    help="extra harness defines (default: none; your config decides)")
     g.add_argument("--transport", default="ws", choices=("ws", "wss"))
@@ -341,14 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--invert", action="store_true", help=argparse.SUPPRESS)
     g.set_defaults(scenario="gh4140")
     g.set_defaults(func=cmd_check)
-    b = sub.add_parser("bisect", help="find the first build in an ordered list where the verdict flips")
+    b = sub.add_parser("bisect", help="find the first build in an ordered list where the verdict flips",
+                       usage_exit=EXIT_ABORT)
     b.add_argument("builds", nargs="*", help="versions (5.6.3 6.0.1 6.1.5), images or binaries, "
                                              "oldest first; the two ends must disagree")
     _add_scenario_arg(b)
     b.add_argument("--variant", default=None,
                    help="config variant (default: the scenario's; gh4140: pua_dialoginfo)")
     b.add_argument("--transport", default="ws", choices=("ws", "wss"))
-    b.set_defaults(func=cmd_bisect)
+    b.set_defaults(func=cmd_bisect, usage_exit=EXIT_ABORT)
     lint_cmd.add_subparser(sub)
     soak_cmd.add_subparser(sub)
     bench_cmd.add_subparser(sub)
@@ -367,7 +393,13 @@ def main(argv=None) -> int:
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse reports a subcommand's unknown options from the top parser:
+        # report them from the subcommand's, with its exit code.
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        (commands.choices.get(args.command) or parser).error(
+            f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

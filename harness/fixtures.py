@@ -80,6 +80,7 @@ def pbx_log(request, pbx):
     """The PBX, with the part of its log written during this test as evidence."""
     start = len(pbx.log())
     request.node._kamleak_pbx_log = lambda: pbx.log()[start:]
+    request.node._kamleak_pbx_port = pbx.sip_port
     attach(request, "asterisk log", request.node._kamleak_pbx_log, "asterisk.log")
     return pbx
 
@@ -108,6 +109,7 @@ def kamailio_factory(request, kamailio_target, tmp_path, pbx_log):
         cap = capture.Capture([k.config.udp_port, k.config.ws_port, k.config.wss_port,
                                pbx_log.sip_port]).start()
         captures.append(cap)
+        request.node.__dict__.setdefault("_kamleak_captures", []).append(cap)
         attach(request, "capture", cap.finish, f"capture{n}.pcap", in_report=False)
 
     def start(defines=(), timers: TmTimers | None = None, timeout: float = 30.0):
@@ -148,7 +150,9 @@ def ua_factory(request):
         if len(uas) == 1:
             attach(request, "SIP trace",
                    lambda: sip_trace([u.trace for u in uas],
-                                     getattr(node, "_kamleak_pbx_log", lambda: "")()),
+                                     getattr(node, "_kamleak_pbx_log", lambda: "")(),
+                                     [c.finish() for c in node.__dict__.get("_kamleak_captures", [])],
+                                     getattr(node, "_kamleak_pbx_port", None)),
                    "sip-trace.txt")
         ua.connect()
         return ua

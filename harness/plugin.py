@@ -71,7 +71,21 @@ def pytest_addoption(parser):
                 help="write a self-contained report.html into the run's artifact directory")
 
 
+# Registered by the plugin itself, so a project outside this checkout that
+# uses them gets no PytestUnknownMarkWarning.
+MARKERS = (
+    "kamailio: needs a running Kamailio (real containers)",
+    "asterisk: needs the Asterisk PBX container",
+    "gate: the user-facing leak gate (fails on a leaking Kamailio by design)",
+    "single_target: run once, on the first Kamailio target (harness behaviour, not Kamailio's)",
+    "known_versions: parametrize only over the Kamailio versions kamleak builds "
+    "(expected verdicts exist)",
+)
+
+
 def pytest_configure(config):
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
     try:
         config._kamleak_targets = parse_targets(
             config.getoption("kamailio_version"), config.getoption("kamailio_image"),
@@ -94,9 +108,12 @@ def pytest_configure(config):
         keep = config.getoption("kamleak_keep_runs")
         if keep < 1:
             raise KamleakError(f"--kamleak-keep-runs {keep} keeps nothing", "give 1 or more")
+        store = ArtifactStore(config.getoption("kamleak_artifacts"), keep)
+        if not hasattr(config, "workerinput"):
+            store.check_writable()  # now, not after the whole run
     except KamleakError as exc:
         raise pytest.UsageError(exc.line()) from None
-    config._kamleak_store = ArtifactStore(config.getoption("kamleak_artifacts"), keep)
+    config._kamleak_store = store
     if not hasattr(config, "workerinput"):
         # xdist workers start after this and inherit it: one run directory.
         import os

@@ -35,7 +35,7 @@ def format_trace(entries, full: bool = True) -> str:
 # ---------------------------------------------------------------------------
 # The call ladder: both legs around Kamailio, in time order.
 
-def ladder(ua_trace, pbx_messages, call_id: str | None = None, events=()) -> list[str]:
+def ladder(ua_trace, pbx_messages, call_id: str | None = None, events=(), local=()) -> list[str]:
     """One line per SIP message: time, who -> who, first line, and a note.
 
     The WebSocket leg comes from the UA's own trace, the UDP leg from
@@ -64,6 +64,12 @@ def ladder(ua_trace, pbx_messages, call_id: str | None = None, events=()) -> lis
                     "  ← stateful" if mark.endswith("/TM)") else "")
         rows.append((t, "UDP ", who, f"{msg.method} {msg.uri}" if msg.is_request
                      else f"{msg.status} {msg.reason}", note))
+    for d, msg in local:
+        if call_id and msg.call_id != call_id:
+            continue
+        who = f"  {d.src[0]}:{d.src[1]} ──▶ {d.dst[0]}:{d.dst[1]}"
+        rows.append((d.ts, "UDP ", who, f"{msg.method} {msg.uri}" if msg.is_request
+                     else f"{msg.status} {msg.reason}", "  (captured)"))
     for t, label in events:
         rows.append((t, "    ", f"  ┄┄ {label}", "", ""))
     rows.sort(key=lambda r: r[0])
@@ -110,18 +116,42 @@ def side_by_side(left_title: str, left, right_title: str, right) -> list[str]:
     return [f"  {a:18} {b:{w1}} {c}" for a, b, c in rows]
 
 
-def sip_trace(ua_traces, pbx_log: str) -> str:
+def captured_sip(pcaps=(), skip_ports=()) -> list:
+    """(datagram, SipMessage) for the SIP over UDP in the captures, leaving out
+    datagrams to or from `skip_ports` (Asterisk's: its own log has those)."""
+    from .capture import udp_datagrams
+    from .sip.message import SipMessage, SipParseError
+
+    out = []
+    for pcap in pcaps:
+        if not isinstance(pcap, (bytes, bytearray)):
+            continue  # the note saying why there is no capture
+        for d in udp_datagrams(bytes(pcap)):
+            if d.src[1] in skip_ports or d.dst[1] in skip_ports or not d.payload.strip():
+                continue
+            try:
+                out.append((d, SipMessage.parse(d.payload)))
+            except (SipParseError, ValueError):
+                continue  # keepalives and other non-SIP
+    return out
+
+
+def sip_trace(ua_traces, pbx_log: str, pcaps=(), pbx_port: int | None = None) -> str:
     """The SIP trace of a test: the ladder of both legs, then every message in full.
 
-    WS/WSS messages come from the UA's own trace, UDP ones from Asterisk's
-    log; both are stamped with the host's clock.
+    WS/WSS messages come from the UA's own trace, UDP ones to/from Asterisk
+    from Asterisk's log, and the other UDP ones (the requests Kamailio sends
+    by itself, e.g. uac_req_send()'s MESSAGE or pua's PUBLISH, and their
+    replies) from the loopback capture; all are stamped with the host's clock.
     """
     from .pbx_trace import parse_pjsip_log, stamp_seconds
 
     pbx_msgs = parse_pjsip_log(pbx_log) if pbx_log else []
+    local = captured_sip(pcaps, skip_ports={pbx_port} if pbx_port else set())
     entries = [e for trace in ua_traces for e in trace]
-    out = ["# ladder (UA = the WebSocket client, Asterisk = the PBX)"]
-    out += ladder(entries, pbx_msgs)
+    out = ["# ladder (UA = the WebSocket client, Asterisk = the PBX, "
+           "captured = other UDP on loopback, from the pcap)"]
+    out += ladder(entries, pbx_msgs, local=local)
     out.append("")
     out.append("# messages")
     full = []
@@ -134,6 +164,9 @@ def sip_trace(ua_traces, pbx_log: str) -> str:
         t = stamp_seconds(m.stamp) or 0.0
         full.append((t, f"{_ts(t)} UDP {arrow} (Asterisk peer {m.peer})",
                      m.raw.decode("utf-8", "replace")))
+    for d, _ in local:
+        full.append((d.ts, f"{_ts(d.ts)} UDP {d.src[0]}:{d.src[1]} -> {d.dst[0]}:{d.dst[1]} "
+                           f"(captured)", d.payload.decode("utf-8", "replace")))
     for _, head, raw in sorted(full, key=lambda x: x[0]):
         out.append(head)
         out.append("    " + raw.replace("\r\n", "\n").rstrip("\n").replace("\n", "\n    "))

@@ -1642,9 +1642,13 @@ def render_plot(result: SoakResult, path) -> Path:
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
+    from .targets import add_option  # one option vocabulary for every command
+
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--version", help="a Kamailio version kamleak builds (default 6.0.1)")
-    g.add_argument("--image", help="any image with a kamailio binary (never pulled)")
+    add_option(g, ("--kamailio-version", "--version"), dest="version", default=None, metavar="V",
+               help="a Kamailio version kamleak builds (default 6.0.1)")
+    add_option(g, ("--kamailio-image", "--image"), dest="image", default=None, metavar="IMAGE",
+               help="any image with a kamailio binary (never pulled)")
     p.add_argument("--variant", default=None, help="config variant (default: the gate's, pua_dialoginfo)")
     p.add_argument("--calls", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=50, help="calls in flight at most (and clients)")

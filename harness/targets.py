@@ -7,6 +7,7 @@ parametrizes tests over the targets given on the command line.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -107,3 +108,15 @@ def parse_targets(versions=(), images_=(), binaries=(), module_dir=None) -> list
             seen.add(t.id)
             unique.append(t)
     return unique
+
+
+def add_option(p, names: tuple[str, ...], **kw) -> None:
+    """One option under its name in kamleak's vocabulary (the pytest plugin's:
+    pytest options are global, so they carry a prefix), plus its older short
+    names as hidden aliases so existing scripts keep working."""
+    name, *aliases = names
+    p.add_argument(name, **kw)
+    for alias in aliases:
+        p.add_argument(alias, dest=kw.get("dest") or name.lstrip("-").replace("-", "_"),
+                       **{k: v for k, v in kw.items() if k in ("action", "type", "choices")},
+                       default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -87,8 +87,7 @@ class Kamailio:
             line = refusal_line(log) or "no error line in its log"
             self.stop()
             if is_bind_error(line):
-                port = re.search(r"on \[?[\d.]+\]?:(\d+)", line)
-                raise ServerError(f"Kamailio could not bind 127.0.0.1:{port.group(1) if port else '?'}: "
+                raise ServerError(f"Kamailio could not bind {self._bind_target(line)}: "
                                   "the port is already taken", "free it or run again (ports are "
                                   "chosen anew)", log=log) from None
             raise ServerError(f"Kamailio refused to start: {line}{self._config_line(line)}",
@@ -100,6 +99,18 @@ class Kamailio:
                               f"{timeout:.0f} s", "see the Kamailio log", log=log) from None
         self.ready_after = time.monotonic() - self.started_at
         return self
+
+    def _bind_target(self, line: str) -> str:
+        """The socket a bind error is about.  tcp_init() names it
+        (`on 127.0.0.1:N :` on 5.6.3, `on [127.0.0.1]:N : (98 / ...)` on 6.0.1/6.1.5);
+        udp_init() names the address only (`on 127.0.0.1: Address already in use`,
+        all three), and the config has one UDP listener: ours."""
+        m = re.search(r"on \[?([\d.]+)\]?:(\d+)", line)
+        if m:
+            return f"{m.group(1)}:{m.group(2)}"
+        if "udp_init" in line:
+            return f"{HOST}:{self.config.udp_port} (UDP)"
+        return f"{HOST} (Kamailio's log names no port: {line})"
 
     def _config_line(self, error: str) -> str:
         """` (line 278: t_reply_error();)` when the error names a config line."""

@@ -124,3 +124,68 @@ def test_asterisk_not_booting_within_its_deadline(docker_client, nothing_left, k
     with pytest.raises(ServerError) as exc:
         pbx.start(timeout=0.01)
     assert str(exc.value).startswith("Asterisk did not boot: Asterisk fully booted not reached within")
+
+
+@pytest.mark.parametrize("version", ["5.6.3", "6.0.1", "6.1.5"])
+def test_udp_port_taken_is_named(docker_client, nothing_left, kamleak_images, tmp_path, version):
+    """Kamailio's udp_init() bind error names the address but not the port (read on
+    all three builds): the message must still name the port, from our config."""
+    udp, ws, wss, pbx = ports.allocate(4)
+    with socket.socket(type=socket.SOCK_DGRAM) as squatter:
+        squatter.bind(("127.0.0.1", udp))
+        k = ContainerKamailio(docker_client, f"kamleak/kamailio:{version}",
+                              KamailioConfig(udp, ws, wss, pbx), tmp_path)
+        with pytest.raises(ServerError) as exc:
+            k.start()
+    assert "udp_init(): bind(" in exc.value.log and "Address already in use" in exc.value.log
+    assert str(exc.value) == (f"Kamailio could not bind 127.0.0.1:{udp} (UDP): the port is already "
+                              "taken; free it or run again (ports are chosen anew)")
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("/proc/kamleak-artifacts", "--kamleak-artifacts /proc/kamleak-artifacts: cannot write in /proc"),
+    ("/etc/hostname/artifacts", "--kamleak-artifacts /etc/hostname/artifacts: /etc/hostname is not a "
+                                "directory; pass a directory you can write to"),
+])
+def test_unwritable_artifact_dir_is_refused_before_any_test(path, expected):
+    proc = run(sys.executable, "-m", "pytest", GATE, "--kamleak-artifacts", path,
+               "-p", "no:cacheprovider")
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR:")]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and "passed" not in proc.stdout
+
+
+def kamleak_cli(*args) -> subprocess.CompletedProcess:
+    return run(sys.executable, "-m", "harness.cli", *args)
+
+
+@pytest.mark.parametrize("command", ["check", "bisect"])
+@pytest.mark.parametrize("args, message", [
+    (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["--transport", "udp"], "argument --transport: invalid choice: 'udp' (choose from 'ws', 'wss')"),
+    (["--variant"], "argument --variant: expected one argument"),
+])
+def test_check_and_bisect_usage_errors_abort_git_bisect_run(command, args, message):
+    """argparse's own exit 2 would make `git bisect run` mark the commit bad."""
+    proc = kamleak_cli(command, *args)
+    assert proc.returncode == 128, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"kamleak {command}: {message}; see `kamleak {command} --help`"]
+
+
+@pytest.mark.parametrize("args, line, code", [
+    (["gate", "--frobnicate"], "kamleak gate: unrecognized arguments: --frobnicate; "
+                               "see `kamleak gate --help`", 2),
+    (["gate", "--kamailio-version", "6.0.1"], "kamleak: gate needs your config; pass "
+                                              "--kamailio-config KAMAILIO_CFG", 2),
+    (["check", "--kamailio-version", "6.0.1", "--image", "x"],
+     "kamleak: give one of --kamailio-version, --kamailio-image, --kamailio-bin; "
+     "pick the Kamailio to run", 128),
+    (["check", "--version", "9.9.9"],
+     "kamleak: unknown Kamailio version '9.9.9'; pick one of 5.6.3, 6.0.1, 6.1.5, or test an image "
+     "of any other build (--kamailio-image)", 128),
+])
+def test_other_usage_errors_in_one_line(args, line, code):
+    proc = kamleak_cli(*args)
+    assert proc.returncode == code and proc.stderr.strip().splitlines() == [line], proc.stderr

@@ -27,7 +27,7 @@ def kamleak(*args, timeout=600) -> subprocess.CompletedProcess:
 
 
 def test_repro_shows_the_leak_and_the_mitigation(kamleak_images):
-    proc = kamleak("repro", "--version", "6.0.1")
+    proc = kamleak("repro", "--kamailio-version", "6.0.1")
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-2000:]
     assert "Verdict: LEAK: BYE Call-ID" in out and "Verdict: CLEAN: BYE Call-ID" in out
@@ -39,7 +39,7 @@ def test_repro_shows_the_leak_and_the_mitigation(kamleak_images):
 
 
 def test_repro_says_why_when_the_leak_does_not_reproduce(kamleak_images):
-    proc = kamleak("repro", "--version", "6.1.5", "--variant", "uac_req_send")
+    proc = kamleak("repro", "--kamailio-version", "6.1.5", "--variant", "uac_req_send")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "kamleak: the leak did NOT reproduce on 6.1.5 with uac_req_send: BYE Call-ID")
@@ -102,12 +102,12 @@ def test_bisect_finds_where_the_leak_disappears(kamleak_images):
 ])
 def test_bisect_bad_lists(args, message):
     proc = kamleak("bisect", *args)
-    assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 128 and message in proc.stderr.strip().splitlines()[-1]
 
 
 def test_bisect_ends_that_agree(kamleak_images):
     proc = kamleak("bisect", "6.1.5", "6.1.5", "--variant", "none")
-    assert proc.returncode == 2
+    assert proc.returncode == 128
     assert "both ends give the same verdict (clean)" in proc.stderr
 
 
@@ -121,7 +121,7 @@ def test_bisect_any_scenario_of_the_catalogue(kamleak_images):
 
 
 def test_check_runs_a_catalogue_scenario_with_git_bisect_exit_codes(kamleak_images):
-    leak = kamleak("check", "--version", "6.0.1", "--scenario", "gh4503", "--variant", "uac_req_send")
+    leak = kamleak("check", "--kamailio-version", "6.0.1", "--scenario", "gh4503", "--variant", "uac_req_send")
     assert leak.returncode == 1, leak.stdout[-2000:] + leak.stderr[-2000:]
     assert "kamleak check: LEAK: INVITE Call-ID" in leak.stdout and "outgoings 0, ref_count 1" in leak.stdout
 
@@ -129,21 +129,21 @@ def test_check_runs_a_catalogue_scenario_with_git_bisect_exit_codes(kamleak_imag
 @pytest.mark.parametrize("args, message", [
     (["--scenario", "nope"], "kamleak: unknown scenario 'nope'; use one of gh3236, gh4140, gh4503, "
                              "gh4919, pr3403, takeover"),
-    (["--scenario", "gh4503", "--config", "tests/configs/user/deployment.cfg"],
+    (["--scenario", "gh4503", "--kamailio-config", "tests/configs/user/deployment.cfg"],
      "kamleak: scenario gh4503 runs on the harness's own config only (its story is built from the "
-     "harness's defines); use --scenario gh4140 or takeover with --config"),
+     "harness's defines); use --scenario gh4140 or takeover with --kamailio-config"),
     (["--scenario", "pr3403", "--variant", "pua_dialoginfo"],
      "kamleak: unknown variant 'pua_dialoginfo' for PR 3403; use one of t_uac_send, uac_req_send, "
      "optionally with +drop"),
 ])
 def test_check_bad_scenario_input_aborts_a_bisection_in_one_line(args, message):
-    proc = kamleak("check", "--version", "6.1.5", *args)
+    proc = kamleak("check", "--kamailio-version", "6.1.5", *args)
     assert proc.returncode == 128, "bad input must abort `git bisect run`, not mark a commit"
     assert proc.stderr.strip() == message
 
 
 def test_check_drives_websocket_peers_for_the_silent_peer_scenario(kamleak_images):
-    proc = kamleak("check", "--version", "6.1.5", "--scenario", "gh3236", "--variant", "none")
+    proc = kamleak("check", "--kamailio-version", "6.1.5", "--scenario", "gh3236", "--variant", "none")
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "kamleak check: LEAK: 5 silent WS peers (none): still held at the deadline: shm at " \
            "websocket: wsconn_add(" in proc.stdout

@@ -62,7 +62,7 @@ def ours(client, pid: int) -> list:
     (signal.SIGINT, None),                      # while engine, PBX and Kamailio start
 ])
 def test_interrupted_check_removes_its_containers(docker_client, kamleak_images, sig, when):
-    run = Run("--version", "6.0.1", "--variant", "uac_req_send")
+    run = Run("--kamailio-version", "6.0.1", "--variant", "uac_req_send")
     if when:
         run.wait_for(when)
     else:
@@ -75,7 +75,7 @@ def test_interrupted_check_removes_its_containers(docker_client, kamleak_images,
 
 
 def test_a_killed_run_is_cleaned_up_by_the_next(docker_client, kamleak_images):
-    run = Run("--version", "6.0.1", "--variant", "uac_req_send")
+    run = Run("--kamailio-version", "6.0.1", "--variant", "uac_req_send")
     run.wait_for("watching the BYE cell")
     run.proc.send_signal(signal.SIGKILL)
     run.proc.wait(30)

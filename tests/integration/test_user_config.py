@@ -21,13 +21,13 @@ def kamleak(*args):
 
 
 def test_gate_on_the_users_config_finds_the_leak(kamleak_images):
-    proc = kamleak("gate", "--config", CONFIG, "--version", "6.0.1")
+    proc = kamleak("gate", "--kamailio-config", CONFIG, "--kamailio-version", "6.0.1")
     assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
     assert proc.stdout.startswith("kamleak gate: LEAK: BYE Call-ID")
 
 
 def test_gate_on_the_users_config_over_wss_on_a_fixed_kamailio(kamleak_images):
-    proc = kamleak("gate", "--config", CONFIG, "--version", "6.1.5", "--transport", "wss")
+    proc = kamleak("gate", "--kamailio-config", CONFIG, "--kamailio-version", "6.1.5", "--transport", "wss")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert proc.stdout.startswith("kamleak gate: CLEAN: BYE Call-ID")
 
@@ -47,7 +47,7 @@ def test_pytest_option_runs_the_gate_on_the_users_config(kamleak_images, tmp_pat
 def test_a_broken_users_config_is_refused_before_any_run(tmp_path):
     broken = tmp_path / "kamailio.cfg"
     broken.write_text((ROOT / CONFIG).read_text().replace("jsonrpc_dispatch();", ""))
-    proc = kamleak("gate", "--config", str(broken), "--version", "6.0.1")
+    proc = kamleak("gate", "--kamailio-config", str(broken), "--kamailio-version", "6.0.1")
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith(f"kamleak: {broken}:")
