@@ -74,8 +74,8 @@ def bare_start(client, image: str) -> float:
 
 def floors(client, runs: int) -> dict:
     timers = TmTimers()
-    from .oracle import Timers
-    t = Timers(timers.fr_timer, timers.fr_inv_timer, timers.wt_timer, "config")
+    from .oracle import read_timers
+    t = read_timers(None, timers)
     out = {"wt_timer": timers.wt_timer / 1000.0, "fr_timer": timers.fr_timer / 1000.0,
            "leak_deadline": t.deadline_for("BYE")}
     for name, image in (("kamailio container", images.kamailio_spec("6.1.5").tag),

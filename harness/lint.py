@@ -39,9 +39,9 @@ inside strings, and `#!`/`!!` lines are directives); strings in double quotes
 `#!define/def/trydef/redefine/undef`, `#!ifdef/#!ifndef/#!else/#!endif`
 (nested; defines passed as `-A NAME[=VALUE]` via `defines`), define values
 substituted in code as Kamailio does (not in strings, not inside `$pv(...)`),
-`#!substdef`/`#!substdefs` (define the ID; string substitution is not applied),
-`#!subst` ignored; `include_file`/`import_file` (with or without `#!`) followed
-when the file exists, relative to the including file; `loadmodule[x]`,
+`#!subst`/`#!substdef`/`#!substdefs` (applied to string literals on one line;
+substdef also defines the ID as its value); `include_file`/`import_file` (with
+or without `#!`) followed when the file exists, relative to the including file; `loadmodule[x]`,
 `modparam[x]` (module regex split on `|`), `cfgengine`; route blocks
 (`request_route`/`route`, `route[N]`, `failure_route`, `branch_route`,
 `onreply_route`/`reply_route`, `onsend_route`, `event_route[...]`) with
@@ -55,9 +55,9 @@ of scope and reported as such; `route($var(x))` and other dynamic route names
 are not resolved (then triggers outside the static reach are warnings);
 reachability ignores conditions (a trigger anywhere on a reachable route
 counts, for any method); `$var(r) = t_relay(); if ($var(r) < 0) ...` is not
-followed; `#!ifexp` is assumed true; `#!subst` substitutions and `#!defenv`
-values are not evaluated beyond defining the name; modules' own requests other
-than the three triggers above (presence NOTIFYs, dmq, msilo, dlg_bye, ...) are
+followed; `#!ifexp` is assumed true; `#!defenv` values are not evaluated
+beyond defining the name; `#!subst` replacements are literal (no `\\1`); modules'
+own requests other than the three triggers above (presence NOTIFYs, dmq, msilo, dlg_bye, ...) are
 not modelled; a 6.1 build without the orphaned-transaction change is not
 detectable from the config.
 """
@@ -136,6 +136,7 @@ class _Pre:
         self.in_string: str | None = None
         self.comment_depth = 0
         self.stack: list[tuple[bool, bool]] = []   # (branch active, parent active)
+        self.substs: list[tuple[re.Pattern, str, bool]] = []   # #!subst/#!substdef rules
 
     @property
     def active(self) -> bool:
@@ -215,10 +216,22 @@ class _Pre:
             self.defines[name] = _strip_comments(value)
         elif word == "undef":
             self.defines.pop(name, None)
-        elif word in ("substdef", "substdefs"):
-            m = re.match(r"\"(.)(\w+)\1", arg)
+        elif word in ("subst", "substdef", "substdefs"):
+            # Kamailio (core/ppcfg.c): the rule rewrites string literals; substdef
+            # also defines ID as its replacement (substdefs: quoted).
+            m = re.match(r"\"(.)((?:\\.|(?!\1).)+)\1((?:\\.|(?!\1).)*)\1(\w*)\"", arg)
             if m:
-                self.defines.setdefault(m.group(2), "")
+                sep, pat, repl, flags = m.groups()
+                unesc = lambda x: x.replace("\\" + sep, sep)
+                try:
+                    rx = re.compile(unesc(pat), re.I if "i" in flags else 0)
+                except re.error:
+                    rx = None
+                if rx is not None:
+                    self.substs.append((rx, unesc(repl), "g" in flags))
+                if word != "subst" and _ID.fullmatch(pat):
+                    self.defines[pat] = f'"{unesc(repl)}"' if word == "substdefs" \
+                        else unesc(repl)
         elif word in ("defenv", "defenvs", "trydefenv", "trydefenvs"):
             m = re.match(r"(\w+)(?:\s*=\s*(\w+))?", arg)
             if m:
@@ -255,6 +268,7 @@ class _Pre:
 
     def _scan(self, line: str) -> str:
         out: list[str] = []
+        opened = None
         i, n = 0, len(line)
         while i < n:
             c = line[i]
@@ -280,6 +294,8 @@ class _Pre:
                     j += 1
                 if j < n:
                     out.append(line[i:j + 1])
+                    if opened is not None:      # opened on this line: #!subst rules apply
+                        out[opened:] = [self._subst("".join(out[opened:]))]
                     self.in_string = None
                     i = j + 1
                 else:
@@ -288,6 +304,7 @@ class _Pre:
                 continue
             if c in "\"'":
                 self.in_string = c
+                opened = len(out)
                 out.append(c)
                 i += 1
             elif c == "#" or line.startswith("//", i):
@@ -310,6 +327,15 @@ class _Pre:
         if self.in_string:
             out.append("\n")   # keep line structure; the string continues
         return "".join(out)
+
+    def _subst(self, literal: str) -> str:
+        """A string literal (with its quotes) after the #!subst rules, in order."""
+        if not self.substs or len(literal) < 2 or literal[0] != '"':
+            return literal
+        body = literal[1:-1]
+        for rx, repl, every in self.substs:
+            body = rx.sub(lambda _m, r=repl: r, body, count=0 if every else 1)
+        return f'"{body}"'
 
     def _expand(self, word: str, depth: int = 0) -> str:
         value = self.defines.get(word)

@@ -100,7 +100,7 @@ class Verdict:
         lines.append(f"  tm.stats: {self.stats_note}")
         lines.append(f"  Kamailio: {self.kamailio_version} [{self.target}], variant {self.variant}, "
                      f"{self.transport.upper()}; deadline {self.deadline:.1f} s from tm timers "
-                     f"(fr {self.timers.get('fr_timer')} ms, wt {self.timers.get('wt_timer')} ms)")
+                     f"({timers_text(self.timers, self.method)})")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -115,6 +115,28 @@ class Verdict:
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, default=str)
+
+
+_SHORT = {"fr_timer": "fr", "fr_inv_timer": "fr_inv", "wt_timer": "wt",
+          "max_inv_lifetime": "max_inv_lifetime", "max_noninv_lifetime": "max_noninv_lifetime"}
+
+
+def timers_text(timers: dict, method: str = "") -> str:
+    """`fr 30000 ms tm default, wt 8000 ms my.cfg:42`: the timers METHOD's deadline
+    rests on (harness.oracle.Timers.lifetime_ms), each with its source."""
+    names = ["fr_timer", "wt_timer"]
+    names.insert(0 if method == "INVITE" else 1,
+                 "max_inv_lifetime" if method == "INVITE" else "max_noninv_lifetime")
+    out = []
+    for name in names:
+        t = timers.get(name)
+        if isinstance(t, dict):
+            src = t.get("source", "")
+            src = "tm default" if src.startswith("tm default") else src.replace(" modparam", "")
+            out.append(f"{_SHORT[name]} {t.get('ms')} ms {src}".rstrip())
+        elif t is not None:
+            out.append(f"{_SHORT[name]} {t} ms")
+    return ", ".join(out) or "none read"
 
 
 def leaked_bytes(m: dict) -> tuple[int, float]:

@@ -3,7 +3,7 @@
     client (UDP)               Kamailio
       REQUEST -->                 the config's trigger, then t_relay() fails
       <-- final reply(ies)        (ACKed when the request is an INVITE)
-                                  [watch the cell until fr+wt+margin]
+                                  [watch the cell until its tm lifetime + margin]
 
 Pre-condition: `tm.stats` before; post-condition: `tm.stats` settled, and
 `created - freed` must account for exactly the cells left behind.
@@ -27,7 +27,7 @@ def run_single_request(*, kamailio: Kamailio, variant, method: str, target: str 
     rpc = kamailio.rpc
     t0, t0_epoch = time.monotonic(), time.time()
     stats_before = rpc.tm_stats()
-    timers = oracle.read_timers(rpc, kamailio.config.timers)
+    timers = oracle.read_timers(rpc, kamailio.config, kamailio.version)
     deadline = timers.deadline_for(method)
     port = kamailio.config.udp_port
 
@@ -54,8 +54,8 @@ def run_single_request(*, kamailio: Kamailio, variant, method: str, target: str 
                                      alive=kamailio.death, appear_within=deadline)
     if watch.gone_after is not None:
         timeline.append((round(at_sent + watch.gone_after, 3), f"{method} cell gone"))
-    stats_after, consistent, note = oracle.stats_settled(rpc, stats_before, len(watch.cells),
-                                                         timeout=timers.wt_timer / 1000 * 2 + 2)
+    stats_after, note = oracle.post_condition(rpc, stats_before, watch.cells, method, timers,
+                                              deadline=deadline)
     if kamailio.death():
         raise ScenarioError(f"Kamailio died during the scenario: {kamailio.death()}",
                             "see the Kamailio log")
@@ -63,8 +63,8 @@ def run_single_request(*, kamailio: Kamailio, variant, method: str, target: str 
         leaked=bool(watch.cells), method=method, call_id=call_id, cells=watch.cells,
         replies=replies, watched_for=watch.watched_for, deadline=deadline,
         gone_after=watch.gone_after, seen=watch.seen, stats_before=stats_before,
-        stats_after=stats_after, stats_consistent=consistent, stats_note=note,
-        timers=timers.as_dict(), target=target, kamailio_version=kamailio.version or "",
+        stats_after=stats_after, stats_consistent=True, stats_note=note,
+        timers=timers.as_dict(method), target=target, kamailio_version=kamailio.version or "",
         build_id=kamailio.build_id(), variant=variant.name, transport="udp",
         timeline=sorted(timeline), samples=watch.samples, started_at=t0_epoch,
         snapshots={"tm.stats before": stats_before, "tm.stats after": stats_after,

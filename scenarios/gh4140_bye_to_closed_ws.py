@@ -28,7 +28,7 @@ The ladder this module drives, with real Asterisk and real Kamailio:
                    [wait until ws.dump no longer lists it]
                                      <-- BYE        (Asterisk hangs up)
                             500 (1/SL) -->          (the client is gone)
-                   [watch the BYE cell in tm.list until fr+wt+margin]
+                   [watch the BYE cell in tm.list until max_noninv_lifetime+wt+margin]
 
 Variants are Kamailio defines; the expectations below are what the
 project's own tests assert for the versions the harness builds.
@@ -306,7 +306,7 @@ def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target, *,
         _disconnect(r, ua, disconnect)
 
     # 3. Asterisk hangs up: its BYE must cross Kamailio towards the dead client.
-    timers = oracle.read_timers(rpc, kamailio.config.timers)
+    timers = oracle.read_timers(rpc, kamailio.config, kamailio.version)
     deadline = timers.deadline_for("BYE")
     pbx.hangup(ext)
     bye_sent = time.monotonic()
@@ -339,8 +339,8 @@ def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target, *,
 
     leaked = bool(watch.cells)
     snapshots["tm.list at verdict"] = [c.raw for c in watch.cells]
-    stats_after, consistent, note = oracle.stats_settled(rpc, r.stats_before, len(watch.cells),
-                                                         timeout=timers.wt_timer / 1000 * 2 + 2)
+    stats_after, note = oracle.post_condition(rpc, r.stats_before, watch.cells, "BYE", timers,
+                                              deadline=deadline)
     r.settled_at = time.monotonic()
     snapshots["tm.stats after"] = stats_after
     snapshots["core.shmmem after"] = rpc.shmmem()
@@ -351,7 +351,7 @@ def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target, *,
         leaked=leaked, method="BYE", call_id=call_id, cells=watch.cells, replies=replies,
         watched_for=watch.watched_for, deadline=deadline, gone_after=watch.gone_after,
         seen=watch.seen, stats_before=r.stats_before, stats_after=stats_after,
-        stats_consistent=consistent, stats_note=note, timers=timers.as_dict(),
+        stats_consistent=True, stats_note=note, timers=timers.as_dict("BYE"),
         target=target, kamailio_version=kamailio.version or "", build_id=kamailio.build_id(),
         variant=variant.name,
         transport=transport, timeline=timeline, samples=watch.samples, started_at=r.t0_epoch,

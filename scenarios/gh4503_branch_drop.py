@@ -23,7 +23,7 @@ connection.  The ladder, with the harness's UDP client:
       INVITE -->                   dlg_manage(): pua_dialoginfo PUBLISHes "Trying"
                                    (or uac_req_send()/t_uac_send(): a MESSAGE)
                                    t_relay() -> branch_route: drop;  t_relay() fails
-      <-- 500 (…/SL) / ACK -->     [watch the INVITE cell until fr_inv+wt+margin]
+      <-- 500 (…/SL) / ACK -->     [watch the INVITE cell until max_inv_lifetime+fr+wt+margin]
 
 Expectations (what the project's tests assert on the Debian builds) are in
 `expected()`; they were measured, then found to follow the 4140 rule.
@@ -42,9 +42,10 @@ EXTRA_DEFINES = ("WITH_BRANCH_DROP",)
 NO_INTERNAL_REPLY = "no_internal_reply"
 DEFAULT_VARIANT = "pua_dialoginfo"
 METHOD = "INVITE"
-# fr_inv_timer as short as fr_timer: a healthy INVITE cell here never has a
-# branch, so only wt_timer matters; the deadline for a leak stays ~7 s.
-TIMERS = TmTimers(fr_timer=3000, fr_inv_timer=3000, wt_timer=1000)
+# Short INVITE timers: the oracle's deadline for an INVITE is
+# max_inv_lifetime + fr_timer (the negative reply awaiting its ACK) + wt_timer
+# (harness.oracle.Timers.lifetime_ms): 7 s here, 10.75 s with the margin.
+TIMERS = TmTimers(fr_timer=3000, fr_inv_timer=3000, wt_timer=1000, max_inv_lifetime=3000)
 
 NotApplicable = gh4140.NotApplicable
 

@@ -102,7 +102,7 @@ def run(*, kamailio: Kamailio, variant: Variant, target: str = "", requests: int
     port = kamailio.config.udp_port
     call_ids: list[str] = []
     stats_before = rpc.tm_stats()
-    timers = oracle.read_timers(rpc, kamailio.config.timers)
+    timers = oracle.read_timers(rpc, kamailio.config, kamailio.version)
 
     def send_batch(n: int) -> None:
         timeline.append((round(time.monotonic() - t0, 3), f"{n} MESSAGEs"))
@@ -115,7 +115,7 @@ def run(*, kamailio: Kamailio, variant: Variant, target: str = "", requests: int
         timeline.append((round(time.monotonic() - t0, 3), "tm settled; mod.stats shm"))
 
     memory = oracle.shm_batches(rpc, send_batch, requests=requests, batches=batches,
-                                settle_timeout=timers.wt_timer / 1000 * 2 + 3)
+                                settle_timeout=timers.settle_timeout())
     snapshots = {"mod.stats shm before": memory.pop("before"),
                  "mod.stats shm after": memory.pop("after")}
     # The plot: tm's counters and tm's shm (all its sites) at each snapshot.

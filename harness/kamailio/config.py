@@ -34,15 +34,23 @@ VALUE_DEFINES = frozenset({"KAMLEAK_WS_KEEPALIVE_TIMEOUT", "KAMLEAK_TCP_LIFETIME
 
 @dataclass(frozen=True)
 class TmTimers:
-    """tm timers in ms; `None` fields keep Kamailio's own defaults."""
+    """tm timers in ms for the harness's body; `None` keeps Kamailio's default.
+
+    The oracle does not take these on trust: it reads the rendered config
+    (harness.kamailio.timers).  max_noninv_lifetime caps a non-INVITE's
+    branches (serial forks, DNS failover) at fr_timer, so a healthy BYE's
+    life stays fr + wt and the leak deadline ~7 s.
+    """
 
     fr_timer: int | None = 3000
     fr_inv_timer: int | None = 10000
     wt_timer: int | None = 1000
+    max_inv_lifetime: int | None = None
+    max_noninv_lifetime: int | None = 3000
 
     @classmethod
     def kamailio_defaults(cls) -> "TmTimers":
-        return cls(None, None, None)
+        return cls(None, None, None, None, None)
 
 
 @dataclass
@@ -91,7 +99,8 @@ class KamailioConfig:
             # port); with set_forward_no_connect() nothing is ever sent there.
             f'#!substdef "!KAMLEAK_DEAD_TCP!{HOST}:9!g"',
         ]
-        for name in ("fr_timer", "fr_inv_timer", "wt_timer"):
+        for name in ("fr_timer", "fr_inv_timer", "wt_timer", "max_inv_lifetime",
+                     "max_noninv_lifetime"):
             value = getattr(self.timers, name)
             if value is not None:
                 lines.append(f"#!define KAMLEAK_{name.upper()} {int(value)}")
