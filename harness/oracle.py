@@ -221,7 +221,7 @@ def check_post_condition(method: str, cells: list[TmCell], baseline: dict, after
     """
     left = len(cells)
     cur, live = stats_moved(baseline, after)
-    counts = (f"tm.stats current {baseline.get('current', 0)} -> {after.get('current', 0)} "
+    counts = (f"current {baseline.get('current', 0)} -> {after.get('current', 0)} "
               f"({cur:+d}), created-freed {live:+d}")
     if cur == left and live == left:
         return f"{counts}: matches the {left} {method} cell(s) tm.list left"
@@ -234,7 +234,7 @@ def check_post_condition(method: str, cells: list[TmCell], baseline: dict, after
         fix = ("a transaction not in tm.list is still counted (another request, or one the "
                "watch did not match): see tm.list and the tm.stats samples in the artifacts")
     raise ScenarioError(f"tm.list and tm.stats disagree, no verdict: tm.list holds {left} {method} "
-                        f"cell(s){within} but {counts}", fix)
+                        f"cell(s){within} but tm.stats {counts}", fix)
 
 
 def post_condition(rpc: KamailioRPC, baseline: dict, cells: list[TmCell], method: str,
