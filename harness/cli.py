@@ -107,23 +107,58 @@ def cmd_repro(args) -> int:
 
     target = _target_from(args)
     variant = gh4140.Variant.parse(args.variant or gh4140.DEFAULT_VARIANT)
-    mitigated = gh4140.Variant(variant.trigger, args.mitigation, False) \
-        if args.mitigation != "delayed_reply_off" else gh4140.Variant(variant.trigger, "sl_reply_error", True)
+
+    def mitigated_variant(name: str):
+        return gh4140.Variant(variant.trigger, "sl_reply_error", True) if name == "delayed_reply_off" \
+            else gh4140.Variant(variant.trigger, name, False)
+
+    # The contrast run takes the first mitigation this Kamailio accepts (the
+    # one asked for, or else the next that runs); refusals are kept to say why.
+    candidates = [args.mitigation] if args.mitigation else list(MITIGATIONS)
+    refused: dict[str, str] = {}
+    accepted: list[str] = []
+    mitigated = mitigated_variant(candidates[0])
     runs = [(f"as deployed: {variant.name} with {variant.reply}()", variant),
-            (f"mitigated: {mitigated.name}", mitigated)]
+            ("mitigated", None)]
     results = []
     with Bench(target, log=_say) as bench:
         print(f"kamleak repro: Kamailio issue 4140 ({gh4140.TITLE})", flush=True)
         print(f"  target {target.id}, transport {args.transport.upper()}, client goes away by "
               f"{args.disconnect.upper()}; Asterisk 22 at {bench.pbx.address}", flush=True)
         for title, v in runs:
-            _rule(title)
-            try:
-                kam = gh4140.start_kamailio(bench.kamailio, v)
-            except gh4140.NotApplicable as exc:
-                print(f"  not applicable on this Kamailio: {exc}")
-                results.append(None)
-                continue
+            kam = None
+            if v is None:
+                for name in candidates:
+                    mitigated = mitigated_variant(name)
+                    try:
+                        kam = gh4140.start_kamailio(bench.kamailio, mitigated)
+                        break
+                    except gh4140.NotApplicable as exc:
+                        refused[name] = str(exc)
+                if kam is None and args.mitigation:
+                    # Asked for one this Kamailio refuses: find one it accepts, for the hint.
+                    for name in (m for m in MITIGATIONS if m not in refused):
+                        try:
+                            gh4140.start_kamailio(bench.kamailio, mitigated_variant(name)).stop()
+                            accepted.append(name)
+                            break
+                        except gh4140.NotApplicable as exc:
+                            refused[name] = str(exc)
+                title, v = f"mitigated: {mitigated.name if kam else 'no mitigation runs here'}", mitigated
+                _rule(title)
+                for name, why in refused.items():
+                    print(f"  {name}: not applicable on this Kamailio: {why}")
+                if kam is None:
+                    results.append(None)
+                    continue
+            else:
+                _rule(title)
+                try:
+                    kam = gh4140.start_kamailio(bench.kamailio, v)
+                except gh4140.NotApplicable as exc:
+                    print(f"  not applicable on this Kamailio: {exc}")
+                    results.append(None)
+                    continue
             print(f"  {kam.describe()} ready in {kam.ready_after:.2f} s; calling ...", flush=True)
             log_start = len(bench.pbx.log())
             verdict = gh4140.run(kamailio=kam, pbx=bench.pbx, ua_factory=bench.ua,
@@ -137,8 +172,8 @@ def cmd_repro(args) -> int:
             for line in report.ladder(bench.uas[-1].trace, pbx_msgs, verdict.call_id, events):
                 print("   " + line)
             print(f"\n  tm.list {verdict.watched_for:.1f} s after the BYE "
-                  f"(deadline {verdict.deadline:.1f} s from tm timers: "
-                  f"{timers_text(verdict.timers, verdict.method)}):")
+                  f"(deadline {verdict.deadline:.1f} s from fr_timer {verdict.timers['fr_timer']} ms "
+                  f"+ wt_timer {verdict.timers['wt_timer']} ms):")
             if verdict.cells:
                 for c in verdict.cells:
                     print(f"    {c.describe()}")
@@ -156,6 +191,7 @@ def cmd_repro(args) -> int:
                                   verdict, kam, bench, log_start)
                 print(f"  Evidence: {where}", flush=True)
             kam.stop()
+        runs[1] = (f"mitigated: {mitigated.name}", mitigated)
     _rule("side by side")
     first, second = results
     if first is not None and second is not None:
@@ -166,13 +202,29 @@ def cmd_repro(args) -> int:
         _say(f"the leak did NOT reproduce on {target.id} with {variant.name}"
              + ("" if first is None else f": {first.sentence()}"))
         return 1
-    if second is not None and second.leaked:
+    if second is None:
+        # The leak alone is not the repro: without the contrast it shows nothing fixed.
+        print("  (no mitigated run: nothing to compare)")
+
+        def short(why: str) -> str:  # Kamailio's own words, without the file position
+            m = re.search(r"column \d+: ([^\[]+)", why)
+            return (m.group(1) if m else why[-80:]).strip()
+
+        _say(f"the leak reproduced on {target.id}, but the mitigation could not run: Kamailio refused "
+             + ", ".join(f"{m} ({short(why)})" for m, why in refused.items())
+             + (f"; pick --mitigation {accepted[0]}, which it accepts" if accepted else
+                "; it accepts none of them, so test a build that has one "
+                "(--kamailio-version/--kamailio-image)"))
+        return 1
+    if second.leaked:
         _say(f"the mitigation {mitigated.name} did not help: {second.sentence()}")
         return 1
     print(f"\nkamleak: reproduced: {first.sentence()}")
-    if second is not None:
-        print(f"kamleak: with {mitigated.name}: {second.sentence()}")
+    print(f"kamleak: with {mitigated.name}: {second.sentence()}")
     return 0
+
+
+MITIGATIONS = ("send_reply_error", "t_reply_error", "delayed_reply_off")
 
 
 def _add_target_args(p, config: str | None = None) -> None:
@@ -337,9 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target_args(r)
     r.add_argument("--variant", default=None,
                    help="config variant (default: pua_dialoginfo, the realistic trigger)")
-    r.add_argument("--mitigation", default="send_reply_error",
-                   choices=("send_reply_error", "t_reply_error", "delayed_reply_off"),
-                   help="what the contrast run changes (default: send_reply_error)")
+    r.add_argument("--mitigation", default=None, choices=MITIGATIONS,
+                   help="what the contrast run changes (default: the first of "
+                        f"{', '.join(MITIGATIONS)} this Kamailio accepts)")
     r.add_argument("--transport", default="ws", choices=("ws", "wss"))
     r.add_argument("--disconnect", default="rst", choices=("rst", "fin", "close"))
     r.add_argument("--artifacts", default=None, metavar="DIR",

@@ -45,6 +45,31 @@ def test_repro_says_why_when_the_leak_does_not_reproduce(kamleak_images):
         "kamleak: the leak did NOT reproduce on 6.1.5 with uac_req_send: BYE Call-ID")
 
 
+def test_repro_without_a_runnable_mitigation_is_not_a_success(kamleak_images):
+    """Debian 5.6.3 refuses all three mitigations (observed: send_reply_error() and
+    t_reply_error() are unknown commands, tm has no delayed_reply): the leak shows,
+    the contrast cannot, so the repro must not exit 0."""
+    proc = kamleak("repro", "--kamailio-version", "5.6.3")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "Verdict: LEAK: BYE Call-ID" in proc.stdout
+    assert "── mitigated: no mitigation runs here" in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "kamleak: the leak reproduced on 5.6.3, but the mitigation could not run: Kamailio refused "
+        "send_reply_error (unknown command, missing loadmodule?), t_reply_error (unknown command, "
+        "missing loadmodule?), delayed_reply_off (Can't set module parameter); it accepts none of "
+        "them, so test a build that has one (--kamailio-version/--kamailio-image)")
+
+
+def test_repro_names_a_mitigation_the_kamailio_accepts(kamleak_images):
+    """6.0.1 (Debian) has no tm delayed_reply but accepts send_reply_error()."""
+    proc = kamleak("repro", "--kamailio-version", "6.0.1", "--mitigation", "delayed_reply_off")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "kamleak: the leak reproduced on 6.0.1, but the mitigation could not run: Kamailio refused "
+        "delayed_reply_off (Can't set module parameter); pick --mitigation send_reply_error, "
+        "which it accepts")
+
+
 needs_host_kamailio = pytest.mark.skipif(
     not (os.path.exists(HOST_KAMAILIO) and os.path.exists(f"{HOST_MODULES}/websocket.so")),
     reason="Debian's kamailio + websocket/tls/presence modules are not installed on this host "
