@@ -263,6 +263,7 @@ def gate_once(target: Target, variant, transport: str = "ws", disconnect: str = 
     """One gate run: ("leak" | "clean" | "skip", note, verdict or None)."""
     from scenarios import DEFAULT_SCENARIO, SCENARIOS
     from .errors import ImageError, ScenarioError, ServerError
+    from .report import run_label
 
     sc = scenario or SCENARIOS[DEFAULT_SCENARIO]
     try:
@@ -272,6 +273,7 @@ def gate_once(target: Target, variant, transport: str = "ws", disconnect: str = 
                                   target=target.id)
             except sc.NotApplicable as exc:
                 return "skip", f"not applicable: {exc}", None
+            verdict.variant = run_label(verdict.variant, user_config)
             return verdict.outcome, verdict.sentence(), verdict
     except (ServerError, ImageError, ScenarioError) as exc:
         return "skip", f"cannot test: {exc.cause}", None

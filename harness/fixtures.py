@@ -166,7 +166,10 @@ def ua_factory(request):
 def record_verdict(request):
     """`record_verdict(verdict)`: a report section, artifacts, JUnit properties, the summary."""
     def record(verdict):
+        from .report import run_label
+
         node = request.node
+        verdict.variant = run_label(verdict.variant, request.config._kamleak_user_config)
         node.kamleak_verdict = verdict
         request.config.__dict__.setdefault("_kamleak_verdicts", []).append((node.nodeid, verdict))
         node.user_properties.append(("kamleak.outcome", verdict.outcome))

@@ -13,7 +13,9 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 ARTIFACT_FILES = ("kamailio.log", "asterisk.log", "sip-trace.txt", "kamailio.cfg",
-                  "verdict.json", "timeline.png")
+                  "verdict.json", "timeline.png", "capture.pcap", "capture.txt")
+# Further files a run may leave: numbered second Kamailios, the RPC snapshots.
+ARTIFACT_GLOBS = ("kamailio-*.log", "kamailio-*.cfg", "capture-*.pcap", "rpc/*.json")
 CELL_COLUMNS = ("callid", "method", "cseq", "cell", "outgoings", "ref_count", "tflags")
 
 _CSS = """
@@ -75,6 +77,12 @@ def _num(v) -> float | None:
         return None
 
 
+def _seconds(v, digits: int = 1):
+    """A duration with its unit (`7.0 s`); other values as they are."""
+    n = _num(v)
+    return f"{n:.{digits}f} s" if n is not None else v
+
+
 def _fate(run: dict) -> str:
     method = run.get("method") or "BYE"
     outcome = _outcome(run)
@@ -113,8 +121,12 @@ def _artifacts(run: dict, out_dir: Path) -> tuple[list[tuple[str, str]], str | N
     if rel is None:
         return [], None
     links, img = [], None
-    for name in ARTIFACT_FILES:
-        if (out_dir / rel / name).is_file():
+    base = out_dir / rel
+    names = [n for n in ARTIFACT_FILES if (base / n).is_file()]
+    for pattern in ARTIFACT_GLOBS:
+        names += sorted(f.relative_to(base).as_posix() for f in base.glob(pattern) if f.is_file())
+    for name in names:
+        if (base / name).is_file():
             href = quote(f"{rel}/{name}" if rel not in ("", ".") else name)
             links.append((name, href))
             if name == "timeline.png":
@@ -134,14 +146,15 @@ def _section(run: dict, i: int, out_dir: Path) -> str:
             ("variant", run.get("variant")), ("transport", run.get("transport"))]
     memory = run.get("memory") if run.get("kind") == "memory" else None
     if memory is None:
-        meta += [("Call-ID", run.get("call_id")), ("deadline", run.get("deadline")),
-                 ("watched for", run.get("watched_for")), ("gone after", run.get("gone_after")),
+        meta += [("Call-ID", run.get("call_id")), ("deadline", _seconds(run.get("deadline"))),
+                 ("watched for", _seconds(run.get("watched_for"))),
+                 ("gone after", _seconds(run.get("gone_after"), 2)),
                  ("tm.stats", run.get("stats_note"))]
     else:
         meta += [(memory.get("unit", "request") + "s", memory.get("requests")),
                  ("batches", memory.get("batches")),
-                 ("deadline", run.get("deadline") or None),
-                 ("drained after", memory.get("drained_after"))]
+                 ("deadline", _seconds(run.get("deadline") or None)),
+                 ("drained after", _seconds(memory.get("drained_after")))]
     meta_html = " · ".join(f"{_e(k)} <code>{_e(v)}</code>" for k, v in meta if v not in (None, ""))
     if meta_html:
         out.append(f'<p class="meta">{meta_html}</p>')

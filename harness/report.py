@@ -9,6 +9,15 @@ def _ts(t: float) -> str:
     return datetime.datetime.fromtimestamp(t).strftime("%H:%M:%S.%f")[:-3]
 
 
+def run_label(variant: str, user_config=None) -> str:
+    """What a verdict names as its variant: on the user's own config the config
+    carries the trigger, so the config's name (plus any harness defines asked for)."""
+    if user_config is None:
+        return variant
+    name = f"config {user_config.path.name}"
+    return name if variant in ("", "none") else f"{name} + {variant}"
+
+
 def first_line(entry) -> str:
     msg = getattr(entry, "message", None)
     if msg is not None:

@@ -41,3 +41,26 @@ def test_sip_trace_shows_the_local_request_that_causes_the_leak(tmp_path, kamlea
     lines = ladder.splitlines()
     bye = next(i for i, ln in enumerate(lines) if "BYE sip:" in ln and "Asterisk" in ln)
     assert any(f"{method} sip:" in ln for ln in lines[bye:]), ladder
+
+
+def test_a_config_run_is_labelled_by_its_config(tmp_path, kamleak_images):
+    """On the user's config the trigger is the config's: verdict.json, the summary,
+    the verdict table, the plot and report.html name the config, not variant `none`."""
+    summary = tmp_path / "verdicts.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", GATE, "--kamailio-version", "6.1.5", "--transport", "ws",
+         "--kamailio-config", "tests/configs/user/deployment.cfg", "--variant", "none",
+         "--keep-artifacts", "--kamleak-html", "--kamleak-artifacts", str(tmp_path / "a"),
+         "--kamleak-summary", str(summary), "-p", "no:cacheprovider", "-q"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "KAMLEAK_RUN_DIR_NAME"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    import json
+    [rec] = json.loads(summary.read_text())
+    assert rec["variant"] == "config deployment.cfg"
+    table = proc.stdout.split("kamleak verdicts", 1)[1]
+    assert "config deployment.cfg" in table and " none " not in table
+    [verdict] = [v for v in (tmp_path / "a").glob("*/*/verdict.json") if "latest" not in v.parts]
+    assert json.loads(verdict.read_text())["variant"] == "config deployment.cfg"
+    [html] = [h for h in (tmp_path / "a").glob("*/report.html") if "latest" not in h.parts]
+    assert "variant <code>config deployment.cfg</code>" in html.read_text()

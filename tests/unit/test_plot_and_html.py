@@ -153,7 +153,11 @@ def test_html_report(tmp_path):
     art.mkdir(parents=True)
     (art / "kamailio.log").write_text("log\n")
     (art / "verdict.json").write_text("{}\n")
+    (art / "capture.pcap").write_bytes(b"\xd4\xc3\xb2\xa1")
+    (art / "rpc").mkdir()
+    (art / "rpc" / "tm.list-at-deadline.json").write_text("[]\n")
     leak = leak_run()
+    leak["watched_for"] = 7.015491770000153   # as measured: shown rounded, with its unit
     leak["artifacts"] = "runs/leak 1"
     render_timeline(leak, art / "timeline.png")
     clean = clean_run()
@@ -184,11 +188,17 @@ def test_html_report(tmp_path):
     assert parser.scripts == 0
     from urllib.parse import unquote
     files = [h for h in parser.hrefs if not h.startswith("#")]
-    assert {Path(unquote(h)).name for h in files} == {"kamailio.log", "verdict.json", "timeline.png"}
+    assert {Path(unquote(h)).name for h in files} == {"kamailio.log", "verdict.json", "timeline.png",
+                                                      "capture.pcap", "tm.list-at-deadline.json"}
+    assert any(unquote(h).endswith("/rpc/tm.list-at-deadline.json") for h in files)
     for ref in files + parser.srcs:
         assert (out_dir / unquote(ref)).is_file(), ref
     assert [Path(unquote(s)).name for s in parser.srcs] == ["timeline.png"]
     assert "missing" not in " ".join(files)
+
+    # durations carry their unit and are rounded
+    assert "watched for <code>7.0 s</code>" in html and "deadline <code>7.0 s</code>" in html
+    assert "7.0154" not in html
 
     # the leaked cell is tabulated
     assert "0x7f3a1c2b9e40" in html and "4194304" in html and "103 BYE" in html
