@@ -104,8 +104,9 @@ def dead_path_reply(code: int, reason: str) -> bool:
 
     500 "(1/SL)" with a leaking trigger, 478 "Unresolvable destination
     (478/TM)" or 500 "(1/TM)" without one: Kamailio marks the error replies it
-    makes with "(<kill reason>/<SL|TM>)".  200 or 481 came from a live client
-    (the port was reused by another connection: the call missed the path).
+    makes with "(<internal error code>/<SL|TM>)" (-ser_error, e.g. 477 =
+    E_SEND).  200 or 481 came from a live client (the port was reused by
+    another connection: the call missed the path).
     """
     from .verdict import classify_reason
     return code >= 300 and (classify_reason(reason) is not None or code in (477, 478, 500, 503))

@@ -26,7 +26,8 @@ class Reply:
 
 
 def classify_reason(reason: str) -> bool | None:
-    """Kamailio marks error replies with "(<kill reason>/<SL|TM>)"."""
+    """Kamailio marks error replies with "(<internal error code>/<SL|TM>)"
+    (core/error.c err2reason_phrase(): -ser_error, e.g. 477 = E_SEND)."""
     if reason.rstrip().endswith("/SL)"):
         return True
     if reason.rstrip().endswith("/TM)"):
