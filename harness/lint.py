@@ -1191,17 +1191,39 @@ def _judge(a: _Analysis, site: RelaySite, triggers, cited: str, delayed_off: boo
           f"{base}: the transaction is never released {where} (issue 4140)", _leak_advice(v))
 
 
+def read_config(path: str) -> str:
+    """The text of the config at PATH, as `lint` and `gate` both read it.
+
+    Kamailio reads bytes: a config in UTF-8 or in Latin-1 (an accented comment)
+    is valid to it, so undecodable UTF-8 falls back to Latin-1 (lossless). A
+    file with NUL bytes is no config (a binary passed by mistake).
+    """
+    from .errors import UsageError
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read the Kamailio config {path}: {exc.strerror or exc}",
+                         "pass the path of your kamailio.cfg") from None
+    if b"\0" in data[:65536]:
+        raise UsageError(f"{path} is not a Kamailio config (a binary file: it contains NUL bytes)",
+                         "pass the path of your kamailio.cfg") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
 def lint_file(path: str, *, defines: set[str] | frozenset[str] = frozenset(),
               version: str | None = None) -> list[Finding]:
-    text = Path(path).read_text(errors="replace")
-    return lint(text, defines=defines, version=version, path=path)
+    return lint(read_config(path), defines=defines, version=version, path=path)
 
 
 def add_subparser(sub) -> argparse.ArgumentParser:
     """Add `lint` to an argparse subparsers object (used by harness/cli.py)."""
     p = sub.add_parser("lint", help="static check of a Kamailio config for the issue-4140 pattern",
                        description="Static advisor for Kamailio configs (issue 4140): exit 1 if a "
-                                   "leak pattern is found, 0 otherwise, 2 if the config is unreadable.")
+                                   "leak pattern is found, 0 otherwise, 2 if the config is unreadable "
+                                   "or (with --contract or -A KAMLEAK) kamleak cannot gate it as is.")
     _arguments(p)
     p.set_defaults(func=run_args)
     return p
@@ -1214,6 +1236,10 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kamailio-version", default=None, metavar="V",
                    help="the Kamailio version the config runs on, e.g. 5.8.5 "
                         "(default: advice for all versions)")
+    p.add_argument("--contract", action="store_true",
+                   help="also list everything `kamleak gate --config` needs changed before it can "
+                        "run this config (the same check as gate's, all at once; implied by "
+                        "-A KAMLEAK); exit 2 if anything is listed and no leak pattern is found")
 
 
 def run_args(args) -> int:
@@ -1222,17 +1248,29 @@ def run_args(args) -> int:
     except ValueError as exc:
         print(f"kamleak lint: {exc}", file=sys.stderr)
         return 2
+    from .errors import KamleakError
     try:
-        findings = lint_file(args.config, defines=set(args.define), version=args.kamailio_version)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        print(f"kamleak lint: cannot read {args.config}: {reason}", file=sys.stderr)
+        text = read_config(args.config)
+    except KamleakError as exc:
+        print(f"kamleak lint: {exc.line()}", file=sys.stderr)
         return 2
+    findings = lint(text, defines=set(args.define), version=args.kamailio_version, path=args.config)
     for f in findings:
         print(f.format(args.config))
     if not findings:
         print(f"{args.config}: ok: no issue-4140 pattern found")
-    return 1 if any(f.level == "leak" for f in findings) else 0
+    problems = []
+    if args.contract or any(d.partition("=")[0].strip() == "KAMLEAK" for d in args.define):
+        # The gate's own check (harness defines only, as the gate renders it).
+        from .kamailio.user_config import check
+        problems = check(text, args.config)
+        for pr in problems:
+            print(pr.line_text(args.config, label="contract: "))
+        if not problems:
+            print(f"{args.config}: ok: meets kamleak's contract for `gate --config`")
+    if any(f.level == "leak" for f in findings):
+        return 1
+    return 2 if problems else 0
 
 
 def main(argv=None) -> int:

@@ -107,6 +107,11 @@ class KamailioConfig:
         lines += [f"#!define {d.replace('=', ' ', 1)}" for d in self.defines]
         if self.user_config is not None:
             lines.append("#!define KAMLEAK")
+            if self.udp_port != 5060:
+                # The INVITE's Request-URI is sip:<ext>@127.0.0.1 (port 5060):
+                # stock configs refuse it ("403 Not relaying") unless it is
+                # `myself`.  Unquoted: a quoted alias is a host name, port 0.
+                lines.append(f"alias={HOST}:5060")
         lines += [
             f"listen=udp:{HOST}:{self.udp_port}",
             f"listen=tcp:{HOST}:{self.ws_port}",

@@ -45,6 +45,27 @@ def _clean(line: str) -> str:
     return (m.group(0) if m else line).strip()
 
 
+# Log lines after which Kamailio runs but will never answer our JSON-RPC probe
+# (jsonrpcs_mod.c: jsonrpcs loaded without HTTP in its `transport`).
+_RPC_FATAL = ("jsonrpc over http not initialized", "cannot bind to XHTTP API")
+
+
+def rpc_reason(log: str, limit: int = 2) -> str | None:
+    """Kamailio's own ERROR/CRITICAL lines (fatal-for-RPC ones first), joined."""
+    seen: list[str] = []
+    for ln in log.splitlines():
+        if re.search(r"\b(ERROR|CRITICAL|ALERT|BUG)\b", ln):
+            line = _clean(ln)
+            if line not in seen:
+                seen.append(line)
+    seen.sort(key=lambda ln: not any(f in ln for f in _RPC_FATAL))
+    return " | ".join(seen[:limit]) or None
+
+
+def rpc_fatal(log: str) -> str | None:
+    return next((_clean(ln) for ln in log.splitlines() if any(f in ln for f in _RPC_FATAL)), None)
+
+
 def is_bind_error(line: str | None) -> bool:
     return bool(line) and ("Address already in use" in line or "bind(" in line)
 
@@ -79,11 +100,24 @@ class Kamailio:
         self.config.write(self.run_dir)
         self.started_at = time.monotonic()
         self._launch()
+        fatal: list[str] = []
         try:
-            self.version = poll(self._probe, timeout=timeout, what="Kamailio answering core.version",
-                                retry_on=(RPCError,), abort=self.death)
+            self.version = poll(self._startup_probe(fatal), timeout=timeout,
+                                what="Kamailio answering core.version", retry_on=(RPCError,),
+                                abort=self._rpc_abort(fatal))
         except AbortedWait:
             log = self.log()
+            if fatal:
+                self.stop()
+                if isinstance(fatal[0], RPCError):
+                    raise ServerError(f"Kamailio runs but its event_route[xhttp:request] does not "
+                                      f"serve JSON-RPC to kamleak: {fatal[0].cause}",
+                                      "call jsonrpc_dispatch() for /RPC, from 127.0.0.2 too "
+                                      "(README, 'Your own kamailio.cfg')", log=log) from None
+                raise ServerError(f"Kamailio runs but cannot answer JSON-RPC on {self.rpc.url}: "
+                                  f"{fatal[0]}", 'serve it over HTTP: modparam("jsonrpcs", '
+                                  '"transport", 7) (or any value with bit 1), and jsonrpc_dispatch() '
+                                  "for /RPC in event_route[xhttp:request]", log=log) from None
             line = refusal_line(log) or "no error line in its log"
             self.stop()
             if is_bind_error(line):
@@ -95,8 +129,10 @@ class Kamailio:
         except WaitTimeout:
             log = self.log()
             self.stop()
+            reason = rpc_reason(log)
             raise ServerError(f"Kamailio did not answer JSON-RPC on {self.rpc.url} within "
-                              f"{timeout:.0f} s", "see the Kamailio log", log=log) from None
+                              f"{timeout:.0f} s ({'its log: ' + reason if reason else 'no error line in its log'})",
+                              "see the Kamailio log", log=log) from None
         self.ready_after = time.monotonic() - self.started_at
         return self
 
@@ -111,6 +147,39 @@ class Kamailio:
         if "udp_init" in line:
             return f"{HOST}:{self.config.udp_port} (UDP)"
         return f"{HOST} (Kamailio's log names no port: {line})"
+
+    def _startup_probe(self, fatal: list):
+        """_probe, but an HTTP answer that is not JSON-RPC (say, 403 from the config's
+        xhttp route) is final: the route is up and will answer the same way."""
+        def probe() -> str | None:
+            try:
+                return self._probe()
+            except RPCError as exc:
+                if "answered HTTP" in exc.cause or "malformed JSON" in exc.cause:
+                    fatal.append(exc)
+                raise
+        return probe
+
+    def _rpc_abort(self, fatal: list):
+        """poll()'s abort: Kamailio died, or its log already says RPC will not
+        answer (read at most every 0.5 s: a container's log is an API call)."""
+        last = [0.0]
+
+        def abort() -> str | None:
+            dead = self.death()
+            if dead:
+                return dead
+            if fatal:
+                return str(fatal[0])
+            now = time.monotonic()
+            if now - last[0] >= 0.5:
+                last[0] = now
+                line = rpc_fatal(self.log())
+                if line:
+                    fatal.append(line)
+                    return line
+            return None
+        return abort
 
     def _config_line(self, error: str) -> str:
         """` (line 278: t_reply_error();)` when the error names a config line."""

@@ -15,14 +15,23 @@ below, and listens on loopback ports of its own choosing:
     listen=udp:127.0.0.1:<udp>  listen=tcp:127.0.0.1:<ws>  listen=tcp:127.0.0.1:<rpc>
     listen=tls:127.0.0.1:<wss>  (only if your config loads tls.so)
 
-So your config must (`CONTRACT`, checked by `check`):
+When its UDP port is not 5060 it also adds `alias=127.0.0.1:5060`: the
+harness's INVITE goes to sip:<ext>@127.0.0.1 (no port, so 5060), which stock
+configs test with `uri==myself` and refuse ("403 Not relaying") unless Kamailio
+knows that address as its own.  (It cannot bring jsonrpcs itself: Kamailio
+5.8.5/6.0.1 refuse a config that loads a module twice, sr_module.c `skip:`
+returns -1; measured on Debian's 6.0.1: "failed to load module".)
+
+So your config must (`check()`, every problem at once):
   1. declare no sockets of its own under KAMLEAK (wrap listen=/port= in #!ifndef KAMLEAK);
   2. load tm, websocket, xhttp and jsonrpcs, and accept WebSocket HTTP (tcp_accept_no_cl=yes);
   3. in event_route[xhttp:request], answer /RPC with jsonrpc_dispatch() and
      WebSocket upgrades with ws_handle_handshake();
-  4. send calls from WebSocket clients to the PBX at KAMLEAK_PBX_HOSTPORT under KAMLEAK
+  4. serve JSON-RPC over HTTP: modparam("jsonrpcs", "transport", …) with bit 1 set (1, 3, 5,
+     7…) or 0; jsonrpcs's default, 6 (FIFO + datagram), has no HTTP;
+  5. send calls from WebSocket clients to the PBX at KAMLEAK_PBX_HOSTPORT under KAMLEAK
      (e.g. `$du = "sip:KAMLEAK_PBX_HOSTPORT";` in the route that picks your PBX);
-  5. with tls.so: use the harness's TLS config under KAMLEAK:
+  6. with tls.so: use the harness's TLS config under KAMLEAK:
      modparam("tls", "config", "KAMLEAK_DIR/tls.cfg").
 """
 
@@ -43,10 +52,26 @@ class Problem:
     line: int | None
     what: str
     add: str          # exactly what to add or change
+    file: str | None = None   # an included file; None: the config itself
 
-    def line_text(self, path: str) -> str:
+    def line_text(self, path: str, label: str = "") -> str:
+        path = self.file or path
         where = f"{path}:{self.line}: " if self.line else f"{path}: "
-        return f"{where}{self.what}; add: {self.add}"
+        return f"{where}{label}{self.what}; add: {self.add}"
+
+
+class ContractError(UsageError):
+    """The config misses items of the contract: all of them, one line each."""
+
+    def __init__(self, path: str, problems: list[Problem]):
+        self.path, self.problems = path, problems
+        n = len(problems)
+        super().__init__(f"{path}: {n} thing{'s' if n > 1 else ''} to change before kamleak can "
+                         "run it", "add what each line below says (README, 'Your own kamailio.cfg'; "
+                         f"`kamleak lint {path} --contract` lists the same)")
+
+    def line(self) -> str:
+        return "\n".join([super().line()] + ["  " + p.line_text(self.path) for p in self.problems])
 
 
 def _calls(cfg, route_key) -> set[str]:
@@ -54,51 +79,84 @@ def _calls(cfg, route_key) -> set[str]:
     return {c.name for c in route.calls()} if route else set()
 
 
+def _int(toks) -> int | None:
+    vals = [t.val for t in toks if t.kind != "op" or t.val not in "()"]
+    try:
+        return int(vals[0], 0) if len(vals) == 1 else None
+    except ValueError:
+        return None
+
+
 def check(text: str, path: str = "kamailio.cfg") -> list[Problem]:
-    """Everything the config lacks for the harness, most basic first."""
+    """Everything the config lacks for the harness, in the config's order."""
     from ..lint import parse
 
     cfg, lines = parse(text, defines=HARNESS_DEFINES, path=path)
     problems: list[Problem] = []
+
+    def at(src, what, add):
+        problems.append(Problem(src.line if src else None, what, add, src.file if src else None))
+
     for src, line in lines:
-        m = re.match(r"\s*(listen|port|alias)\s*=", line)
-        if m and m.group(1) in ("listen", "port"):
-            problems.append(Problem(src.line, f"declares its own socket ({line.strip()[:60]}) "
-                                    "while KAMLEAK is defined",
-                                    "#!ifndef KAMLEAK … #!endif around it (the harness listens "
-                                    "on loopback ports of its own)"))
+        m = re.match(r"\s*(listen|port)\s*=", line)
+        if m:
+            at(src, f"declares its own socket ({line.strip()[:60]}) while KAMLEAK is defined",
+               "#!ifndef KAMLEAK … #!endif around it (the harness listens on loopback ports of "
+               "its own)")
     for mod in ("tm", "websocket", "xhttp", "jsonrpcs"):
         if mod not in cfg.modules:
-            problems.append(Problem(None, f"does not load {mod}.so", f'loadmodule "{mod}.so"'))
+            at(None, f"does not load {mod}.so", f'loadmodule "{mod}.so"')
     if not any(re.match(r"\s*tcp_accept_no_cl\s*=\s*(yes|1)", ln) for _, ln in lines):
-        problems.append(Problem(None, "does not accept HTTP without Content-Length (WebSocket)",
-                                "tcp_accept_no_cl=yes"))
-    xhttp = _calls(cfg, ("event", "xhttp:request"))
-    if ("event", "xhttp:request") not in cfg.routes:
-        problems.append(Problem(None, "has no event_route[xhttp:request]",
-                                'event_route[xhttp:request] { if ($hu =~ "^/RPC") { '
-                                "jsonrpc_dispatch(); exit; } if (ws_handle_handshake()) exit; }"))
+        at(None, "does not accept HTTP without Content-Length (WebSocket)", "tcp_accept_no_cl=yes")
+    # jsonrpcs_mod.c (5.8.0 to 6.1.x): `jsonrpc_transport = 6; /* fifo + datagram */`;
+    # HTTP is bit 1, 0 means all.  Without it Kamailio answers no /RPC.
+    transport = cfg.modparam("jsonrpcs", "transport")
+    if "jsonrpcs" in cfg.modules and not transport:
+        at(cfg.modules["jsonrpcs"], "leaves jsonrpcs's transport at its default (6: FIFO and "
+           "datagram, no HTTP), so Kamailio answers no JSON-RPC over HTTP",
+           'modparam("jsonrpcs", "transport", 7)')
+    elif transport:
+        value = _int(transport[0])
+        if value is not None and value != 0 and not value & 1:
+            at(transport[1], f'sets modparam("jsonrpcs", "transport", {value}), which has no '
+               "JSON-RPC over HTTP (Kamailio: 'jsonrpc over http not initialized')",
+               f'#!ifdef KAMLEAK modparam("jsonrpcs", "transport", {value | 1}) #!else … #!endif '
+               "(bit 1 is HTTP)")
+    key = ("event", "xhttp:request")
+    if key not in cfg.routes:
+        at(None, "has no event_route[xhttp:request]",
+           'event_route[xhttp:request] { if ($hu =~ "^/RPC") { jsonrpc_dispatch(); exit; } '
+           "if (ws_handle_handshake()) exit; }")
     else:
+        xhttp, src = _calls(cfg, key), cfg.routes[key].src
         if "jsonrpc_dispatch" not in xhttp:
-            problems.append(Problem(cfg.routes[("event", "xhttp:request")].src.line,
-                                    "event_route[xhttp:request] does not serve JSON-RPC",
-                                    'if ($hu =~ "^/RPC") { jsonrpc_dispatch(); exit; }'))
+            at(src, "event_route[xhttp:request] does not serve JSON-RPC",
+               'if ($hu =~ "^/RPC") { jsonrpc_dispatch(); exit; } at its start')
+        # The harness's RPC client connects from 127.0.0.2 (harness/rpc.py: from
+        # 127.0.0.1 it could take over a WebSocket client's connection alias), so
+        # upstream's `if(src_ip!=127.0.0.1) { xhttp_reply("403", ...) }` refuses it.
+        for st in cfg.routes[key].stmts():
+            cond = "".join(t.val for t in st.toks) if st.kind == "if" else ""
+            if re.search(r"(src_ip|\$si)!=127\.0\.0\.1(?![\d.])", cond) and "127.0.0.2" not in cond:
+                at(st.src, "event_route[xhttp:request] refuses HTTP from any address but 127.0.0.1; "
+                   "kamleak's JSON-RPC client connects from 127.0.0.2",
+                   "#!ifdef KAMLEAK if(src_ip!=127.0.0.1 && src_ip!=127.0.0.2) #!else … #!endif "
+                   "(or let 127.0.0.2 in under KAMLEAK)")
         if "ws_handle_handshake" not in xhttp:
-            problems.append(Problem(cfg.routes[("event", "xhttp:request")].src.line,
-                                    "event_route[xhttp:request] does not accept WebSocket upgrades",
-                                    "if (ws_handle_handshake()) exit;"))
+            at(src, "event_route[xhttp:request] does not accept WebSocket upgrades",
+               "if (ws_handle_handshake()) exit;")
     if "KAMLEAK_PBX_HOSTPORT" not in text:
-        problems.append(Problem(None, "never sends calls to the harness's PBX",
-                                '#!ifdef KAMLEAK $du = "sip:KAMLEAK_PBX_HOSTPORT"; #!endif in the '
-                                "route that picks your PBX for calls from WebSocket clients"))
+        at(None, "never sends calls to the harness's PBX",
+           '#!ifdef KAMLEAK $du = "sip:KAMLEAK_PBX_HOSTPORT"; #!endif where your config picks '
+           "the destination of a call from a WebSocket client, then relay it (stock configs: "
+           "before route(LOCATION), with route(RELAY))")
     if "tls" in cfg.modules:
         tls_cfg = cfg.modparam("tls", "config")
         if not tls_cfg or "KAMLEAK_DIR" not in " ".join(t.val for t in tls_cfg[0]):
-            problems.append(Problem(tls_cfg[1].line if tls_cfg else None,
-                                    "loads tls.so but not the harness's TLS config",
-                                    '#!ifdef KAMLEAK modparam("tls", "config", "KAMLEAK_DIR/tls.cfg") '
-                                    "#!endif"))
-    return problems
+            at(tls_cfg[1] if tls_cfg else cfg.modules["tls"],
+               "loads tls.so but not the harness's TLS config",
+               '#!ifdef KAMLEAK modparam("tls", "config", "KAMLEAK_DIR/tls.cfg") #!else … #!endif')
+    return sorted(problems, key=lambda p: (p.file or "", p.line or 0))
 
 
 @dataclass
@@ -109,18 +167,12 @@ class UserConfig:
 
     @classmethod
     def load(cls, path: str) -> "UserConfig":
+        from ..lint import parse, read_config
         p = Path(path)
-        try:
-            text = p.read_text()
-        except OSError as exc:
-            raise UsageError(f"cannot read the Kamailio config {path}: {exc.strerror}",
-                             "pass the path of your kamailio.cfg") from None
+        text = read_config(path)
         problems = check(text, str(p))
         if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise UsageError(f"{problems[0].line_text(str(p))}{more}",
-                             "see README, 'Your own kamailio.cfg', or `kamleak lint`")
-        from ..lint import parse
+            raise ContractError(str(p), problems)
         cfg, _ = parse(text, defines=HARNESS_DEFINES, path=str(p))
         return cls(p.resolve(), text, "tls" in cfg.modules)
 
