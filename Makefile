@@ -58,7 +58,7 @@ test: setup
 
 # make repro [VERSION=6.0.1 | IMAGE=ghcr.io/...] [VARIANT=pua_dialoginfo] [TRANSPORT=ws|wss]
 repro: setup
-	@$(KAMLEAK) repro $(if $(VERSION),--version $(VERSION)) $(if $(IMAGE),--image $(IMAGE)) \
+	@$(KAMLEAK) repro $(if $(VERSION),--kamailio-version $(VERSION)) $(if $(IMAGE),--kamailio-image $(IMAGE)) \
 	  $(if $(VARIANT),--variant $(VARIANT)) $(if $(TRANSPORT),--transport $(TRANSPORT)) \
 	  $(if $(MITIGATION),--mitigation $(MITIGATION))
 
@@ -68,7 +68,7 @@ bench: setup
 
 # make soak [VERSION=6.0.1] [VARIANT=uac_req_send] [CALLS=1000] [MIX=0.001] [PBX=builtin|asterisk]
 soak: setup
-	@$(KAMLEAK) soak $(if $(VERSION),--version $(VERSION)) $(if $(VARIANT),--variant $(VARIANT)) \
+	@$(KAMLEAK) soak $(if $(VERSION),--kamailio-version $(VERSION)) $(if $(VARIANT),--variant $(VARIANT)) \
 	  $(if $(CALLS),--calls $(CALLS)) $(if $(MIX),--mix $(MIX)) $(if $(PBX),--pbx $(PBX))
 
 clean:
