@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "tests/configs/user/deployment.cfg"
@@ -49,6 +52,92 @@ def test_a_broken_users_config_is_refused_before_any_run(tmp_path):
     broken.write_text((ROOT / CONFIG).read_text().replace("jsonrpc_dispatch();", ""))
     proc = kamleak("gate", "--kamailio-config", str(broken), "--kamailio-version", "6.0.1")
     assert proc.returncode == 2
-    [line] = proc.stderr.strip().splitlines()
-    assert line.startswith(f"kamleak: {broken}:")
+    first, line = proc.stderr.strip().splitlines()
+    assert first.startswith(f"kamleak: {broken}: 1 thing to change before kamleak can run it; ")
+    assert line.startswith(f"  {broken}:")
     assert "event_route[xhttp:request] does not serve JSON-RPC; add: if ($hu =~" in line
+
+
+# ---- upstream's stock configs (tests/configs/stock/README.md) --------------------------------
+
+STOCK = ROOT / "tests" / "configs" / "stock"
+
+
+@pytest.mark.parametrize("version", ["6.0.1", "6.1.5"])
+@pytest.mark.parametrize("name", ["kamailio-default-websocket", "kamailio"])
+def test_upstreams_stock_configs_as_edited_reach_a_verdict(kamleak_images, name, version):
+    # No 4140 trigger in either: observed CLEAN on 6.0.1 (the BYE answered statefully).
+    proc = kamleak("gate", "--config", str(STOCK / f"{name}.cfg"), "--version", version)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert proc.stdout.startswith("kamleak gate: CLEAN: BYE Call-ID")
+
+
+def test_an_unedited_stock_config_is_refused_with_everything_at_once():
+    proc = kamleak("gate", "--config", str(STOCK / "kamailio.orig.cfg"), "--version", "6.0.1")
+    assert proc.returncode == 2
+    first, *rest = proc.stderr.strip().splitlines()
+    assert first.startswith(f"kamleak: {STOCK / 'kamailio.orig.cfg'}: 6 things to change")
+    assert len(rest) == 6 and all(ln.startswith(f"  {STOCK / 'kamailio.orig.cfg'}") for ln in rest)
+
+
+def _variant(tmp_path, old, new):
+    cfg = tmp_path / "kamailio.cfg"
+    text = (ROOT / CONFIG).read_text()
+    assert old in text
+    cfg.write_text(text.replace(old, new))
+    return cfg
+
+
+def test_kamailios_own_reason_is_quoted_at_once_when_jsonrpc_has_no_http(kamleak_images, tmp_path):
+    # A transport the static check cannot see (an include by its path inside the container:
+    # the config's siblings land in /etc/kamleak), so Kamailio has to say it.
+    (tmp_path / "kl_transport.cfg").write_text('modparam("jsonrpcs", "transport", 6)\n')
+    cfg = _variant(tmp_path, 'modparam("jsonrpcs", "transport", 1)\n',
+                   'modparam("jsonrpcs", "transport", 1)\nimport_file "/etc/kamleak/kl_transport.cfg"\n')
+    started = time.monotonic()
+    proc = kamleak("gate", "--config", str(cfg), "--version", "6.0.1")
+    took = time.monotonic() - started
+    assert proc.returncode != 0
+    assert "Kamailio runs but cannot answer JSON-RPC on http://127.0.0.1:" in proc.stdout + proc.stderr
+    assert "jsonrpc over http not initialized - check transport param" in proc.stdout + proc.stderr
+    assert took < 20, f"took {took:.1f} s: the log said why, no need to wait out 30 s"
+
+
+def test_an_xhttp_route_that_answers_rpc_with_http_is_reported_at_once(kamleak_images, tmp_path):
+    cfg = _variant(tmp_path, '"^/RPC"', '"^/JSONRPC"')
+    started = time.monotonic()
+    proc = kamleak("gate", "--config", str(cfg), "--version", "6.0.1")
+    took = time.monotonic() - started
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "its event_route[xhttp:request] does not serve JSON-RPC to kamleak: Kamailio JSON-RPC " \
+           "core.version answered HTTP" in out, out
+    assert took < 20, f"took {took:.1f} s"
+
+
+# ---- bad input: one line, non-zero exit -------------------------------------------------------
+
+def test_gate_on_a_latin1_config_reads_it_as_lint_does(tmp_path):
+    cfg = tmp_path / "kamailio.cfg"
+    cfg.write_bytes((ROOT / CONFIG).read_bytes().replace(b"#!KAMAILIO\n", b"#!KAMAILIO\n# r\xe9seau\n", 1)
+                    .replace(b"jsonrpc_dispatch();", b""))
+    proc = kamleak("gate", "--config", str(cfg), "--version", "6.0.1")
+    # Read (no UnicodeDecodeError): refused for the contract problem we planted.
+    assert proc.returncode == 2 and "internal error" not in proc.stderr
+    assert "does not serve JSON-RPC" in proc.stderr
+
+
+def test_gate_on_a_binary_is_one_line(tmp_path):
+    binary = tmp_path / "kamailio"
+    binary.write_bytes(Path("/bin/true").read_bytes())
+    proc = kamleak("gate", "--config", str(binary), "--version", "6.0.1")
+    assert proc.returncode == 2
+    assert proc.stderr == (f"kamleak: {binary} is not a Kamailio config (a binary file: it contains "
+                           "NUL bytes); pass the path of your kamailio.cfg\n")
+
+
+def test_lint_on_a_binary_is_one_line():
+    proc = kamleak("lint", "/bin/true")
+    assert proc.returncode == 2
+    assert proc.stderr == ("kamleak lint: /bin/true is not a Kamailio config (a binary file: it "
+                           "contains NUL bytes); pass the path of your kamailio.cfg\n")
