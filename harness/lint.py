@@ -1237,7 +1237,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="the Kamailio version the config runs on, e.g. 5.8.5 "
                         "(default: advice for all versions)")
     p.add_argument("--contract", action="store_true",
-                   help="also list everything `kamleak gate --config` needs changed before it can "
+                   help="also list everything `kamleak gate --kamailio-config` needs changed before it can "
                         "run this config (the same check as gate's, all at once; implied by "
                         "-A KAMLEAK); exit 2 if anything is listed and no leak pattern is found")
 
@@ -1267,7 +1267,7 @@ def run_args(args) -> int:
         for pr in problems:
             print(pr.line_text(args.config, label="contract: "))
         if not problems:
-            print(f"{args.config}: ok: meets kamleak's contract for `gate --config`")
+            print(f"{args.config}: ok: meets kamleak's contract for `gate --kamailio-config`")
     if any(f.level == "leak" for f in findings):
         return 1
     return 2 if problems else 0
