@@ -102,6 +102,27 @@ def run(client: docker.DockerClient, image: str, *, role: str, name_hint: str,
     return container
 
 
+def create(client: docker.DockerClient, image: str, *, role: str, name_hint: str, **kwargs):
+    """Create (not start) a container with our labels and any other settings
+    (e.g. a builder with network_mode="none"), registered for cleanup first."""
+    name = f"kamleak-{role}-{name_hint}-{uuid.uuid4().hex[:6]}"
+    with _lock:
+        _live[name] = (client, None)
+    try:
+        container = client.containers.create(image, name=name, labels=labels(role), **kwargs)
+    except BaseException:
+        with _lock:
+            _live.pop(name, None)
+        try:
+            client.api.remove_container(name, force=True, v=True)
+        except docker.errors.DockerException:
+            pass
+        raise
+    with _lock:
+        _live[name] = (client, container)
+    return container
+
+
 def is_running(container) -> bool:
     try:
         container.reload()
