@@ -58,6 +58,9 @@ def _pytest_options() -> set[str]:
 
 
 DEFINERS = {"add_argument", "add_option", "addoption"}
+# A string that is one option and nothing else ("--quiet", "--format=") is an
+# argument handed to another program; hints are sentences.
+ARGV_WORD = re.compile(r"--[a-z][a-z0-9-]*(=.*)?")
 
 
 def _definitions(tree) -> set[int]:
@@ -83,6 +86,8 @@ def _mentioned() -> dict[str, list[str]]:
             if id(node) in defining:
                 continue
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if ARGV_WORD.fullmatch(node.value.strip()):
+                    continue        # a word of some command's argv (git, tcpdump), not prose
                 for m in re.finditer(r"(?<![\w-])--[a-z][a-z0-9-]*[a-z0-9]", node.value):
                     found.setdefault(m.group(0), []).append(f"{f.relative_to(ROOT)}:{node.lineno}")
     return found
