@@ -172,8 +172,7 @@ def cmd_repro(args) -> int:
             for line in report.ladder(bench.uas[-1].trace, pbx_msgs, verdict.call_id, events):
                 print("   " + line)
             print(f"\n  tm.list {verdict.watched_for:.1f} s after the BYE "
-                  f"(deadline {verdict.deadline:.1f} s from fr_timer {verdict.timers['fr_timer']} ms "
-                  f"+ wt_timer {verdict.timers['wt_timer']} ms):")
+                  f"(deadline {verdict.deadline:.1f} s from {timers_text(verdict.timers, 'BYE')}):")
             if verdict.cells:
                 for c in verdict.cells:
                     print(f"    {c.describe()}")

@@ -316,7 +316,7 @@ class _Pre:
                 j = _pvar_end(line, i)
                 out.append(line[i:j])
                 i = j
-            elif c.isalpha() or c == "_":
+            elif (c.isascii() and c.isalpha()) or c == "_":    # 'é' is no name start for Kamailio
                 m = _ID.match(line, i)
                 word = m.group(0)
                 out.append(self._expand(word))

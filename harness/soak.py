@@ -1388,8 +1388,7 @@ def run_soak(kamailio, peer_or_pbx, *, calls: int, concurrency: int, rate: float
     kinds = plan_kinds(calls, mix, seed)
     rpc = kamailio.rpc
     counters = Counters(rpc)
-    t = kamailio.config.timers
-    timers = oracle.read_timers(rpc, t)
+    timers = oracle.read_timers(rpc, kamailio.config, kamailio.version)
     drain_limit = timers.deadline_for("BYE")
     builtin = isinstance(peer_or_pbx, UdpPeer)
     pbx_log_start = 0 if builtin else len(peer_or_pbx.log())

@@ -142,7 +142,7 @@ class KamailioConfig:
             for f in self.user_config.siblings():
                 shutil.copy2(f, directory / f.name)
         cfg = directory / "kamailio.cfg"
-        cfg.write_text(self.render())
+        cfg.write_text(self.render(), encoding=getattr(self.user_config, "encoding", "utf-8"))
         self._write_tls(directory)
         self._write_dbtext(directory / "dbtext")
         os.chmod(directory, 0o755)

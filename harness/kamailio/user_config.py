@@ -164,6 +164,8 @@ class UserConfig:
     path: Path
     text: str
     uses_tls: bool
+    # Kamailio reads bytes: a Latin-1 config is written back in Latin-1.
+    encoding: str = "utf-8"
 
     @classmethod
     def load(cls, path: str) -> "UserConfig":
@@ -174,7 +176,12 @@ class UserConfig:
         if problems:
             raise ContractError(str(p), problems)
         cfg, _ = parse(text, defines=HARNESS_DEFINES, path=str(p))
-        return cls(p.resolve(), text, "tls" in cfg.modules)
+        encoding = "utf-8"
+        try:
+            p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            encoding = "latin-1"            # how read_config() decoded it
+        return cls(p.resolve(), text, "tls" in cfg.modules, encoding)
 
     def body(self) -> str:
         """The config without its first `#!KAMAILIO` line (the header has it)."""

@@ -390,3 +390,12 @@ def test_local_request_drop_flagged_exactly_where_pr3403_measures_a_leak(name, v
         assert "PR 3403" in found[0].message and found[0].advice
     else:
         assert [f.level for f in found] == ["info"]
+
+
+def test_a_non_ascii_letter_in_config_code_is_no_crash():
+    """Kamailio's names are ASCII; an 'é' outside comments and strings (a typo,
+    a Latin-1 byte read back) must not crash the preprocessor."""
+    from harness.lint import lint
+    text = ('#!KAMAILIO\nloadmodule "tm.so"\nrequest_route {\n  $var(x) = 1; é\n'
+            '  if (!t_relay()) sl_reply_error();\n}\n')
+    assert isinstance(lint(text), list)

@@ -109,6 +109,11 @@ def test_a_latin1_config_is_read_by_gate_and_lint_alike(tmp_path, capsys):
     assert "# réseau" in user.text
     assert lint_main([str(latin1), "--contract"]) in (0, 1)
     assert "meets kamleak's contract" in capsys.readouterr().out
+    # What Kamailio reads is the user's bytes: the comment stays Latin-1.
+    from harness.kamailio.config import KamailioConfig
+    cfg = KamailioConfig(udp_port=1, ws_port=2, wss_port=3, pbx_port=4, user_config=user)
+    rendered = cfg.write(tmp_path / "run").read_bytes()
+    assert b"# r\xe9seau\n" in rendered
 
 
 def test_a_binary_is_refused_in_one_line(tmp_path, capsys):
