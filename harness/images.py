@@ -58,6 +58,7 @@ class ImageSpec:
     base: str
     buildargs: dict[str, str] = field(default_factory=dict)
     title: str = ""
+    version: str | None = None     # the Kamailio version the image must report (`kamailio -v`)
 
     def context_hash(self, base_id: str) -> str:
         h = hashlib.sha256()
@@ -71,12 +72,19 @@ class ImageSpec:
         return h.hexdigest()[:16]
 
 
+# Debian's packages, named as Debian's: Debian patches them (6.1.5 carries a
+# t_unref() change upstream has on master only), so they are not upstream
+# releases.  Upstream builds are kamleak/kamailio-src (harness/source_build.py).
+DEBIAN_REPO = "kamleak/kamailio-debian"
+_OLD_REPO = "kamleak/kamailio"       # before the rename: retagged, not rebuilt
+
+
 def kamailio_spec(version: str) -> ImageSpec:
     version = canonical_version(version)
     suite = KAMAILIO_SUITES[version]
-    return ImageSpec(tag=f"kamleak/kamailio:{version}", context=DOCKER_DIR / "kamailio",
+    return ImageSpec(tag=f"{DEBIAN_REPO}:{version}", context=DOCKER_DIR / "kamailio",
                      base=f"debian:{suite}-slim", buildargs={"SUITE": suite},
-                     title=f"kamailio {version}")
+                     title=f"kamailio {version} (Debian {suite})", version=version)
 
 
 def asterisk_spec() -> ImageSpec:
@@ -222,7 +230,8 @@ def build(client: docker.DockerClient, spec: ImageSpec) -> str:
         if (img.labels or {}).get(LABEL_CONTEXT) == digest:
             return spec.tag
     except docker.errors.ImageNotFound:
-        pass
+        if _adopt_old_name(client, spec, digest):
+            return spec.tag
     t0 = time.monotonic()
     _say(spec.title, f"building {spec.tag} from {spec.base}")
     last: list[str] = []
@@ -246,8 +255,44 @@ def build(client: docker.DockerClient, spec: ImageSpec) -> str:
     except docker.errors.APIError as exc:
         raise ImageError(f"building {spec.tag} failed: {_short(exc)}",
                          "see the output above; rerun with KAMLEAK_VERBOSE=1") from None
+    if spec.version:
+        check_version(client, spec)
     _say(spec.title, f"built {spec.tag} in {time.monotonic() - t0:.0f} s")
     return spec.tag
+
+
+def _adopt_old_name(client, spec: ImageSpec, digest: str) -> bool:
+    """An image built under the old name from the same context: tag it, do not rebuild."""
+    if not spec.tag.startswith(DEBIAN_REPO + ":"):
+        return False
+    try:
+        old = client.images.get(_OLD_REPO + ":" + spec.tag.split(":", 1)[1])
+    except docker.errors.ImageNotFound:
+        return False
+    if (old.labels or {}).get(LABEL_CONTEXT) != digest:
+        return False
+    check_version(client, spec, image=old.id)
+    repo, tag = spec.tag.split(":", 1)
+    old.tag(repo, tag)
+    return True
+
+
+def check_version(client, spec: ImageSpec, image: str | None = None) -> None:
+    """The built binary must report the version the image is named after
+    (Debian sid moves on: its 6.1.5 will one day be 6.1.6)."""
+    out = client.containers.run(image or spec.tag, entrypoint=["kamailio"], command=["-v"],
+                                network_mode="none", remove=True, stdout=True, stderr=True,
+                                labels={"org.kamleak.run": "probe"}).decode("utf-8", "replace")
+    m = re.search(r"version:\s*kamailio\s+(\S+)", out)
+    got = m.group(1) if m else "nothing"
+    if got != spec.version and not got.startswith(spec.version + "-"):
+        if image is None:
+            client.images.remove(spec.tag, force=True)
+        suite = spec.buildargs.get("SUITE", "?")
+        raise ImageError(f"Debian {suite} now ships Kamailio {got}, not {spec.version}: kamleak will "
+                         f"not name an image {spec.tag} that does not contain {spec.version}",
+                         "build it from upstream source instead (--kamailio-ref "
+                         f"{spec.version}), or update KAMAILIO_SUITES in harness/images.py")
 
 
 def build_all(client: docker.DockerClient, specs: list[ImageSpec], workers: int = 3) -> list[str]:

@@ -41,6 +41,12 @@ def pytest_addoption(parser):
     g.addoption("--kamailio-image", action="append", default=[], metavar="IMAGE",
                 help="test any image containing a kamailio binary (e.g. "
                      "ghcr.io/kamailio/kamailio:5.8.5-bookworm); the harness brings its config")
+    g.addoption("--kamailio-ref", action="append", default=[], metavar="REF",
+                help="build Kamailio from upstream source at a tag, branch or commit (e.g. 5.8.5, "
+                     "master) and test it; repeat or comma-separate")
+    g.addoption("--kamailio-source", default=None, metavar="URL|PATH",
+                help="where --kamailio-ref builds come from: a git URL, a local clone or a .tar.gz "
+                     "of one (default: $KAMLEAK_KAMAILIO_SOURCE, else github.com/kamailio/kamailio)")
     g.addoption("--kamailio-bin", action="append", default=[], metavar="PATH",
                 help="test a local kamailio binary (runs on this host, loopback only)")
     g.addoption("--kamailio-modules", default=None, metavar="DIR",
@@ -89,7 +95,9 @@ def pytest_configure(config):
     try:
         config._kamleak_targets = parse_targets(
             config.getoption("kamailio_version"), config.getoption("kamailio_image"),
-            config.getoption("kamailio_bin"), config.getoption("kamailio_modules"))
+            config.getoption("kamailio_bin"), config.getoption("kamailio_modules"),
+            refs=config.getoption("kamailio_ref"), source=config.getoption("kamailio_source"),
+            config=config.getoption("kamailio_config"))
         transports = [t.strip() for t in config.getoption("transport").split(",") if t.strip()]
         bad = [t for t in transports if t not in TRANSPORTS]
         if bad or not transports:

@@ -167,7 +167,7 @@ class Source:
                 tmp = srcdir / f"{mirror.name}.tmp{os.getpid()}"
                 shutil.rmtree(tmp, ignore_errors=True)
                 progress.say(f"[source] mirroring {self.location} into {mirror}")
-                with progress.Ticker(f"git clone --mirror {self.location}"):
+                with progress.Ticker(f"mirroring {self.location}"):
                     proc = subprocess.run([_need_git(), "clone", "--quiet", "--mirror",
                                            self.location, str(tmp)], capture_output=True, text=True,
                                           env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})

@@ -20,15 +20,20 @@ from .kamailio import ContainerKamailio, KamailioConfig, LocalKamailio
 
 @dataclass(frozen=True)
 class Target:
-    kind: str          # "version" | "image" | "binary"
-    ref: str           # "6.0.1" | "ghcr.io/kamailio/kamailio:5.8.5-bookworm" | "/path/kamailio"
+    kind: str          # "version" (Debian's) | "source" (upstream git) | "image" | "binary"
+    ref: str           # "6.0.1" | "5.8.5", "master", a commit | "ghcr.io/...:5.8.5-bookworm" | "/path/kamailio"
     module_dir: str | None = None
+    source: str | None = None      # kind "source": a git URL, clone or .tar.gz (None: the default)
+    config: str | None = None      # kind "source": the user's config, whose modules are built too
     _checked: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def id(self) -> str:
         if self.kind == "version":
-            return self.ref
+            return "debian-" + self.ref
+        if self.kind == "source":
+            import re
+            return "src:" + (self.ref[:10] if re.fullmatch(r"[0-9a-f]{11,40}", self.ref) else self.ref)
         if self.kind == "image":
             return self.ref.rsplit("/", 1)[-1]
         return "bin:" + os.path.basename(os.path.dirname(os.path.abspath(self.ref))) + "/" + \
@@ -38,7 +43,28 @@ class Target:
     def image(self) -> str | None:
         if self.kind == "version":
             return images.kamailio_spec(self.ref).tag
+        if self.kind == "source":
+            return self._checked.get("image")     # known once prepare() built or found it
         return self.ref if self.kind == "image" else None
+
+    @property
+    def provenance(self):
+        """Where this Kamailio comes from (harness.knowledge answers what it contains)."""
+        from .knowledge import Provenance
+        if self.kind == "version":
+            return Provenance.debian(self.ref)
+        if self.kind == "source":
+            if "built" not in self._checked:
+                from . import source_build
+                src = source_build.Source(self.source)
+                res = src.resolve(self.ref)
+                self._checked["resolved"] = (res, str(src.mirror))
+                return Provenance.upstream(res.commit, str(src.mirror), name=res.name)
+            b = self._checked["built"]
+            return Provenance.upstream(b.commit, self._checked["mirror"], b.version,
+                                       name=self._checked["name"])
+        return Provenance.unknown(f"the image {self.ref}" if self.kind == "image"
+                                  else f"the binary {self.ref}")
 
     def prepare(self, client) -> None:
         """Build our image, or check a foreign image/binary contains Kamailio."""
@@ -46,6 +72,13 @@ class Target:
             return
         if self.kind == "version":
             images.build(client, images.kamailio_spec(self.ref))
+        elif self.kind == "source":
+            from . import source_build
+            src = source_build.Source(self.source)
+            built = source_build.build(client, self.ref, source=src,
+                                       modules=source_build.modules_for(self.config))
+            res = src.resolve(self.ref)
+            self._checked.update(image=built.tag, built=built, mirror=str(src.mirror), name=res.name)
         elif self.kind == "image":
             if not images.has_kamailio(client, self.ref):
                 raise ImageError(f"image {self.ref} has no kamailio binary in its PATH",
@@ -85,7 +118,8 @@ def check_binary(path: str) -> str:
     return first[0]
 
 
-def parse_targets(versions=(), images_=(), binaries=(), module_dir=None) -> list[Target]:
+def parse_targets(versions=(), images_=(), binaries=(), module_dir=None, refs=(),
+                  source=None, config=None) -> list[Target]:
     """Targets from option values; each value may be comma-separated."""
     def split(values):
         out = []
@@ -100,6 +134,8 @@ def parse_targets(versions=(), images_=(), binaries=(), module_dir=None) -> list
         targets.append(Target("image", i))
     for b in split(binaries):
         targets.append(Target("binary", b, module_dir=module_dir))
+    for r in split(refs):
+        targets.append(Target("source", r, source=source, config=config))
     if not targets:
         targets = [Target("version", v) for v in images.KAMAILIO_SUITES]
     seen, unique = set(), []

@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from harness import oracle, pbx_trace, progress
+from harness import knowledge, oracle, pbx_trace, progress
 from harness.errors import ScenarioError, ServerError, UsageError
 from harness.kamailio import Kamailio, TmTimers
 from harness.sampler import StatsSampler
@@ -163,29 +163,49 @@ def _vt(version: str) -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
-def applicable(version: str, variant: Variant) -> str | None:
-    """Why VARIANT cannot run on VERSION (Kamailio would refuse the config), or None."""
-    v = _vt(version)
-    if variant.reply != "sl_reply_error" and v < (6, 0):
-        return f"{variant.reply}() does not exist before Kamailio 6.0"
-    if variant.delayed_reply_off and v < (6, 1):
-        return 'modparam("tm", "delayed_reply") does not exist before Kamailio 6.1'
+# The variant parts that need a feature a build may lack (harness.knowledge keys).
+_FEATURES = {"send_reply_error": "send_reply_error", "t_reply_error": "t_reply_error"}
+
+
+def applicable(build, variant: Variant) -> str | None:
+    """Why VARIANT cannot run on BUILD (Kamailio would refuse the config), or None.
+
+    BUILD: a Target, a `knowledge.Provenance`, or a version string naming one
+    of Debian's builds.  Whether the build has a feature comes from
+    harness.knowledge (git for upstream builds, observations for Debian's);
+    where that is unknown, nothing is ruled out: the run says.
+    """
+    needs = [_FEATURES[variant.reply]] if variant.reply in _FEATURES else []
+    if variant.delayed_reply_off:
+        needs.append("delayed_reply")
+    for key in needs:
+        ans = knowledge.has(key, build)
+        if ans.value is False:
+            fix = knowledge.FIXES[key]
+            return (f"{fix.what} is not in {knowledge.provenance(build).label} "
+                    f"(upstream since {', '.join(fix.first_tags())}, commit {fix.commit})")
     return None
 
 
-def expected(version: str, variant: Variant) -> str:
-    """"leak", "clean" or "n/a" for the Debian versions kamleak builds.
+def expected(build, variant: Variant) -> str:
+    """"leak", "clean", "n/a", or "unknown" where kamleak cannot know.
 
-    A leak needs a trigger and the stock stateless error reply; 6.1's
-    t_unref() drops "orphaned transactions without branches" (Debian's
-    6.1.5 carries it), so nothing leaks there.
+    A leak needs a trigger (a local tm request in the same worker), the stock
+    stateless error reply and a tm whose t_unref() still tests the kill
+    reason for equality: bd0aaf89b8 (upstream master only; Debian's 6.1.5
+    carries it as a backport) drops such orphaned transactions.
     """
-    if applicable(version, variant):
+    if applicable(build, variant):
         return "n/a"
-    if variant.creates_local_request and variant.reply == "sl_reply_error" \
-            and not variant.delayed_reply_off and _vt(version) < (6, 1):
-        return "leak"
-    return "clean"
+    needs = ([_FEATURES[variant.reply]] if variant.reply in _FEATURES else []) + \
+        (["delayed_reply"] if variant.delayed_reply_off else [])
+    if any(knowledge.has(key, build).value is None for key in needs):
+        return "unknown"          # refused (n/a) or clean: only a run can tell
+    if not (variant.creates_local_request and variant.reply == "sl_reply_error"
+            and not variant.delayed_reply_off):
+        return "clean"
+    fixed = knowledge.has("t_unref_orphans", build).value
+    return "unknown" if fixed is None else "clean" if fixed else "leak"
 
 
 class NotApplicable(Exception):

@@ -6,6 +6,7 @@ MODULES="$1"
 JOBS="${JOBS:-2}"
 export CCACHE_DIR=/ccache CCACHE_BASEDIR=/src CCACHE_NOHASHDIR=1 CCACHE_MAXSIZE=2G
 cd /src
+ccache -z >/dev/null 2>&1 || true
 echo "@@kamleak phase configure"
 # group_include with a group that does not exist: "only include_modules"
 # (with no group_include the default set of ~100 modules is built too).

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import containers, ports
+from harness import containers, images, ports
 from harness.asterisk import AsteriskPBX
 from harness.errors import ServerError
 from harness.kamailio import ContainerKamailio, KamailioConfig
@@ -86,7 +86,7 @@ def test_port_taken_is_named(docker_client, nothing_left, kamleak_images, tmp_pa
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", ws))
         squatter.listen()
-        k = ContainerKamailio(docker_client, "kamleak/kamailio:6.0.1",
+        k = ContainerKamailio(docker_client, images.kamailio_spec("6.0.1").tag,
                               KamailioConfig(udp, ws, wss, pbx), tmp_path)
         with pytest.raises(ServerError) as exc:
             k.start()
@@ -95,7 +95,7 @@ def test_port_taken_is_named(docker_client, nothing_left, kamleak_images, tmp_pa
 
 def test_config_refused_shows_kamailios_own_line(docker_client, nothing_left, kamleak_images, tmp_path):
     udp, ws, wss, pbx = ports.allocate(4)
-    k = ContainerKamailio(docker_client, "kamleak/kamailio:5.6.3",
+    k = ContainerKamailio(docker_client, images.kamailio_spec("5.6.3").tag,
                           KamailioConfig(udp, ws, wss, pbx, defines=("WITH_REPLY_T_REPLY_ERROR",)),
                           tmp_path)
     with pytest.raises(ServerError) as exc:
@@ -133,7 +133,7 @@ def test_udp_port_taken_is_named(docker_client, nothing_left, kamleak_images, tm
     udp, ws, wss, pbx = ports.allocate(4)
     with socket.socket(type=socket.SOCK_DGRAM) as squatter:
         squatter.bind(("127.0.0.1", udp))
-        k = ContainerKamailio(docker_client, f"kamleak/kamailio:{version}",
+        k = ContainerKamailio(docker_client, images.kamailio_spec(version).tag,
                               KamailioConfig(udp, ws, wss, pbx), tmp_path)
         with pytest.raises(ServerError) as exc:
             k.start()

@@ -152,8 +152,8 @@ def test_repeated_gates_give_identical_verdicts(kamleak_images, tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stdout[-3000:]   # 6.0.1 leaks: the gate fails
     counts = proc.stdout.split("kamleak repeat: verdict counts", 1)[1]
-    assert "stable   leak 3/3  tests/gate/test_gh4140_bye_to_closed_ws.py::test_gh4140_bye_to_closed_ws[6.0.1-ws-pua_dialoginfo]" in counts
-    assert "stable   clean 3/3  tests/gate/test_gh4140_bye_to_closed_ws.py::test_gh4140_bye_to_closed_ws[6.1.5-ws-pua_dialoginfo]" in counts
+    assert "stable   leak 3/3  tests/gate/test_gh4140_bye_to_closed_ws.py::test_gh4140_bye_to_closed_ws[debian-6.0.1-ws-pua_dialoginfo]" in counts
+    assert "stable   clean 3/3  tests/gate/test_gh4140_bye_to_closed_ws.py::test_gh4140_bye_to_closed_ws[debian-6.1.5-ws-pua_dialoginfo]" in counts
     assert "UNSTABLE" not in counts
 
 
