@@ -64,13 +64,17 @@ def cmd_images(args) -> int:
 
 
 def _target_from(args, default_version: str | None = "6.0.1") -> Target:
+    ref = getattr(args, "kamailio_ref", None)
     targets = parse_targets([args.version] if args.version else [],
                             [args.image] if args.image else [],
                             [args.kamailio_bin] if getattr(args, "kamailio_bin", None) else [],
-                            getattr(args, "kamailio_modules", None))
-    given = sum(bool(x) for x in (args.version, args.image, getattr(args, "kamailio_bin", None)))
+                            getattr(args, "kamailio_modules", None),
+                            refs=[ref] if ref else [], source=getattr(args, "kamailio_source", None),
+                            config=getattr(args, "config", None))
+    given = sum(bool(x) for x in (args.version, args.image, getattr(args, "kamailio_bin", None), ref))
     if given > 1:
-        raise UsageError("give one of --kamailio-version, --kamailio-image, --kamailio-bin",
+        raise UsageError("give one of --kamailio-version, --kamailio-ref, --kamailio-image, "
+                         "--kamailio-bin",
                          "pick the Kamailio to run")
     if given == 0:
         if default_version is None:
@@ -236,12 +240,22 @@ def _add_target_args(p, config: str | None = None) -> None:
     p.add_argument("--kamailio-bin", default=None, metavar="PATH", help="a local kamailio binary")
     p.add_argument("--kamailio-modules", default=None, metavar="DIR",
                    help="module directory for --kamailio-bin")
+    _add_source_args(p)
     if config:
         add_option(p, ("--kamailio-config", "--config"), dest="config", default=None,
                    metavar="KAMAILIO_CFG",
                    help="your kamailio.cfg (README: the contract)" + (" (required)" if config ==
                                                                       "required" else ""))
         p.set_defaults(config_required=config == "required")
+
+
+def _add_source_args(p) -> None:
+    """--kamailio-ref/--kamailio-source: Kamailio built from upstream source."""
+    p.add_argument("--kamailio-ref", default=None, metavar="REF",
+                   help="build Kamailio from source at a tag, branch or commit (e.g. 5.8.5, master)")
+    p.add_argument("--kamailio-source", default=None, metavar="URL|PATH",
+                   help="git URL, local clone or .tar.gz for --kamailio-ref (default: "
+                        "$KAMLEAK_KAMAILIO_SOURCE, else github.com/kamailio/kamailio)")
 
 
 def _add_scenario_arg(p) -> None:
@@ -319,7 +333,11 @@ def _scenario_variant(args):
     return sc, sc.parse_variant(args.variant or sc.DEFAULT_VARIANT)
 
 
-def _bisect_target(item: str) -> Target:
+def _bisect_target(item: str, source: str | None = None) -> Target:
+    if item.startswith("src:"):          # upstream source: src:5.8.5, src:master, src:<commit>
+        return Target("source", item[len("src:"):], source=source)
+    if item.startswith("debian-"):
+        item = item[len("debian-"):]
     if item in images.KAMAILIO_SUITES or item in ("5.6", "6.0", "6.1"):
         return Target("version", images.canonical_version(item))
     if re.fullmatch(r"\d+\.\d+(\.\d+)?", item):
@@ -334,7 +352,7 @@ def cmd_bisect(args) -> int:
     from .bisect import bisect, table
 
     items = [x.strip() for raw in args.builds for x in raw.split(",") if x.strip()]
-    targets = {item: _bisect_target(item) for item in items}
+    targets = {item: _bisect_target(item, getattr(args, "kamailio_source", None)) for item in items}
     sc, variant = _scenario_variant(args)
     _say(f"bisecting {len(items)} builds: scenario {args.scenario}, variant {variant.name}"
          f" over {args.transport.upper()}")
@@ -421,9 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_check)
     b = sub.add_parser("bisect", help="find the first build in an ordered list where the verdict flips",
                        usage_exit=EXIT_ABORT)
-    b.add_argument("builds", nargs="*", help="versions (5.6.3 6.0.1 6.1.5), images or binaries, "
+    b.add_argument("builds", nargs="*", help="versions (5.6.3 6.0.1 6.1.5), upstream source refs "
+                                             "(src:5.8.5 src:master), images or binaries, "
                                              "oldest first; the two ends must disagree")
     _add_scenario_arg(b)
+    b.add_argument("--kamailio-source", default=None, metavar="URL|PATH",
+                   help="where src:REF builds come from (default: $KAMLEAK_KAMAILIO_SOURCE, else "
+                        "github.com/kamailio/kamailio)")
     b.add_argument("--variant", default=None,
                    help="config variant (default: the scenario's; gh4140: pua_dialoginfo)")
     b.add_argument("--transport", default="ws", choices=("ws", "wss"))

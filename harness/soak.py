@@ -1649,6 +1649,11 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                help="a Kamailio version kamleak builds (default 6.0.1)")
     add_option(g, ("--kamailio-image", "--image"), dest="image", default=None, metavar="IMAGE",
                help="any image with a kamailio binary (never pulled)")
+    g.add_argument("--kamailio-ref", default=None, metavar="REF",
+                   help="Kamailio built from source at a tag, branch or commit (e.g. 5.8.5)")
+    p.add_argument("--kamailio-source", default=None, metavar="URL|PATH",
+                   help="git URL, clone or .tar.gz for --kamailio-ref (default: "
+                        "$KAMLEAK_KAMAILIO_SOURCE, else github.com/kamailio/kamailio)")
     p.add_argument("--variant", default=None, help="config variant (default: the gate's, pua_dialoginfo)")
     p.add_argument("--calls", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=50, help="calls in flight at most (and clients)")
@@ -1704,10 +1709,11 @@ def _main(args) -> int:
         applicable, start_kamailio
 
     target = Target("image", args.image) if args.image else \
+        Target("source", args.kamailio_ref, source=args.kamailio_source) if args.kamailio_ref else \
         Target("version", images.canonical_version(args.version or "6.0.1"))
     variant = Variant.parse(args.variant or DEFAULT_VARIANT)
-    if target.kind == "version":
-        why = applicable(target.ref, variant)
+    if target.kind in ("version", "source"):
+        why = applicable(target, variant)
         if why:
             raise UsageError(f"variant {variant.name} cannot run on {target.ref}: {why}")
     out = Path(args.out or Path("artifacts") / time.strftime("soak-%Y%m%d-%H%M%S"))
