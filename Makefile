@@ -13,6 +13,14 @@ PYTEST_ARGS ?=
 # is tested against Debian's package, as a developer's build would be run.
 HOST_KAMAILIO := kamailio kamailio-websocket-modules kamailio-tls-modules kamailio-presence-modules
 
+# Kamailio built from upstream source (--kamailio-ref): the offline copy of
+# upstream's history beside the checkout when there is one (CI, these
+# machines), else kamleak's default, github.com/kamailio/kamailio.
+KAMAILIO_SOURCE ?= $(abspath $(wildcard $(CURDIR)/../shared/kamailio-src/kamailio.git.tar.gz))
+ifneq ($(KAMAILIO_SOURCE),)
+export KAMLEAK_KAMAILIO_SOURCE ?= $(KAMAILIO_SOURCE)
+endif
+
 .PHONY: setup venv host-packages images test unit repro bench soak clean
 
 setup: venv host-packages images

@@ -150,7 +150,7 @@ def _parametrized_here(metafunc, name: str) -> bool:
 
 def pytest_generate_tests(metafunc):
     config = metafunc.config
-    if "kamailio_target" in metafunc.fixturenames:
+    if "kamailio_target" in metafunc.fixturenames and not _parametrized_here(metafunc, "kamailio_target"):
         targets = config._kamleak_targets
         if metafunc.definition.get_closest_marker("known_versions"):
             # Tests asserting expected verdicts run only where expectations exist.
