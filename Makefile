@@ -65,10 +65,13 @@ test: setup
 	@$(KAMLEAK) cleanup --check
 
 # make repro [VERSION=6.0.1 | IMAGE=ghcr.io/...] [VARIANT=pua_dialoginfo] [TRANSPORT=ws|wss]
+#            [DISCONNECT=rst|fin|close|rst+advertise] [HANGUP=command|session-timer]
+# make repro FAITHFUL=1   the report's steps on upstream 5.8.5 (477 (477/SL), session-timer BYE)
 repro: setup
 	@$(KAMLEAK) repro $(if $(VERSION),--kamailio-version $(VERSION)) $(if $(IMAGE),--kamailio-image $(IMAGE)) \
 	  $(if $(VARIANT),--variant $(VARIANT)) $(if $(TRANSPORT),--transport $(TRANSPORT)) \
-	  $(if $(MITIGATION),--mitigation $(MITIGATION))
+	  $(if $(MITIGATION),--mitigation $(MITIGATION)) $(if $(DISCONNECT),--disconnect $(DISCONNECT)) \
+	  $(if $(HANGUP),--hangup $(HANGUP)) $(if $(FAITHFUL),--faithful)
 
 # Figures, not assertions: gate phases vs their floor, soak throughput.
 bench: setup

@@ -103,14 +103,66 @@ def _save_run(directory: Path, verdict, kam, bench, log_start: int) -> Path:
     return directory
 
 
+def _repro_faithful(args) -> int:
+    """The report's steps, literally, each beside what Kamailio did (issue 17)."""
+    from scenarios import gh4140_bye_to_closed_ws as gh4140
+    from . import report
+
+    if not any(getattr(args, k, None) for k in ("version", "image", "kamailio_bin", "kamailio_ref")):
+        args.kamailio_ref = "5.8.5"            # the report's version, from upstream source
+    target = _target_from(args)
+    variant = gh4140.Variant.parse(args.variant or gh4140.DEFAULT_VARIANT)
+    disconnect = "rst+advertise" if args.disconnect == "rst" else args.disconnect
+    with Bench(target, log=_say) as bench:
+        print(f"kamleak repro --faithful: the steps of Kamailio issue 4140 on {target.id} "
+              f"(variant {variant.name}, disconnect {disconnect}, hangup by Asterisk's session timer)",
+              flush=True)
+        kam = gh4140.start_kamailio(bench.kamailio, variant,
+                                    extra_defines=gh4140.disconnect_defines(disconnect))
+        idle = kam.rpc.tm_stats()
+        print("  waiting for Asterisk's session timer (Session-Expires 90: about a minute) ...", flush=True)
+        v = gh4140.run(kamailio=kam, pbx=bench.pbx, ua_factory=bench.ua, transport="wss", variant=variant,
+                       disconnect=disconnect, target=target.id, hangup="session-timer")
+        at = {label: t for t, label in v.timeline}
+        def t(prefix):
+            return next((f"t={tt:7.3f} s" for label, tt in at.items() if label.startswith(prefix)), "")
+        fail = [ln for ln in report.kamailio_lines(kam.log(), v.call_id)
+                if "could not be found" in ln or "branch 0 failed" in ln]
+        dump = v.snapshots.get("ws.dump before disconnect") or {}
+        steps = [
+            ("Kamailio idle", f"{kam.version.strip()}; tm.stats current {idle.get('current')}"),
+            ("one WSS client", f"ws.dump: {len(dump.get('connections') or [])} connection(s)"),
+            ("INVITE with Session-Expires: 90", f"{t('200 OK')}  relayed to Asterisk, 200 back"),
+            ("re-INVITE (refresh)", f"{t('re-INVITE 200')}  relayed, 200 back"),
+            ("client killed, then wait", f"{t('disconnect')}  RST; {t('ws.dump')} ws.dump: gone"),
+            ("Asterisk sends BYE (session timer)", t("BYE")),
+            ("Kamailio replies", "; ".join(f"{r.code} {r.reason}" for r in v.replies) or "no reply"),
+            ("Kamailio's log", (fail[0][-110:] if fail else "(no failure line)")),
+        ]
+        _rule("report step  |  what Kamailio did")
+        for i, (step, did) in enumerate(steps, 1):
+            print(f"  {i}. {step:<36} | {did}")
+        for ln in fail[1:]:
+            print(f"     {'':<36} | {ln[-110:]}")
+        print(f"  9. {'tm.list':<36} | {len(v.cells)} BYE cell(s) after {v.watched_for:.1f} s "
+              f"(deadline {v.deadline:.1f} s)")
+        for c in v.cells:
+            print(f"     {'':<36} |   {c.describe()}")
+        print(f"\n  Verdict: {v.outcome.upper()}: {v.sentence()}", flush=True)
+    return 1 if not v.leaked else 0
+
+
 def cmd_repro(args) -> int:
     """The issue-4140 leak, shown as a bug report, then the mitigation beside it."""
     from scenarios import gh4140_bye_to_closed_ws as gh4140
     from .pbx_trace import parse_pjsip_log
     from . import report
 
+    if getattr(args, "faithful", False):
+        return _repro_faithful(args)
     target = _target_from(args)
     variant = gh4140.Variant.parse(args.variant or gh4140.DEFAULT_VARIANT)
+    extra = gh4140.disconnect_defines(args.disconnect)
 
     def mitigated_variant(name: str):
         return gh4140.Variant(variant.trigger, "sl_reply_error", True) if name == "delayed_reply_off" \
@@ -135,7 +187,7 @@ def cmd_repro(args) -> int:
                 for name in candidates:
                     mitigated = mitigated_variant(name)
                     try:
-                        kam = gh4140.start_kamailio(bench.kamailio, mitigated)
+                        kam = gh4140.start_kamailio(bench.kamailio, mitigated, extra_defines=extra)
                         break
                     except gh4140.NotApplicable as exc:
                         refused[name] = str(exc)
@@ -143,7 +195,8 @@ def cmd_repro(args) -> int:
                     # Asked for one this Kamailio refuses: find one it accepts, for the hint.
                     for name in (m for m in MITIGATIONS if m not in refused):
                         try:
-                            gh4140.start_kamailio(bench.kamailio, mitigated_variant(name)).stop()
+                            gh4140.start_kamailio(bench.kamailio, mitigated_variant(name),
+                                                  extra_defines=extra).stop()
                             accepted.append(name)
                             break
                         except gh4140.NotApplicable as exc:
@@ -158,7 +211,7 @@ def cmd_repro(args) -> int:
             else:
                 _rule(title)
                 try:
-                    kam = gh4140.start_kamailio(bench.kamailio, v)
+                    kam = gh4140.start_kamailio(bench.kamailio, v, extra_defines=extra)
                 except gh4140.NotApplicable as exc:
                     print(f"  not applicable on this Kamailio: {exc}")
                     results.append(None)
@@ -167,6 +220,7 @@ def cmd_repro(args) -> int:
             log_start = len(bench.pbx.log())
             verdict = gh4140.run(kamailio=kam, pbx=bench.pbx, ua_factory=bench.ua,
                                  transport=args.transport, variant=v, disconnect=args.disconnect,
+                                 hangup=args.hangup,
                                  target=target.id)
             results.append(verdict)
             pbx_msgs = parse_pjsip_log(bench.pbx.log()[log_start:])
@@ -228,6 +282,7 @@ def cmd_repro(args) -> int:
 
 
 MITIGATIONS = ("send_reply_error", "t_reply_error", "delayed_reply_off")
+DISCONNECT_CHOICES = ("rst", "fin", "close", "rst+advertise")     # gh4140.DISCONNECTS
 
 
 def _add_target_args(p, config: str | None = None) -> None:
@@ -412,7 +467,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the contrast run changes (default: the first of "
                         f"{', '.join(MITIGATIONS)} this Kamailio accepts)")
     r.add_argument("--transport", default="ws", choices=("ws", "wss"))
-    r.add_argument("--disconnect", default="rst", choices=("rst", "fin", "close"))
+    r.add_argument("--disconnect", default="rst", choices=DISCONNECT_CHOICES,
+                   help="how the client goes away (rst+advertise: the report's 477 path)")
+    r.add_argument("--hangup", default="command", choices=("command", "session-timer"),
+                   help="who ends the call: a CLI command (default) or Asterisk's session "
+                        "timer (~1 min)")
+    r.add_argument("--faithful", action="store_true",
+                   help="the report's steps literally (5.8.5 from source unless a target is given, "
+                        "WSS, rst+advertise, Asterisk's session-timer BYE), each beside what Kamailio did")
     r.add_argument("--artifacts", default=None, metavar="DIR",
                    help="also save each run's evidence (verdict, timeline.png, SIP trace, logs) in DIR")
     r.set_defaults(func=cmd_repro)
@@ -423,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--variant", default=None,
                    help="config variant (default: the scenario's; gh4140: pua_dialoginfo)")
     c.add_argument("--transport", default="ws", choices=("ws", "wss"))
-    c.add_argument("--disconnect", default="rst", choices=("rst", "fin", "close"))
+    c.add_argument("--disconnect", default="rst", choices=DISCONNECT_CHOICES)
     c.add_argument("--invert", action="store_true",
                    help="exit 0 on a leak and 1 when clean: for bisecting the commit that FIXED it")
     c.set_defaults(func=cmd_check, usage_exit=EXIT_ABORT)
@@ -433,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--variant", default="none",
                    help="extra harness defines (default: none; your config decides)")
     g.add_argument("--transport", default="ws", choices=("ws", "wss"))
-    g.add_argument("--disconnect", default="rst", choices=("rst", "fin", "close"))
+    g.add_argument("--disconnect", default="rst", choices=DISCONNECT_CHOICES)
     g.add_argument("--invert", action="store_true", help=argparse.SUPPRESS)
     g.set_defaults(scenario="gh4140")
     g.set_defaults(func=cmd_check)

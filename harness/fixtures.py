@@ -47,6 +47,11 @@ def disconnect_mode(request) -> str:
     return request.config.getoption("disconnect")
 
 
+@pytest.fixture
+def hangup_mode(request) -> str:
+    return request.config.getoption("hangup")
+
+
 @pytest.fixture(scope="session")
 def docker_client():
     """A Docker client; starts a private engine only where allowed (CI, root)."""
@@ -195,7 +200,7 @@ def _timeline_png(verdict) -> bytes:
 
 @pytest.fixture
 def gh4140_verdict(kamailio_factory, pbx, ua_factory, transport, kamailio_target, gate_variant,
-                   disconnect_mode, record_verdict):
+                   disconnect_mode, hangup_mode, record_verdict):
     """Run the issue-4140 scenario during *setup* and return its verdict.
 
     Anything that keeps the scenario from reaching a verdict (Kamailio dead,
@@ -205,11 +210,12 @@ def gh4140_verdict(kamailio_factory, pbx, ua_factory, transport, kamailio_target
     from scenarios import gh4140_bye_to_closed_ws as gh4140
 
     try:
-        kamailio = gh4140.start_kamailio(kamailio_factory, gate_variant)
+        kamailio = gh4140.start_kamailio(kamailio_factory, gate_variant,
+                                         extra_defines=gh4140.disconnect_defines(disconnect_mode))
     except gh4140.NotApplicable as exc:
         pytest.skip(f"not applicable: {exc}")
     verdict = gh4140.run(kamailio=kamailio, pbx=pbx, ua_factory=ua_factory, transport=transport,
-                         variant=gate_variant, disconnect=disconnect_mode,
+                         variant=gate_variant, disconnect=disconnect_mode, hangup=hangup_mode,
                          target=kamailio_target.id)
     record_verdict(verdict)
     return verdict

@@ -24,7 +24,7 @@ from .artifacts import ArtifactStore
 from .errors import KamleakError
 from .evidence import add_sections, write_files
 from .fixtures import (  # noqa: F401 - registered as this plugin's fixtures
-    disconnect_mode, docker_client, gate_variant, gh4140_verdict, kamailio, kamailio_factory,
+    disconnect_mode, docker_client, hangup_mode, gate_variant, gh4140_verdict, kamailio, kamailio_factory,
     kamailio_target, kamleak_images, kamleak_repeat, pbx, pbx_log, record_verdict, transport,
     ua_factory)
 from .targets import parse_targets
@@ -59,8 +59,12 @@ def pytest_addoption(parser):
     g.addoption("--variant", action="append", default=[], metavar="VARIANT",
                 help="issue-4140 config variant(s), e.g. pua_dialoginfo, uac_req_send+t_reply_error "
                      "(default: pua_dialoginfo, the realistic trigger with the stock reply)")
-    g.addoption("--disconnect", default="rst", choices=("rst", "fin", "close"),
-                help="how the WebSocket client goes away (default: rst)")
+    g.addoption("--disconnect", default="rst", choices=("rst", "fin", "close", "rst+advertise"),
+                help="how the WebSocket client goes away (default: rst; rst+advertise: the "
+                     "report's 477 path, README 'Disconnect modes')")
+    g.addoption("--hangup", default="command", choices=("command", "session-timer"),
+                help="who ends the call: the harness on Asterisk's CLI (default), or Asterisk's "
+                     "session timer after the client stops refreshing (~1 min)")
     g.addoption("--kamleak-artifacts", default="artifacts", metavar="DIR",
                 help="where each run's evidence tree goes (default: ./artifacts; `latest` links "
                      "the newest run)")

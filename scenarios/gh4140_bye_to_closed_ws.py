@@ -70,7 +70,22 @@ REPLY_STYLES = {
 DELAYED_REPLY_OFF = ("WITH_DELAYED_REPLY_OFF",)                   # tm param, 6.1+
 
 DEFAULT_VARIANT = "pua_dialoginfo"  # the realistic trigger, stock reply style
-DISCONNECTS = ("rst", "fin", "close")
+DISCONNECTS = ("rst", "fin", "close", "rst+advertise")
+# Modes that also shape Kamailio's config (start_kamailio(extra_defines=...)).
+# "rst+advertise": the report's failure (README, "Disconnect modes"): WS/WSS
+# listen sockets with `advertise`, so via_builder() writes the socket's proto
+# and skips the connection lookup (core/msg_translator.c:2960 at 5.8.5); the
+# send's lookup then fails (core/forward.h:217) -> E_SEND, and with the stock
+# `if (!t_relay()) sl_reply_error();` the reply is 477 (477/SL).
+DISCONNECT_DEFINES = {"rst+advertise": ("WITH_LISTEN_ADVERTISE", "WITH_STOCK_RELAY")}
+# Who ends the call: the harness on Asterisk's CLI (fast), or Asterisk's own
+# session timer once the dead client stops refreshing (the report: ~1 min).
+HANGUPS = ("command", "session-timer")
+SESSION_TIMER_SE = 90          # Session-Expires = Min-SE: Asterisk's floor
+
+
+def disconnect_defines(disconnect: str) -> tuple[str, ...]:
+    return DISCONNECT_DEFINES.get(disconnect, ())
 
 
 @dataclass(frozen=True)
@@ -249,10 +264,13 @@ def start_kamailio(kamailio_factory, variant: Variant, timers: TmTimers | None =
 
 
 def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant,
-        disconnect: str = "rst", target: str = "", cut=None, ua_options: dict | None = None) -> Verdict:
+        disconnect: str = "rst", target: str = "", cut=None, ua_options: dict | None = None,
+        hangup: str = "command") -> Verdict:
     """Drive the issue-4140 ladder once and return the oracle's verdict."""
     if cut is None and disconnect not in DISCONNECTS:
         raise UsageError(f"unknown disconnect mode '{disconnect}'", f"use one of {', '.join(DISCONNECTS)}")
+    if hangup not in HANGUPS:
+        raise UsageError(f"unknown hangup '{hangup}'", f"use one of {', '.join(HANGUPS)}")
     r = _Run(kamailio, pbx)
     # Pre-condition: snapshot Kamailio's counters; sample them all along.
     r.stats_before = kamailio.rpc.tm_stats()
@@ -262,7 +280,7 @@ def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant
     sampler = StatsSampler(kamailio.rpc, r.t0).start()
     try:
         verdict = _ladder(r, ua_factory, transport, variant, disconnect, target, cut=cut,
-                          ua_options=ua_options)
+                          ua_options=ua_options, hangup=hangup)
     finally:
         samples = sampler.stop()
     # Close the series with the post-condition the oracle settled on.
@@ -295,7 +313,7 @@ class _Run:
 
 
 def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target, *,
-            cut=None, ua_options: dict | None = None) -> Verdict:
+            cut=None, ua_options: dict | None = None, hangup: str = "command") -> Verdict:
     """The ladder; CUT(r, ua, ua_factory, transport) replaces step 2 for stories
     in which the client stays connected (a 200 to the BYE is then a verdict)."""
     kamailio, pbx, rpc = r.kamailio, r.pbx, r.kamailio.rpc
@@ -306,12 +324,14 @@ def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target, *,
     try:
         ua = ua_factory(kamailio.url(transport), **(ua_options or {}))
         mark("INVITE")
-        dialog = ua.invite(f"sip:{ext}@127.0.0.1", session_expires=1800, min_se=90,
+        # A session-timer hangup needs a session Asterisk ends soon: 90 s.
+        se = SESSION_TIMER_SE if hangup == "session-timer" else 1800
+        dialog = ua.invite(f"sip:{ext}@127.0.0.1", session_expires=se, min_se=90,
                            refresher="uac", timeout=15)
         call_id = dialog.call_id
         mark("200 OK + ACK")
         mark("re-INVITE")
-        resp = dialog.reinvite(session_expires=1800, timeout=15)
+        resp = dialog.reinvite(session_expires=se, timeout=15)
     except UAError as exc:
         raise ScenarioError(f"the call could not be set up: {exc}",
                             "see the SIP trace and the Kamailio log") from None
@@ -328,9 +348,14 @@ def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target, *,
     # 3. Asterisk hangs up: its BYE must cross Kamailio towards the dead client.
     timers = oracle.read_timers(rpc, kamailio.config, kamailio.version)
     deadline = timers.deadline_for("BYE")
-    pbx.hangup(ext)
-    bye_sent = time.monotonic()
-    mark("BYE (Asterisk hangs up)")
+    if hangup == "session-timer":
+        # Nobody refreshes now: Asterisk's timer ends the session and sends the BYE.
+        bye_sent = _await_timer_bye(r, call_id, se)
+        mark("BYE (Asterisk's session timer expired)")
+    else:
+        pbx.hangup(ext)
+        bye_sent = time.monotonic()
+        mark("BYE (Asterisk hangs up)")
 
     # 4. The oracle: watch the BYE transaction until it is gone or the deadline.
     watch = oracle.watch_transaction(rpc, call_id, "BYE", deadline=deadline, started=bye_sent,
@@ -378,11 +403,30 @@ def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target, *,
         snapshots=snapshots)
 
 
+def _await_timer_bye(r: _Run, call_id: str, session_expires: int) -> float:
+    """Wait for the BYE Asterisk's session timer sends; returns when it was seen.
+
+    RFC 4028 10: the side that does not refresh ends the session before it
+    expires (Asterisk: about 2/3 of Session-Expires after the last refresh).
+    """
+    def bye():
+        msgs = pbx_trace.parse_pjsip_log(r.pbx.log()[r.pbx_log_start:])
+        return pbx_trace.requests_sent(msgs, call_id, "BYE") or None
+
+    try:
+        poll(bye, timeout=session_expires + 15, interval=0.2,
+             what="Asterisk's session-timer BYE", abort=r.pbx.death)
+    except WaitTimeout:
+        raise ScenarioError(f"Asterisk sent no BYE within {session_expires + 15} s of the last "
+                            "refresh", "check the endpoint's timers in docker/asterisk/pjsip.conf.in") from None
+    return time.monotonic()
+
+
 def _disconnect(r: _Run, ua, disconnect: str) -> None:
     kamailio, rpc = r.kamailio, r.kamailio.rpc
     local_port = int(ua.local_addr.rsplit(":", 1)[1])
     r.snapshots["ws.dump before disconnect"] = rpc.ws_dump()
-    ua.disconnect(disconnect)
+    ua.disconnect(disconnect.partition("+")[0])
     r.mark(f"disconnect ({disconnect})")
     try:
         wait_ws_gone(kamailio, local_port)
@@ -433,7 +477,7 @@ def parse_variant(name: str) -> Variant:
 
 def gate(bench, variant: Variant, *, transport: str = "ws", disconnect: str = "rst",
          target: str = "", **ladder) -> Verdict:
-    """One run on a `harness.runner.Bench`; LADDER: run()'s cut and ua_options."""
-    kam = start_kamailio(bench.kamailio, variant)
+    """One run on a `harness.runner.Bench`; LADDER: run()'s cut, ua_options and hangup."""
+    kam = start_kamailio(bench.kamailio, variant, extra_defines=disconnect_defines(disconnect))
     return run(kamailio=kam, pbx=bench.pbx, ua_factory=bench.ua, transport=transport,
                variant=variant, disconnect=disconnect, target=target, **ladder)

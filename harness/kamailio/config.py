@@ -27,9 +27,11 @@ VARIANT_DEFINES = frozenset({
     "WITH_DELAYED_REPLY_OFF", "WITH_RELAY_NOCONNECT", "WITH_BRANCH_DROP",
     "WITH_NO_INTERNAL_REPLY", "WITH_LOCAL_REQUEST_ROUTE", "WITH_LOCAL_REQUEST_DROP",
     "WITH_WS_KEEPALIVE_NONE", "WITH_WS_KEEPALIVE_CONCHECK", "WITH_TCP_CONNECTION_MATCH",
+    "WITH_LISTEN_ADVERTISE", "WITH_STOCK_RELAY",
 })
 # Defines that carry a value, given as "NAME=<int>".
-VALUE_DEFINES = frozenset({"KAMLEAK_WS_KEEPALIVE_TIMEOUT", "KAMLEAK_TCP_LIFETIME"})
+VALUE_DEFINES = frozenset({"KAMLEAK_WS_KEEPALIVE_TIMEOUT", "KAMLEAK_TCP_LIFETIME",
+                           "KAMLEAK_SHM_MB"})
 
 
 @dataclass(frozen=True)
@@ -112,12 +114,17 @@ class KamailioConfig:
                 # stock configs refuse it ("403 Not relaying") unless it is
                 # `myself`.  Unquoted: a quoted alias is a host name, port 0.
                 lines.append(f"alias={HOST}:5060")
+        # WITH_LISTEN_ADVERTISE: `advertise` on the WS/WSS sockets, as behind a
+        # NAT; via_builder() then writes their proto and skips the WebSocket
+        # connection lookup (core/msg_translator.c:2960, 5.8.5).
+        adv = (lambda port: f" advertise {HOST}:{port}") if "WITH_LISTEN_ADVERTISE" in self.defines \
+            else (lambda port: "")
         lines += [
             f"listen=udp:{HOST}:{self.udp_port}",
-            f"listen=tcp:{HOST}:{self.ws_port}",
+            f"listen=tcp:{HOST}:{self.ws_port}{adv(self.ws_port)}",
         ]
         if self.user_config is None or self.user_config.uses_tls:
-            lines.append(f"listen=tls:{HOST}:{self.wss_port}")
+            lines.append(f"listen=tls:{HOST}:{self.wss_port}{adv(self.wss_port)}")
         if self.rpc_port and self.rpc_port != self.ws_port:
             # Polling tm.list on its own socket keeps the SIP sockets' capture clean.
             lines.append(f"listen=tcp:{HOST}:{self.rpc_port}")

@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS"
 # Requests that refresh the remote target and so carry a Contact (RFC 3261 12.2.1.1).
 _TARGET_REFRESH = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"})
-_DISCONNECT_MODES = ("rst", "fin", "close", "silent")
+_DISCONNECT_MODES = ("rst", "fin", "close", "silent", "drop", "close-frame")
 
 T = TypeVar("T")
 
@@ -374,6 +374,7 @@ class WebSocketUA:
         self._open = False
         self._closed = False
         self._silent = False   # disconnect("silent"): socket open, never read
+        self._blackhole = None  # disconnect("drop"): the rules to remove on close()
         self._cond = threading.Condition(threading.RLock())
         self._io_lock = threading.Lock()  # serialises socket I/O (an SSL object is not thread-safe)
         self._stop = threading.Event()
@@ -466,12 +467,30 @@ class WebSocketUA:
         network gone): the reader stops, the socket stays open and is never
         read again, so no PING is answered and nothing is sent; only the
         kernel still ACKs.  `close()` later resets it.
+        "drop": "silent", and every packet of the connection is dropped
+        both ways (harness.netdrop: iptables on lo, these two ports only),
+        so the server's data is never ACKed either: a peer gone without
+        FIN or RST.  `close()` removes the rules, then resets the socket.
+        "close-frame": a WebSocket close frame (RFC 6455 5.5.1), then
+        "silent": the TCP connection is left to the server to close.
         """
         if mode not in _DISCONNECT_MODES:
             raise ValueError(f"disconnect mode must be one of {_DISCONNECT_MODES}, got {mode!r}")
         if self._sock is None:
             raise UAError("not connected")
         self._stop_reader()
+        if mode == "close-frame":
+            with self._io_lock:
+                try:
+                    self._ws.send_close(status=websocket.STATUS_NORMAL)
+                except (websocket.WebSocketException, OSError) as exc:
+                    log.debug("disconnect(close-frame): %s", exc)
+            mode = "silent"
+        if mode == "drop":
+            from ..netdrop import Blackhole
+            local, remote = self._sock.getsockname(), self._sock.getpeername()
+            self._blackhole = Blackhole(local[:2], remote[:2]).start()
+            mode = "silent"
         if mode == "silent":
             with self._cond:
                 self.closed_reason = "silent: socket kept open, never read"
@@ -525,6 +544,9 @@ class WebSocketUA:
 
     def _drop_silent(self) -> None:
         """End a silent connection with an RST (the reader is already stopped)."""
+        if self._blackhole is not None:
+            self._blackhole.stop()
+            self._blackhole = None
         with self._io_lock:
             sock, self._sock = self._sock, None
             if sock is not None:
