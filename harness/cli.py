@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import containers, engine, images, progress
 from . import bench as bench_cmd
+from . import watch as watch_cmd
 from . import lint as lint_cmd
 from . import soak as soak_cmd
 from .errors import KamleakError, UsageError
@@ -515,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     lint_cmd.add_subparser(sub)
     soak_cmd.add_subparser(sub)
     bench_cmd.add_subparser(sub)
+    watch_cmd.add_subparser(sub)
     k = sub.add_parser("cleanup", help="remove containers left by killed runs")
     k.add_argument("--check", action="store_true",
                    help="exit 1 if any kamleak container exists (run after a test suite)")

@@ -24,8 +24,9 @@ def launch_kamailio(target: Target, client, pbx_port: int, workdir, defines=(),
     """Start Kamailio for TARGET with fresh loopback ports (retried if one is taken)."""
     last: ServerError | None = None
     for attempt in range(3):
-        udp, ws, wss, rpc = ports.allocate(4)
+        udp, ws, wss, rpc, ctl = ports.allocate(5)
         cfg = KamailioConfig(udp_port=udp, ws_port=ws, wss_port=wss, pbx_port=pbx_port, rpc_port=rpc,
+                             ctl_port=ctl,
                              defines=tuple(defines), timers=timers or TmTimers(),
                              user_config=user_config)
         run_dir = tempfile.mkdtemp(prefix=f"kamailio-{attempt}-", dir=workdir)
@@ -36,7 +37,7 @@ def launch_kamailio(target: Target, client, pbx_port: int, workdir, defines=(),
         try:
             return k.start(timeout=timeout)
         except ServerError as exc:
-            ports.release(udp, ws, wss, rpc)
+            ports.release(udp, ws, wss, rpc, ctl)
             last = exc
             if "already taken" not in str(exc):
                 raise

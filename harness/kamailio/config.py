@@ -62,6 +62,7 @@ class KamailioConfig:
     wss_port: int
     pbx_port: int
     rpc_port: int = 0           # JSON-RPC listener (0: share the WS port)
+    ctl_port: int = 0           # ctl's BINRPC socket on loopback TCP (0: ctl not loaded)
     defines: tuple[str, ...] = ()
     timers: TmTimers = field(default_factory=TmTimers)
     # Where the config directory is seen by Kamailio (container path, or the
@@ -101,6 +102,10 @@ class KamailioConfig:
             # port); with set_forward_no_connect() nothing is ever sent there.
             f'#!substdef "!KAMLEAK_DEAD_TCP!{HOST}:9!g"',
         ]
+        if self.ctl_port:
+            # `kamleak watch` over ctl (what kamcmd uses); a string, hence substdef.
+            lines += [f"#!define KAMLEAK_CTL_PORT {self.ctl_port}",
+                      f'#!substdef "!KAMLEAK_CTL_SOCKET!tcp:{HOST}:{self.ctl_port}!g"']
         for name in ("fr_timer", "fr_inv_timer", "wt_timer", "max_inv_lifetime",
                      "max_noninv_lifetime"):
             value = getattr(self.timers, name)
