@@ -553,11 +553,11 @@ def main_args(args) -> int:
             first = False
             next_at += args.interval
             now = time.monotonic()
-            if stop_at is not None and now >= stop_at:
-                return EXIT_OK
             if next_at < now:          # a slow poll: skip, never two tm.list back to back
                 next_at = now + args.interval
-            time.sleep(max(0.0, min(next_at, stop_at or next_at) - now))
+            if stop_at is not None and next_at > stop_at:
+                return EXIT_OK
+            time.sleep(max(0.0, next_at - now))
     except KeyboardInterrupt:
         return EXIT_OK
     finally:

@@ -338,3 +338,72 @@ def test_soak_with_a_leak_mix_reports_the_cells_it_leaves(soak_bench):
     assert res.leaked_cells == res.hits
     assert stuck == set(res.leaked_in_tm_list), (stuck, res.leaked_in_tm_list)
     assert last["stuck"] == res.leaked_cells == last["stuck_4140"]
+
+
+# ---------------------------------------------------------------------------
+# A busy server: ~10,000 live cells
+
+
+def _leak_udp(port: int, n: int, window: int = 200) -> None:
+    """N out-of-dialog MESSAGEs over UDP, WINDOW in flight (issue 4919's ladder: each leaks)."""
+    from harness.sip.udp import UdpClient
+    with UdpClient() as c:
+        c._sock.settimeout(2)
+        sent = got = 0
+        while got < n:
+            while sent < n and sent - got < window:
+                c._sock.sendto(c.build("MESSAGE", f"sip:gone@127.0.0.1:{port}", body="x").encode(),
+                               ("127.0.0.1", port))
+                sent += 1
+            try:
+                data, _ = c._sock.recvfrom(65535)
+            except socket.timeout:
+                return              # a few replies lost over UDP: tm.stats counts the cells
+            if data.startswith(b"SIP/2.0 ") and not data.startswith(b"SIP/2.0 1"):
+                got += 1
+
+
+def test_ten_thousand_cells_http_falls_back_ctl_lists_them(request, docker_client, kamleak_images,
+                                                           tmp_path):
+    """Debian 6.0.1 with ~10,000 live cells: jsonrpcs builds tm.list but xhttp cannot
+    allocate the HTTP reply in pkg memory and sends nothing (observed: its log says
+    "could not allocate private memory from pkg pool"); watch says it falls back to
+    tm.stats.  ctl streams the same cells (kamcmd refuses them: "reply too big"), and
+    watch lists them: the poll cost printed here is the one in the README."""
+    from harness.soak import _container_cpu
+    _need_version(request)
+    peer = UdpPeer().start()
+    k = launch_kamailio(Target("version", VERSION), docker_client, peer.sip_port, tmp_path,
+                        gh4140.Variant.parse("uac_req_send").defines
+                        + ("WITH_RELAY_NOCONNECT", "KAMLEAK_SHM_MB=320"), TmTimers())
+    try:
+        _leak_udp(k.config.udp_port, 10_000)
+        cur = k.rpc.tm_stats()["current"]
+        assert cur >= 9_000, cur
+        for name, addr, mode in (("http", k.rpc.url, "tm.stats"),
+                                 ("ctl", f"tcp:127.0.0.1:{k.config.ctl_port}", "tm.list")):
+            cpu0 = _container_cpu(k)
+            w = WatchProc("--kamailio-rpc", addr, "--interval", "2", "--timeout", "4",
+                          "--duration", "5")
+            first = w.wait_for(lambda e: e["event"] == "poll", 30)
+            w.proc.wait(30)
+            cpu = _container_cpu(k) - cpu0 if cpu0 is not None else None
+            polls = [e for e in w.all if e["event"] == "poll"]
+            assert "Traceback" not in w.stop()
+            assert first["mode"] == mode, first
+            cost = f"{cpu:.3f} s Kamailio CPU for {len(polls)} polls" if cpu is not None else ""
+            if mode == "tm.stats":
+                assert first["fallback_started"] and "did not answer tm.list" in \
+                    first["fallback_reason"], first
+                assert first["created_minus_freed"] == cur
+                # tm.list is not asked again before RETRY_LIST_S: the next polls are light.
+                assert all(p["mode"] == "tm.stats" and not p["fallback_started"] for p in polls[1:])
+                print(f"http: {cur} cells: fallback ({first['fallback_reason']}); {cost}")
+            else:
+                assert first["cells"] == cur, first
+                print(f"ctl: {cur} cells: tm.list {[p['tm_list_seconds'] for p in polls]} s; {cost}")
+        log = k.log()
+        assert "could not allocate private memory from pkg pool" in log
+    finally:
+        k.stop()
+        peer.stop()
