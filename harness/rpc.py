@@ -12,8 +12,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import socket
+
 import requests
 import requests.adapters
+import urllib3.connection
 
 from .errors import RPCError
 
@@ -137,24 +140,75 @@ def _one(result):
 
 # Where the harness's RPC connections come from. Kamailio indexes TCP connections
 # by the peer's ip:port only, and a new connection *replaces* the aliases of an
-# older one from the same ip:port (new_conn_alias_flags=2, the default). The
-# kernel may give an RPC connection to the RPC port the same ephemeral port as a
-# live WebSocket client's connection to the WS port, and then Kamailio (5.6, 6.0)
-# can no longer find that client: its next request to it fails in via_builder.
-# The clients all come from 127.0.0.1, so the RPC client comes from 127.0.0.2
-# (still loopback) and can never take over a client's alias. The takeover
-# itself is a catalogue scenario (scenarios/ws_alias_takeover.py).
-RPC_SOURCE_IP = "127.0.0.2"
+# older one from the same ip:port (new_conn_alias_flags=2, the default). Had an
+# RPC connection to the RPC port drawn, from the kernel's ephemeral ports, the
+# port of a live WebSocket client's connection to the WS port, Kamailio (5.6,
+# 6.0) could no longer find that client: its next request to it failed in
+# via_builder (the takeover is a catalogue scenario, scenarios/ws_alias_takeover.py).
+# So the RPC client binds 127.0.0.1 on a port above the ephemeral range, where
+# no client's connection ever comes from, and below nothing ports.py hands out.
+# Coming from 127.0.0.1, it passes a stock config's `src_ip!=127.0.0.1` check.
+RPC_SOURCE_IP = "127.0.0.1"
+_FALLBACK_SOURCE_IP = "127.0.0.2"   # when the ephemeral range leaves no room above it
+
+
+def _source_ports() -> range:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            high = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        high = 60999                 # Linux's default range is 32768-60999
+    return range(high + 1, 65536)
+
+
+class _SourcePorts:
+    """A source port drawn at random for each connection: processes that poll
+    the same Kamailio never walk over each other's recent four-tuples (a
+    TIME_WAIT younger than a second refuses reuse), and a busy port is retried."""
+
+    def __init__(self):
+        import random
+        self.range = _source_ports()
+        self._rng = random.Random()
+
+    def take(self) -> int:
+        return self._rng.choice(self.range)
+
+
+_SOURCE_PORTS = _SourcePorts()
+# Too few ports above the ephemeral range to draw from: another address instead.
+_USE_FALLBACK = len(_SOURCE_PORTS.range) < 1000
 
 
 class _FromAddress(requests.adapters.HTTPAdapter):
-    def __init__(self, source_ip: str):
-        self.source_ip = source_ip
+    def __init__(self, source: tuple[str, int]):
+        self.source = source
         super().__init__()
 
     def init_poolmanager(self, *args, **kwargs):
-        kwargs["source_address"] = (self.source_ip, 0)
+        kwargs["source_address"] = self.source
+        # Another process may hold the port in TIME_WAIT, or use it towards
+        # another Kamailio: SO_REUSEADDR lets it be bound anyway; only the same
+        # four-tuple is refused, and then the next port is drawn.
+        kwargs["socket_options"] = urllib3.connection.HTTPConnection.default_socket_options + \
+            [(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)]
         super().init_poolmanager(*args, **kwargs)
+
+
+def _source(source_ip: str) -> tuple[str, int]:
+    if source_ip == RPC_SOURCE_IP and _USE_FALLBACK:
+        return (_FALLBACK_SOURCE_IP, 0)
+    if source_ip == RPC_SOURCE_IP:
+        return (source_ip, _SOURCE_PORTS.take())
+    return (source_ip, 0)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason of a requests/urllib3 error, e.g. 'Connection reset by peer'."""
+    while exc.__context__ is not None or exc.__cause__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    text = str(exc).strip().splitlines()
+    return (text[-1] if text else type(exc).__name__)[:120]
 
 
 class KamailioRPC:
@@ -169,10 +223,19 @@ class KamailioRPC:
         # One connection per call, never pooled: Kamailio closes it after the
         # reply (set_reply_close), and a pooled one could be picked up just
         # before its FIN arrives.
-        with requests.Session() as session:
-            session.mount("http://", _FromAddress(self.source_ip))
-            return session.post(self.url, json=payload, timeout=self.timeout,
-                                headers={"Connection": "close"})
+        for attempt in range(20):
+            with requests.Session() as session:
+                session.mount("http://", _FromAddress(_source(self.source_ip)))
+                try:
+                    return session.post(self.url, json=payload, timeout=self.timeout,
+                                        headers={"Connection": "close"})
+                except requests.ConnectionError as exc:
+                    # That source port is busy after all (a listener, or the same
+                    # four-tuple): nothing was sent, take the next.
+                    if not any(e in str(exc) for e in ("Address already in use",
+                                                         "Cannot assign requested address")) \
+                            or attempt == 19:
+                        raise
 
     def call(self, method: str, *params: Any) -> Any:
         payload = {"jsonrpc": "2.0", "method": method, "id": next(_ids)}
@@ -181,7 +244,8 @@ class KamailioRPC:
         try:
             resp = self._post(payload)
         except requests.ConnectionError as exc:
-            reason = "refused the connection" if "refused" in str(exc).lower() else "is unreachable"
+            reason = "refused the connection" if "refused" in str(exc).lower() else \
+                f"is unreachable ({_root_cause(exc)})"
             raise RPCError(f"Kamailio JSON-RPC at {self.url} {reason}",
                            "is Kamailio running with jsonrpcs + xhttp on that port?") from None
         except requests.Timeout:

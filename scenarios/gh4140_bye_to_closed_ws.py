@@ -321,6 +321,9 @@ def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target, *,
 
     # 1. The call: INVITE with session timers, then the refreshing re-INVITE.
     ext = new_extension()
+    user_config = kamailio.config.user_config
+    if user_config is not None and user_config.pbx_by_registrar:
+        _register_at_pbx(r, ext)
     try:
         ua = ua_factory(kamailio.url(transport), **(ua_options or {}))
         mark("INVITE")
@@ -401,6 +404,23 @@ def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target, *,
         variant=variant.name,
         transport=transport, timeline=timeline, samples=watch.samples, started_at=r.t0_epoch,
         snapshots=snapshots)
+
+
+def _register_at_pbx(r: _Run, ext: str) -> None:
+    """A user config that routes calls through its registrar: register the
+    extension with the PBX as its contact, as a phone would register itself."""
+    from harness.sip.udp import UdpClient
+
+    aor = f"sip:{ext}@127.0.0.1"
+    with UdpClient() as c:
+        finals = c.register(("127.0.0.1", r.kamailio.config.udp_port), aor,
+                            f"sip:{ext}@{r.pbx.address}")
+    if not finals or finals[-1].message.status != 200:
+        got = f"{finals[-1].message.status} {finals[-1].message.reason}" if finals else "no reply"
+        raise ScenarioError(f"your config answered kamleak's REGISTER of {aor} with {got}",
+                            'let it register under KAMLEAK, or set $du = "sip:KAMLEAK_PBX_HOSTPORT" '
+                            "for calls (README, 'Your own kamailio.cfg')")
+    r.mark(f"REGISTER {aor} -> PBX")
 
 
 def _await_timer_bye(r: _Run, call_id: str, session_expires: int) -> float:

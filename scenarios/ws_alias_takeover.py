@@ -13,7 +13,7 @@ found").  The cause is in Kamailio's TCP layer:
 * TCP allows two connections from the same ip:port when their destinations
   differ.  A NAT mapping does this; so does the kernel's ephemeral port choice
   (kamleak's JSON-RPC client once drew a WebSocket client's port for its
-  connection to the RPC port; it now connects from 127.0.0.2).
+  connection to the RPC port; it now binds a port above the ephemeral range).
 * When the newcomer leaves, the aliases go with it: the first connection
   is alive but can no longer be found by address, so a request towards it
   fails in via_builder exactly as if the client were gone, and with a

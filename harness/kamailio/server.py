@@ -112,7 +112,7 @@ class Kamailio:
                 if isinstance(fatal[0], RPCError):
                     raise ServerError(f"Kamailio runs but its event_route[xhttp:request] does not "
                                       f"serve JSON-RPC to kamleak: {fatal[0].cause}",
-                                      "call jsonrpc_dispatch() for /RPC, from 127.0.0.2 too "
+                                      "call jsonrpc_dispatch() for /RPC from 127.0.0.1 "
                                       "(README, 'Your own kamailio.cfg')", log=log) from None
                 raise ServerError(f"Kamailio runs but cannot answer JSON-RPC on {self.rpc.url}: "
                                   f"{fatal[0]}", 'serve it over HTTP: modparam("jsonrpcs", '

@@ -132,24 +132,15 @@ def check(text: str, path: str = "kamailio.cfg") -> list[Problem]:
         if "jsonrpc_dispatch" not in xhttp:
             at(src, "event_route[xhttp:request] does not serve JSON-RPC",
                'if ($hu =~ "^/RPC") { jsonrpc_dispatch(); exit; } at its start')
-        # The harness's RPC client connects from 127.0.0.2 (harness/rpc.py: from
-        # 127.0.0.1 it could take over a WebSocket client's connection alias), so
-        # upstream's `if(src_ip!=127.0.0.1) { xhttp_reply("403", ...) }` refuses it.
-        for st in cfg.routes[key].stmts():
-            cond = "".join(t.val for t in st.toks) if st.kind == "if" else ""
-            if re.search(r"(src_ip|\$si)!=127\.0\.0\.1(?![\d.])", cond) and "127.0.0.2" not in cond:
-                at(st.src, "event_route[xhttp:request] refuses HTTP from any address but 127.0.0.1; "
-                   "kamleak's JSON-RPC client connects from 127.0.0.2",
-                   "#!ifdef KAMLEAK if(src_ip!=127.0.0.1 && src_ip!=127.0.0.2) #!else … #!endif "
-                   "(or let 127.0.0.2 in under KAMLEAK)")
         if "ws_handle_handshake" not in xhttp:
             at(src, "event_route[xhttp:request] does not accept WebSocket upgrades",
                "if (ws_handle_handshake()) exit;")
-    if "KAMLEAK_PBX_HOSTPORT" not in text:
-        at(None, "never sends calls to the harness's PBX",
+    if "KAMLEAK_PBX_HOSTPORT" not in text and not has_registrar(cfg):
+        at(None, "never sends calls to the harness's PBX: it sets no KAMLEAK_PBX_HOSTPORT and "
+           'has no registrar (save("location") and lookup("location")) that kamleak could '
+           "register the PBX in",
            '#!ifdef KAMLEAK $du = "sip:KAMLEAK_PBX_HOSTPORT"; #!endif where your config picks '
-           "the destination of a call from a WebSocket client, then relay it (stock configs: "
-           "before route(LOCATION), with route(RELAY))")
+           "the destination of a call from a WebSocket client, then relay it")
     if "tls" in cfg.modules:
         tls_cfg = cfg.modparam("tls", "config")
         if not tls_cfg or "KAMLEAK_DIR" not in " ".join(t.val for t in tls_cfg[0]):
@@ -159,6 +150,15 @@ def check(text: str, path: str = "kamailio.cfg") -> list[Problem]:
     return sorted(problems, key=lambda p: (p.file or "", p.line or 0))
 
 
+def has_registrar(cfg) -> bool:
+    """Saves REGISTERs and looks calls up in `location`: then kamleak registers the
+    called extension with the PBX as its contact, and the config's own routing
+    takes the call there (as it would to a registered phone)."""
+    calls = [c for route in cfg.routes.values() for c in route.calls()]
+    return all(any(c.name == fn and (c.literal(0) or "").strip('"') == "location" for c in calls)
+               for fn in ("save", "lookup"))
+
+
 @dataclass
 class UserConfig:
     path: Path
@@ -166,6 +166,9 @@ class UserConfig:
     uses_tls: bool
     # Kamailio reads bytes: a Latin-1 config is written back in Latin-1.
     encoding: str = "utf-8"
+    # No KAMLEAK_PBX_HOSTPORT in it: calls reach the PBX through its registrar
+    # (`has_registrar`), so the scenario registers the extension first.
+    pbx_by_registrar: bool = False
 
     @classmethod
     def load(cls, path: str) -> "UserConfig":
@@ -181,7 +184,8 @@ class UserConfig:
             p.read_bytes().decode("utf-8")
         except UnicodeDecodeError:
             encoding = "latin-1"            # how read_config() decoded it
-        return cls(p.resolve(), text, "tls" in cfg.modules, encoding)
+        return cls(p.resolve(), text, "tls" in cfg.modules, encoding,
+                   pbx_by_registrar="KAMLEAK_PBX_HOSTPORT" not in text)
 
     def body(self) -> str:
         """The config without its first `#!KAMAILIO` line (the header has it)."""

@@ -57,6 +57,17 @@ class UdpClient:
             contact=f"<sip:kamleak@{self.host}:{self.port}>" if method == "INVITE" else None,
             body=body, content_type=content_type if body else None)
 
+    def register(self, registrar: tuple[str, int], aor: str, contact: str,
+                 expires: int = 300, timeout: float = 5.0) -> list[Received]:
+        """REGISTER AOR at REGISTRAR (host, port) with CONTACT; its final replies."""
+        self.call_id = new_call_id()
+        req = build_request(
+            "REGISTER", f"sip:{registrar[0]}:{registrar[1]}",
+            from_=f"<{aor}>;tag={new_tag()}", to=f"<{aor}>", call_id=self.call_id, cseq=1,
+            via=f"SIP/2.0/UDP {self.host}:{self.port};branch={new_branch()};rport",
+            contact=f"<{contact}>;expires={expires}")
+        return self.request(req, registrar, timeout=timeout, quiet=0)
+
     def request(self, request: SipMessage, to: tuple[str, int], timeout: float = 10.0,
                 quiet: float = 0.5) -> list[Received]:
         """Send REQUEST; return its final replies once QUIET seconds pass without one.

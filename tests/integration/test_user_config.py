@@ -76,8 +76,8 @@ def test_an_unedited_stock_config_is_refused_with_everything_at_once():
     proc = kamleak("gate", "--config", str(STOCK / "kamailio.orig.cfg"), "--version", "6.0.1")
     assert proc.returncode == 2
     first, *rest = proc.stderr.strip().splitlines()
-    assert first.startswith(f"kamleak: {STOCK / 'kamailio.orig.cfg'}: 6 things to change")
-    assert len(rest) == 6 and all(ln.startswith(f"  {STOCK / 'kamailio.orig.cfg'}") for ln in rest)
+    assert first.startswith(f"kamleak: {STOCK / 'kamailio.orig.cfg'}: 5 things to change")
+    assert len(rest) == 5 and all(ln.startswith(f"  {STOCK / 'kamailio.orig.cfg'}") for ln in rest)
 
 
 def _variant(tmp_path, old, new):

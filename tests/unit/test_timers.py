@@ -99,9 +99,10 @@ def test_defaults_match_upstream_tm_config_h(tag):
 def test_the_harness_config_keeps_its_7_s_bye_deadline():
     t = oracle.read_timers(None, KamailioConfig(5060, 8080, 4443, 5080), "6.0.1")
     assert t.deadline_for("BYE") == pytest.approx(7.0)
-    assert t.values["wt_timer"].source == "kamailio.cfg:129 modparam"
     body = (ROOT / "harness/kamailio/kamailio.cfg").read_text().split("\n")
-    assert "wt_timer" in body[129 - 1] and "max_noninv_lifetime" in body[135 - 1]
+    wt_line = next(i for i, ln in enumerate(body, 1) if 'modparam("tm", "wt_timer"' in ln)
+    assert t.values["wt_timer"].source == f"kamailio.cfg:{wt_line} modparam"
+    assert t.values["max_noninv_lifetime"].source.startswith("kamailio.cfg:")
     # a timer left to Kamailio comes from tm's defaults
     d = oracle.read_timers(None, KamailioConfig(5060, 8080, 4443, 5080,
                                                 timers=TmTimers.kamailio_defaults()), "6.1.5")

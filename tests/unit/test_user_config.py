@@ -72,11 +72,8 @@ def test_every_problem_of_a_stock_config_in_one_report_and_the_same_from_lint(ca
     with pytest.raises(ContractError) as exc:
         UserConfig.load(str(orig))
     lines = exc.value.line().split("\n")
-    assert lines[0].startswith(f"{orig}: 4 things to change before kamleak can run it")
+    assert lines[0].startswith(f"{orig}: 3 things to change before kamleak can run it")
     assert [ln.strip() for ln in lines[1:]] == [
-        f"{orig}: never sends calls to the harness's PBX; add: #!ifdef KAMLEAK $du = \"sip:KAMLEAK_PBX_HOSTPORT\"; "
-        "#!endif where your config picks the destination of a call from a WebSocket client, then relay it "
-        "(stock configs: before route(LOCATION), with route(RELAY))",
         f"{orig}:235: leaves jsonrpcs's transport at its default (6: FIFO and datagram, no HTTP), so Kamailio "
         'answers no JSON-RPC over HTTP; add: modparam("jsonrpcs", "transport", 7)',
         f'{orig}:445: loads tls.so but not the harness\'s TLS config; add: #!ifdef KAMLEAK modparam("tls", '
@@ -95,7 +92,7 @@ def test_every_problem_of_a_stock_config_in_one_report_and_the_same_from_lint(ca
     assert "contract" not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name, count", [("kamailio-default-websocket", 4), ("kamailio", 6)])
+@pytest.mark.parametrize("name, count", [("kamailio-default-websocket", 3), ("kamailio", 5)])
 def test_the_stock_configs_as_edited_meet_the_contract(name, count):
     assert len(check((STOCK / f"{name}.orig.cfg").read_text(), name)) == count
     assert check((STOCK / f"{name}.cfg").read_text(), name) == []
@@ -148,3 +145,19 @@ def test_kamailios_reason_for_not_answering_json_rpc_is_read_from_its_log():
     assert rpc_reason(LOG) == line, "repeated lines are quoted once"
     assert rpc_fatal(LOG.replace("jsonrpc over http not initialized", "x")) is None
     assert rpc_reason(" 0(1) INFO: fine\n") is None
+
+
+def test_a_config_without_registrar_or_pbx_destination_is_told_both_ways():
+    """Calls reach the PBX through KAMLEAK_PBX_HOSTPORT or through the config's
+    registrar (kamleak registers the PBX); with neither, one line says so."""
+    from harness.kamailio.user_config import has_registrar
+    from harness.lint import parse
+    stock = (STOCK / "kamailio-default-websocket.cfg").read_text()
+    cfg, _ = parse(stock, defines={"KAMLEAK": ""})
+    assert has_registrar(cfg)
+    no_lookup = stock.replace('if (!lookup("location")) {', 'if (!lookup("other")) {')
+    assert no_lookup != stock
+    problems = [p.what for p in check(no_lookup, "x.cfg")]
+    assert any(p.startswith("never sends calls to the harness's PBX") for p in problems)
+    assert not any("PBX" in p for p in check(no_lookup.replace(
+        'route(LOCATION);', '$du = "sip:KAMLEAK_PBX_HOSTPORT"; route(LOCATION);', 1), "x.cfg"))
