@@ -12,6 +12,8 @@ PYTEST_ARGS ?=
 # Kamailio on the host: the local-binary path (`--kamailio-bin`, `kamleak check`)
 # is tested against Debian's package, as a developer's build would be run.
 HOST_KAMAILIO := kamailio kamailio-websocket-modules kamailio-tls-modules kamailio-presence-modules
+# A real Prometheus server scrapes `kamleak watch --prometheus` in the tests.
+HOST_TEST := prometheus
 
 # Kamailio built from upstream source (--kamailio-ref): the offline copy of
 # upstream's history beside the checkout when there is one (CI, these
@@ -38,7 +40,7 @@ host-packages:
 	@missing=""; \
 	for cmd in debootstrap openssl tcpdump; do command -v $$cmd >/dev/null || missing="$$missing $$cmd"; done; \
 	if ! docker info >/dev/null 2>&1 && ! command -v dockerd >/dev/null; then missing="$$missing docker.io"; fi; \
-	if [ "$$(id -u)" = 0 ]; then for p in $(HOST_KAMAILIO); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; fi; \
+	if [ "$$(id -u)" = 0 ]; then for p in $(HOST_KAMAILIO) $(HOST_TEST); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; fi; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "kamleak: installing Debian packages:$$missing"; \
