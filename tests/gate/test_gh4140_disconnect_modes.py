@@ -17,7 +17,7 @@ from scenarios import gh4140_bye_to_closed_ws as gh4140
 
 REPORT_LINE = "msg_send_buffer(): TCP/TLS connection for WebSocket could not be found"
 VIA_LINE = "TCP/TLS connection (id: 0) for WebSocket could not be found"
-# Measured (tools/measure_disconnects.py, 20 runs each; README "Disconnect modes"):
+# Measured (python -m scenarios.measure_disconnects, 20 runs each; README "Disconnect modes"):
 # Debian's 5.6.3 looks the connection up in via_builder() despite `advertise`.
 REPLY_CODE = {"src:5.8.5": 477, "debian-5.6.3": 500}
 

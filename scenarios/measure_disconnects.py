@@ -8,7 +8,7 @@ Asterisk received and the Kamailio log lines the BYE caused are recorded.
 After the last BYE, one wait past the BYE deadline, then tm.list names the
 leaked calls.
 
-    .venv/bin/python tools/measure_disconnects.py --target debian:6.0.1 \\
+    .venv/bin/python -m scenarios.measure_disconnects --target debian:6.0.1 \\
         --target src:5.8.5 --runs 20 --candidates rst,drop,... --out artifacts/disconnects.json
 """
 
@@ -17,18 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from harness import oracle  # noqa: E402
-from harness.runner import Bench  # noqa: E402
-from harness.targets import Target  # noqa: E402
-from harness.wait import WaitTimeout, poll  # noqa: E402
-from scenarios import gh4140_bye_to_closed_ws as g  # noqa: E402
+from harness import oracle
+from harness.runner import Bench
+from harness.targets import Target
+from harness.wait import WaitTimeout, poll
+from scenarios import gh4140_bye_to_closed_ws as g
 
 # name: (UA disconnect mode, Kamailio defines, wait for ws.dump to drop it, hangup delay s)
 CANDIDATES = {
