@@ -103,7 +103,7 @@ class Stuck:
         return (f"STUCK {self.method} Call-ID {self.callid} CSeq {self.cseq} "
                 f"from-tag {self.from_tag or '-'} to-tag {self.to_tag or '-'}: "
                 f"outgoings {self.outgoings}, ref_count {self.ref_count}, tflags {self.tflags}; "
-                f"first seen {when}, age {self.age:.1f} s > bound {self.bound:.1f} s{sig}")
+                f"first seen {when}, age {self.age:.1f} s, past its bound of {self.bound:.1f} s{sig}")
 
 
 class Bounds:
