@@ -127,7 +127,8 @@ def kamailio_factory(request, kamailio_target, tmp_path, pbx_log):
         cap.stop()
     for k in started:
         k.stop()
-        ports.release(k.config.udp_port, k.config.ws_port, k.config.wss_port, k.config.rpc_port)
+        ports.release(k.config.udp_port, k.config.ws_port, k.config.wss_port, k.config.rpc_port,
+                      k.config.ctl_port)
 
 
 @pytest.fixture
