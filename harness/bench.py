@@ -21,6 +21,9 @@ machine's state:
   call phases) beside Kamailio's (its container's cgroup), and a cProfile of
   the harness in that path.
 
+* **source build, one bisect step**: `kamleak bisect`'s cost per probe
+  once the compiler cache is warm: a commit built right after its parent.
+
 Cold time (images built from nothing: debootstrap + apt) is not measured:
 it takes minutes and depends on the Debian mirror, not on kamleak.
 
@@ -192,6 +195,28 @@ def soak_throughput(client, *, version: str, calls: int, concurrency: int, trans
 # ---------------------------------------------------------------------------
 
 
+def build_step(client) -> dict:
+    """One `kamleak bisect` step's build: a commit whose parent is built, with
+    the compiler cache warm (knowledge's t_unref() fix after its parent: a
+    one-file change).  The child's image is removed first, so this is a build."""
+    from . import knowledge, source_build
+
+    child = knowledge.FIXES["t_unref_orphans"].commit
+    src = source_build.Source()
+    mods = source_build.modules_for()
+    parent = source_build.build(client, f"{child}~1", source=src, modules=mods)
+    res = src.resolve(child)
+    tag = source_build.image_tag(res, [m for m in mods if m in src.modules_in_tree(res.commit)])
+    try:
+        client.images.remove(tag, force=True)
+    except Exception:  # noqa: BLE001 - absent: nothing to remove
+        pass
+    t0 = time.monotonic()
+    built = source_build.build(client, child, source=src, modules=mods)
+    return {"parent": parent.commit[:10], "commit": built.commit[:10], "seconds": time.monotonic() - t0,
+            "reused": built.reused, "source": src.location}
+
+
 def _median(rows: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
@@ -200,7 +225,7 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def table(floor: dict, gate: dict, soak: list[dict]) -> str:
+def table(floor: dict, gate: dict, soak: list[dict], build: dict | None = None) -> str:
     kam_f, ast_f = floor["kamailio container"], floor["asterisk container"]
     floor_of = {"Kamailio ready": kam_f, "Asterisk ready": ast_f}
     lines = [f"floor: bare container start+exit kamailio {kam_f:.2f} s, asterisk {ast_f:.2f} s; "
@@ -238,6 +263,11 @@ def table(floor: dict, gate: dict, soak: list[dict]) -> str:
                      f"{_fmt(s['kamailio_cpu_ms_per_call']):>8} "
                      f"{_fmt(s['setup_ms_median'])}/{_fmt(s['setup_ms_p95']):>8} "
                      f"{s['max_tm_current'] or 0:9d} {(s['max_shm_real_used'] or 0) / 1e6:10.1f}")
+    if build:
+        lines.append("")
+        lines.append(f"source build, one bisect step (commit {build['commit']} after its parent "
+                     f"{build['parent']}, ccache warm): {build['seconds']:.1f} s" if "seconds" in build
+                     else f"source build, one bisect step: not measured ({build['error']})")
     return "\n".join(lines)
 
 
@@ -251,6 +281,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-gate", action="store_true", help="skip the gate runs")
     p.add_argument("--no-soak", action="store_true", help="skip the soak throughput")
     p.add_argument("--no-profile", action="store_true", help="skip the cProfile'd soak")
+    p.add_argument("--no-build", action="store_true",
+                   help="skip the source build of one bisect step (a commit after its parent)")
     p.add_argument("--out", default="artifacts", help="directory for bench.json (default artifacts)")
 
 
@@ -336,8 +368,16 @@ def _main(args) -> int:
                                         rate=args.soak_rate, profile_path=prof))
             record["profile"] = str(prof)
         record["soak"] = soak
+    build = None
+    if not args.no_build:
+        _say("source build: one commit after its parent, compiler cache warm")
+        try:
+            build = build_step(client)
+        except KamleakError as exc:
+            build = {"error": exc.line()}
+        record["build_step"] = build
     record["loadavg_after"] = os.getloadavg()
-    text = table(floor, gate, soak) if gate else table(floor, {}, soak)
+    text = table(floor, gate, soak, build) if gate else table(floor, {}, soak, build)
     print(text)
     (out / "bench.json").write_text(json.dumps(record, indent=1, default=str))
     print(f"kamleak bench: results in {out / 'bench.json'}")

@@ -355,18 +355,13 @@ def cmd_check(args) -> int:
     if getattr(args, "config_required", False) and not args.config:
         raise UsageError(f"{args.command} needs your config", "pass --kamailio-config KAMAILIO_CFG")
     sc, variant = _scenario_variant(args)
-    user_config = None
-    if getattr(args, "config", None):
-        if not sc.USER_CONFIG:
-            raise UsageError(f"scenario {args.scenario} runs on the harness's own config only "
-                             f"(its story is built from the harness's defines)",
-                             "use --scenario gh4140 or takeover with --kamailio-config")
-        from .kamailio.user_config import UserConfig
-        user_config = UserConfig.load(args.config)
-        if args.transport == "wss" and not user_config.uses_tls:
-            raise UsageError(f"{args.config} loads no tls.so, so there is no WSS to test",
-                             "use --transport ws")
-    target = _target_from(args, default_version=None if args.command == "check" else "6.1.5")
+    user_config = _user_config_for(args, sc)
+    if getattr(args, "kamailio_tree", None):
+        target = _tree_target(args)
+        if target is None:
+            return EXIT_CANNOT_TEST
+    else:
+        target = _target_from(args, default_version=None if args.command == "check" else "6.1.5")
     if target.kind == "binary" and not os.path.exists(target.ref):
         _say(f"cannot test: Kamailio binary {target.ref} not found (did the build fail?)")
         return EXIT_CANNOT_TEST
@@ -379,6 +374,28 @@ def cmd_check(args) -> int:
     if args.invert:  # searching for the fix: the old (leaking) side must exit 0
         codes = {"clean": EXIT_LEAK, "leak": EXIT_CLEAN}
     return codes.get(outcome, EXIT_CANNOT_TEST)
+
+
+def _tree_target(args) -> Target | None:
+    """--kamailio-tree: build the checkout's working tree as it is (None: it does not build)."""
+    from . import source_build
+
+    if any(getattr(args, k, None) for k in ("version", "image", "kamailio_bin", "kamailio_ref")):
+        raise UsageError("--kamailio-tree builds the checkout itself; it takes no other Kamailio",
+                         "drop --kamailio-version/-ref/-image/-bin")
+    wt = source_build.WorkTree(args.kamailio_tree)
+    if wt.dirty:
+        _say(f"{wt.location} has uncommitted changes ({len(wt.changes)} path(s), git status): "
+             f"building the working tree as it is, not HEAD {wt.head[:10]}")
+    try:
+        built, _ = source_build.build_tree(engine.client(), wt.location,
+                                           modules=source_build.modules_for(args.config))
+    except source_build.BuildError as exc:
+        _say(f"cannot test: {exc.cause}")
+        return None
+    _say(f"{wt.location}: {'cached' if built.reused else 'built'} {built.tag} "
+         f"(kamailio {built.version})")
+    return Target("image", built.tag)
 
 
 def _scenario_variant(args):
@@ -403,11 +420,40 @@ def _bisect_target(item: str, source: str | None = None) -> Target:
     return Target("image", item)
 
 
+def _user_config_for(args, sc):
+    """--kamailio-config loaded for a scenario that takes one (check, bisect)."""
+    if not getattr(args, "config", None):
+        return None
+    if not sc.USER_CONFIG:
+        raise UsageError(f"scenario {args.scenario} runs on the harness's own config only "
+                         f"(its story is built from the harness's defines)",
+                         "use --scenario gh4140 or takeover with --kamailio-config")
+    from .kamailio.user_config import UserConfig
+    user_config = UserConfig.load(args.config)
+    if args.transport == "wss" and not user_config.uses_tls:
+        raise UsageError(f"{args.config} loads no tls.so, so there is no WSS to test",
+                         "use --transport ws")
+    return user_config
+
+
+def _is_commit_range(args, items: list[str]) -> bool:
+    """A..B, or two refs with --kamailio-source: commits; anything else: a list of builds."""
+    if any(".." in x for x in items):
+        return True
+    return bool(args.kamailio_source) and len(items) == 2 and \
+        not any(x.startswith(("src:", "debian-")) for x in items)
+
+
 def cmd_bisect(args) -> int:
     """Run the gate on as few builds as needed to find where the verdict flips."""
     from .bisect import bisect, table
 
     items = [x.strip() for raw in args.builds for x in raw.split(",") if x.strip()]
+    if _is_commit_range(args, items):
+        return _bisect_commits(args, items)
+    if getattr(args, "config", None):
+        raise UsageError("--kamailio-config is for a commit range (A..B)",
+                         "for a list of builds run `kamleak check --kamailio-config` on each")
     targets = {item: _bisect_target(item, getattr(args, "kamailio_source", None)) for item in items}
     sc, variant = _scenario_variant(args)
     _say(f"bisecting {len(items)} builds: scenario {args.scenario}, variant {variant.name}"
@@ -432,6 +478,108 @@ def cmd_bisect(args) -> int:
         print(f"kamleak bisect: {first} is the first build with verdict {v_first.upper()} "
               f"({before} and earlier: {result.verdict_of(result.last_same).upper()})")
     print(f"kamleak bisect: {result.runs} gate runs ({result.search_runs} between the ends)")
+    return 0
+
+
+def _bisect_commits(args, items: list[str]) -> int:
+    """Bisect the commits of a git range: build each probed commit, gate it."""
+    from . import source_build
+    from .bisect import SKIP, bisect_commits, commit_info, commit_range, split_range
+
+    a, b = split_range(items)
+    sc, variant = _scenario_variant(args)
+    user_config = _user_config_for(args, sc)
+    src = source_build.Source(args.kamailio_source)
+    ra, rb = src.resolve(a), src.resolve(b)
+    mirror = str(src.mirror)
+    rng = commit_range(mirror, a, ra.commit, b, rb.commit)
+    modules = source_build.modules_for(getattr(args, "config", None))
+    client = engine.client()
+    t_all = time.monotonic()
+    if rng.merge_base:
+        print(f"kamleak bisect: {a} and {b} are on diverging lines (merge base "
+              f"{rng.merge_base[:10]}); scenario {args.scenario}, variant {variant.name} over "
+              f"{args.transport.upper()}", flush=True)
+    else:
+        print(f"kamleak bisect: {len(rng.commits) - 1} commits from {rng.given[0]} ({rng.ends[0][:10]}) "
+              f"to {rng.given[1]} ({rng.ends[1][:10]}); scenario {args.scenario}, variant "
+              f"{variant.name} over {args.transport.upper()}; at most {rng.max_runs} gate runs "
+              f"plus skips", flush=True)
+    probed: list[dict] = []
+
+    def check(commit: str):
+        n = len(probed) + 1
+        info = commit_info(mirror, commit)
+        row = {"n": n, "commit": commit, "subject": info["subject"], "verdict": SKIP, "note": ""}
+        probed.append(row)
+        print(f"[{n}] {commit[:10]} {info['subject'][:70]}", flush=True)
+        t0 = time.monotonic()
+        try:
+            built = source_build.build(client, commit, source=src, modules=modules)
+        except source_build.BuildError as exc:
+            row["note"] = f"does not build: {exc.cause}"
+            print(f"[{n}]   does not build ({time.monotonic() - t0:.0f} s): {exc.cause}; skipped",
+                  flush=True)
+            return SKIP, row["note"]
+        row["build"] = f"{'cached' if built.reused else 'built'} {time.monotonic() - t0:.0f} s"
+        print(f"[{n}]   {'cached' if built.reused else 'built'} in {time.monotonic() - t0:.0f} s "
+              f"({built.tag}); gate ...", flush=True)
+        target = Target("source", commit, source=src.location, config=getattr(args, "config", None))
+        t1 = time.monotonic()
+        outcome, note, verdict = gate_once(target, variant, args.transport, args.disconnect,
+                                           user_config, scenario=sc)
+        replies = ", ".join(r.describe() for r in verdict.replies) if verdict else ""
+        row.update(verdict=outcome, note=note if outcome == SKIP else "",
+                   reply=replies or ("no reply" if verdict else ""))
+        said = f"{outcome.upper()}" + (f" ({row['reply']})" if verdict else f": {note}; skipped")
+        print(f"[{n}]   {said} in {time.monotonic() - t1:.0f} s", flush=True)
+        return outcome, row["note"]
+
+    try:
+        result, rng = bisect_commits(mirror, rng, check, say=lambda m: print(f"kamleak bisect: {m}",
+                                                                              flush=True))
+    except KeyboardInterrupt:
+        done = [r for r in probed if r.get("build")]
+        _say(f"interrupted after {len(probed)} probe(s); {len(done)} build(s) kept as images "
+             f"({source_build.REPO}:*): a rerun reuses them")
+        raise
+    by_commit = {r["commit"]: r for r in probed}
+    print("\nprobed commits, in history order:")
+    for i, c in enumerate(rng.commits):
+        r = by_commit.get(c)
+        if r is None:
+            continue
+        mark = "  <- first with the other verdict" if i == result.first_other else ""
+        what = r.get("reply") if r["verdict"] != SKIP else r["note"]
+        print(f"  {i:>4}  {c[:10]}  {r['verdict']:5}  {(what or '')[:60]:60}  {r['subject'][:50]}{mark}")
+    first, last_same = rng.commits[result.first_other], rng.commits[result.last_same]
+    v_old = result.verdict_of(result.last_same)
+    v_new = result.verdict_of(result.first_other)
+    kind = "fix" if (v_old, v_new) == ("leak", "clean") else "regression"
+    elapsed = time.monotonic() - t_all
+    builds = len([r for r in probed if r.get("build", "").startswith("built")])
+    if result.first_other - result.last_same > 1:
+        between = rng.commits[result.last_same + 1:result.first_other]
+        print(f"\nkamleak bisect: the verdict flips from {v_old.upper()} to {v_new.upper()} in "
+              f"{last_same[:10]}..{first[:10]}: one of these {len(between) + 1} commits "
+              f"(those before {first[:10]} could not be tested):")
+        for c in between + [first]:
+            inf = commit_info(mirror, c)
+            print(f"  {c[:10]}  {inf['subject'][:70]}")
+    else:
+        inf = commit_info(mirror, first)
+        print(f"\nkamleak bisect: {first} is the first commit with verdict {v_new.upper()} "
+              f"({kind}; {last_same[:10]} before it: {v_old.upper()})")
+        print(f"  subject: {inf['subject']}\n  author:  {inf['author']}\n  date:    {inf['date']}")
+        print("  files:\n" + "\n".join(f"    {f}" for f in inf["files"]))
+        if len(source_build._git(Path(mirror), "rev-list", "--parents", "-n1", first).split()) > 2:
+            print(f"  {first[:10]} is a merge: the change came in on its side branch; bisect "
+                  f"{first[:10]}^1..{first[:10]}^2 to name the commit there")
+    skipped = len([r for r in probed if r["verdict"] == SKIP])
+    print(f"kamleak bisect: {result.runs_real} gate runs ({len(probed)} commits probed, {skipped} "
+          f"skipped; bound {rng.max_runs} plus skips), {builds} built, "
+          f"{len(probed) - builds - len([r for r in probed if r['note'].startswith('does not')])} "
+          f"cached, {elapsed / 60:.1f} min", flush=True)
     return 0
 
 
@@ -482,6 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="one gate run; exit 0 clean, 1 leak, 125 cannot test, "
                                      "128 bad input (for `git bisect run`)", usage_exit=EXIT_ABORT)
     _add_target_args(c, config="optional")
+    c.add_argument("--kamailio-tree", default=None, metavar="DIR",
+                   help="build the working tree of this Kamailio checkout as it is and test it "
+                        "(`git bisect run kamleak check --kamailio-tree .`)")
     _add_scenario_arg(c)
     c.add_argument("--variant", default=None,
                    help="config variant (default: the scenario's; gh4140: pua_dialoginfo)")
@@ -502,13 +653,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_check)
     b = sub.add_parser("bisect", help="find the first build in an ordered list where the verdict flips",
                        usage_exit=EXIT_ABORT)
-    b.add_argument("builds", nargs="*", help="versions (5.6.3 6.0.1 6.1.5), upstream source refs "
-                                             "(src:5.8.5 src:master), images or binaries, "
-                                             "oldest first; the two ends must disagree")
+    b.add_argument("builds", nargs="*",
+                   help="a commit range A..B (or two refs with --kamailio-source: tags, branches, "
+                        "commits, either order): each probed commit is built from source; or a "
+                        "list of builds oldest first: versions (5.6.3 6.0.1 6.1.5), src:REF, "
+                        "images, binaries. The two ends must disagree")
     _add_scenario_arg(b)
     b.add_argument("--kamailio-source", default=None, metavar="URL|PATH",
-                   help="where src:REF builds come from (default: $KAMLEAK_KAMAILIO_SOURCE, else "
-                        "github.com/kamailio/kamailio)")
+                   help="the git source of a range and of src:REF builds (default: "
+                        "$KAMLEAK_KAMAILIO_SOURCE, else github.com/kamailio/kamailio)")
+    add_option(b, ("--kamailio-config", "--config"), dest="config", default=None,
+               metavar="KAMAILIO_CFG", help="your kamailio.cfg (a commit range only; its modules "
+                                            "are built too)")
+    b.add_argument("--disconnect", default="rst", choices=DISCONNECT_CHOICES)
     b.add_argument("--variant", default=None,
                    help="config variant (default: the scenario's; gh4140: pua_dialoginfo)")
     b.add_argument("--transport", default="ws", choices=("ws", "wss"))

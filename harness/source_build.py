@@ -106,6 +106,7 @@ class Resolved:
     commit: str
     tag: str | None        # the release tag the commit is, if any (exactly)
     describe: str          # `git describe --tags` (or the short commit)
+    label: str | None = None   # a dirty working tree: "wt-<hash of its content>"
 
     @property
     def short(self) -> str:
@@ -114,7 +115,7 @@ class Resolved:
     @property
     def name(self) -> str:
         """What an image and a target are named after: the tag, else the commit."""
-        return self.tag or self.short
+        return self.label or self.tag or self.short
 
 
 class Source:
@@ -397,6 +398,109 @@ def build(client, ref: str, *, source: Source | str | None = None,
         if missing:
             progress.say(f"[{title}] not in this tree, not built: {', '.join(missing)}")
         return _build(client, src, res, mods, tag, title)
+
+
+class WorkTree:
+    """The working tree of a Kamailio checkout, built as it is (a `git bisect
+    run` step).  Clean, it is its HEAD commit: the same image as
+    `--kamailio-ref <HEAD>`.  With changes, the files as they are on disk
+    (tracked and untracked, not ignored), named by a hash of their content."""
+
+    def __init__(self, path: str):
+        path = os.path.abspath(os.path.expanduser(path))
+        if not os.path.isdir(path):
+            raise UsageError(f"{path} is not a directory",
+                             "pass the top of a Kamailio checkout (--kamailio-tree .)")
+        try:
+            top = _git(Path(path), "rev-parse", "--show-toplevel", timeout=30)
+        except subprocess.CalledProcessError:
+            raise UsageError(f"{path} is not in a git checkout",
+                             "pass a git checkout of Kamailio (--kamailio-tree)") from None
+        for rel in ("src/Makefile.defs", "src/modules/tm/t_lookup.c"):
+            if not os.path.isfile(os.path.join(top, rel)):
+                raise UsageError(f"{top} is not a Kamailio tree (no {rel})",
+                                 "pass a checkout of github.com/kamailio/kamailio")
+        self.location = top
+        self.head = _git(Path(top), "rev-parse", "HEAD")
+        self.changes = [x for x in _git(Path(top), "status", "--porcelain").splitlines() if x.strip()]
+        self._tar: Path | None = None
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.changes)
+
+    def resolve(self) -> Resolved:
+        top = Path(self.location)
+        describe = _git(top, "describe", "--tags", "--always", "--abbrev=10", "HEAD", check=False) \
+            or self.head[:10]
+        if not self.dirty:
+            exact = _git(top, "tag", "--points-at", "HEAD", check=False).split()
+            releases = sorted(t for t in exact if re.fullmatch(r"\d+\.\d+\.\d+", t))
+            return Resolved("HEAD", self.head, releases[0] if releases else None, describe)
+        digest = hashlib.sha256(self._tarball().read_bytes()).hexdigest()[:10]
+        return Resolved("working tree", self.head, None, describe + "-dirty", label=f"wt-{digest}")
+
+    def modules_in_tree(self, commit: str = "") -> set[str]:
+        return set(os.listdir(os.path.join(self.location, "src", "modules")))
+
+    def _tarball(self) -> Path:
+        """The files as they are, in a tar made reproducible (sorted, one mtime:
+        HEAD's, as `git archive` does) so the same content gets the same name."""
+        if self._tar is None:
+            top = Path(self.location)
+            mtime = int(_git(top, "show", "-s", "--format=%ct", "HEAD") or 0)
+            names = sorted(set(_git(top, "ls-files", "-z", "--cached", "--others",
+                                    "--exclude-standard").split("\0")) - {""})
+            fd, name = tempfile.mkstemp(prefix="kamleak-worktree-", suffix=".tar")
+            os.close(fd)
+            self._tar = Path(name)
+            with tarfile.open(self._tar, "w", format=tarfile.PAX_FORMAT) as tar:
+                for rel in names:
+                    full = top / rel
+                    if not os.path.lexists(full) or (full.is_dir() and not full.is_symlink()):
+                        continue                 # deleted in the tree; submodule dirs
+                    info = tar.gettarinfo(str(full), arcname="src/" + rel)
+                    info.mtime, info.uid, info.gid, info.uname, info.gname = mtime, 0, 0, "", ""
+                    if info.isreg():
+                        with open(full, "rb") as f:
+                            tar.addfile(info, f)
+                    else:
+                        tar.addfile(info)
+        return self._tar
+
+    def archive(self, commit: str, dest: Path) -> None:
+        if not self.dirty:
+            with open(dest, "wb") as f:
+                proc = subprocess.run([_need_git(), "-C", self.location, "archive", "--format=tar",
+                                       "--prefix=src/", self.head], stdout=f, stderr=subprocess.PIPE)
+            if proc.returncode != 0:
+                raise ImageError(f"git archive HEAD failed in {self.location}: "
+                                 f"{_first_line(proc.stderr.decode())}")
+            return
+        shutil.copyfile(self._tarball(), dest)
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.unlink(missing_ok=True)
+            self._tar = None
+
+
+def build_tree(client, path: str, *, modules: list[str] | None = None) -> tuple[Built, WorkTree]:
+    """Build (or reuse) the image of a checkout's working tree, as it is."""
+    wt = WorkTree(path)
+    try:
+        res = wt.resolve()
+        present = wt.modules_in_tree()
+        wanted = sorted(modules if modules is not None else modules_for())
+        mods = [m for m in wanted if m in present]
+        tag = image_tag(res, mods)
+        img = _existing(client, tag, res, mods)
+        if img is not None:
+            return Built(tag, res.commit, img.labels.get(LABEL_DESCRIBE, res.describe),
+                         img.labels.get(LABEL_VERSION, "?"), tuple(mods), wt.location, True), wt
+        return _build(client, wt, res, mods, tag, f"kamailio {res.name}"), wt
+    finally:
+        wt.close()
 
 
 def _build(client, src: Source, res: Resolved, mods: list[str], tag: str, title: str) -> Built:
