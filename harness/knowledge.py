@@ -23,6 +23,10 @@ import os
 import subprocess
 
 UNKNOWN_HINT = "run `kamleak check` on it: the gate's verdict is measured, not looked up"
+# Said wherever advice names a build: a package's version number is not upstream's.
+BACKPORTS_NOTE = ("distributions backport fixes (Debian's 6.1.5 carries bd0aaf89b8's t_unref() "
+                  "change, which no upstream release has), so a version number alone does not "
+                  "tell what a package contains")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +123,7 @@ DEBIAN: dict[str, dict[str, Observed]] = {
 class Provenance:
     """Where a Kamailio build comes from: enough to ask whether it has a fix."""
 
-    kind: str                     # "upstream" | "debian" | "unknown"
+    kind: str                     # "upstream" | "release" | "debian" | "unknown"
     version: str | None = None    # what it calls itself (`kamailio -v`), if known
     commit: str | None = None     # upstream builds: the commit built
     repo: str | None = None       # upstream builds: a git repository holding that commit
@@ -134,6 +138,12 @@ class Provenance:
                  name: str | None = None) -> "Provenance":
         return cls("upstream", version, commit, str(repo),
                    label=f"upstream Kamailio {name or version or commit[:10]}")
+
+    @classmethod
+    def release(cls, version: str) -> "Provenance":
+        """An upstream release by its number alone, with no git history at hand:
+        answered from the first tags recorded above (has_release)."""
+        return cls("release", version, label=f"upstream Kamailio {version}")
 
     @classmethod
     def unknown(cls, what: str, version: str | None = None) -> "Provenance":
@@ -210,6 +220,8 @@ def has(fix: Fix | str, build) -> Answer:
     prov = provenance(build)
     if prov.kind == "upstream" and prov.commit and prov.repo:
         return has_commit(fix, prov.commit, prov.repo)
+    if prov.kind == "release" and prov.version:
+        return has_release(fix, prov.version)
     if prov.kind == "debian":
         obs = DEBIAN.get(prov.version or "", {}).get(fix.key)
         if obs is not None:
@@ -217,3 +229,29 @@ def has(fix: Fix | str, build) -> Answer:
         return Answer(None, f"nothing observed on {prov.label} about {fix.what}; {UNKNOWN_HINT}")
     return Answer(None, f"kamleak cannot tell whether {prov.label or 'this Kamailio'} has "
                         f"{fix.describe()}: its source is unknown; {UNKNOWN_HINT}")
+
+
+def _vtuple(v: str) -> tuple[int, int, int] | None:
+    import re
+    m = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", v.strip())
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+
+
+def has_release(fix: Fix | str, version: str) -> Answer:
+    """Does the upstream release VERSION contain FIX, by the first tags recorded
+    above (not from git): for when no source repository is at hand.  A release
+    has it if its series has a recorded first tag at or below it, or if its
+    series is newer than the first tag's (branched from master after it)."""
+    fix = FIXES[fix] if isinstance(fix, str) else fix
+    v = _vtuple(version)
+    how = "(by the first upstream tags kamleak records, not from git)"
+    if v is None:
+        return Answer(None, f"'{version}' is no upstream release number; {how}")
+    for tag in fix.first_tags():
+        t = _vtuple(tag)
+        if t[:2] == v[:2]:
+            return Answer(v >= t, f"{version} {'is at or after' if v >= t else 'is before'} {tag} {how}")
+    main = _vtuple(fix.first_tag) if fix.first_tag else None
+    if main and v[:2] > main[:2]:
+        return Answer(True, f"the {v[0]}.{v[1]} series branched after {fix.first_tag} {how}")
+    return Answer(False, f"no recorded tag of the {v[0]}.{v[1]} series has it {how}")

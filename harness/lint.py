@@ -20,18 +20,25 @@ original file(s):
   worker are not triggers: `pua_update_contact()`, `pua_set_publish()`,
   `pua_json_publish()` (writes the presentity table), `uac_auth()` (a new
   branch of the same transaction), `t_replicate()`, t_on_failure/onreply code.
-- `drop` in `event_route[tm:local-request]` (Kamailio PR 3403): before 6.0
-  tm loses the buffer of every dropped local request (measured on 5.6.3).
-- version-aware advice: before 6.0 neither `send_reply_error()` (sl) nor
-  `t_reply_error()` (tm) exists, before 6.1 `modparam("tm", "delayed_reply",
-  0)` does not; using them there is an "error" finding (Kamailio refuses the
-  config).  From 6.1 tm frees such orphaned transactions itself (observed on
-  Debian's 6.1.5, with two final replies): an "info" note, not a leak.
+- `drop` in `event_route[tm:local-request]` (Kamailio PR 3403): without its
+  fix tm loses the buffer of every dropped local request (measured on 5.6.3).
+- build-aware advice, from harness.knowledge (one table, keyed by upstream
+  history): whether the build has `send_reply_error()`/`t_reply_error()`
+  (upstream 5.8.0), `modparam("tm", "delayed_reply", 0)` (6.1.0), PR 3403's
+  fix (5.8.2/6.0.0) and bd0aaf89b8's t_unref() change (master only; Debian's
+  6.1.5 backports it).  A function or parameter the build lacks is an "error"
+  (Kamailio refuses the config); a tm that frees orphaned transactions makes
+  the pattern an "info" note.  The build is one of Debian's kamleak makes
+  (observed), an upstream release or ref (answered from git in the source
+  repository; for a release number without one, from the recorded first
+  tags, and lint says so), or an image of unknown provenance (lint says what
+  it cannot know and points to `kamleak check`).  Every such finding names the
+  build and how it was answered.
 
 Levels: "leak" (measured pattern, exit 1), "warning" (same mechanism, not
 measured: stateless `sl_send_reply()` or no reply on the failure path; or a
 leak the config as written cannot load to show), "error" (the function or
-parameter does not exist on the given version), "info".
+parameter does not exist in the given build), "info".
 
 What the parser understands: `#`, `//` and nested `/* */` comments (but not
 inside strings, and `#!`/`!!` lines are directives); strings in double quotes
@@ -58,8 +65,8 @@ counts, for any method); `$var(r) = t_relay(); if ($var(r) < 0) ...` is not
 followed; `#!ifexp` is assumed true; `#!defenv` values are not evaluated
 beyond defining the name; `#!subst` replacements are literal (no `\\1`); modules'
 own requests other than the three triggers above (presence NOTIFYs, dmq, msilo, dlg_bye, ...) are
-not modelled; a 6.1 build without the orphaned-transaction change is not
-detectable from the config.
+not modelled; what an image of unknown provenance contains is not detectable
+from the config.
 """
 
 from __future__ import annotations
@@ -725,6 +732,100 @@ def _split_args(toks: list[Tok]) -> list[list[Tok]]:
 
 
 # ---------------------------------------------------------------------------
+# Which build the advice is about (harness.knowledge answers what it contains)
+
+
+@dataclass(frozen=True)
+class Build:
+    """The Kamailio a config runs on, as lint names it and asks knowledge about.
+
+    `prov` is a knowledge.Provenance (kind "release": an upstream release
+    number answered from the recorded first tags, no source repository at
+    hand); `how` says in words how the answers are found."""
+
+    label: str
+    how: str
+    prov: object = None
+
+    @property
+    def release(self) -> str | None:
+        return self.prov.version if self.prov.kind == "release" else None
+
+    def has(self, key: str):
+        from . import knowledge
+        return knowledge.has(key, self.prov)
+
+    def note(self) -> str:
+        from . import knowledge
+        return f"about {self.label}: {self.how}; {knowledge.BACKPORTS_NOTE}"
+
+    @classmethod
+    def of(cls, build) -> "Build":
+        """A Build from a Target, a knowledge.Provenance or a version string."""
+        from . import knowledge
+        if isinstance(build, Build):
+            return build
+        if isinstance(build, str):
+            return resolve_build(version=build)
+        prov = knowledge.provenance(build)
+        return cls(prov.label, _how(prov), prov)
+
+
+def _how(prov) -> str:
+    from . import knowledge
+    if prov.kind == "upstream":
+        return f"answered from git (ancestry of {prov.commit[:10]} in {prov.repo})"
+    if prov.kind == "debian":
+        return "answered from what kamleak observed on that build (harness/knowledge.py)"
+    return f"its source is unknown, so kamleak cannot tell what it contains: {knowledge.UNKNOWN_HINT}"
+
+
+def resolve_build(*, version: str | None = None, ref: str | None = None, image: str | None = None,
+                  source: str | None = None) -> Build | None:
+    """--kamailio-version V (one of Debian's builds kamleak makes, else the
+    upstream release V), --kamailio-ref R (any upstream ref) or
+    --kamailio-image (unknown provenance) -> a Build; None: none given.
+
+    Upstream builds are answered from git in the source repository
+    (--kamailio-source, $KAMLEAK_KAMAILIO_SOURCE, or a mirror kamleak already
+    cached); for a release number with none at hand, from the recorded first
+    tags, and the Build says so.  A ref needs the repository (UsageError)."""
+    from . import knowledge, source_build
+    from .errors import KamleakError
+    if image:
+        prov = knowledge.Provenance.unknown(f"the image {image}")
+        return Build(prov.label, _how(prov), prov)
+    if version is None and ref is None:
+        return None
+    if version is not None:
+        v = version.strip()
+        prov = knowledge.provenance(v)
+        if prov.kind == "debian":
+            return Build(prov.label + " (kamleak's kamleak/kamailio-debian image)", _how(prov), prov)
+    loc = source or os.environ.get(source_build.SOURCE_ENV)
+    if loc is None:
+        cached = source_build.cache_dir() / "sources" / \
+            f"{source_build._key(source_build.DEFAULT_SOURCE)}.git"
+        loc = source_build.DEFAULT_SOURCE if (cached / "HEAD").exists() or ref else None
+    why = ("no source repository given (--kamailio-source PATH|URL or "
+           f"${source_build.SOURCE_ENV})")
+    if loc is not None:
+        try:
+            src = source_build.Source(loc)
+            res = src.resolve(ref or v)
+            prov = knowledge.Provenance.upstream(res.commit, str(src.mirror), name=res.name)
+            return Build(f"upstream Kamailio {res.name}" + ("" if res.tag else f" ({res.describe})"),
+                         _how(prov), prov)
+        except KamleakError as exc:
+            if ref is not None:
+                raise
+            why = f"the source repository is not usable ({exc.line()})"
+    return Build(f"upstream Kamailio {v}",
+                 f"{why}: answered from the first upstream tags kamleak records, not from git",
+                 knowledge.Provenance.release(v))
+
+
+# ---------------------------------------------------------------------------
 # The analysis
 
 _RELAY = {"t_relay", "t_relay_to", "t_relay_to_udp", "t_relay_to_tcp", "t_relay_to_tls",
@@ -733,15 +834,16 @@ _RELAY = {"t_relay", "t_relay_to", "t_relay_to_udp", "t_relay_to_tcp", "t_relay_
 _REPLIES = {
     "sl_reply_error": "sl_reply_error",        # stateless (the stock config): measured
     "sl_send_reply": "stateless", "sl_reply": "stateless",
-    "send_reply_error": "send_reply_error",    # sl, 6.0+: stateful when a transaction exists
-    "t_reply_error": "t_reply_error",          # tm, 6.0+
+    "send_reply_error": "send_reply_error",    # sl (upstream 5.8.0+): stateful when a transaction exists
+    "t_reply_error": "t_reply_error",          # tm (upstream 5.8.0+)
     "t_reply": "stateful", "t_send_reply": "stateful",
     "send_reply": "stateful", "send_reply_mode": "stateful",   # sl: t_reply() if a transaction exists
 }
 _REPLY_PRIORITY = ("sl_reply_error", "stateless", "send_reply_error", "t_reply_error", "stateful")
 _ROUTE_CALLS = {"route": 0, "route_if_exists": 0, "async_route": 0, "async_ms_route": 0,
                 "async_task_route": 0, "async_task_group_route": 0, "async_task_data": 0}
-_NEW_IN_6_0 = {"send_reply_error": "sl", "t_reply_error": "tm"}
+# Reply functions a build may lack (harness.knowledge keys) -> their module.
+_NEEDS_FIX = {"send_reply_error": "sl", "t_reply_error": "tm"}
 
 
 @dataclass
@@ -772,9 +874,9 @@ class RelaySite:
 
 
 class _Analysis:
-    def __init__(self, cfg: Config, version):
+    def __init__(self, cfg: Config, build: Build | None):
         self.cfg = cfg
-        self.version = version
+        self.build = build          # None: advice for every build
         self.findings: list[Finding] = []
         self.dynamic_route_calls: list[Src] = []
 
@@ -913,29 +1015,47 @@ class _Analysis:
                     return call.src
         return None
 
-    # -- version checks ----------------------------------------------------
+    # -- build checks ------------------------------------------------------
+
+    def has(self, key: str):
+        """knowledge's answer for this build (value None without a build)."""
+        from .knowledge import Answer
+        return self.build.has(key) if self.build else Answer(None, "no build given")
 
     def version_checks(self) -> tuple[bool, Src | None]:
-        """Errors for functions/params the version lacks; (delayed_reply off?, its line)."""
-        v = self.version
+        """Errors for functions/params the build lacks; (delayed_reply off?, its line)."""
+        from .knowledge import FIXES
+        b = self.build
         for route in self.cfg.routes.values():
             for call in route.calls():
-                if call.name in _NEW_IN_6_0 and v is not None and v < (6, 0, 0):
+                if call.name not in _NEEDS_FIX or b is None:
+                    continue
+                fix, ans = FIXES[call.name], self.has(call.name)
+                if ans.value is False:
                     self.add(call.src, "error", "unknown-function",
-                             f"{call.name}() ({_NEW_IN_6_0[call.name]} module) does not exist before "
-                             f"Kamailio 6.0: {_vs(v)} refuses this config",
-                             ['before 6.0 reply through the transaction instead: send_reply("500", '
-                              '"Server Error") (sl: stateful when a transaction exists) or '
-                              't_reply("500", "Server Error"); or upgrade to 6.0+'])
+                             f"{call.name}() ({_NEEDS_FIX[call.name]} module) is not in {b.label}: "
+                             f"it refuses this config ({fix.describe()}; {ans.why})",
+                             [_advice_restructure().replace("or, on this build, ", "instead "),
+                              _advice_upgrade("send_reply_error"), b.note()])
+                elif ans.value is None:
+                    self.add(call.src, "info", "unknown-build",
+                             f"{call.name}() needs {fix.describe()}: {ans.why}", [b.note()])
         dr = self.cfg.modparam("tm", "delayed_reply")
         if dr is None:
             return False, None
         value, src = dr
-        if v is not None and v < (6, 1, 0):
-            self.add(src, "error", "unknown-param",
-                     f'modparam("tm", "delayed_reply") does not exist before Kamailio 6.1: '
-                     f"{_vs(v)} refuses to start with it",
-                     ["remove it; " + (_advice_pre_6_0() if v < (6, 0, 0) else _advice_6_0())])
+        if b is not None:
+            ans = self.has("delayed_reply")
+            if ans.value is False:
+                self.add(src, "error", "unknown-param",
+                         f'modparam("tm", "delayed_reply") is not in {b.label}: it refuses to start '
+                         f"with it ({FIXES['delayed_reply'].describe()}; {ans.why})",
+                         ["remove it; " + (_advice_6_0() if self.has("send_reply_error").value
+                                           else _advice_upgrade("send_reply_error")), b.note()])
+            elif ans.value is None:
+                self.add(src, "info", "unknown-build",
+                         f'modparam("tm", "delayed_reply") needs {FIXES["delayed_reply"].describe()}: '
+                         f"{ans.why}", [b.note()])
         return _int_value(value) == 0, src
 
 
@@ -969,40 +1089,53 @@ def _int_value(toks: list[Tok]) -> int | None:
         return None
 
 
-def _vs(v) -> str:
-    return "Kamailio " + ".".join(str(x) for x in v)
+def _fixes(*keys: str) -> str:
+    from .knowledge import FIXES
+    return "; ".join(FIXES[k].describe() for k in keys)
 
 
-def _advice_pre_6_0() -> str:
-    return ("upgrade: 6.0 has send_reply_error() (sl) and t_reply_error() (tm); 6.1 also "
-            'modparam("tm", "delayed_reply", 0) and tm frees such orphaned transactions itself')
+def _advice_upgrade(key: str) -> str:
+    from .knowledge import FIXES
+    return f"or run a build that has {_fixes(key)}"
 
 
 def _advice_6_0() -> str:
     return ("replace sl_reply_error() by send_reply_error() (sl) or t_reply_error() (tm): both "
-            "reply through the transaction, which tm then releases")
+            "reply through the transaction, which tm then releases (" +
+            _fixes("send_reply_error", "t_reply_error") + ")")
 
 
 def _advice_restructure() -> str:
-    return ('or, on this version, reply through the transaction: send_reply("500", "Server Error") '
+    return ('or, on this build, reply through the transaction: send_reply("500", "Server Error") '
             '(sl: stateful when a transaction exists) or t_reply("500", "Server Error"); the '
             "specific error code is lost; not measured by kamleak: verify with `kamleak check`")
 
 
 def _advice_6_1() -> str:
-    return ('on 6.1+ modparam("tm", "delayed_reply", 0) also avoids it (tm replies and kills the '
-            "transaction at once; with sl_reply_error() still there, two final replies go out)")
+    return ('modparam("tm", "delayed_reply", 0) also avoids it (tm replies and kills the '
+            "transaction at once; with sl_reply_error() still there, two final replies go out; "
+            + _fixes("delayed_reply") + ")")
 
 
-def _leak_advice(v) -> list[str]:
-    if v is None:
-        return [_advice_6_0() + " (Kamailio 6.0+)", _advice_6_1(),
-                "before 6.0: " + _advice_restructure().replace("or, on this version, ", "")]
-    if v < (6, 0, 0):
-        return [_advice_pre_6_0(), _advice_restructure()]
-    if v < (6, 1, 0):
-        return [_advice_6_0(), "or upgrade to 6.1, where tm frees such orphaned transactions itself"]
-    return [_advice_6_0() + " (one final reply instead of two)", _advice_6_1()]
+def _leak_advice(a: "_Analysis") -> list[str]:
+    """What to do about the 4140 pattern, from what the build has (knowledge)."""
+    b = a.build
+    if b is None:
+        return [_advice_6_0(), "where the build has it: " + _advice_6_1(),
+                "on builds without them: " + _advice_restructure().replace("or, on this build, ", ""),
+                "name the build (--kamailio-version/--kamailio-ref/--kamailio-image) for advice "
+                "about it; " + __import__("harness.knowledge", fromlist=["x"]).BACKPORTS_NOTE]
+    sre = a.has("send_reply_error").value
+    out = []
+    if sre is False and a.has("t_reply_error").value is False:
+        out += [_advice_restructure(), _advice_upgrade("send_reply_error")]
+    else:
+        out.append(_advice_6_0() + ("" if sre else f" - whether {b.label} has them is not known"))
+    dr = a.has("delayed_reply").value
+    if dr is not False:
+        out.append(("" if dr else f"if {b.label} has it: ") + _advice_6_1())
+    out.append(b.note())
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -1010,13 +1143,17 @@ def _leak_advice(v) -> list[str]:
 
 
 def lint(text: str, *, defines: set[str] | frozenset[str] = frozenset(),
-         version: str | None = None, path: str = "kamailio.cfg") -> list[Finding]:
+         version: str | None = None, path: str = "kamailio.cfg", build=None) -> list[Finding]:
     """Findings for the config TEXT (read from PATH, used to resolve includes).
 
-    DEFINES are `-A` defines (`NAME` or `NAME=VALUE`); VERSION is the Kamailio
-    version the config runs on (None: give advice for all versions).
+    DEFINES are `-A` defines (`NAME` or `NAME=VALUE`).  The build the config
+    runs on: BUILD (a Build from `resolve_build`, a Target, a
+    knowledge.Provenance) or VERSION (one of Debian's builds kamleak makes,
+    else the upstream release); neither: advice for every build.
     """
-    v = parse_version(version)
+    if version is not None:
+        parse_version(version)
+    b = Build.of(build) if build is not None else resolve_build(version=version)
     defs = {}
     for d in defines:
         name, _, value = d.partition("=")
@@ -1030,7 +1167,7 @@ def lint(text: str, *, defines: set[str] | frozenset[str] = frozenset(),
         pre.notes.append(Finding(len(text.split("\n")), "warning", "syntax",
                                  "unterminated string or /* comment at the end of the config"))
     cfg = _parse_config(_tokenize(pre.lines))
-    a = _Analysis(cfg, v)
+    a = _Analysis(cfg, b)
     a.findings.extend(pre.notes)
     _analyze(a)
     order = {lvl: k for k, lvl in enumerate(LEVELS)}
@@ -1038,7 +1175,7 @@ def lint(text: str, *, defines: set[str] | frozenset[str] = frozenset(),
 
 
 def _analyze(a: _Analysis) -> None:
-    cfg, v = a.cfg, a.version
+    cfg = a.cfg
     if cfg.cfgengine and cfg.cfgengine[0].lower() not in ("native", "kamailio", "default"):
         a.add(cfg.cfgengine[1], "warning", "kemi",
               f'cfgengine "{cfg.cfgengine[0]}": the routing logic is a KEMI script, out of scope '
@@ -1115,43 +1252,52 @@ def _analyze(a: _Analysis) -> None:
 
 
 def _local_request_drop(a: _Analysis) -> None:
-    """PR 3403: `drop` in event_route[tm:local-request] lost the request's buffer before 6.0.
+    """PR 3403: `drop` in event_route[tm:local-request] lost the request's buffer
+    on builds without its fix (harness.knowledge: ee06666c43, 6.0.0; fc54fdcd67, 5.8.2).
 
-    Measured by kamleak (scenario pr3403): 5.6.3 keeps ~430-450 B of shm at
-    tm's build_uac_req() per dropped request; 6.0.1 and 6.1.5 free it.
+    Measured by kamleak (scenario pr3403): Debian's 5.6.3 keeps ~430-450 B of
+    shm at tm's build_uac_req() per dropped request; 6.0.1 and 6.1.5 free it.
     """
+    from .knowledge import FIXES
     route = a.cfg.routes.get(("event", "tm:local-request"))
     if route is None:
         return
-    v = a.version
+    b, fix = a.build, FIXES["pr3403"]
+    ans = a.has("pr3403")
+    note = [b.note()] if b else []
     for st in route.stmts():
         if not (st.kind == "simple" and st.toks and st.toks[0].val == "drop"):
             continue
         base = ("drop in event_route[tm:local-request]: tm built the local request in shm "
                 "(build_uac_req()) and frees the transaction, not that buffer")
-        if v is not None and v >= (6, 0, 0):
+        if ans.value:
             a.add(st.src, "info", "3403-freed",
-                  f"{base} before 6.0; {_vs(v)} frees it (measured on 6.0.1 and 6.1.5)")
+                  f"{base} without {fix.describe()}; {b.label} has it: {ans.why}", note)
             continue
-        where = f"on {_vs(v)}" if v is not None else "on Kamailio before 6.0 (observed: 5.6.3)"
+        where = (f"on {b.label} ({ans.why})" if b and ans.value is False else
+                 f"on {b.label} unless it has {fix.describe()}: {ans.why}" if b else
+                 f"on builds without {fix.describe()} (observed: Debian's 5.6.3)")
         a.add(st.src, "leak", "3403-leak",
               f"{base}: some 450 B of shm are lost per dropped request {where} (Kamailio PR 3403)",
               ["do not create the request instead of dropping it in the event route (filter "
-               "before uac_req_send()/t_uac_send()/the module that sends it), or run 6.0+"])
+               "before uac_req_send()/t_uac_send()/the module that sends it), or run a build "
+               f"that has {fix.describe()}"] + note)
 
 
 def _judge(a: _Analysis, site: RelaySite, triggers, cited: str, delayed_off: bool,
            delayed_src: Src | None) -> None:
-    v = a.version
+    from .knowledge import FIXES
+    b = a.build
+    note = [b.note()] if b else []
     relay = f"{site.relay.name}() ({site.relay.src.cite()}, in {site.route.label})"
     line = site.reply_src or site.relay.src
     kind = site.reply_kind
     if kind in ("send_reply_error", "t_reply_error", "stateful"):
-        if kind in _NEW_IN_6_0 and v is not None and v < (6, 0, 0):
+        if kind in _NEEDS_FIX and a.has(kind).value is False:
             return   # the unknown-function error says it all
         a.add(line, "info", "4140-mitigated",
               f"{relay} failure is answered with {site.reply_cite()}, through the transaction: "
-              f"no issue-4140 leak despite the local tm request(s): {cited}")
+              f"no issue-4140 leak despite the local tm request(s): {cited}", note)
         return
     if kind == "sl_reply_error":
         how, level = f"answered with {site.reply_cite()} (stateless)", "leak"
@@ -1167,28 +1313,37 @@ def _judge(a: _Analysis, site: RelaySite, triggers, cited: str, delayed_off: boo
                       "else touched the kill reason; not measured)"), "warning"
     base = (f"{relay} failure {how} while a local tm request is created for the same request: "
             f"{cited}")
+    orphans = FIXES["t_unref_orphans"]
     if delayed_off:
-        if v is not None and v < (6, 1, 0):
+        dr = a.has("delayed_reply")
+        if dr.value is False:
             a.add(line, "warning", "4140-leak",
-                  f"{base}: this leaks the transaction on {_vs(v)} (issue 4140); "
+                  f"{base}: this leaks the transaction on {b.label} (issue 4140); "
                   f'modparam("tm", "delayed_reply", 0) ({delayed_src.cite()}) cannot help there, '
-                  "the config does not load", _leak_advice(v))
+                  "the config does not load", _leak_advice(a))
         else:
             a.add(line, "info", "4140-delayed-reply-off",
                   f'{base}; modparam("tm", "delayed_reply", 0) ({delayed_src.cite()}) makes tm '
-                  "reply and release at once (Kamailio 6.1+; older versions refuse the parameter): "
-                  "no leak, but two final replies",
-                  [_advice_6_0() + "; that also leaves a single final reply"])
+                  "reply and release at once, where the build has it "
+                  f"({FIXES['delayed_reply'].describe()}): no leak, but two final replies",
+                  [_advice_6_0() + "; that also leaves a single final reply"] + note)
         return
-    if v is not None and v >= (6, 1, 0):
+    fixed = a.has("t_unref_orphans")
+    if fixed.value:
         a.add(line, "info", "4140-freed-by-tm",
-              f"{base}. On {_vs(v)} tm frees such orphaned transactions itself (observed on "
-              "Debian's 6.1.5: 'dropping orphaned transaction without branches'), replying twice "
-              "(stateless, then stateful)", _leak_advice(v))
+              f"{base}. {b.label} has {orphans.describe()} ({fixed.why}): tm frees such orphaned "
+              "transactions itself ('dropping orphaned transaction without branches'), replying "
+              "twice (stateless, then stateful)", _leak_advice(a))
         return
-    where = f"on {_vs(v)}" if v is not None else "on Kamailio before 6.1 (observed: 5.6.3, 6.0.1)"
+    if b is None:
+        where = (f"on every build without {orphans.describe()} (observed: Debian's 5.6.3 and "
+                 "6.0.1; Debian's 6.1.5 carries the change)")
+    elif fixed.value is False:
+        where = f"on {b.label} ({fixed.why}; {orphans.describe()})"
+    else:
+        where = f"on {b.label} unless it carries {orphans.describe()}: {fixed.why}"
     a.add(line, level, "4140-leak",
-          f"{base}: the transaction is never released {where} (issue 4140)", _leak_advice(v))
+          f"{base}: the transaction is never released {where} (issue 4140)", _leak_advice(a))
 
 
 def read_config(path: str) -> str:
@@ -1234,8 +1389,17 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--define", "-A", action="append", default=[], metavar="NAME[=VALUE]",
                    help="a preprocessor define, as kamailio -A (repeatable)")
     p.add_argument("--kamailio-version", default=None, metavar="V",
-                   help="the Kamailio version the config runs on, e.g. 5.8.5 "
-                        "(default: advice for all versions)")
+                   help="the Kamailio the config runs on: one of Debian's builds kamleak makes "
+                        "(5.6.3, 6.0.1, 6.1.5) or else the upstream release V, e.g. 5.8.5 "
+                        "(default: advice for every build)")
+    p.add_argument("--kamailio-ref", default=None, metavar="REF",
+                   help="an upstream git ref (tag, branch, commit): answered from git")
+    p.add_argument("--kamailio-image", default=None, metavar="IMAGE",
+                   help="an image of unknown provenance: lint says what it cannot know")
+    p.add_argument("--kamailio-source", default=None, metavar="URL|PATH",
+                   help="the git repository upstream builds are answered from (default: "
+                        "$KAMLEAK_KAMAILIO_SOURCE, else a cached mirror of github.com/kamailio/"
+                        "kamailio, else the first tags kamleak records)")
     p.add_argument("--contract", action="store_true",
                    help="also list everything `kamleak gate --kamailio-config` needs changed before it can "
                         "run this config (the same check as gate's, all at once; implied by "
@@ -1249,12 +1413,22 @@ def run_args(args) -> int:
         print(f"kamleak lint: {exc}", file=sys.stderr)
         return 2
     from .errors import KamleakError
+    given = [o for o, v in (("--kamailio-version", args.kamailio_version),
+                            ("--kamailio-ref", args.kamailio_ref),
+                            ("--kamailio-image", args.kamailio_image)) if v]
     try:
+        if len(given) > 1:
+            from .errors import UsageError
+            raise UsageError(f"{' and '.join(given)} name two builds", "give one of them")
         text = read_config(args.config)
+        build = resolve_build(version=args.kamailio_version, ref=args.kamailio_ref,
+                              image=args.kamailio_image, source=args.kamailio_source)
     except KamleakError as exc:
         print(f"kamleak lint: {exc.line()}", file=sys.stderr)
         return 2
-    findings = lint(text, defines=set(args.define), version=args.kamailio_version, path=args.config)
+    findings = lint(text, defines=set(args.define), path=args.config, build=build)
+    if build is not None and build.release is not None:
+        print(f"kamleak lint: about {build.label}: {build.how}", file=sys.stderr)
     for f in findings:
         print(f.format(args.config))
     if not findings:

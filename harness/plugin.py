@@ -88,8 +88,8 @@ MARKERS = (
     "asterisk: needs the Asterisk PBX container",
     "gate: the user-facing leak gate (fails on a leaking Kamailio by design)",
     "single_target: run once, on the first Kamailio target (harness behaviour, not Kamailio's)",
-    "known_versions: parametrize only over the Kamailio versions kamleak builds "
-    "(expected verdicts exist)",
+    "known_versions: parametrize only over the Kamailio builds kamleak makes, Debian's and "
+    "upstream source builds (harness.knowledge has expectations for them)",
 )
 
 
@@ -157,8 +157,9 @@ def pytest_generate_tests(metafunc):
     if "kamailio_target" in metafunc.fixturenames and not _parametrized_here(metafunc, "kamailio_target"):
         targets = config._kamleak_targets
         if metafunc.definition.get_closest_marker("known_versions"):
-            # Tests asserting expected verdicts run only where expectations exist.
-            targets = [t for t in targets if t.kind == "version"]
+            # Tests asserting expected verdicts run only where expectations can
+            # exist: Debian's builds (observed) and upstream source builds (git).
+            targets = [t for t in targets if t.kind in ("version", "source")]
         if metafunc.definition.get_closest_marker("single_target"):
             # Harness behaviour that does not depend on the Kamailio: run it once.
             targets = targets[:1]

@@ -11,7 +11,7 @@ import pytest
 
 from harness.sip import WebSocketUA
 from scenarios import ws_alias_takeover as takeover
-from tests.gate.matrix import start_unless_refused
+from tests.gate.matrix import assert_expected, start_unless_refused
 
 MATRIX = ["none", "uac_req_send", "uac_req_send+tcp_connection_match", "uac_req_send+send_reply_error"]
 
@@ -21,15 +21,18 @@ MATRIX = ["none", "uac_req_send", "uac_req_send+tcp_connection_match", "uac_req_
 def test_takeover_verdict_matches_real_kamailio(kamailio_factory, pbx, ua_factory, transport,
                                                 kamailio_target, variant_name, record_verdict):
     variant = takeover.parse_variant(variant_name)
-    kamailio = start_unless_refused(takeover, kamailio_factory, kamailio_target.ref, variant)
+    kamailio = start_unless_refused(takeover, kamailio_factory, kamailio_target, variant)
     if kamailio is None:
         return
     verdict = takeover.run(kamailio=kamailio, pbx=pbx, ua_factory=ua_factory, transport=transport,
                            variant=variant, target=kamailio_target.id)
     record_verdict(verdict)
-    assert verdict.outcome == takeover.expected(kamailio_target.ref, variant), verdict.report()
+    assert_expected(verdict, takeover.expected(kamailio_target, variant))
     codes = [r.code for r in verdict.replies]
-    if takeover.client_lost(kamailio_target.ref):
+    lost = takeover.client_lost(kamailio_target)
+    if lost is None:
+        pass    # not known for this build: the verdict above is all that is asserted
+    elif lost:
         # The live client was not found: the dead-connection path of 4140.
         assert codes and all(c == 500 for c in codes), verdict.report()
         assert "for WebSocket could not be found" in kamailio.log()

@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from harness import knowledge
 from harness.kamailio import KamailioConfig
-from harness.lint import Finding, lint, lint_file, main, parse_version
+from harness.lint import Finding, lint, lint_file, main, parse_version, resolve_build
 from scenarios.gh4140_bye_to_closed_ws import REPLY_STYLES, TRIGGERS, Variant, expected
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-VERSIONS = ("5.6.3", "6.0.1", "6.1.5")
+# Debian's builds (observed) and upstream releases (answered from the first tags
+# kamleak records, or from git when a source is at hand: the same answers).
+VERSIONS = ("5.6.3", "6.0.1", "6.1.5", "5.8.1", "5.8.5", "5.8.8", "6.0.7", "6.1.4")
 VARIANTS = [Variant(t, r, off) for t, r, off in
             itertools.product(TRIGGERS, REPLY_STYLES, (False, True))]
 
@@ -41,8 +44,10 @@ def levels(findings: list[Finding]) -> set[str]:
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
 def test_matrix_matches_expected(variant, version):
     text = rendered(variant)
-    findings = lint(text, version=version)
-    want = expected(version, variant)
+    build = resolve_build(version=version)
+    findings = lint(text, build=build)
+    want = expected(build.prov, variant)
+    assert want != "unknown"
     leaks = [f for f in findings if f.level == "leak"]
     if want == "leak":
         assert len(leaks) == 1, findings
@@ -65,37 +70,89 @@ def test_matrix_matches_expected(variant, version):
         errors = [f for f in findings if f.level == "error"]
         assert errors, findings
         for e in errors:
+            # The error quotes knowledge: the fix's commit and first tag.
             if e.code == "unknown-param":
                 assert e.line == line_of(text, 'modparam("tm", "delayed_reply", 0)')
-                assert "6.1" in e.message
+                assert knowledge.FIXES["delayed_reply"].describe() in e.message
             else:
                 assert e.code == "unknown-function"
                 assert e.line == line_of(text, f"{variant.reply}();")
-                assert "6.0" in e.message
+                assert knowledge.FIXES[variant.reply].describe() in e.message
     else:
         assert levels(findings) <= ({"leak"} if want == "leak" else {"info"}), findings
     if version == "6.1.5":
         assert levels(findings) <= {"info"}
+    # Every finding's advice names the build and says distributions backport.
+    label = build.label
+    for f in findings:
+        assert any(a.startswith(f"about {label}") and "backport" in a for a in f.advice), f
 
 
-def test_matrix_advice_is_version_aware():
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_upstream_refs_answered_from_git(variant, offline_source):
+    """--kamailio-ref builds: lint agrees with the scenario's expectation, both
+    answered from git (ancestry) in the offline history."""
+    text = rendered(variant)
+    for ref in ("5.8.5", "6.1.4", "master"):
+        build = resolve_build(ref=ref, source=offline_source)
+        assert build.prov.kind == "upstream" and "answered from git" in build.how
+        want = expected(build.prov, variant)
+        found = lint(text, build=build)
+        got = ("n/a" if any(f.level == "error" for f in found) else
+               "leak" if any(f.level == "leak" for f in found) else "clean")
+        assert got == want, (ref, found)
+
+
+def test_matrix_advice_is_build_aware():
     text = rendered(Variant.parse("uac_req_send"))
     old = " ".join(lint(text, version="5.6.3")[0].advice)
-    assert "upgrade" in old and 'send_reply("500"' in old
-    assert "send_reply_error() (sl) and t_reply_error() (tm)" in old   # named as 6.0 features
+    assert 'send_reply("500"' in old
+    assert knowledge.FIXES["send_reply_error"].describe() in old     # 5.8.0, commit 130dc00c17
     six0 = " ".join(lint(text, version="6.0.1")[0].advice)
     assert "send_reply_error()" in six0 and "t_reply_error()" in six0
-    assert "delayed_reply" not in six0
+    assert 'modparam("tm", "delayed_reply", 0) also' not in six0    # Debian's 6.0.1 refuses it
     six1 = lint(text, version="6.1.5")
     assert [f.level for f in six1] == ["info"]
     assert "delayed_reply" in " ".join(six1[0].advice)
     assert "orphaned" in six1[0].message
 
 
+def test_upstream_releases_without_the_t_unref_change_leak(monkeypatch, tmp_path):
+    """Issue 13: upstream 6.1.4 lacks bd0aaf89b8 (master only): a leak, not the
+    'tm frees such orphaned transactions' note generalised from Debian's 6.1.5.
+    Without a source repository lint says it answers from the recorded tags."""
+    monkeypatch.delenv("KAMLEAK_KAMAILIO_SOURCE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    text = rendered(Variant.parse("uac_req_send"))
+    for v in ("5.8.5", "5.8.8", "6.0.7", "6.1.4"):
+        (f,) = lint(text, version=v)
+        assert (f.level, f.code) == ("leak", "4140-leak"), f
+        assert f"upstream Kamailio {v}" in f.message and "bd0aaf89b8" in f.message
+        assert "first upstream tags kamleak records, not from git" in f.advice[-1]
+    # send_reply_error()/t_reply_error() exist since 5.8.0: 5.8.x accepts and is mitigated.
+    for reply in ("send_reply_error", "t_reply_error"):
+        (f,) = lint(rendered(Variant.parse(f"uac_req_send+{reply}")), version="5.8.5")
+        assert (f.level, f.code) == ("info", "4140-mitigated"), f
+    # delayed_reply: 6.1.0.
+    assert "unknown-param" in {f.code for f in lint(rendered(Variant.parse(
+        "uac_req_send+delayed_reply_off")), version="6.0.7")}
+    assert {f.code for f in lint(rendered(Variant.parse("uac_req_send+delayed_reply_off")),
+                                 version="6.1.4")} == {"4140-delayed-reply-off"}
+
+
+def test_image_of_unknown_provenance_says_what_it_cannot_know():
+    build = resolve_build(image="ghcr.io/kamailio/kamailio:5.8.5-bookworm")
+    (f,) = lint(rendered(Variant.parse("uac_req_send")), build=build)
+    assert f.level == "leak" and "kamleak check" in f.message
+    found = lint(rendered(Variant.parse("uac_req_send+send_reply_error")), build=build)
+    assert {f.code for f in found} == {"4140-mitigated", "unknown-build"}
+    assert all("kamleak check" in " ".join(f.advice) for f in found)
+
+
 def test_matrix_without_version_flags_the_leak_for_older_kamailio():
     text = rendered(Variant.parse("pua_dialoginfo"))
     (f,) = lint(text)
-    assert f.level == "leak" and "before 6.1" in f.message
+    assert f.level == "leak" and "bd0aaf89b8" in f.message
     assert lint(rendered(Variant.parse("pua_dialoginfo+delayed_reply_off")))[0].level == "info"
     assert levels(lint(rendered(Variant.parse("t_uac_send+t_reply_error")))) == {"info"}
 
@@ -160,10 +217,13 @@ def test_mitigated_config_with_send_reply_error():
         (f,) = lint_file(str(path), version=version)
         assert (f.level, f.code, f.line) == ("info", "4140-mitigated", reply)
         assert f"t_uac_send() at line {line_of(text, 't_uac_send(')}" in f.message
-    # On 5.x the function does not exist: Kamailio refuses the config.
+    # Debian's 5.6.3 lacks the function (upstream 5.8.0): Kamailio refuses the config.
     (f,) = lint_file(str(path), version="5.6.3")
     assert (f.level, f.code, f.line) == ("error", "unknown-function", reply)
-    assert "6.0" in f.message and any('t_reply("500"' in a for a in f.advice)
+    assert "5.8.0" in f.message and any('t_reply("500"' in a for a in f.advice)
+    # Upstream 5.8.5 has it (issue 13: lint said 'does not exist before 6.0').
+    (f,) = lint_file(str(path), version="5.8.5")
+    assert (f.level, f.code) == ("info", "4140-mitigated")
 
 
 def test_trigger_in_included_file_and_reply_in_called_route():
@@ -380,8 +440,9 @@ def test_local_request_drop_flagged_exactly_where_pr3403_measures_a_leak(name, v
     variant = pr3403.parse_variant(name)
     text = KamailioConfig(udp_port=5060, ws_port=8080, wss_port=4443, pbx_port=5080,
                           defines=variant.defines).render()
-    found = [f for f in lint(text, version=version) if f.code.startswith("3403")]
-    want = pr3403.expected(version, variant)
+    build = resolve_build(version=version)
+    found = [f for f in lint(text, build=build) if f.code.startswith("3403")]
+    want = pr3403.expected(build.prov, variant)
     if not variant.drop:
         assert found == []
     elif want == "leak":
@@ -399,3 +460,37 @@ def test_a_non_ascii_letter_in_config_code_is_no_crash():
     text = ('#!KAMAILIO\nloadmodule "tm.so"\nrequest_route {\n  $var(x) = 1; é\n'
             '  if (!t_relay()) sl_reply_error();\n}\n')
     assert isinstance(lint(text), list)
+
+
+@pytest.fixture
+def offline_source():
+    import os
+    env = os.environ.get("KAMLEAK_KAMAILIO_SOURCE")
+    offline = Path(__file__).resolve().parents[3] / "shared" / "kamailio-src" / "kamailio.git.tar.gz"
+    loc = env if env and os.path.exists(env) else str(offline) if offline.exists() else None
+    if not loc:
+        pytest.skip("no offline Kamailio history (../shared/kamailio-src or KAMLEAK_KAMAILIO_SOURCE)")
+    return loc
+
+
+@pytest.mark.parametrize("version,want", [("5.8.1", "3403-leak"), ("5.8.2", "3403-freed"),
+                                          ("6.0.0", "3403-freed"), ("5.6.3", "3403-leak")])
+def test_pr3403_fixed_in_5_8_2_and_6_0_0(version, want, monkeypatch, tmp_path):
+    monkeypatch.delenv("KAMLEAK_KAMAILIO_SOURCE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    from scenarios import pr3403_local_request_drop as pr3403
+    text = KamailioConfig(udp_port=5060, ws_port=8080, wss_port=4443, pbx_port=5080,
+                          defines=pr3403.parse_variant("t_uac_send+drop").defines).render()
+    (f,) = [f for f in lint(text, version=version) if f.code.startswith("3403")]
+    assert f.code == want and "fc54fdcd67" in (f.message + " ".join(f.advice))
+
+
+def test_cli_upstream_6_1_4_leaks_exit_1(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("KAMLEAK_KAMAILIO_SOURCE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = tmp_path / "k.cfg"
+    path.write_text(rendered(Variant.parse("uac_req_send")))
+    assert main([str(path), "--kamailio-version", "6.1.4"]) == 1
+    err = capsys.readouterr().err
+    assert "about upstream Kamailio 6.1.4" in err and "not from git" in err
+    assert main([str(path), "--kamailio-version", "6.1.4", "--kamailio-image", "x"]) == 2
