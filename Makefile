@@ -23,7 +23,7 @@ ifneq ($(KAMAILIO_SOURCE),)
 export KAMLEAK_KAMAILIO_SOURCE ?= $(KAMAILIO_SOURCE)
 endif
 
-.PHONY: setup venv host-packages images test unit repro bench soak clean
+.PHONY: setup venv host-packages images test unit repro bench soak clean matrix
 
 setup: venv host-packages images
 
@@ -60,17 +60,39 @@ unit: venv
 
 # The user-facing gate (marker `gate`) fails on leaking versions by design;
 # the suite runs it as CI would, in a subprocess (tests/gate/test_gate_as_ci.py).
+# Then the 4140 verdict matrix (WS, WSS; lint checked against each verdict) on
+# upstream builds from source (UPSTREAM_REFS): built once, at their first test,
+# and reused (labelled images, ccache volume kamleak-ccache).
 JUNIT ?= artifacts/junit.xml
+UPSTREAM_REFS ?= 5.8.5,master
 test: setup
 	@mkdir -p $(dir $(JUNIT))
-	$(PY) -m pytest tests -m "not gate" --junitxml=$(JUNIT) --kamleak-summary=artifacts/verdicts.json $(PYTEST_ARGS)
-	@$(KAMLEAK) cleanup --check
+	@rc=0; \
+	$(PY) -m pytest tests -m "not gate" --junitxml=$(JUNIT) --kamleak-summary=artifacts/verdicts.json $(PYTEST_ARGS) || rc=$$?; \
+	$(PY) -m pytest tests/gate/test_verdict_matrix.py -m "not gate" --kamailio-ref $(UPSTREAM_REFS) \
+	  --junitxml=$(basename $(JUNIT))-upstream.xml --kamleak-summary=artifacts/verdicts-upstream.json $(PYTEST_ARGS) || rc=$$?; \
+	$(KAMLEAK) cleanup --check || rc=$$?; exit $$rc
+
+# The long matrix: upstream builds × every scenario's gate test.  One machine:
+# `make matrix`; a CI job matrix: `make matrix SHARD=2/4` per job, then
+# `kamleak summary merge artifacts/matrix-*.json --table` (README).
+MATRIX_REFS ?= 5.8.5,5.8.8,6.0.7,6.1.4,master
+MATRIX_TESTS := $(filter-out %/test_gate_as_ci.py %/test_foreign_image.py,$(wildcard tests/gate/test_*.py))
+MATRIX_SUMMARY = artifacts/matrix$(if $(SHARD),-$(subst /,of,$(SHARD))).json
+matrix: setup
+	@mkdir -p artifacts
+	@rc=0; $(PY) -m pytest $(MATRIX_TESTS) -m "not gate" --kamailio-ref $(MATRIX_REFS) \
+	  $(if $(SHARD),--kamleak-shard $(SHARD)) --kamleak-summary=$(MATRIX_SUMMARY) $(PYTEST_ARGS) || rc=$$?; \
+	$(KAMLEAK) summary merge $(MATRIX_SUMMARY) --table; exit $$rc
 
 # make repro [VERSION=6.0.1 | IMAGE=ghcr.io/...] [VARIANT=pua_dialoginfo] [TRANSPORT=ws|wss]
 #            [DISCONNECT=rst|fin|close|rst+advertise] [HANGUP=command|session-timer]
 # make repro FAITHFUL=1   the report's steps on upstream 5.8.5 (477 (477/SL), session-timer BYE)
+# VERSION: one of Debian's builds (5.6.3, 6.0.1, 6.1.5) or else an upstream tag
+# or ref, built from source (KAMAILIO_SOURCE): make repro VERSION=5.8.5.
+DEBIAN_VERSIONS := 5.6.3 6.0.1 6.1.5
 repro: setup
-	@$(KAMLEAK) repro $(if $(VERSION),--kamailio-version $(VERSION)) $(if $(IMAGE),--kamailio-image $(IMAGE)) \
+	@$(KAMLEAK) repro $(if $(VERSION),$(if $(filter $(DEBIAN_VERSIONS) $(addprefix debian-,$(DEBIAN_VERSIONS)),$(VERSION)),--kamailio-version $(patsubst debian-%,%,$(VERSION)),--kamailio-ref $(VERSION))) $(if $(IMAGE),--kamailio-image $(IMAGE)) \
 	  $(if $(VARIANT),--variant $(VARIANT)) $(if $(TRANSPORT),--transport $(TRANSPORT)) \
 	  $(if $(MITIGATION),--mitigation $(MITIGATION)) $(if $(DISCONNECT),--disconnect $(DISCONNECT)) \
 	  $(if $(HANGUP),--hangup $(HANGUP)) $(if $(FAITHFUL),--faithful)

@@ -172,6 +172,15 @@ def cmd_repro(args) -> int:
     # The contrast run takes the first mitigation this Kamailio accepts (the
     # one asked for, or else the next that runs); refusals are kept to say why.
     candidates = [args.mitigation] if args.mitigation else list(MITIGATIONS)
+    if not args.mitigation:
+        # harness.knowledge first: the mitigations this build has (git for source
+        # builds, observations for Debian's), in order; unknown: try them all.
+        from . import knowledge
+        has = {m: knowledge.has("delayed_reply" if m == "delayed_reply_off" else m, target).value
+               for m in MITIGATIONS}
+        if any(has.values()):
+            candidates = [m for m in MITIGATIONS if has[m]] + [m for m in MITIGATIONS if has[m] is None]
+            _say(f"mitigation: {candidates[0]} (harness.knowledge: {target.id} has it)")
     refused: dict[str, str] = {}
     accepted: list[str] = []
     mitigated = mitigated_variant(candidates[0])
@@ -671,6 +680,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--transport", default="ws", choices=("ws", "wss"))
     b.set_defaults(func=cmd_bisect, usage_exit=EXIT_ABORT)
     lint_cmd.add_subparser(sub)
+    from . import summary as summary_cmd
+    summary_cmd.add_subparser(sub)
     soak_cmd.add_subparser(sub)
     bench_cmd.add_subparser(sub)
     watch_cmd.add_subparser(sub)

@@ -77,6 +77,10 @@ def pytest_addoption(parser):
     g.addoption("--kamleak-repeat", type=int, default=1, metavar="N",
                 help="run every Kamailio test N times and report the verdict counts "
                      "(like the Asterisk testsuite's --number)")
+    g.addoption("--kamleak-shard", default=None, metavar="I/N",
+                help="run only shard I of N (1-based) of the collected tests, split round-robin "
+                     "over their sorted ids: a CI job matrix runs every shard, `kamleak summary "
+                     "merge` joins their --kamleak-summary files")
     g.addoption("--kamleak-html", action="store_true",
                 help="write a self-contained report.html into the run's artifact directory")
 
@@ -214,7 +218,26 @@ def _records(config) -> list[dict]:
     return out
 
 
+def _shard(value: str) -> tuple[int, int]:
+    import re
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value or "")
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise pytest.UsageError(f"kamleak: --kamleak-shard {value!r} is no shard; fix: give I/N "
+                                "with 1 <= I <= N, e.g. 2/4")
+    return int(m.group(1)), int(m.group(2))
+
+
 def pytest_collection_modifyitems(session, config, items):
+    shard = config.getoption("kamleak_shard")
+    if shard:
+        # Deterministic: every job collects the same ids, sorts them the same way.
+        i, n = _shard(shard)
+        order = {nid: k for k, nid in enumerate(sorted(it.nodeid for it in items))}
+        keep = [it for it in items if order[it.nodeid] % n == i - 1]
+        drop = [it for it in items if order[it.nodeid] % n != i - 1]
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+        items[:] = keep
     config._kamleak_items = items
 
 
