@@ -79,15 +79,15 @@ def bisect(items: list[str], check: Callable[[str], tuple[str, str]]) -> BisectR
                          "choose ends that disagree, or the verdict does not flip in this range")
     lo, hi = 0, len(items) - 1             # lo has `first`, hi has the other verdict
     untested = set(range(1, len(items) - 1))
+    skipped: set[int] = set()
     while hi - lo > 1:
-        candidates = [i for i in range(lo + 1, hi) if i in untested]
-        if not candidates:
-            break                           # everything between was skipped
-        mid = (lo + hi) // 2
-        pick = min(candidates, key=lambda i: (abs(i - mid), i))
+        pick = next_probe(lo, hi, untested, skipped)
+        if pick is None:
+            break                           # everything left between is (presumed) untestable
         untested.discard(pick)
         verdict = run(pick)
         if verdict == SKIP:
+            skipped.add(pick)
             continue
         if verdict == first:
             lo = pick
@@ -95,6 +95,29 @@ def bisect(items: list[str], check: Callable[[str], tuple[str, str]]) -> BisectR
             hi = pick
     result.last_same, result.first_other = lo, hi
     return result
+
+
+def next_probe(lo: int, hi: int, untested: set[int], skipped: set[int]) -> int | None:
+    """The point to gate next: the middle of (lo, hi), or, once points in it
+    were skipped, the middle of the widest stretch between two probed points
+    that touches a tested one.  A stretch between two skipped points is
+    presumed untestable and not tried: a build break or a module that will
+    not load lasts many commits (upstream's tls.so on OpenSSL 3.0 for 114),
+    and stepping to the skipped point's neighbours, one build each, would
+    cost a build per commit of it."""
+    marks = [lo] + sorted(i for i in skipped if lo < i < hi) + [hi]
+    best: tuple[int, int] | None = None
+    for left, right in zip(marks, marks[1:]):
+        if left in skipped and right in skipped:
+            continue
+        cands = [i for i in range(left + 1, right) if i in untested]
+        if not cands:
+            continue
+        mid = (left + right) // 2
+        pick = min(cands, key=lambda i: (abs(i - mid), i))
+        if best is None or right - left > best[0]:
+            best = (right - left, pick)
+    return best[1] if best else None
 
 
 def table(result: BisectResult) -> list[str]:

@@ -20,6 +20,7 @@ from . import lint as lint_cmd
 from . import soak as soak_cmd
 from .errors import KamleakError, UsageError
 from .runner import Bench
+from . import source_build
 from .targets import Target, add_option, parse_targets
 from .verdict import timers_text
 
@@ -490,9 +491,21 @@ def cmd_bisect(args) -> int:
     return 0
 
 
+def _known_in(mirror: str, after: str, upto: str) -> None:
+    """The fixes harness.knowledge records whose commit lies in after..upto (git ancestry)."""
+    from . import knowledge
+    from .bisect import is_ancestor
+
+    for fix in knowledge.FIXES.values():
+        for commit in [fix.commit, *(c for c, _ in fix.backports)]:
+            full = source_build._git(Path(mirror), "rev-parse", "--verify", "--quiet",
+                                     f"{commit}^{{commit}}", check=False)
+            if full and is_ancestor(mirror, full, upto) and not is_ancestor(mirror, full, after):
+                print(f"  harness.knowledge records in this range: {commit} {fix.what}")
+
+
 def _bisect_commits(args, items: list[str]) -> int:
     """Bisect the commits of a git range: build each probed commit, gate it."""
-    from . import source_build
     from .bisect import SKIP, bisect_commits, commit_info, commit_range, split_range
 
     a, b = split_range(items)
@@ -539,8 +552,9 @@ def _bisect_commits(args, items: list[str]) -> int:
                                            user_config, scenario=sc)
         replies = ", ".join(r.describe() for r in verdict.replies) if verdict else ""
         row.update(verdict=outcome, note=note if outcome == SKIP else "",
-                   reply=replies or ("no reply" if verdict else ""))
-        said = f"{outcome.upper()}" + (f" ({row['reply']})" if verdict else f": {note}; skipped")
+                   reply=replies or (note if verdict else ""))
+        said = f"{outcome.upper()}" + ((f" ({replies})" if replies else "") if verdict
+                                       else f": {note}; skipped")
         print(f"[{n}]   {said} in {time.monotonic() - t1:.0f} s", flush=True)
         return outcome, row["note"]
 
@@ -569,12 +583,22 @@ def _bisect_commits(args, items: list[str]) -> int:
     builds = len([r for r in probed if r.get("build", "").startswith("built")])
     if result.first_other - result.last_same > 1:
         between = rng.commits[result.last_same + 1:result.first_other]
-        print(f"\nkamleak bisect: the verdict flips from {v_old.upper()} to {v_new.upper()} in "
-              f"{last_same[:10]}..{first[:10]}: one of these {len(between) + 1} commits "
-              f"(those before {first[:10]} could not be tested):")
-        for c in between + [first]:
+        tried = len([c for c in between if c in by_commit])
+        print(f"\nkamleak bisect: the answer is a range: the verdict flips from {v_old.upper()} to "
+              f"{v_new.upper()} in {last_same[:10]}..{first[:10]}, at one of these "
+              f"{len(between) + 1} commits. The {len(between)} before {first[:10]} cannot be tested: "
+              f"{tried} were tried and skipped, the others lie between skipped ones "
+              f"(presumed alike, as a build break or a module that will not load lasts):")
+        shown = between + [first]
+        for c in shown[:6] + (["..."] if len(shown) > 12 else shown[6:12]) + \
+                (shown[-6:] if len(shown) > 12 else []):
+            if c == "...":
+                print(f"  ... {len(shown) - 12} more: git -C {mirror} log --oneline "
+                      f"{last_same[:10]}..{first[:10]}")
+                continue
             inf = commit_info(mirror, c)
-            print(f"  {c[:10]}  {inf['subject'][:70]}")
+            print(f"  {c[:10]}  {'skip ' if c in by_commit else '     '} {inf['subject'][:70]}")
+        _known_in(mirror, last_same, first)
     else:
         inf = commit_info(mirror, first)
         print(f"\nkamleak bisect: {first} is the first commit with verdict {v_new.upper()} "

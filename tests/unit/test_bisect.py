@@ -52,3 +52,30 @@ def test_bad_lists(items, verdicts, message):
     with pytest.raises(UsageError) as exc:
         bisect(items, oracle(verdicts)[0])
     assert message in str(exc.value)
+
+
+def test_a_long_untestable_stretch_costs_a_few_skips_not_one_per_commit():
+    """Upstream's tls.so does not load on OpenSSL 3.0 for 114 commits
+    (84d09d56..3dbcdc95); a flip inside such a stretch is named as a range
+    found in a logarithmic number of probes."""
+    n, broken, flip = 913, range(420, 534), 470
+    items = [f"c{i}" for i in range(n)]
+    verdicts = {f"c{i}": ("skip" if i in broken else "leak" if i < flip else "clean") for i in range(n)}
+    check, calls = oracle(verdicts)
+    result = bisect(items, check)
+    assert result.last_same == 419 and result.first_other == 534
+    assert len(calls) <= 2 * math.ceil(math.log2(n)) + 2, len(calls)
+
+
+@pytest.mark.parametrize("flip", [100, 419, 534, 800])
+def test_a_flip_outside_an_untestable_stretch_is_still_one_commit(flip):
+    n, broken = 913, range(420, 534)
+    items = [f"c{i}" for i in range(n)]
+    verdicts = {f"c{i}": ("skip" if i in broken else "leak" if i < flip else "clean") for i in range(n)}
+    check, calls = oracle(verdicts)
+    result = bisect(items, check)
+    if flip == 534:
+        assert (result.last_same, result.first_other) == (419, 534)   # the stretch hides it
+    else:
+        assert result.first_other == flip and result.last_same == flip - 1
+    assert len(calls) <= 2 * math.ceil(math.log2(n)) + 2, len(calls)
