@@ -14,6 +14,7 @@ range (`commit_range`): the same search over both.
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 from dataclasses import dataclass, field
 from typing import Callable
@@ -79,7 +80,7 @@ def bisect(items: list[str], check: Callable[[str], tuple[str, str]]) -> BisectR
                          "choose ends that disagree, or the verdict does not flip in this range")
     lo, hi = 0, len(items) - 1             # lo has `first`, hi has the other verdict
     untested = set(range(1, len(items) - 1))
-    skipped: set[int] = set()
+    skipped: dict[int, str] = {}           # index -> why, commit ids blanked
     while hi - lo > 1:
         pick = next_probe(lo, hi, untested, skipped)
         if pick is None:
@@ -87,7 +88,7 @@ def bisect(items: list[str], check: Callable[[str], tuple[str, str]]) -> BisectR
         untested.discard(pick)
         verdict = run(pick)
         if verdict == SKIP:
-            skipped.add(pick)
+            skipped[pick] = re.sub(r"\b[0-9a-f]{7,40}\b", "<commit>", result.steps[-1].note)
             continue
         if verdict == first:
             lo = pick
@@ -97,18 +98,19 @@ def bisect(items: list[str], check: Callable[[str], tuple[str, str]]) -> BisectR
     return result
 
 
-def next_probe(lo: int, hi: int, untested: set[int], skipped: set[int]) -> int | None:
+def next_probe(lo: int, hi: int, untested: set[int], skipped: dict[int, str]) -> int | None:
     """The point to gate next: the middle of (lo, hi), or, once points in it
     were skipped, the middle of the widest stretch between two probed points
-    that touches a tested one.  A stretch between two skipped points is
-    presumed untestable and not tried: a build break or a module that will
-    not load lasts many commits (upstream's tls.so on OpenSSL 3.0 for 114),
-    and stepping to the skipped point's neighbours, one build each, would
-    cost a build per commit of it."""
+    that touches a tested one.  A stretch between two points skipped for the
+    same reason is presumed untestable and not tried: a build break or a
+    module that will not load lasts many commits (upstream's tls.so on
+    OpenSSL 3.0 for 114), and stepping to a skipped point's neighbours would
+    cost a build per commit of it.  Two different reasons are two breaks,
+    with testable commits between them maybe: that stretch is searched."""
     marks = [lo] + sorted(i for i in skipped if lo < i < hi) + [hi]
     best: tuple[int, int] | None = None
     for left, right in zip(marks, marks[1:]):
-        if left in skipped and right in skipped:
+        if left in skipped and right in skipped and skipped[left] == skipped[right]:
             continue
         cands = [i for i in range(left + 1, right) if i in untested]
         if not cands:

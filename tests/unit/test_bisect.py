@@ -79,3 +79,24 @@ def test_a_flip_outside_an_untestable_stretch_is_still_one_commit(flip):
     else:
         assert result.first_other == flip and result.last_same == flip - 1
     assert len(calls) <= 2 * math.ceil(math.log2(n)) + 2, len(calls)
+
+
+def test_two_different_breaks_leave_the_stretch_between_them_searched():
+    """A short build break at 228 and the tls.so stretch 412..525: the flip at
+    413 is inside the second; the commits between the two breaks still count."""
+    n = 913
+
+    def verdict(i):
+        if i in range(226, 230):
+            return "skip", f"does not build: building Kamailio c{i:07x}abc failed in 'configure'"
+        if i in range(412, 526):
+            return "skip", "cannot test: failed to load module tls.so"
+        return ("leak" if i < 413 else "clean"), ""
+    calls = []
+
+    def check(item):
+        calls.append(item)
+        return verdict(int(item[1:]))
+    result = bisect([f"c{i}" for i in range(n)], check)
+    assert (result.last_same, result.first_other) == (411, 526)
+    assert len(calls) <= 2 * math.ceil(math.log2(n)) + 6, len(calls)
