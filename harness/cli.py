@@ -471,7 +471,8 @@ def cmd_bisect(args) -> int:
 
     def check(item: str):
         _say(f"gate on {item} ...")
-        outcome, note, _ = gate_once(targets[item], variant, args.transport, scenario=sc)
+        outcome, note, _ = gate_once(targets[item], variant, args.transport, args.disconnect,
+                                     scenario=sc)
         _say(f"  {item}: {outcome}")
         return outcome, ("" if outcome != "skip" else note)
 

@@ -153,3 +153,26 @@ def test_check_on_a_dirty_tree_says_it_builds_the_tree_as_it_is(tmp_path):
 def test_check_tree_usage_errors(args, needle):
     proc = kamleak("check", *args, timeout=60)
     assert proc.returncode == 128 and needle in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+
+def test_bisect_names_the_commit_that_brought_the_leak_back(docker_client, tmp_path):
+    """The other direction, without being told: a branch off the clean end that
+    reverts the fix (a real regression, built and gated) between two harmless
+    commits; the revert is named as the first LEAK."""
+    clone = _clone(tmp_path, NEW)
+    g = ["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(g + ["checkout", "-q", "-b", "regress"], check=True)
+
+    def doc_commit(text):
+        with open(clone / "src" / "modules" / "tm" / "README", "a") as f:
+            f.write(f"\n{text}\n")
+        subprocess.run(g + ["commit", "-q", "-am", f"tm: docs - {text}"], check=True)
+    doc_commit("a note")
+    subprocess.run(g + ["revert", "--no-edit", FIX], check=True, capture_output=True)
+    doc_commit("another note")
+    proc = kamleak("bisect", "--kamailio-source", str(clone), f"{NEW}..regress", *SCENARIO)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+    revert = subprocess.run(g + ["rev-parse", "regress~1"], capture_output=True, text=True).stdout.strip()
+    assert f"kamleak bisect: {revert} is the first commit with verdict LEAK (regression;" in out, out
+    assert 'subject: Revert "tm: free new buffer on drop for local requests"' in out
