@@ -180,7 +180,7 @@ def test_check_and_bisect_usage_errors_abort_git_bisect_run(command, args, messa
     (["gate", "--kamailio-version", "6.0.1"], "kamleak: gate needs your config; pass "
                                               "--kamailio-config KAMAILIO_CFG", 2),
     (["check", "--kamailio-version", "6.0.1", "--image", "x"],
-     "kamleak: give one of --kamailio-version, --kamailio-image, --kamailio-bin; "
+     "kamleak: give one of --kamailio-version, --kamailio-ref, --kamailio-image, --kamailio-bin; "
      "pick the Kamailio to run", 128),
     (["check", "--version", "9.9.9"],
      "kamleak: unknown Kamailio version '9.9.9'; pick one of 5.6.3, 6.0.1, 6.1.5, or test an image "

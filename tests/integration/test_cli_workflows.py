@@ -42,7 +42,7 @@ def test_repro_says_why_when_the_leak_does_not_reproduce(kamleak_images):
     proc = kamleak("repro", "--kamailio-version", "6.1.5", "--variant", "uac_req_send")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(
-        "kamleak: the leak did NOT reproduce on 6.1.5 with uac_req_send: BYE Call-ID")
+        "kamleak: the leak did NOT reproduce on debian-6.1.5 with uac_req_send: BYE Call-ID")
 
 
 def test_repro_without_a_runnable_mitigation_is_not_a_success(kamleak_images):
@@ -54,7 +54,7 @@ def test_repro_without_a_runnable_mitigation_is_not_a_success(kamleak_images):
     assert "Verdict: LEAK: BYE Call-ID" in proc.stdout
     assert "── mitigated: no mitigation runs here" in proc.stdout
     assert proc.stderr.strip().splitlines()[-1] == (
-        "kamleak: the leak reproduced on 5.6.3, but the mitigation could not run: Kamailio refused "
+        "kamleak: the leak reproduced on debian-5.6.3, but the mitigation could not run: Kamailio refused "
         "send_reply_error (unknown command, missing loadmodule?), t_reply_error (unknown command, "
         "missing loadmodule?), delayed_reply_off (Can't set module parameter); it accepts none of "
         "them, so test a build that has one (--kamailio-version/--kamailio-image)")
@@ -65,7 +65,7 @@ def test_repro_names_a_mitigation_the_kamailio_accepts(kamleak_images):
     proc = kamleak("repro", "--kamailio-version", "6.0.1", "--mitigation", "delayed_reply_off")
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == (
-        "kamleak: the leak reproduced on 6.0.1, but the mitigation could not run: Kamailio refused "
+        "kamleak: the leak reproduced on debian-6.0.1, but the mitigation could not run: Kamailio refused "
         "delayed_reply_off (Can't set module parameter); pick --mitigation send_reply_error, "
         "which it accepts")
 
