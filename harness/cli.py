@@ -553,7 +553,7 @@ def _bisect_commits(args, items: list[str]) -> int:
                                            user_config, scenario=sc)
         replies = ", ".join(r.describe() for r in verdict.replies) if verdict else ""
         row.update(verdict=outcome, note=note if outcome == SKIP else "",
-                   reply=replies or (note if verdict else ""))
+                   reply=replies or (note.split(": ", 1)[-1] if verdict else ""))
         said = f"{outcome.upper()}" + ((f" ({replies})" if replies else "") if verdict
                                        else f": {note}; skipped")
         print(f"[{n}]   {said} in {time.monotonic() - t1:.0f} s", flush=True)
@@ -598,7 +598,8 @@ def _bisect_commits(args, items: list[str]) -> int:
                       f"{last_same[:10]}..{first[:10]}")
                 continue
             inf = commit_info(mirror, c)
-            print(f"  {c[:10]}  {'skip ' if c in by_commit else '     '} {inf['subject'][:70]}")
+            v = by_commit[c]["verdict"] if c in by_commit else ""
+            print(f"  {c[:10]}  {v:5} {inf['subject'][:70]}")
         _known_in(mirror, last_same, first)
     else:
         inf = commit_info(mirror, first)
@@ -610,8 +611,8 @@ def _bisect_commits(args, items: list[str]) -> int:
             print(f"  {first[:10]} is a merge: the change came in on its side branch; bisect "
                   f"{first[:10]}^1..{first[:10]}^2 to name the commit there")
     skipped = len([r for r in probed if r["verdict"] == SKIP])
-    print(f"kamleak bisect: {result.runs_real} gate runs ({len(probed)} commits probed, {skipped} "
-          f"skipped; bound {rng.max_runs} plus skips), {builds} built, "
+    print(f"kamleak bisect: {len(probed)} commits probed: {len(probed) - skipped} gated to a "
+          f"verdict, {skipped} skipped (bound {rng.max_runs} plus skips), {builds} built, "
           f"{len(probed) - builds - len([r for r in probed if r['note'].startswith('does not')])} "
           f"cached, {elapsed / 60:.1f} min", flush=True)
     return 0

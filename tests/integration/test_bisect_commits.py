@@ -59,7 +59,7 @@ def test_bisect_names_the_commit_that_fixed_the_leak(docker_client):
     assert m and m.group(1).startswith(FIX), out
     assert "tm: free new buffer on drop for local requests" in out
     assert "src/modules/tm/uac.c" in out
-    runs = int(re.search(r"(\d+) gate runs", out).group(1))
+    runs = int(re.search(r"(\d+) commits probed: \1 gated to a verdict, 0 skipped", out).group(1))
     assert runs <= 2 + 4, out                           # ceil(log2 10) + 2
     assert re.search(r"\[1\] 6f908f05d4 .*\n\[1\]   (built|cached) in \d+ s", out)
     assert re.search(r"\[1\]   LEAK ", out) and re.search(r"\[2\]   CLEAN ", out), out
@@ -72,7 +72,7 @@ def test_reversed_ends_and_a_rerun_reuse_the_builds(docker_client):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "is the first commit with verdict CLEAN (fix;" in proc.stdout
     assert len(re.findall(r"\]   cached in \d+ s", proc.stdout)) == 2, proc.stdout
-    assert "2 gate runs" in proc.stdout
+    assert "2 commits probed: 2 gated to a verdict, 0 skipped" in proc.stdout
 
 
 def test_ends_that_agree_are_one_line():
