@@ -27,6 +27,7 @@ import sys
 import pytest
 
 from harness import knowledge, source_build
+from harness.wait import poll
 from tests.unit.test_source_build import ROOT, offline_source
 
 SOURCE = offline_source()
@@ -176,3 +177,37 @@ def test_bisect_names_the_commit_that_brought_the_leak_back(docker_client, tmp_p
     revert = subprocess.run(g + ["rev-parse", "regress~1"], capture_output=True, text=True).stdout.strip()
     assert f"kamleak bisect: {revert} is the first commit with verdict LEAK (regression;" in out, out
     assert 'subject: Revert "tm: free new buffer on drop for local requests"' in out
+
+
+def test_ctrl_c_leaves_no_container_and_keeps_the_builds(docker_client, tmp_path):
+    """Interrupted while building a probed commit: exit 130, the builder and
+    every Kamailio/Asterisk container of the run gone, earlier images kept."""
+    import signal
+    import time
+
+    clone = _clone(tmp_path, NEW)
+    g = ["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t"]
+    with open(clone / "src" / "modules" / "tm" / "README", "a") as f:
+        f.write(f"\ninterrupted {time.time()}\n")          # a new commit: its build is not cached
+    subprocess.run(g + ["commit", "-q", "-am", "tm: docs - a note"], check=True)
+    head = subprocess.run(g + ["rev-parse", "--short=10", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    before = {c.id for c in docker_client.containers.list(all=True)}
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "bisect", "--kamailio-source",
+                             str(clone), f"{NEW}..HEAD", *SCENARIO], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    # The builder of HEAD appears after NEW's gate run.
+    poll(lambda: docker_client.containers.list(filters={"name": f"builder-{head}"}), timeout=600,
+         what=f"the builder of {head}",
+         abort=lambda: None if proc.poll() is None else f"bisect exited: {proc.communicate()}")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err[-2000:]
+    assert "build(s) kept as images" in err and "a rerun reuses them" in err, err[-2000:]
+    left = {c.id for c in docker_client.containers.list(all=True)} - before
+    mine = [c.name for c in docker_client.containers.list(all=True) if c.id in left
+            and (head in c.name or NEW in c.name)]
+    assert not mine, mine
+    docker_client.images.get(f"{source_build.REPO}:{NEW}-"
+                             f"{source_build.modules_hash(source_build.modules_for())}")
