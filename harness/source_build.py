@@ -49,6 +49,9 @@ LABEL_VERSION = "org.kamleak.kamailio-version"
 LABEL_REF = "org.kamleak.ref"
 
 
+# A compiler's or linker's error line: "main.c:3353:2: error: #error …", "ld: … undefined reference".
+_DIAGNOSTIC = re.compile(r":\d+(:\d+)?: (fatal )?error: |: undefined reference to |^(make|gmake)(\[\d+\])?: \*\*\* ")
+
 class BuildError(ImageError):
     """A source build failed; `log` holds the tail of the build log."""
 
@@ -573,6 +576,7 @@ def _build(client, src: Source, res: Resolved, mods: list[str], tag: str, title:
 def _run_build(container, title: str, logpath: Path) -> tuple[str, str]:
     """Start the builder, print one line per phase with its time; the version it built."""
     tail: list[str] = []
+    diagnostics: list[str] = []
     phase, t_phase, version, ccache = "start", time.monotonic(), "", ""
     container.start()
     with open(logpath, "w") as log, progress.Ticker(f"[{title}] compiling") as _:
@@ -584,6 +588,8 @@ def _run_build(container, title: str, logpath: Path) -> tuple[str, str]:
                 line = raw.decode("utf-8", "replace").rstrip()
                 log.write(line + "\n")
                 tail = (tail + [line])[-25:]
+                if _DIAGNOSTIC.search(line) and len(diagnostics) < 5:
+                    diagnostics.append(line)
                 if line.startswith("@@kamleak phase "):
                     new = line.split()[-1]
                     if phase != "start":
@@ -595,7 +601,9 @@ def _run_build(container, title: str, logpath: Path) -> tuple[str, str]:
                     ccache = line[len("@@kamleak ccache "):]
     rc = container.wait().get("StatusCode", 1)
     if rc != 0:
-        errors = [x for x in tail if re.search(r"error|Error|\*\*\*", x) and "@@kamleak" not in x]
+        # The compiler's first diagnostic (with -j2 it need not be near the end),
+        # else make's own "***" line; never a file name that merely says "error".
+        errors = diagnostics or [x for x in tail if "***" in x and "@@kamleak" not in x]
         last = (errors[0] if errors else (tail[-1] if tail else "no output"))[:200]
         text = "\n".join(tail[-15:])
         progress.say(f"[{title}] build log tail ({logpath}):\n" + "\n".join("    " + x for x in tail[-15:]))
