@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FOREIGN = {
     "--storage-driver", "--bridge", "--iptables",   # dockerd, harness/engine.py
     "--number",                                     # the Asterisk testsuite, plugin help
+    "--oneline",                                    # git log, in bisect's hint
 }
 
 
