@@ -60,16 +60,24 @@ unit: venv
 
 # The user-facing gate (marker `gate`) fails on leaking versions by design;
 # the suite runs it as CI would, in a subprocess (tests/gate/test_gate_as_ci.py).
-# Then the 4140 verdict matrix (WS, WSS; lint checked against each verdict) on
+# Three passes: (1) everything but `serial`, on XDIST workers (most of a gate
+# test is waiting out tm's timers, so workers overlap); (2) the `serial` tests
+# alone (they look at every container on the engine, or build from source);
+# (3) the 4140 verdict matrix (WS, WSS; lint checked against each verdict) on
 # upstream builds from source (UPSTREAM_REFS): built once, at their first test,
 # and reused (labelled images, ccache volume kamleak-ccache).
 JUNIT ?= artifacts/junit.xml
 UPSTREAM_REFS ?= 5.8.5,master
+XDIST ?= 3
+PARALLEL := $(if $(filter-out 0 1,$(XDIST)),-n $(XDIST))
 test: setup
 	@mkdir -p $(dir $(JUNIT))
 	@rc=0; \
-	$(PY) -m pytest tests -m "not gate" --junitxml=$(JUNIT) --kamleak-summary=artifacts/verdicts.json $(PYTEST_ARGS) || rc=$$?; \
-	$(PY) -m pytest tests/gate/test_verdict_matrix.py -m "not gate" --kamailio-ref $(UPSTREAM_REFS) \
+	$(PY) -m pytest tests -m "not gate and not serial" $(PARALLEL) --junitxml=$(JUNIT) \
+	  --kamleak-summary=artifacts/verdicts.json $(PYTEST_ARGS) || rc=$$?; \
+	$(PY) -m pytest tests -m "not gate and serial" --junitxml=$(basename $(JUNIT))-serial.xml \
+	  --kamleak-summary=artifacts/verdicts-serial.json $(PYTEST_ARGS) || rc=$$?; \
+	$(PY) -m pytest tests/gate/test_verdict_matrix.py -m "not gate" --kamailio-ref $(UPSTREAM_REFS) $(PARALLEL) \
 	  --junitxml=$(basename $(JUNIT))-upstream.xml --kamleak-summary=artifacts/verdicts-upstream.json $(PYTEST_ARGS) || rc=$$?; \
 	$(KAMLEAK) cleanup --check || rc=$$?; exit $$rc
 

@@ -31,7 +31,7 @@ from harness.wait import poll
 from tests.unit.test_source_build import ROOT, offline_source
 
 SOURCE = offline_source()
-pytestmark = [pytest.mark.kamailio,
+pytestmark = [pytest.mark.kamailio, pytest.mark.serial,
               pytest.mark.skipif(SOURCE is None, reason="no offline Kamailio history "
                                  "(../shared/kamailio-src or KAMLEAK_KAMAILIO_SOURCE)")]
 FIX = knowledge.FIXES["pr3403"].commit

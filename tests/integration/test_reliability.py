@@ -20,6 +20,9 @@ import pytest
 from harness import containers
 from harness.wait import poll
 
+# These tests look at every container and builder on the engine: not beside xdist workers.
+pytestmark = pytest.mark.serial
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -22,7 +22,7 @@ from tests.gate.matrix import start_unless_refused
 from tests.unit.test_source_build import ROOT, offline_source
 
 SOURCE = offline_source()
-pytestmark = [pytest.mark.kamailio,
+pytestmark = [pytest.mark.kamailio, pytest.mark.serial,
               pytest.mark.skipif(SOURCE is None, reason="no offline Kamailio history "
                                  "(../shared/kamailio-src or KAMLEAK_KAMAILIO_SOURCE)")]
 UPSTREAM_585 = Target("source", "5.8.5", source=SOURCE)
