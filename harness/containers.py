@@ -221,6 +221,10 @@ def reap_leftovers(client: docker.DockerClient, log=print) -> int:
     if reaped:
         log(f"removed {reaped} container(s) left behind by an earlier, killed run")
     reap_workdirs()
+    from . import netdrop
+    dropped = netdrop.reap_dead()
+    if dropped:
+        log(f"removed {dropped} loopback drop rule(s) left behind by an earlier, killed run")
     return reaped
 
 

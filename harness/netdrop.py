@@ -87,3 +87,31 @@ def leftovers() -> list[str]:
     """This process's rules still in the chain (for tests: must be empty)."""
     res = _iptables("-S", CHAIN)
     return [line for line in res.stdout.splitlines() if _tag() in line]
+
+
+def reap_dead() -> int:
+    """Remove the rules of kamleak processes that are gone (a SIGKILLed run
+    cannot remove its own); returns how many were removed."""
+    import re
+    import shlex
+
+    if available() is not None:
+        return 0
+    removed = 0
+    for line in _iptables("-S", CHAIN).stdout.splitlines():
+        m = re.search(r"kamleak-drop-(\d+)", line)
+        if not m or not line.startswith(f"-A {CHAIN} ") or _alive(int(m.group(1))):
+            continue
+        if _iptables("-D", *shlex.split(line)[1:]).returncode == 0:
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -224,3 +224,23 @@ def test_a_container_without_a_handle_yet_is_removed_too(docker_client, kamleak_
                                        labels=containers.labels("test"))
     assert containers.remove_all_live() == 1
     assert not [c for c in containers.listing(docker_client) if c.name == name]
+
+
+def test_drop_rules_of_a_killed_run_are_reaped():
+    """A SIGKILLed run cannot remove its iptables drop rules; the next run does."""
+    from harness import netdrop
+    if netdrop.available():
+        pytest.skip(netdrop.available())
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    rule = ["-o", "lo", "-p", "tcp", "-s", "127.0.0.1", "--sport", "9", "-d", "127.0.0.1",
+            "--dport", "9", "-m", "comment", "--comment", f"kamleak-drop-{dead.pid}", "-j", "DROP"]
+    assert subprocess.run(["iptables", "-w", "5", "-I", "OUTPUT", *rule]).returncode == 0
+    try:
+        assert netdrop.reap_dead() >= 1
+        listed = subprocess.run(["iptables", "-S", "OUTPUT"], capture_output=True, text=True).stdout
+        assert f"kamleak-drop-{dead.pid}" not in listed
+    finally:
+        while subprocess.run(["iptables", "-w", "5", "-D", "OUTPUT", *rule],
+                             capture_output=True).returncode == 0:
+            pass
