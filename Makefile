@@ -38,7 +38,7 @@ venv: $(VENV)/.installed
 # Installs only what is missing, and only as root; otherwise it explains.
 host-packages:
 	@missing=""; \
-	for cmd in debootstrap openssl tcpdump; do command -v $$cmd >/dev/null || missing="$$missing $$cmd"; done; \
+	for cmd in debootstrap openssl tcpdump iptables; do command -v $$cmd >/dev/null || missing="$$missing $$cmd"; done; \
 	if ! docker info >/dev/null 2>&1 && ! command -v dockerd >/dev/null; then missing="$$missing docker.io"; fi; \
 	if [ "$$(id -u)" = 0 ]; then for p in $(HOST_KAMAILIO) $(HOST_TEST); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; fi; \
 	if [ -n "$$missing" ]; then \
