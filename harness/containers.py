@@ -222,7 +222,7 @@ def reap_leftovers(client: docker.DockerClient, log=print) -> int:
         log(f"removed {reaped} container(s) left behind by an earlier, killed run")
     reap_workdirs()
     from . import netdrop
-    dropped = netdrop.reap_dead()
+    dropped = netdrop.reap_dead(_pid_alive)
     if dropped:
         log(f"removed {dropped} loopback drop rule(s) left behind by an earlier, killed run")
     return reaped

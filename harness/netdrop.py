@@ -89,9 +89,9 @@ def leftovers() -> list[str]:
     return [line for line in res.stdout.splitlines() if _tag() in line]
 
 
-def reap_dead() -> int:
+def reap_dead(alive) -> int:
     """Remove the rules of kamleak processes that are gone (a SIGKILLed run
-    cannot remove its own); returns how many were removed."""
+    cannot remove its own); ALIVE(pid) tells. Returns how many were removed."""
     import re
     import shlex
 
@@ -100,18 +100,8 @@ def reap_dead() -> int:
     removed = 0
     for line in _iptables("-S", CHAIN).stdout.splitlines():
         m = re.search(r"kamleak-drop-(\d+)", line)
-        if not m or not line.startswith(f"-A {CHAIN} ") or _alive(int(m.group(1))):
+        if not m or not line.startswith(f"-A {CHAIN} ") or alive(int(m.group(1))):
             continue
         if _iptables("-D", *shlex.split(line)[1:]).returncode == 0:
             removed += 1
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -237,7 +237,7 @@ def test_drop_rules_of_a_killed_run_are_reaped():
             "--dport", "9", "-m", "comment", "--comment", f"kamleak-drop-{dead.pid}", "-j", "DROP"]
     assert subprocess.run(["iptables", "-w", "5", "-I", "OUTPUT", *rule]).returncode == 0
     try:
-        assert netdrop.reap_dead() >= 1
+        assert netdrop.reap_dead(containers._pid_alive) >= 1
         listed = subprocess.run(["iptables", "-S", "OUTPUT"], capture_output=True, text=True).stdout
         assert f"kamleak-drop-{dead.pid}" not in listed
     finally:
