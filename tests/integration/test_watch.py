@@ -407,3 +407,18 @@ def test_ten_thousand_cells_http_falls_back_ctl_lists_them(request, docker_clien
     finally:
         k.stop()
         peer.stop()
+
+
+@pytest.mark.kamailio
+def test_once_speaks_to_every_target_over_http_and_ctl(kamailio_factory, kamailio_target, tmp_path):
+    """watch against each Kamailio the run targets (Debian's, upstream builds, images):
+    both transports answer, a healthy server is OK (exit 0), its counters are read.
+    (`--state`: one poll, as cron runs it.)"""
+    k = kamailio_factory()
+    for i, rpc in enumerate((k.rpc.url, f"tcp:127.0.0.1:{k.config.ctl_port}")):
+        proc = subprocess.run([*KAMLEAK, "watch", "--kamailio-rpc", rpc, "--once",
+                               "--state", str(tmp_path / f"state{i}.json")],
+                              capture_output=True, text=True, timeout=60,
+                              cwd=Path(__file__).parents[2])
+        assert proc.returncode == 0, f"{kamailio_target.id} {rpc}: {proc.stdout}{proc.stderr}"
+        assert proc.stdout.startswith("KAMLEAK OK"), proc.stdout
