@@ -128,7 +128,10 @@ def _repro_faithful(args) -> int:
         at = {label: t for t, label in v.timeline}
         def t(prefix):
             return next((f"t={tt:7.3f} s" for label, tt in at.items() if label.startswith(prefix)), "")
-        fail = [ln for ln in report.kamailio_lines(kam.log(), v.call_id)
+        # The report's lines, as it quotes them: level and source, without the
+        # process number and the {cseq method call-id} log prefix.
+        fail = [re.sub(r"^.*?\b(WARNING|ERROR|NOTICE|INFO|DEBUG):\s*(\{[^}]*\}\s*)?", r"\1: ", ln)
+                for ln in report.kamailio_lines(kam.log(), v.call_id)
                 if "could not be found" in ln or "branch 0 failed" in ln]
         dump = v.snapshots.get("ws.dump before disconnect") or {}
         steps = [
@@ -139,13 +142,13 @@ def _repro_faithful(args) -> int:
             ("client killed, then wait", f"{t('disconnect')}  RST; {t('ws.dump')} ws.dump: gone"),
             ("Asterisk sends BYE (session timer)", t("BYE")),
             ("Kamailio replies", "; ".join(f"{r.code} {r.reason}" for r in v.replies) or "no reply"),
-            ("Kamailio's log", (fail[0][-110:] if fail else "(no failure line)")),
+            ("Kamailio's log", (fail[0][:130] if fail else "(no failure line)")),
         ]
         _rule("report step  |  what Kamailio did")
         for i, (step, did) in enumerate(steps, 1):
             print(f"  {i}. {step:<36} | {did}")
         for ln in fail[1:]:
-            print(f"     {'':<36} | {ln[-110:]}")
+            print(f"     {'':<36} | {ln[:130]}")
         print(f"  9. {'tm.list':<36} | {len(v.cells)} BYE cell(s) after {v.watched_for:.1f} s "
               f"(deadline {v.deadline:.1f} s)")
         for c in v.cells:
