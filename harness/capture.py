@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .wait import WaitTimeout, poll
+from .wait import WaitTimeout, poll, stop_process
 
 
 def available() -> str | None:
@@ -65,13 +65,8 @@ class Capture:
             self._err.append(line.strip())
 
     def _kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        # SIGINT: tcpdump flushes the pcap before it exits.
+        stop_process(self.proc, signal.SIGINT, grace=5)
 
     def finish(self) -> bytes | str:
         """Stop and return the pcap bytes, or the note saying why there is none

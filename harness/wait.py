@@ -81,3 +81,24 @@ class AbortedWait(RuntimeError):
         self.what = what
         self.reason = reason
         super().__init__(f"gave up waiting for {what}: {reason}")
+
+
+def stop_process(proc, sig: int | None = None, *, group: bool = False, grace: float = 10.0) -> None:
+    """Signal a child (its whole process group with GROUP), give it GRACE
+    seconds to exit, then kill it: the one way kamleak stops what it spawned."""
+    import os
+    import signal
+    import subprocess
+
+    if proc is None or proc.poll() is not None:
+        return
+    sig = signal.SIGTERM if sig is None else sig
+    send = (lambda s: os.killpg(proc.pid, s)) if group else proc.send_signal
+    try:
+        send(sig)
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        proc.wait(5)
+    except ProcessLookupError:
+        pass                        # gone between poll() and the signal

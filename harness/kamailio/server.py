@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from .. import containers
 from ..errors import ServerError
 from ..rpc import KamailioRPC
 from ..errors import RPCError
-from ..wait import AbortedWait, WaitTimeout, poll
+from ..wait import AbortedWait, WaitTimeout, poll, stop_process
 from .config import HOST, KamailioConfig
 
 CONTAINER_DIR = "/etc/kamleak"
@@ -311,14 +310,8 @@ class LocalKamailio(Kamailio):
             return ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            # Kamailio's main process stops its children on SIGTERM.
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        # Kamailio's main process stops its children on SIGTERM.
+        stop_process(self.proc, group=True)
         self.proc = None
 
     def describe(self) -> str:

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
 import queue
 import shutil
 import signal
@@ -32,7 +31,7 @@ from harness.kamailio import TmTimers
 from harness.peer import UdpPeer
 from harness.runner import launch_kamailio
 from harness.targets import Target
-from harness.wait import poll
+from harness.wait import poll, stop_process
 from scenarios import gh4140_bye_to_closed_ws as gh4140
 
 pytestmark = [pytest.mark.kamailio]
@@ -80,13 +79,7 @@ class WatchProc:
         raise AssertionError(f"no such event within {timeout} s; last: {self.all[-3:]}")
 
     def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, signal.SIGINT)
         return self.proc.stderr.read()
 
 
@@ -127,12 +120,7 @@ class Prometheus:
         return float(res[0]["value"][1]) if res else None
 
     def stop(self):
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        stop_process(self.proc, group=True)
         self.log.close()
 
 
