@@ -77,6 +77,7 @@ needs_host_kamailio = pytest.mark.skipif(
 
 
 @needs_host_kamailio
+@pytest.mark.serial     # it looks for ANY local kamleak Kamailio left: not beside xdist workers
 @pytest.mark.parametrize("variant, code", [
     ("uac_req_send", 1),                      # 5.6.3 leaks with a trigger
     ("none", 0),                              # and not without
