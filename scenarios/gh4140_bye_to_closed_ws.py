@@ -64,10 +64,10 @@ TRIGGERS = {
 # How the config answers when t_relay() fails.
 REPLY_STYLES = {
     "sl_reply_error": (),                                         # stock kamailio.cfg
-    "send_reply_error": ("WITH_REPLY_SEND_REPLY_ERROR",),         # sl, 6.0+
-    "t_reply_error": ("WITH_REPLY_T_REPLY_ERROR",),               # tm, 6.0+
+    "send_reply_error": ("WITH_REPLY_SEND_REPLY_ERROR",),         # sl, 130dc00c17 (5.8.0)
+    "t_reply_error": ("WITH_REPLY_T_REPLY_ERROR",),               # tm, ae0b671c30 (5.8.0)
 }
-DELAYED_REPLY_OFF = ("WITH_DELAYED_REPLY_OFF",)                   # tm param, 6.1+
+DELAYED_REPLY_OFF = ("WITH_DELAYED_REPLY_OFF",)                   # tm param, a705e601d9 (6.1.0)
 
 DEFAULT_VARIANT = "pua_dialoginfo"  # the realistic trigger, stock reply style
 DISCONNECTS = ("rst", "fin", "close", "rst+advertise")
