@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import time
 
-from harness import oracle
-from harness.errors import ScenarioError
-from harness.kamailio import Kamailio
-from harness.sip.message import SipParseError
-from harness.sip.udp import UdpClient
-from harness.verdict import Reply, Verdict, classify_reason
+from kamleak.harness.judging import oracle
+from kamleak.harness.errors import ScenarioError
+from kamleak.harness.stack.kamailio import Kamailio
+from kamleak.harness.sip.message import SipParseError
+from kamleak.harness.sip.udp import UdpClient
+from kamleak.harness.judging.verdict import Reply, Verdict, classify_reason
 
 
 def run_single_request(*, kamailio: Kamailio, variant, method: str, target: str = "",

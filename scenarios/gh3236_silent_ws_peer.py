@@ -39,12 +39,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from harness import knowledge, memstats
-from harness.errors import ScenarioError, UsageError
-from harness.kamailio import Kamailio
-from harness.sip import UAError
-from harness.verdict import Verdict
-from scenarios import gh4140_bye_to_closed_ws as gh4140
+from kamleak.harness import knowledge
+from kamleak.harness.probes import memstats
+from kamleak.harness.errors import ScenarioError, UsageError
+from kamleak.harness.stack.kamailio import Kamailio
+from kamleak.harness.sip import UAError
+from kamleak.harness.judging.verdict import Verdict
+from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
 
 ISSUE = 3236
 TITLE = "silent WebSocket peers: connection state must drain after keepalive"
@@ -104,7 +105,7 @@ def parse_variant(name: str) -> Variant:
 
 def expected(build, variant: Variant) -> str:
     """Measured the same on Debian's 5.6.3, 6.0.1 and 6.1.5 (see the module's
-    story); no upstream commit is recorded for it (harness.knowledge), so on
+    story); no upstream commit is recorded for it (kamleak.harness.knowledge), so on
     any other build "unknown": only a run can tell."""
     if knowledge.provenance(build).kind != "debian":
         return "unknown"
@@ -229,6 +230,6 @@ USER_CONFIG = False     # the deadline assumes the harness's keepalive settings
 
 def gate(bench, variant: Variant, *, transport: str = "ws", disconnect: str = "",
          target: str = "") -> Verdict:
-    """One run on a `harness.runner.Bench` (the peers fall silent: no disconnect mode)."""
+    """One run on a `kamleak.harness.stack.runner.Stack` (the peers fall silent: no disconnect mode)."""
     return run(kamailio=start_kamailio(bench.kamailio, variant), variant=variant,
                ua_factory=bench.ua, transport=transport, target=target)

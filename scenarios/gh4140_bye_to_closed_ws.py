@@ -42,13 +42,16 @@ import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from harness import knowledge, oracle, pbx_trace, progress
-from harness.errors import ScenarioError, ServerError, UsageError
-from harness.kamailio import Kamailio, TmTimers
-from harness.sampler import StatsSampler
-from harness.sip import UAError
-from harness.verdict import Reply, Verdict, classify_reason
-from harness.wait import WaitTimeout, poll
+from kamleak.harness import knowledge
+from kamleak.harness.judging import oracle
+from kamleak.harness.probes import pbx_trace
+from kamleak.harness.reporting import progress
+from kamleak.harness.errors import ScenarioError, ServerError, UsageError
+from kamleak.harness.stack.kamailio import Kamailio, TmTimers
+from kamleak.harness.probes.sampler import StatsSampler
+from kamleak.harness.sip import UAError
+from kamleak.harness.judging.verdict import Reply, Verdict, classify_reason
+from kamleak.harness.judging.wait import WaitTimeout, poll
 
 ISSUE = 4140
 TITLE = "BYE to a closed WebSocket connection stays in tm.list"
@@ -178,7 +181,7 @@ def _vt(version: str) -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
-# The variant parts that need a feature a build may lack (harness.knowledge keys).
+# The variant parts that need a feature a build may lack (kamleak.harness.knowledge keys).
 _FEATURES = {"send_reply_error": "send_reply_error", "t_reply_error": "t_reply_error"}
 
 
@@ -187,7 +190,7 @@ def applicable(build, variant: Variant) -> str | None:
 
     BUILD: a Target, a `knowledge.Provenance`, or a version string naming one
     of Debian's builds.  Whether the build has a feature comes from
-    harness.knowledge (git for upstream builds, observations for Debian's);
+    kamleak.harness.knowledge (git for upstream builds, observations for Debian's);
     where that is unknown, nothing is ruled out: the run says.
     """
     needs = [_FEATURES[variant.reply]] if variant.reply in _FEATURES else []
@@ -409,7 +412,7 @@ def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target, *,
 def _register_at_pbx(r: _Run, ext: str) -> None:
     """A user config that routes calls through its registrar: register the
     extension with the PBX as its contact, as a phone would register itself."""
-    from harness.sip.udp import UdpClient
+    from kamleak.harness.sip.udp import UdpClient
 
     aor = f"sip:{ext}@127.0.0.1"
     with UdpClient() as c:
@@ -497,7 +500,7 @@ def parse_variant(name: str) -> Variant:
 
 def gate(bench, variant: Variant, *, transport: str = "ws", disconnect: str = "rst",
          target: str = "", **ladder) -> Verdict:
-    """One run on a `harness.runner.Bench`; LADDER: run()'s cut, ua_options and hangup."""
+    """One run on a `kamleak.harness.stack.runner.Stack`; LADDER: run()'s cut, ua_options and hangup."""
     kam = start_kamailio(bench.kamailio, variant, extra_defines=disconnect_defines(disconnect))
     return run(kamailio=kam, pbx=bench.pbx, ua_factory=bench.ua, transport=transport,
                variant=variant, disconnect=disconnect, target=target, **ladder)

@@ -31,10 +31,10 @@ Expectations (what the project's tests assert on the Debian builds) are in
 
 from __future__ import annotations
 
-from harness.kamailio import Kamailio, TmTimers
-from harness.verdict import Verdict
-from scenarios import gh4140_bye_to_closed_ws as gh4140
-from scenarios._single_request import run_single_request
+from kamleak.harness.stack.kamailio import Kamailio, TmTimers
+from kamleak.harness.judging.verdict import Verdict
+from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
+from kamleak.scenarios._single_request import run_single_request
 
 ISSUE = 4503
 TITLE = "an INVITE whose branch is dropped in branch_route stays in tm.list"
@@ -44,7 +44,7 @@ DEFAULT_VARIANT = "pua_dialoginfo"
 METHOD = "INVITE"
 # Short INVITE timers: the oracle's deadline for an INVITE is
 # max_inv_lifetime + fr_timer (the negative reply awaiting its ACK) + wt_timer
-# (harness.oracle.Timers.lifetime_ms): 7 s here, 10.75 s with the margin.
+# (kamleak.harness.judging.oracle.Timers.lifetime_ms): 7 s here, 10.75 s with the margin.
 TIMERS = TmTimers(fr_timer=3000, fr_inv_timer=3000, wt_timer=1000, max_inv_lifetime=3000)
 
 NotApplicable = gh4140.NotApplicable
@@ -66,7 +66,7 @@ def parse_variant(name: str) -> Variant:
 
 
 def expected(build, variant: Variant) -> str:
-    """"leak", "clean", "n/a" or "unknown": the issue-4140 rule, from harness.knowledge.
+    """"leak", "clean", "n/a" or "unknown": the issue-4140 rule, from kamleak.harness.knowledge.
 
     Measured (tests/gate/test_gh4503_branch_drop.py): the issue-4140 rule,
     for path A and path B alike.  A trigger (pua_dialoginfo, uac_req_send,
@@ -102,5 +102,5 @@ USER_CONFIG = False     # needs the harness's own config (its defines build the 
 
 def gate(bench, variant: Variant, *, transport: str = "udp", disconnect: str = "",
          target: str = "") -> Verdict:
-    """One run on a `harness.runner.Bench` (transport and disconnect do not apply)."""
+    """One run on a `kamleak.harness.stack.runner.Stack` (transport and disconnect do not apply)."""
     return run(kamailio=start_kamailio(bench.kamailio, variant), variant=variant, target=target)

@@ -27,17 +27,17 @@ The triggers and reply styles are the issue-4140 ones (uac_req_send,
 t_uac_send; sl_reply_error, send_reply_error, t_reply_error,
 delayed_reply_off), and so are the expectations: a leak needs a trigger and
 the stateless reply and a tm without bd0aaf89b8's t_unref() change
-(harness.knowledge).  pua_dialoginfo is no trigger here: there is
+(kamleak.harness.knowledge).  pua_dialoginfo is no trigger here: there is
 no dialog.
 """
 
 from __future__ import annotations
 
-from harness.errors import UsageError
-from harness.kamailio import Kamailio
-from harness.verdict import Verdict
-from scenarios import gh4140_bye_to_closed_ws as gh4140
-from scenarios._single_request import run_single_request
+from kamleak.harness.errors import UsageError
+from kamleak.harness.stack.kamailio import Kamailio
+from kamleak.harness.judging.verdict import Verdict
+from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
+from kamleak.scenarios._single_request import run_single_request
 
 ISSUE = 4919
 TITLE = "relay failure over UDP after a local request stays in tm.list"
@@ -60,7 +60,7 @@ def parse_variant(name: str) -> Variant:
 
 def expected(build, variant: Variant) -> str:
     """Same mechanism, same expectations as issue 4140 (see its module): from
-    harness.knowledge, so for upstream builds too."""
+    kamleak.harness.knowledge, so for upstream builds too."""
     return gh4140.expected(build, variant)
 
 
@@ -79,5 +79,5 @@ USER_CONFIG = False     # needs the harness's own config (its defines build the 
 
 def gate(bench, variant: Variant, *, transport: str = "udp", disconnect: str = "",
          target: str = "") -> Verdict:
-    """One run on a `harness.runner.Bench` (transport and disconnect do not apply)."""
+    """One run on a `kamleak.harness.stack.runner.Stack` (transport and disconnect do not apply)."""
     return run(kamailio=start_kamailio(bench.kamailio, variant), variant=variant, target=target)

@@ -8,7 +8,7 @@ Asterisk received and the Kamailio log lines the BYE caused are recorded.
 After the last BYE, one wait past the BYE deadline, then tm.list names the
 leaked calls.
 
-    .venv/bin/python -m scenarios.measure_disconnects --target debian:6.0.1 \\
+    .venv/bin/python -m kamleak.scenarios.measure_disconnects --target debian:6.0.1 \\
         --target src:5.8.5 --runs 20 --candidates rst,drop,... --out artifacts/disconnects.json
 """
 
@@ -21,11 +21,11 @@ import threading
 import time
 from pathlib import Path
 
-from harness import oracle
-from harness.runner import Bench
-from harness.targets import Target
-from harness.wait import WaitTimeout, poll
-from scenarios import gh4140_bye_to_closed_ws as g
+from kamleak.harness.judging import oracle
+from kamleak.harness.stack.runner import Stack
+from kamleak.harness.stack.targets import Target
+from kamleak.harness.judging.wait import WaitTimeout, poll
+from kamleak.scenarios import gh4140_bye_to_closed_ws as g
 
 # name: (UA disconnect mode, Kamailio defines, wait for ws.dump to drop it, hangup delay s)
 CANDIDATES = {
@@ -130,7 +130,7 @@ def main() -> int:
     a = ap.parse_args()
     results = json.loads(Path(a.out).read_text()) if Path(a.out).exists() else {}
     for spec in a.target:
-        with Bench(target_of(spec)) as bench:
+        with Stack(target_of(spec)) as bench:
             for cand in a.candidates.split(","):
                 print(f"{spec} {cand}", flush=True)
                 results.setdefault(spec, {})[cand] = measure(bench, cand, a.runs, a.variant)

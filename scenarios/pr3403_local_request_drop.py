@@ -9,7 +9,7 @@ few hundred bytes a request in its noise.  The PR was closed unmerged; the
 buffer is freed on the drop path in later tm code.
 
 So the oracle here is Kamailio's own per-site shm accounting (`mod.stats
-all shm`, see `harness.memstats`), compared around batches of requests:
+all shm`, see `kamleak.harness.probes.memstats`), compared around batches of requests:
 
     client (UDP)                 Kamailio
       MESSAGE -->                  t_uac_send() / uac_req_send(): a local MESSAGE
@@ -27,12 +27,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from harness import knowledge, oracle
-from harness.errors import ScenarioError, UsageError
-from harness.kamailio import Kamailio
-from harness.sip.udp import UdpClient
-from harness.verdict import Verdict
-from scenarios import gh4140_bye_to_closed_ws as gh4140
+from kamleak.harness import knowledge
+from kamleak.harness.judging import oracle
+from kamleak.harness.errors import ScenarioError, UsageError
+from kamleak.harness.stack.kamailio import Kamailio
+from kamleak.harness.sip.udp import UdpClient
+from kamleak.harness.judging.verdict import Verdict
+from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
 
 ISSUE = 3403          # a pull request: the report is its description
 TITLE = "a local request dropped in event_route[tm:local-request] leaks shm"
@@ -77,7 +78,7 @@ def parse_variant(name: str) -> Variant:
 def expected(build, variant: Variant) -> str:
     """A dropped request's buffer (~220-480 B a request at tm's build_uac_req) is
     lost without PR 3403's fix (ee06666c43, upstream 6.0.0; fc54fdcd67 on 5.8,
-    5.8.2): harness.knowledge says which builds have it (Debian's 5.6.3 lacks
+    5.8.2): kamleak.harness.knowledge says which builds have it (Debian's 5.6.3 lacks
     it, 6.0.1 and 6.1.5 free the buffer: measured)."""
     if not variant.drop:
         return "clean"
@@ -149,5 +150,5 @@ USER_CONFIG = False     # needs the harness's own config (its defines build the 
 
 def gate(bench, variant: Variant, *, transport: str = "udp", disconnect: str = "",
          target: str = "") -> Verdict:
-    """One run on a `harness.runner.Bench` (transport and disconnect do not apply)."""
+    """One run on a `kamleak.harness.stack.runner.Stack` (transport and disconnect do not apply)."""
     return run(kamailio=start_kamailio(bench.kamailio, variant), variant=variant, target=target)

@@ -41,11 +41,11 @@ lost.
 
 from __future__ import annotations
 
-from harness import knowledge
-from harness.errors import ScenarioError, UsageError
-from harness.verdict import Verdict
-from harness.wait import WaitTimeout
-from scenarios import gh4140_bye_to_closed_ws as gh4140
+from kamleak.harness import knowledge
+from kamleak.harness.errors import ScenarioError, UsageError
+from kamleak.harness.judging.verdict import Verdict
+from kamleak.harness.judging.wait import WaitTimeout
+from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
 
 ISSUE = None
 TITLE = "a second connection from a live WebSocket client's ip:port takes over its alias"
@@ -140,5 +140,5 @@ def parse_variant(name: str) -> Variant:
 
 def gate(bench, variant: Variant, *, transport: str = "ws", disconnect: str = "rst",
          target: str = "") -> Verdict:
-    """One run on a `harness.runner.Bench` (DISCONNECT does not apply: the client stays)."""
+    """One run on a `kamleak.harness.stack.runner.Stack` (DISCONNECT does not apply: the client stays)."""
     return gh4140.gate(bench, variant, transport=transport, target=target, **LADDER)

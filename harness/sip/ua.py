@@ -33,21 +33,9 @@ from urllib.parse import urlsplit
 
 import websocket
 
-from .message import (
-    SipMessage,
-    SipParseError,
-    apply_route_set,
-    build_ack,
-    build_request,
-    build_response,
-    format_name_addr,
-    new_branch,
-    new_call_id,
-    new_tag,
-    parse_name_addr,
-    parse_session_expires,
-    route_set_from_record_route,
-)
+from kamleak.harness.sip.message import (SipMessage, SipParseError, apply_route_set, build_ack,
+    build_request, build_response, format_name_addr, new_branch, new_call_id, new_tag, parse_name_addr,
+    parse_session_expires, route_set_from_record_route)
 
 __all__ = [
     "WebSocketUA",
@@ -468,7 +456,7 @@ class WebSocketUA:
         read again, so no PING is answered and nothing is sent; only the
         kernel still ACKs.  `close()` later resets it.
         "drop": "silent", and every packet of the connection is dropped
-        both ways (harness.netdrop: iptables on lo, these two ports only),
+        both ways (kamleak.harness.stack.netdrop: iptables on lo, these two ports only),
         so the server's data is never ACKed either: a peer gone without
         FIN or RST.  `close()` removes the rules, then resets the socket.
         "close-frame": a WebSocket close frame (RFC 6455 5.5.1), then
@@ -487,7 +475,7 @@ class WebSocketUA:
                     log.debug("disconnect(close-frame): %s", exc)
             mode = "silent"
         if mode == "drop":
-            from ..netdrop import Blackhole
+            from kamleak.harness.stack.netdrop import Blackhole
             local, remote = self._sock.getsockname(), self._sock.getpeername()
             self._blackhole = Blackhole(local[:2], remote[:2]).start()
             mode = "silent"

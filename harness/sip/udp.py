@@ -15,8 +15,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from .message import (SipMessage, build_ack, build_request, new_branch,
-                      new_call_id, new_tag)
+from kamleak.harness.sip.message import SipMessage, build_ack, build_request, new_branch, new_call_id, new_tag
 
 HOST = "127.0.0.1"
 

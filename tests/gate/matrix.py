@@ -7,7 +7,7 @@ import pytest
 
 def start_unless_refused(scenario, kamailio_factory, build, variant):
     """Kamailio started with VARIANT, or None where the variant is n/a on BUILD
-    (a Target: harness.knowledge answers for it).
+    (a Target: kamleak.harness.knowledge answers for it).
 
     An n/a variant must be refused by Kamailio itself (the function or
     parameter does not exist there), not skipped by us.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from scenarios import gh3236_silent_ws_peer as gh3236
+from kamleak.scenarios import gh3236_silent_ws_peer as gh3236
 from tests.gate.matrix import assert_expected
 
 MATRIX = ["ping", "lifetime", "none", "concheck"]

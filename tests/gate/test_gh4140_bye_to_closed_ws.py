@@ -15,7 +15,7 @@ test *error*; only a leak fails the test.
 
 import pytest
 
-from harness.verdict import assert_no_leak
+from kamleak.harness.judging.verdict import assert_no_leak
 
 
 @pytest.mark.gate

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import pytest
 
-from harness.netdrop import leftovers
-from scenarios import gh4140_bye_to_closed_ws as gh4140
+from kamleak.harness.stack.netdrop import leftovers
+from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
 
 REPORT_LINE = "msg_send_buffer(): TCP/TLS connection for WebSocket could not be found"
 VIA_LINE = "TCP/TLS connection (id: 0) for WebSocket could not be found"
-# Measured (python -m scenarios.measure_disconnects, 20 runs each; README "Disconnect modes"):
+# Measured (python -m kamleak.scenarios.measure_disconnects, 20 runs each; README "Disconnect modes"):
 # Debian's 5.6.3 looks the connection up in via_builder() despite `advertise`.
 REPLY_CODE = {"src:5.8.5": 477, "debian-5.6.3": 500}
 
@@ -76,11 +76,11 @@ def test_session_timer_hangup_reaches_kamailio_as_in_the_report(kamailio_factory
 
 def test_drop_mode_leaves_no_rule_behind(kamailio_factory):
     """`drop` (measured, not kept: the BYE times out 408) cleans its iptables rules on close()."""
-    from harness.netdrop import available
+    from kamleak.harness.stack.netdrop import available
     if available():
         pytest.skip(available())
     kam = kamailio_factory()
-    from harness.sip import WebSocketUA
+    from kamleak.harness.sip import WebSocketUA
     ua = WebSocketUA(kam.url("ws")).connect()
     ua.disconnect("drop")
     assert len(leftovers()) == 2

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from scenarios import gh4503_branch_drop as gh4503
+from kamleak.scenarios import gh4503_branch_drop as gh4503
 from tests.gate.matrix import run_and_check
 
 MATRIX = ["none", "dialog", "pua_dialoginfo", "uac_req_send", "t_uac_send",

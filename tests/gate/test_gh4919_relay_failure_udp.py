@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from scenarios import gh4919_relay_failure_udp as gh4919
+from kamleak.scenarios import gh4919_relay_failure_udp as gh4919
 from tests.gate.matrix import run_and_check
 
 MATRIX = ["none", "uac_req_send", "t_uac_send", "uac_req_send+send_reply_error",

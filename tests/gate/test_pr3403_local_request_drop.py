@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from scenarios import pr3403_local_request_drop as pr3403
+from kamleak.scenarios import pr3403_local_request_drop as pr3403
 from tests.gate.matrix import assert_expected
 
 MATRIX = ["t_uac_send+drop", "uac_req_send+drop", "t_uac_send", "uac_req_send"]

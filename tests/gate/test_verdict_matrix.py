@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import pytest
 
-from scenarios import gh4140_bye_to_closed_ws as gh4140
+from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
 from tests.gate.matrix import assert_expected, start_unless_refused
-from scenarios.gh4140_bye_to_closed_ws import Variant
+from kamleak.scenarios.gh4140_bye_to_closed_ws import Variant
 
 TRIGGERS = ["none", "dialog", "uac_req_send", "t_uac_send", "pua_dialoginfo"]
 MITIGATIONS = ["send_reply_error", "t_reply_error", "delayed_reply_off"]
@@ -26,7 +26,7 @@ MATRIX = [Variant.parse(t) for t in TRIGGERS] + [
 def lint_verdict(kamailio, build) -> str:
     """What `kamleak lint` says about the config Kamailio runs, for BUILD:
     "n/a" (the build refuses it), "leak" or "clean"."""
-    from harness.lint import lint
+    from kamleak.harness.tools.lint import lint
     found = lint(kamailio.config.render(), build=build)
     return ("n/a" if any(f.level == "error" for f in found) else
             "leak" if any(f.level == "leak" for f in found) else "clean")
@@ -41,8 +41,8 @@ def test_verdict_matches_real_kamailio(kamailio_factory, pbx, ua_factory, transp
     kamailio = start_unless_refused(gh4140, kamailio_factory, kamailio_target, gate_variant)
     if kamailio is None:
         # lint must say so too: the build refuses it (checked against the same render).
-        from harness.kamailio import KamailioConfig
-        from harness.lint import lint
+        from kamleak.harness.stack.kamailio import KamailioConfig
+        from kamleak.harness.tools.lint import lint
         cfg = KamailioConfig(udp_port=5060, ws_port=8080, wss_port=4443, pbx_port=5080,
                              defines=gate_variant.defines).render()
         assert any(f.level == "error" for f in lint(cfg, build=kamailio_target))

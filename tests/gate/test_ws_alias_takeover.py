@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.sip import WebSocketUA
-from scenarios import ws_alias_takeover as takeover
+from kamleak.harness.sip import WebSocketUA
+from kamleak.scenarios import ws_alias_takeover as takeover
 from tests.gate.matrix import assert_expected, start_unless_refused
 
 MATRIX = ["none", "uac_req_send", "uac_req_send+tcp_connection_match", "uac_req_send+send_reply_error"]

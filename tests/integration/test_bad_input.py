@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import containers, images, ports
-from harness.asterisk import AsteriskPBX
-from harness.errors import ServerError
-from harness.kamailio import ContainerKamailio, KamailioConfig
-from harness.runner import launch_kamailio
-from harness.targets import Target
-from scenarios import gh4140_bye_to_closed_ws as gh4140
+from kamleak.harness.stack import containers, images, ports
+from kamleak.harness.stack.asterisk import AsteriskPBX
+from kamleak.harness.errors import ServerError
+from kamleak.harness.stack.kamailio import ContainerKamailio, KamailioConfig
+from kamleak.harness.stack.runner import launch_kamailio
+from kamleak.harness.stack.targets import Target
+from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
 
 ROOT = Path(__file__).resolve().parents[2]
 GATE = "tests/gate/test_gh4140_bye_to_closed_ws.py"
@@ -57,7 +57,7 @@ def test_bad_pytest_option_is_one_line_usage_error(option, value, expected):
 
 
 def test_docker_unreachable_and_not_startable():
-    proc = run(sys.executable, "-m", "harness.cli", "setup",
+    proc = run(sys.executable, "-m", "kamleak.harness.tools.cli", "setup",
                env={"DOCKER_HOST": "unix:///nonexistent/docker.sock", "KAMLEAK_START_DOCKER": "no"})
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -157,7 +157,7 @@ def test_unwritable_artifact_dir_is_refused_before_any_test(path, expected):
 
 
 def kamleak_cli(*args) -> subprocess.CompletedProcess:
-    return run(sys.executable, "-m", "harness.cli", *args)
+    return run(sys.executable, "-m", "kamleak.harness.tools.cli", *args)
 
 
 @pytest.mark.parametrize("command", ["check", "bisect"])

@@ -2,7 +2,7 @@
 from the offline history and gated; `git bisect run kamleak check
 --kamailio-tree .` on a checkout.
 
-The range is ten commits of upstream master around the fix harness.knowledge
+The range is ten commits of upstream master around the fix kamleak.harness.knowledge
 records for PR 3403 (ee06666c43, 2024-05: `drop` in
 event_route[tm:local-request] frees the request's buffer).  Its neighbours
 touch ims, sipcapture, pv_headers and presence (not built) and tm/uac, so a
@@ -26,8 +26,9 @@ import sys
 
 import pytest
 
-from harness import knowledge, source_build
-from harness.wait import poll
+from kamleak.harness import knowledge
+from kamleak.harness.stack import source_build
+from kamleak.harness.judging.wait import poll
 from tests.unit.test_source_build import ROOT, offline_source
 
 SOURCE = offline_source()
@@ -40,7 +41,7 @@ SCENARIO = ["--scenario", "pr3403"]
 
 
 def kamleak(*args, cwd=ROOT, timeout=1800):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "kamleak.harness.tools.cli", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL,
                           env={**os.environ, source_build.SOURCE_ENV: SOURCE,
                                "PYTHONPATH": str(ROOT)})
@@ -127,7 +128,7 @@ def test_git_bisect_run_with_check_on_the_working_tree(docker_client, tmp_path):
     g = ["git", "-C", str(clone)]
     subprocess.run(g + ["bisect", "start", "--term-old=leak", "--term-new=clean", FIX, f"{FIX}~2"],
                    check=True, capture_output=True)
-    run = subprocess.run(g + ["bisect", "run", sys.executable, "-m", "harness.cli", "check",
+    run = subprocess.run(g + ["bisect", "run", sys.executable, "-m", "kamleak.harness.tools.cli", "check",
                               "--kamailio-tree", ".", *SCENARIO, "--invert"],
                          capture_output=True, text=True, timeout=1800,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -193,7 +194,7 @@ def test_ctrl_c_leaves_no_container_and_keeps_the_builds(docker_client, tmp_path
     head = subprocess.run(g + ["rev-parse", "--short=10", "HEAD"], capture_output=True,
                           text=True).stdout.strip()
     before = {c.id for c in docker_client.containers.list(all=True)}
-    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "bisect", "--kamailio-source",
+    proc = subprocess.Popen([sys.executable, "-m", "kamleak.harness.tools.cli", "bisect", "--kamailio-source",
                              str(clone), f"{NEW}..HEAD", *SCENARIO], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})

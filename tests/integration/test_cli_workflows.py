@@ -22,7 +22,7 @@ HOST_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
 
 
 def kamleak(*args, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "kamleak.harness.tools.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import containers
-from harness.wait import poll
+from kamleak.harness.stack import containers
+from kamleak.harness.judging.wait import poll
 
 # These tests look at every container and builder on the engine: not beside xdist workers.
 pytestmark = pytest.mark.serial
@@ -39,7 +39,7 @@ class Run:
 
     def __init__(self, *args):
         env = {**os.environ, "KAMLEAK_PROGRESS": "1"}  # the countdown shows where it is
-        self.proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "check", *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "kamleak.harness.tools.cli", "check", *args],
                                      cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                      preexec_fn=_interruptible)
@@ -88,7 +88,7 @@ def test_a_killed_run_is_cleaned_up_by_the_next(docker_client, kamleak_images):
     scratch = [d for d in os.listdir(tempfile.gettempdir())
                if d.startswith(f"{containers.WORKDIR_PREFIX}{run.proc.pid}-")]
     assert len(scratch) == 1, "... and its scratch directory"
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "cleanup"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "kamleak.harness.tools.cli", "cleanup"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     assert "removed 2 container(s) left behind by an earlier, killed run" in proc.stderr
@@ -228,7 +228,7 @@ def test_a_container_without_a_handle_yet_is_removed_too(docker_client, kamleak_
 
 def test_drop_rules_of_a_killed_run_are_reaped():
     """A SIGKILLed run cannot remove its iptables drop rules; the next run does."""
-    from harness import netdrop
+    from kamleak.harness.stack import netdrop
     if netdrop.available():
         pytest.skip(netdrop.available())
     dead = subprocess.Popen(["true"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import capture
+from kamleak.harness.probes import capture
 
 ROOT = Path(__file__).resolve().parents[2]
 GATE = "tests/gate/test_gh4140_bye_to_closed_ws.py"

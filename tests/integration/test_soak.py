@@ -13,13 +13,13 @@ import json
 
 import pytest
 
-from harness.evidence import attach
-from harness.kamailio import TmTimers
-from harness.peer import UdpPeer
-from harness.runner import launch_kamailio
-from harness.soak import run_soak
-from harness.targets import Target
-from scenarios.gh4140_bye_to_closed_ws import Variant
+from kamleak.harness.judging.evidence import attach
+from kamleak.harness.stack.kamailio import TmTimers
+from kamleak.harness.sip.peer import UdpPeer
+from kamleak.harness.stack.runner import launch_kamailio
+from kamleak.harness.tools.soak import run_soak
+from kamleak.harness.stack.targets import Target
+from kamleak.scenarios.gh4140_bye_to_closed_ws import Variant
 
 pytestmark = [pytest.mark.kamailio]
 

@@ -1,5 +1,5 @@
 """Kamailio built from upstream source, for real: the report's 5.8.5 leaks and
-send_reply_error() fixes it, as harness.knowledge predicts from git history.
+send_reply_error() fixes it, as kamleak.harness.knowledge predicts from git history.
 
 The source is the offline copy of upstream's history beside the checkout
 (or $KAMLEAK_KAMAILIO_SOURCE); without one these tests skip.
@@ -15,9 +15,10 @@ import time
 
 import pytest
 
-from harness import knowledge, source_build
-from harness.targets import Target
-from scenarios import gh4140_bye_to_closed_ws as gh4140
+from kamleak.harness import knowledge
+from kamleak.harness.stack import source_build
+from kamleak.harness.stack.targets import Target
+from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
 from tests.gate.matrix import start_unless_refused
 from tests.unit.test_source_build import ROOT, offline_source
 
@@ -63,7 +64,7 @@ def test_second_build_of_a_ref_reuses_its_image(docker_client):
 
 
 def _kamleak(*args, env=None, timeout=900):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "kamleak.harness.tools.cli", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
@@ -112,7 +113,7 @@ def test_no_network_to_the_default_source(tmp_path):
         pass
     env = {k: v for k, v in os.environ.items() if k != source_build.SOURCE_ENV}
     env["XDG_CACHE_HOME"] = str(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "check", "--kamailio-ref", "5.8.5"],
+    proc = subprocess.run([sys.executable, "-m", "kamleak.harness.tools.cli", "check", "--kamailio-ref", "5.8.5"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 128
     last = proc.stderr.strip().splitlines()[-1]

@@ -19,7 +19,7 @@ CONFIG = "tests/configs/user/deployment.cfg"
 
 
 def kamleak(*args):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "kamleak.harness.tools.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness import images, ports
-from harness.kamailio.user_config import UserConfig
-from harness.runner import launch_kamailio
-from harness.targets import Target
-from scenarios import gh4140_bye_to_closed_ws as gh4140
+from kamleak.harness.stack import images, ports
+from kamleak.harness.stack.kamailio.user_config import UserConfig
+from kamleak.harness.stack.runner import launch_kamailio
+from kamleak.harness.stack.targets import Target
+from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "tests/configs/wt8000/kamailio.cfg"

@@ -26,19 +26,19 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness import ports
-from harness.kamailio import TmTimers
-from harness.peer import UdpPeer
-from harness.runner import launch_kamailio
-from harness.targets import Target
-from harness.wait import poll, stop_process
-from scenarios import gh4140_bye_to_closed_ws as gh4140
+from kamleak.harness.stack import ports
+from kamleak.harness.stack.kamailio import TmTimers
+from kamleak.harness.sip.peer import UdpPeer
+from kamleak.harness.stack.runner import launch_kamailio
+from kamleak.harness.stack.targets import Target
+from kamleak.harness.judging.wait import poll, stop_process
+from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
 
 pytestmark = [pytest.mark.kamailio]
 
 VERSION = "6.0.1"
 INTERVAL = 1.0
-KAMLEAK = [sys.executable, "-m", "harness.cli"]
+KAMLEAK = [sys.executable, "-m", "kamleak.harness.tools.cli"]
 
 
 def _need_version(request):
@@ -282,7 +282,7 @@ def soak_bench(request, docker_client, kamleak_images, tmp_path):
 
 
 def _soak_watched(k, peer, *, calls, rate, mix, variant):
-    from harness.soak import run_soak
+    from kamleak.harness.tools.soak import run_soak
     cfg = str(k.run_dir / "kamailio.cfg")
     w = WatchProc("--kamailio-rpc", f"tcp:127.0.0.1:{k.config.ctl_port}", "--kamailio-config",
                   cfg, "--interval", str(INTERVAL))
@@ -334,7 +334,7 @@ def test_soak_with_a_leak_mix_reports_the_cells_it_leaves(soak_bench):
 
 def _leak_udp(port: int, n: int, window: int = 200) -> None:
     """N out-of-dialog MESSAGEs over UDP, WINDOW in flight (issue 4919's ladder: each leaks)."""
-    from harness.sip.udp import UdpClient
+    from kamleak.harness.sip.udp import UdpClient
     with UdpClient() as c:
         c._sock.settimeout(2)
         sent = got = 0
@@ -358,7 +358,7 @@ def test_ten_thousand_cells_http_falls_back_ctl_lists_them(request, docker_clien
     "could not allocate private memory from pkg pool"); watch says it falls back to
     tm.stats.  ctl streams the same cells (kamcmd refuses them: "reply too big"), and
     watch lists them: the poll cost printed here is the one in the README."""
-    from harness.soak import _container_cpu
+    from kamleak.harness.tools.soak import _container_cpu
     _need_version(request)
     peer = UdpPeer().start()
     k = launch_kamailio(Target("version", VERSION), docker_client, peer.sip_port, tmp_path,

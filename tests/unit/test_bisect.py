@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from harness.bisect import bisect
-from harness.errors import UsageError
+from kamleak.harness.tools.bisection import bisect
+from kamleak.harness.errors import UsageError
 
 
 def oracle(verdicts: dict):

@@ -2,10 +2,10 @@
 
 import pytest
 
-from harness.errors import UsageError
-from harness.kamailio import KamailioConfig
-from harness.kamailio.server import refusal_line
-from scenarios.gh4140_bye_to_closed_ws import Variant, applicable, expected
+from kamleak.harness.errors import UsageError
+from kamleak.harness.stack.kamailio import KamailioConfig
+from kamleak.harness.stack.kamailio.server import refusal_line
+from kamleak.scenarios.gh4140_bye_to_closed_ws import Variant, applicable, expected
 
 
 @pytest.mark.parametrize("name, defines", [

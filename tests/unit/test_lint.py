@@ -1,4 +1,4 @@
-"""`kamleak lint`: the static issue-4140 advisor (harness/lint.py)."""
+"""`kamleak lint`: the static issue-4140 advisor (harness/tools/lint.py)."""
 
 import itertools
 import re
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import knowledge
-from harness.kamailio import KamailioConfig
-from harness.lint import Finding, lint, lint_file, main, parse_version, resolve_build
-from scenarios.gh4140_bye_to_closed_ws import REPLY_STYLES, TRIGGERS, Variant, expected
+from kamleak.harness import knowledge
+from kamleak.harness.stack.kamailio import KamailioConfig
+from kamleak.harness.tools.lint import Finding, lint, lint_file, main, parse_version, resolve_build
+from kamleak.scenarios.gh4140_bye_to_closed_ws import REPLY_STYLES, TRIGGERS, Variant, expected
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Debian's builds (observed) and upstream releases (answered from the first tags
@@ -435,7 +435,7 @@ def test_cli_bad_version_exit_2(capsys):
 @pytest.mark.parametrize("name", ["t_uac_send+drop", "uac_req_send+drop", "t_uac_send",
                                   "uac_req_send"])
 def test_local_request_drop_flagged_exactly_where_pr3403_measures_a_leak(name, version):
-    from scenarios import pr3403_local_request_drop as pr3403
+    from kamleak.scenarios import pr3403_local_request_drop as pr3403
 
     variant = pr3403.parse_variant(name)
     text = KamailioConfig(udp_port=5060, ws_port=8080, wss_port=4443, pbx_port=5080,
@@ -456,7 +456,7 @@ def test_local_request_drop_flagged_exactly_where_pr3403_measures_a_leak(name, v
 def test_a_non_ascii_letter_in_config_code_is_no_crash():
     """Kamailio's names are ASCII; an 'é' outside comments and strings (a typo,
     a Latin-1 byte read back) must not crash the preprocessor."""
-    from harness.lint import lint
+    from kamleak.harness.tools.lint import lint
     text = ('#!KAMAILIO\nloadmodule "tm.so"\nrequest_route {\n  $var(x) = 1; é\n'
             '  if (!t_relay()) sl_reply_error();\n}\n')
     assert isinstance(lint(text), list)
@@ -478,7 +478,7 @@ def offline_source():
 def test_pr3403_fixed_in_5_8_2_and_6_0_0(version, want, monkeypatch, tmp_path):
     monkeypatch.delenv("KAMLEAK_KAMAILIO_SOURCE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    from scenarios import pr3403_local_request_drop as pr3403
+    from kamleak.scenarios import pr3403_local_request_drop as pr3403
     text = KamailioConfig(udp_port=5060, ws_port=8080, wss_port=4443, pbx_port=5080,
                           defines=pr3403.parse_variant("t_uac_send+drop").defines).render()
     (f,) = [f for f in lint(text, version=version) if f.code.startswith("3403")]

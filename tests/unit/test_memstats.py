@@ -1,7 +1,7 @@
 """`mod.stats all shm` parsing and growth, on an answer shaped like Kamailio 6.0's."""
 
-from harness.memstats import growth, parse_mod_stats
-from harness.rpc import loads
+from kamleak.harness.probes.memstats import growth, parse_mod_stats
+from kamleak.harness.probes.rpc import loads
 
 # As Kamailio 5.6.3 answers over jsonrpcs (trimmed): one object per module.
 WIRE = ('{"jsonrpc":"2.0","result":["Module: core",{"tcpconn_new(1203)":17344,'
@@ -38,8 +38,8 @@ def test_anything_else_parses_to_nothing():
 def test_a_build_without_per_site_accounting_is_refused_not_judged_clean():
     import pytest
 
-    from harness.errors import ScenarioError
-    from harness.memstats import snapshot
+    from kamleak.harness.errors import ScenarioError
+    from kamleak.harness.probes.memstats import snapshot
 
     class NoAccounting:      # what `mod.stats all shm` answers without DBG_SR_MEMORY: nothing
         def call(self, *args):

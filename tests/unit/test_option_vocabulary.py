@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import build_parser
+from kamleak.harness.tools.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 # Options of other programs that texts name on purpose.
 FOREIGN = {
-    "--storage-driver", "--bridge", "--iptables",   # dockerd, harness/engine.py
+    "--storage-driver", "--bridge", "--iptables",   # dockerd, harness/stack/engine.py
     "--number",                                     # the Asterisk testsuite, plugin help
     "--oneline",                                    # git log, in bisect's hint
 }
@@ -42,7 +42,7 @@ def _cli_options() -> tuple[set[str], set[str]]:
 
 
 def _pytest_options() -> set[str]:
-    from harness import plugin
+    from kamleak.harness import plugin
 
     names: set[str] = set()
 

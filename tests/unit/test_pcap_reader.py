@@ -5,8 +5,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from harness.capture import udp_datagrams
-from harness.report import captured_sip, run_label
+from kamleak.harness.probes.capture import udp_datagrams
+from kamleak.harness.reporting.text import captured_sip, run_label
 
 MESSAGE = (b"MESSAGE sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1\r\n"
            b"From: <sip:kamleak@127.0.0.1>;tag=1\r\nTo: <sip:call-ended@127.0.0.1>\r\n"

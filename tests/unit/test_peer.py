@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from harness.peer import LeanMessage, UdpPeer, header_tag, header_uri
-from harness.sip.message import SipMessage, SipParseError
+from kamleak.harness.sip.peer import LeanMessage, UdpPeer, header_tag, header_uri
+from kamleak.harness.sip.message import SipMessage, SipParseError
 
 CALLER_CONTACT = "<sip:alice@a1b2c3.invalid;transport=ws;ob;alias=127.0.0.1~40000~5>"
 
@@ -276,7 +276,7 @@ def test_refuses_non_loopback():
 # --- the soak's own helpers (its client speaks the same lean SIP over hand-made frames) ---
 
 def test_ws_frames_round_trip_masked_and_split():
-    from harness.soak import ws_frame, ws_parse
+    from kamleak.harness.tools.soak import ws_frame, ws_parse
 
     payloads = [b"", b"x" * 125, b"y" * 126, b"z" * 70000]
     wire = bytearray(b"".join(ws_frame(p) for p in payloads))
@@ -290,7 +290,7 @@ def test_ws_frames_round_trip_masked_and_split():
 
 
 def test_plan_kinds_spreads_4140_calls_exactly():
-    from harness.soak import plan_kinds
+    from kamleak.harness.tools.soak import plan_kinds
 
     kinds = plan_kinds(1000, 0.001, seed=1)
     assert kinds.count("4140") == 1
@@ -301,7 +301,7 @@ def test_plan_kinds_spreads_4140_calls_exactly():
 
 
 def test_ols_slope_and_interval():
-    from harness.soak import ols
+    from kamleak.harness.tools.soak import ols
 
     fit = ols([0, 100, 200, 300], [0, 1, 2, 3])
     assert abs(fit.slope - 0.01) < 1e-12 and fit.half_width < 1e-9

@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from harness.html_report import render_html  # noqa: E402
-from harness.plot import render_timeline  # noqa: E402
+from kamleak.harness.reporting.html import render_html
+from kamleak.harness.reporting.plot import render_timeline
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SHM0 = 3441968

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from harness.rpc import KamailioRPC, loads, parse_tm_list
-from harness.errors import RPCError
+from kamleak.harness.probes.rpc import KamailioRPC, loads, parse_tm_list
+from kamleak.harness.errors import RPCError
 
 CELL_A = ('"cell": "0x7f2a89948238", "tindex": 46670, "tlabel": 181736009, "method": "BYE", '
           '"from": "From: <sip:600@127.0.0.1>;tag=b50a\\r\\n", "to": "To: <sip:kamleak@127.0.0.1>;tag=c575\\r\\n", '
@@ -74,10 +74,10 @@ def test_connection_refused_is_named():
 def test_rpc_connections_come_from_their_own_loopback_address():
     """Never from a port a SIP client can hold (the kernel's ephemeral range):
     Kamailio would let an RPC connection from a client's ip:port replace that
-    client's alias (see harness.rpc)."""
+    client's alias (see kamleak.harness.probes.rpc)."""
     import socket
     import threading
-    from harness.rpc import RPC_SOURCE_IP
+    from kamleak.harness.probes.rpc import RPC_SOURCE_IP
     low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
 
     seen = []

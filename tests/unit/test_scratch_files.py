@@ -5,7 +5,7 @@ import subprocess
 import sys
 import tempfile
 
-from harness import containers
+from kamleak.harness.stack import containers
 
 
 def test_name_files_are_shared_written_once_and_stay_on_loopback(tmp_path, monkeypatch):

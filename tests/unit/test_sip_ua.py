@@ -21,19 +21,8 @@ import time
 
 import pytest
 
-from harness.sip import (
-    CallFailed,
-    SipMessage,
-    SipUri,
-    UAError,
-    UATimeout,
-    Via,
-    WebSocketUA,
-    build_request,
-    build_response,
-    new_branch,
-    parse_name_addr,
-)
+from kamleak.harness.sip import (CallFailed, SipMessage, SipUri, UAError, UATimeout, Via, WebSocketUA,
+    build_request, build_response, new_branch, parse_name_addr)
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_TEXT, OP_CLOSE, OP_PING = 0x1, 0x8, 0x9

@@ -3,8 +3,8 @@
 import socket
 import threading
 
-from harness.sip.message import SipMessage, build_response
-from harness.sip.udp import UdpClient
+from kamleak.harness.sip.message import SipMessage, build_response
+from kamleak.harness.sip.udp import UdpClient
 
 
 def _uas(sock, codes, got):

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import knowledge, source_build
-from harness.errors import UsageError
+from kamleak.harness import knowledge
+from kamleak.harness.stack import source_build
+from kamleak.harness.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 OFFLINE = ROOT.parent / "shared" / "kamailio-src" / "kamailio.git.tar.gz"
@@ -206,7 +207,7 @@ def test_unknown_provenance_says_so_and_points_to_check():
 
 
 def test_gh4140_expectations_from_knowledge(source):
-    from scenarios import gh4140_bye_to_closed_ws as gh4140
+    from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
     repo = str(source.mirror)
 
     def up(ref):

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import oracle, rpc
-from harness.errors import ScenarioError, UsageError
-from harness.kamailio import KamailioConfig, TmTimers
-from harness.kamailio import timers as tm_timers
-from harness.kamailio.user_config import UserConfig
-from harness.verdict import timers_text
+from kamleak.harness.judging import oracle
+from kamleak.harness.probes import rpc
+from kamleak.harness.errors import ScenarioError, UsageError
+from kamleak.harness.stack.kamailio import KamailioConfig, TmTimers
+from kamleak.harness.stack.kamailio import timers as tm_timers
+from kamleak.harness.stack.kamailio.user_config import UserConfig
+from kamleak.harness.judging.verdict import timers_text
 
 ROOT = Path(__file__).resolve().parents[2]
 WT8000 = ROOT / "tests/configs/wt8000/kamailio.cfg"
@@ -99,7 +100,7 @@ def test_defaults_match_upstream_tm_config_h(tag):
 def test_the_harness_config_keeps_its_7_s_bye_deadline():
     t = oracle.read_timers(None, KamailioConfig(5060, 8080, 4443, 5080), "6.0.1")
     assert t.deadline_for("BYE") == pytest.approx(7.0)
-    body = (ROOT / "harness/kamailio/kamailio.cfg").read_text().split("\n")
+    body = (ROOT / "harness/stack/kamailio/kamailio.cfg").read_text().split("\n")
     wt_line = next(i for i, ln in enumerate(body, 1) if 'modparam("tm", "wt_timer"' in ln)
     assert t.values["wt_timer"].source == f"kamailio.cfg:{wt_line} modparam"
     assert t.values["max_noninv_lifetime"].source.startswith("kamailio.cfg:")

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import UsageError
-from harness.kamailio import KamailioConfig
-from harness.kamailio.server import rpc_fatal, rpc_reason
-from harness.kamailio.user_config import ContractError, UserConfig, check
-from harness.lint import main as lint_main
+from kamleak.harness.errors import UsageError
+from kamleak.harness.stack.kamailio import KamailioConfig
+from kamleak.harness.stack.kamailio.server import rpc_fatal, rpc_reason
+from kamleak.harness.stack.kamailio.user_config import ContractError, UserConfig, check
+from kamleak.harness.tools.lint import main as lint_main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEPLOYMENT = CONFIGS / "user" / "deployment.cfg"
@@ -107,7 +107,7 @@ def test_a_latin1_config_is_read_by_gate_and_lint_alike(tmp_path, capsys):
     assert lint_main([str(latin1), "--contract"]) in (0, 1)
     assert "meets kamleak's contract" in capsys.readouterr().out
     # What Kamailio reads is the user's bytes: the comment stays Latin-1.
-    from harness.kamailio.config import KamailioConfig
+    from kamleak.harness.stack.kamailio.config import KamailioConfig
     cfg = KamailioConfig(udp_port=1, ws_port=2, wss_port=3, pbx_port=4, user_config=user)
     rendered = cfg.write(tmp_path / "run").read_bytes()
     assert b"# r\xe9seau\n" in rendered
@@ -150,8 +150,8 @@ def test_kamailios_reason_for_not_answering_json_rpc_is_read_from_its_log():
 def test_a_config_without_registrar_or_pbx_destination_is_told_both_ways():
     """Calls reach the PBX through KAMLEAK_PBX_HOSTPORT or through the config's
     registrar (kamleak registers the PBX); with neither, one line says so."""
-    from harness.kamailio.user_config import has_registrar
-    from harness.lint import parse
+    from kamleak.harness.stack.kamailio.user_config import has_registrar
+    from kamleak.harness.tools.lint import parse
     stock = (STOCK / "kamailio-default-websocket.cfg").read_text()
     cfg, _ = parse(stock, defines={"KAMLEAK": ""})
     assert has_registrar(cfg)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.verdict import Reply, Verdict
+from kamleak.harness.judging.verdict import Reply, Verdict
 
 
 def _verdict(replies, leaked=False):

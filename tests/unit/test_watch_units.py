@@ -2,11 +2,11 @@
 
 import pytest
 
-from harness import binrpc
-from harness.kamailio.timers import DEFAULTS, Timer
-from harness.oracle import Timers
-from harness.rpc import Pairs, TmCell
-from harness.watch import BadAnswer, Bounds, Follower, cells_from
+from kamleak.harness.probes import binrpc
+from kamleak.harness.stack.kamailio.timers import DEFAULTS, Timer
+from kamleak.harness.judging.oracle import Timers
+from kamleak.harness.probes.rpc import Pairs, TmCell
+from kamleak.harness.tools.watch import BadAnswer, Bounds, Follower, cells_from
 
 
 def test_header_round_trip():

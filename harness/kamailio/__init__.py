@@ -1,7 +1,0 @@
-"""Kamailio under test: its config (ours) and how it runs (container or local)."""
-
-from .config import VARIANT_DEFINES, KamailioConfig, TmTimers
-from .server import ContainerKamailio, Kamailio, LocalKamailio, refusal_line
-
-__all__ = ["KamailioConfig", "TmTimers", "VARIANT_DEFINES", "Kamailio", "ContainerKamailio",
-           "LocalKamailio", "refusal_line"]

@@ -1,0 +1,709 @@
+"""A lightweight built-in UDP PBX peer: the far end of a soak, at hundreds of calls/s.
+
+Asterisk is the realistic PBX, but hanging a call up by command costs a
+`docker exec` (~0.1 s) and its SIP stack is sized for real calls, not for a
+soak of thousands.  `UdpPeer` is a UAS on 127.0.0.1 that Kamailio forwards to
+(`KAMLEAK_PBX_HOSTPORT`):
+
+* INVITE -> 100 Trying, then 200 OK with SDP; with `Session-Expires` in the
+  request the 200 carries `Require: timer` and `Session-Expires` (RFC 4028
+  9: the refresher the UAC asked for, else `uac`); below Min-SE 90 -> 422;
+* re-INVITE -> 200 (SDP version + 1, timer echoed), ACK silently, BYE -> 200,
+  OPTIONS -> 200, CANCEL -> 200/481, anything else in an unknown dialog -> 481;
+* a retransmitted request (same top Via branch) gets the cached response;
+* `hangup(extension)` / `hangup_call(call_id)`: a BYE that follows the route
+  set (Route = Record-Route as received, RFC 3261 12.1.1; Request-URI = the
+  caller's Contact; sent to the first Route hop, 12.2.1.1 / 8.1.2); every
+  response to it is recorded per Call-ID and reported to `on_bye_result`.
+
+No retransmissions of our own: the peer only ever talks to Kamailio on
+loopback with a large socket buffer, where a datagram is not lost (timer
+E/F of RFC 3261 17.1.2 is not run: an unanswered BYE simply stays
+unanswered, which a soak reports as "no reply").  One thread, one
+non-blocking socket, a selector: a parse is ~15 us with the lean parser
+below, so a few thousand messages/s fit in a fraction of one core.
+
+`LeanMessage` is a deliberately small SIP parser for hot paths (here and in
+`kamleak.harness.tools.soak`): header lines kept verbatim in order, lookups by lower-case
+name (compact forms expanded).  `kamleak.harness.sip.message.SipMessage` is the
+careful one; it costs ~170 us a message, which at 200 calls/s with ~10
+messages a call is most of a core.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import re
+import selectors
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from kamleak.harness.stack import ports
+from kamleak.harness.sip.message import (COMPACT_FORMS, MAGIC_COOKIE, SipParseError, SipUri, apply_route_set,
+    parse_name_addr, parse_session_expires, reason_phrase, split_header_values)
+from kamleak.harness.judging.wait import poll
+
+HOST = "127.0.0.1"
+MIN_SE = 90
+
+# Unique, not secret: os.urandom (`secrets`) costs ~12 us a call on the hot path.
+_bits = random.Random(os.urandom(16)).getrandbits
+
+
+def new_branch() -> str:
+    return f"{MAGIC_COOKIE}{_bits(64):016x}"
+
+
+def new_tag() -> str:
+    return f"{_bits(40):010x}"
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS"
+
+# ---------------------------------------------------------------------------
+# Lean SIP parsing (hot path)
+
+_TAG_RE = re.compile(r";\s*tag=([^;>,\s]+)", re.I)
+_BRANCH_RE = re.compile(r";\s*branch=([^;,\s]+)", re.I)
+_URI_IN_BRACKETS = re.compile(r"<([^>]*)>")
+
+
+class LeanMessage:
+    """One SIP message, parsed just enough to route and answer it."""
+
+    __slots__ = ("method", "uri", "status", "reason", "lines", "keys", "h", "body", "raw")
+
+    def __init__(self):
+        self.method: Optional[str] = None
+        self.uri: Optional[str] = None
+        self.status: Optional[int] = None
+        self.reason: str = ""
+        self.lines: list[tuple[str, str]] = []   # (name as sent, value), wire order
+        self.keys: list[str] = []                # lookup key of each line
+        self.h: dict[str, list[str]] = {}         # lower-case long name -> values (per line)
+        self.body: bytes = b""
+        self.raw: bytes = b""
+
+    @classmethod
+    def parse(cls, data: bytes) -> "LeanMessage":
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if not sep:
+            head, sep, body = data.partition(b"\n\n")
+            if not sep:
+                raise SipParseError("no empty line after the header section")
+        text = head.decode("utf-8", "replace").lstrip("\r\n")
+        lines = text.replace("\r\n", "\n").split("\n")
+        m = cls()
+        m.raw = data
+        start = lines[0]
+        if start.startswith("SIP/2.0 "):
+            parts = start.split(" ", 2)
+            try:
+                m.status = int(parts[1])
+            except (IndexError, ValueError):
+                raise SipParseError(f"bad status line {start[:80]!r}") from None
+            m.reason = parts[2] if len(parts) > 2 else ""
+        else:
+            parts = start.split(" ")
+            if len(parts) != 3 or parts[2] != "SIP/2.0":
+                raise SipParseError(f"bad request line {start[:80]!r}")
+            m.method, m.uri = parts[0].upper(), parts[1]
+        h = m.h
+        out = m.lines
+        keys = m.keys
+        for line in lines[1:]:
+            if not line:
+                continue
+            if line[0] in " \t" and out:            # folded continuation
+                name, value = out[-1]
+                out[-1] = (name, value + " " + line.strip())
+                key = name.strip().lower()
+                key = COMPACT_FORMS.get(key, key)
+                h[key][-1] = out[-1][1]
+                continue
+            name, colon, value = line.partition(":")
+            if not colon:
+                raise SipParseError(f"malformed header line {line[:80]!r}")
+            name = name.strip()
+            value = value.strip()
+            out.append((name, value))
+            key = name.lower()
+            key = COMPACT_FORMS.get(key, key)
+            keys.append(key)
+            vals = h.get(key)
+            if vals is None:
+                h[key] = [value]
+            else:
+                vals.append(value)
+        cl = h.get("content-length")
+        if cl:
+            try:
+                n = int(cl[0])
+            except ValueError:
+                raise SipParseError(f"bad Content-Length {cl[0]!r}") from None
+            if len(body) < n:
+                raise SipParseError(f"Content-Length {n} but {len(body)} body bytes")
+            body = body[:n]
+        m.body = body
+        for need in ("via", "from", "to", "call-id", "cseq"):
+            if need not in h:
+                raise SipParseError(f"missing mandatory header {need}")
+        return m
+
+    # -- lookups -------------------------------------------------------------
+    def one(self, key: str, default: str = "") -> str:
+        v = self.h.get(key)
+        return v[0] if v else default
+
+    def values(self, key: str) -> list[str]:
+        """All values of a list header (lines split on commas only when needed)."""
+        out: list[str] = []
+        for v in self.h.get(key, ()):
+            out.extend(split_header_values(v) if "," in v else [v])
+        return out
+
+    def raw_lines(self, key: str) -> list[tuple[str, str]]:
+        """The header lines of KEY as sent (name, value), in wire order."""
+        if key not in self.h:
+            return []
+        return [line for line, k in zip(self.lines, self.keys) if k == key]
+
+    @property
+    def call_id(self) -> str:
+        return self.one("call-id")
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        num, _, method = self.one("cseq").partition(" ")
+        try:
+            return int(num), method.strip().upper()
+        except ValueError:
+            raise SipParseError(f"malformed CSeq {self.one('cseq')!r}") from None
+
+    @property
+    def branch(self) -> str:
+        via = self.one("via")
+        first = via.split(",", 1)[0]
+        mm = _BRANCH_RE.search(first)
+        return mm.group(1) if mm else ""
+
+    @property
+    def from_tag(self) -> Optional[str]:
+        return header_tag(self.one("from"))
+
+    @property
+    def to_tag(self) -> Optional[str]:
+        return header_tag(self.one("to"))
+
+    def summary(self) -> str:
+        if self.method:
+            return f"{self.method} {self.uri}"
+        return f"{self.status} {self.reason}"
+
+
+def header_tag(value: str) -> Optional[str]:
+    """The tag parameter of a From/To value (after the URI, never inside it)."""
+    gt = value.rfind(">")
+    mm = _TAG_RE.search(value, gt + 1 if gt >= 0 else 0)
+    return mm.group(1) if mm else None
+
+
+def header_uri(value: str) -> str:
+    """URI of a name-addr / addr-spec value (Contact, Route, From...)."""
+    mm = _URI_IN_BRACKETS.search(value)
+    if mm:
+        return mm.group(1).strip()
+    return value.split(";", 1)[0].strip()
+
+
+def uri_user(uri: str) -> str:
+    """'sip:600@127.0.0.1;x' -> '600'."""
+    rest = uri.split(":", 1)[1] if ":" in uri else uri
+    return rest.split("@", 1)[0] if "@" in rest else ""
+
+
+def encode(start: str, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
+    parts = [start]
+    parts += [f"{n}: {v}" for n, v in headers]
+    parts.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(parts) + "\r\n\r\n").encode() + body
+
+
+def sdp(session_id: int, version: int, port: int, ip: str = HOST) -> bytes:
+    return (f"v=0\r\no=kamleak-peer {session_id} {version} IN IP4 {ip}\r\ns=kamleak\r\n"
+            f"c=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\n"
+            "a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
+            "a=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n").encode()
+
+
+# ---------------------------------------------------------------------------
+# The peer
+
+
+@dataclass
+class PeerDialog:
+    """A dialog the peer answered (it is the UAS of the initial INVITE)."""
+
+    call_id: str
+    extension: str
+    local_tag: str
+    remote_tag: str
+    local_party: str          # To value of the INVITE + our tag (From of our requests)
+    remote_party: str         # From value of the INVITE (To of our requests)
+    remote_target: str        # the caller's Contact URI
+    route_set: list[str]      # Record-Route as received (UAS: not reversed)
+    remote_cseq: int
+    local_cseq: int
+    created: float
+    session_expires: Optional[int] = None
+    refresher: Optional[str] = None
+    sdp_session: int = 0
+    sdp_version: int = 1
+    acked: bool = False
+    state: str = "confirmed"  # confirmed | terminated
+    terminated_by: Optional[str] = None
+    bye_branch: Optional[str] = None
+    bye_sent_at: Optional[float] = None
+    bye_responses: list[tuple[int, str]] = field(default_factory=list)
+    bye_final_at: Optional[float] = None
+
+    @property
+    def bye_final(self) -> Optional[tuple[int, str]]:
+        for code, reason in self.bye_responses:
+            if code >= 200:
+                return code, reason
+        return None
+
+
+@dataclass
+class ByeResult:
+    call_id: str
+    code: Optional[int]       # None: no final response within the wait
+    reason: str
+    after: Optional[float]    # seconds from our BYE to its final response
+    responses: list[tuple[int, str]]
+
+
+class UdpPeer:
+    """`with UdpPeer().start() as peer:` -> peer.sip_port, peer.hangup(ext), peer.bye_result(cid)."""
+
+    def __init__(self, port: int = 0, host: str = HOST, *, send_trying: bool = True,
+                 keep_terminated: int = 100_000, rcvbuf: int = 8 << 20):
+        if not host.startswith("127."):
+            raise ValueError("the peer binds loopback only")
+        self.host = host
+        self.sip_port: int = port
+        self.send_trying = send_trying
+        self.keep_terminated = keep_terminated
+        self.rcvbuf = rcvbuf
+        self.on_bye_result: Optional[Callable[[str, int, str], None]] = None
+        self.dialogs: dict[str, PeerDialog] = {}          # every dialog answered, by Call-ID
+        self.by_extension: dict[str, str] = {}            # extension -> latest Call-ID
+        self.counters: collections.Counter = collections.Counter()
+        self.errors: list[str] = []
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._cache: "collections.OrderedDict[tuple[str, str], bytes]" = collections.OrderedDict()
+        self._bye_by_branch: dict[str, str] = {}
+        self._sock: Optional[socket.socket] = None
+        self._thread: Optional[threading.Thread] = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stop = False
+        self._paused = False
+        self._own_port = False
+        self._rng = random.Random()
+
+    # -- lifecycle -----------------------------------------------------------
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.sip_port}"
+
+    def start(self) -> "UdpPeer":
+        if not self.sip_port:
+            self.sip_port = ports.allocate(1)[0]
+            self._own_port = True
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.rcvbuf)
+        s.bind((self.host, self.sip_port))
+        s.setblocking(False)
+        self._sock = s
+        self._thread = threading.Thread(target=self._loop, name="kamleak-peer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        for s in (self._wake_r, self._wake_w):
+            try:
+                s.close()
+            except OSError:
+                pass
+        if self._own_port:
+            ports.release(self.sip_port)
+            self._own_port = False
+
+    def __enter__(self) -> "UdpPeer":
+        return self if self._sock is not None else self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def death(self) -> Optional[str]:
+        if self._paused and self._sock is not None:
+            return None
+        if self._thread is None or not self._thread.is_alive():
+            return "the built-in peer is not running"
+        return None
+
+    def log(self) -> str:      # AsteriskPBX parity (the scenario reads pbx.log())
+        return ""
+
+    # -- the loop ------------------------------------------------------------
+    def _loop(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._sock, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            while not self._stop:
+                for key, _ in sel.select(1.0):
+                    if key.fileobj is self._wake_r:
+                        try:
+                            self._wake_r.recv(4096)
+                        except OSError:
+                            pass
+                if self._stop:
+                    return
+                self.pump()
+        finally:
+            sel.close()
+
+    def pump(self) -> int:
+        """Handle every datagram waiting now; returns how many (for a caller's own loop)."""
+        sock = self._sock
+        n = 0
+        while True:
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return n
+            except OSError:
+                return n
+            n += 1
+            self._handle(data, addr)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def pause(self) -> None:
+        """Stop the peer's thread but keep its socket: the caller's loop calls `pump()`.
+
+        A soak driving the clients from one selector loop runs the peer in it
+        too: two busy Python threads hand the GIL back and forth on every
+        syscall (the switch interval is 5 ms), which halved the call rate.
+        """
+        if self._thread is None:
+            return
+        self._stop = True
+        self._wake_w.send(b"x")
+        self._thread.join(timeout=5)
+        self._thread = None
+        self._paused = True
+
+    def resume(self) -> None:
+        if self._thread is not None or self._sock is None:
+            return
+        self._stop = False
+        self._paused = False
+        self._thread = threading.Thread(target=self._loop, name="kamleak-peer", daemon=True)
+        self._thread.start()
+
+    def _send(self, data: bytes, addr) -> None:
+        try:
+            self._sock.sendto(data, addr)
+            self.counters["sent"] += 1
+        except BlockingIOError:
+            self.counters["send_dropped"] += 1
+        except OSError as exc:
+            self.counters["send_errors"] += 1
+            self.errors.append(f"sendto {addr}: {exc}")
+
+    def _handle(self, data: bytes, addr) -> None:
+        if not data.strip(b"\r\n "):
+            return                               # keep-alive
+        self.counters["received"] += 1
+        try:
+            msg = LeanMessage.parse(data)
+        except SipParseError as exc:
+            self.counters["malformed"] += 1
+            if len(self.errors) < 1000:
+                self.errors.append(f"malformed from {addr[0]}:{addr[1]}: {exc}")
+            return
+        try:
+            if msg.method is not None:
+                self._on_request(msg, addr)
+            else:
+                self._on_response(msg)
+        except SipParseError as exc:
+            self.counters["malformed"] += 1
+            if len(self.errors) < 1000:
+                self.errors.append(f"cannot handle {msg.summary()}: {exc}")
+
+    # -- requests (UAS) ------------------------------------------------------
+    def _cache_put(self, key, data: bytes) -> None:
+        self._cache[key] = data
+        if len(self._cache) > 20000:
+            self._cache.popitem(last=False)
+
+    def _on_request(self, req: LeanMessage, addr) -> None:
+        method = req.method
+        self.counters[f"rx {method}"] += 1
+        if method == "ACK":
+            with self._lock:
+                d = self.dialogs.get(req.call_id)
+                if d is not None and req.to_tag == d.local_tag:
+                    d.acked = True
+            return
+        key = (req.branch, method)
+        cached = self._cache.get(key)
+        if cached is not None:                   # retransmission: same answer again
+            self.counters["retransmissions"] += 1
+            self._send(cached, addr)
+            return
+        to_tag = req.to_tag
+        if method == "INVITE" and to_tag is None:
+            out = self._initial_invite(req, addr)
+        elif method == "CANCEL":
+            known = (req.branch, "INVITE") in self._cache
+            out = self._response(req, 200 if known else 481)
+        elif method == "OPTIONS" and to_tag is None:
+            out = self._response(req, 200, extra=[("Allow", ALLOW), ("Accept", "application/sdp"),
+                                                  ("Supported", "timer")])
+        elif to_tag is not None:
+            out = self._in_dialog(req, to_tag)
+        else:
+            out = self._response(req, 501)
+        self._cache_put(key, out)
+        self._send(out, addr)
+
+    def _response(self, req: LeanMessage, status: int, reason: Optional[str] = None, *,
+                  to_tag: Optional[str] = None, extra=(), body: bytes = b"",
+                  record_route: bool = False) -> bytes:
+        headers = list(req.raw_lines("via"))
+        if record_route:
+            headers += req.raw_lines("record-route")
+        to = req.one("to")
+        if to_tag and status > 100 and header_tag(to) is None:
+            to = f"{to};tag={to_tag}"
+        headers += [("From", req.one("from")), ("To", to), ("Call-ID", req.call_id),
+                    ("CSeq", req.one("cseq"))]
+        headers += list(extra)
+        if status > 100:
+            headers.append(("Server", "kamleak-peer"))
+        if body:
+            headers.append(("Content-Type", "application/sdp"))
+        return encode(f"SIP/2.0 {status} {reason or reason_phrase(status)}", headers, body)
+
+    def _timer_headers(self, req: LeanMessage, d: Optional[PeerDialog]) -> tuple[list, Optional[bytes]]:
+        """Session-timer headers for a 2xx (RFC 4028 9), or a 422 to send instead."""
+        secs, refresher = parse_session_expires(req.one("session-expires"))
+        if secs is None:
+            return [], None
+        if secs < MIN_SE:
+            return [], self._response(req, 422, extra=[("Min-SE", str(MIN_SE))])
+        refresher = refresher or "uac"
+        if d is not None:
+            d.session_expires, d.refresher = secs, refresher
+        return [("Require", "timer"), ("Session-Expires", f"{secs};refresher={refresher}")], None
+
+    def _initial_invite(self, req: LeanMessage, addr) -> bytes:
+        call_id = req.call_id
+        if self.send_trying:
+            self.counters["tx 100"] += 1
+            self._send(self._response(req, 100), addr)
+        with self._lock:
+            old = self.dialogs.get(call_id)
+            if old is not None and old.state != "terminated":
+                # The same call again on a new branch (a loop or a fork): one dialog per Call-ID here.
+                return self._response(req, 482)
+        contact_vals = req.values("contact")
+        if not contact_vals:
+            return self._response(req, 400, "Missing Contact")
+        ext = uri_user(req.uri or "") or "s"
+        local_tag = new_tag()
+        cseq_num, _ = req.cseq
+        d = PeerDialog(call_id=call_id, extension=ext, local_tag=local_tag,
+                       remote_tag=req.from_tag or "",
+                       local_party=f"{req.one('to')};tag={local_tag}",
+                       remote_party=req.one("from"),
+                       remote_target=header_uri(contact_vals[0]),
+                       route_set=req.values("record-route"),
+                       remote_cseq=cseq_num, local_cseq=self._rng.randrange(1, 10000),
+                       created=time.monotonic(), sdp_session=self._rng.randrange(10**6, 10**9))
+        timer_hdrs, refusal = self._timer_headers(req, d)
+        if refusal is not None:
+            return refusal
+        body = sdp(d.sdp_session, d.sdp_version, 40000 + 2 * (len(self.dialogs) % 10000))
+        extra = [("Contact", f"<sip:{ext}@{self.host}:{self.sip_port}>"), ("Allow", ALLOW),
+                 ("Supported", "timer")] + timer_hdrs
+        with self._cond:
+            self.dialogs[call_id] = d
+            self.by_extension[ext] = call_id
+            self.counters["dialogs"] += 1
+            self._cond.notify_all()
+        self.counters["tx 200 INVITE"] += 1
+        return self._response(req, 200, to_tag=local_tag, extra=extra, body=body, record_route=True)
+
+    def _in_dialog(self, req: LeanMessage, to_tag: str) -> bytes:
+        method = req.method
+        with self._lock:
+            d = self.dialogs.get(req.call_id)
+        if d is None or d.local_tag != to_tag or d.remote_tag != (req.from_tag or ""):
+            self.counters["481"] += 1
+            return self._response(req, 481)
+        cseq_num, _ = req.cseq
+        if cseq_num < d.remote_cseq:
+            return self._response(req, 500, "CSeq Out of Order")
+        d.remote_cseq = cseq_num
+        if d.state == "terminated" and method != "BYE":
+            return self._response(req, 481)
+        if method == "INVITE":                   # session refresh / re-INVITE
+            contact = req.values("contact")
+            if contact:
+                d.remote_target = header_uri(contact[0])  # target refresh (12.2.2)
+            timer_hdrs, refusal = self._timer_headers(req, d)
+            if refusal is not None:
+                return refusal
+            d.sdp_version += 1
+            extra = [("Contact", f"<sip:{d.extension}@{self.host}:{self.sip_port}>"),
+                     ("Allow", ALLOW), ("Supported", "timer")] + timer_hdrs
+            return self._response(req, 200, extra=extra,
+                                  body=sdp(d.sdp_session, d.sdp_version, 40000))
+        if method == "BYE":
+            with self._cond:
+                if d.state != "terminated":
+                    d.state, d.terminated_by = "terminated", "remote"
+                    self._forget_later(d)
+                self._cond.notify_all()
+            return self._response(req, 200)
+        if method in ("OPTIONS", "UPDATE", "INFO"):
+            return self._response(req, 200)
+        return self._response(req, 501)
+
+    def _forget_later(self, d: PeerDialog) -> None:
+        """Keep at most `keep_terminated` finished dialogs (the oldest go)."""
+        self.counters["terminated"] += 1
+        if len(self.dialogs) > self.keep_terminated:
+            for cid in list(self.dialogs)[: len(self.dialogs) - self.keep_terminated]:
+                if self.dialogs[cid].state == "terminated":
+                    del self.dialogs[cid]
+
+    # -- our BYEs (UAC) --------------------------------------------------------
+    def hangup_call(self, call_id: str) -> PeerDialog:
+        """Send the BYE of CALL_ID now (no wait); its responses land in `bye_responses`."""
+        with self._cond:
+            d = self.dialogs.get(call_id)
+            if d is None:
+                raise KeyError(f"the peer has no dialog with Call-ID {call_id}")
+            if d.state == "terminated":
+                raise ValueError(f"the call {call_id} is already over ({d.terminated_by})")
+            d.local_cseq += 1
+            branch = new_branch()
+            d.bye_branch = branch
+            self._bye_by_branch[branch] = call_id
+            ruri, routes = apply_route_set(d.remote_target, d.route_set)
+            headers = [("Via", f"SIP/2.0/UDP {self.host}:{self.sip_port};branch={branch};rport")]
+            headers += [("Route", r) for r in routes]
+            headers += [("Max-Forwards", "70"), ("From", d.local_party), ("To", d.remote_party),
+                        ("Call-ID", d.call_id), ("CSeq", f"{d.local_cseq} BYE"),
+                        ("User-Agent", "kamleak-peer")]
+            data = encode(f"BYE {ruri} SIP/2.0", headers)
+            dest = _next_hop(routes[0] if routes else f"<{ruri}>")
+            d.state, d.terminated_by = "terminated", "local"
+            d.bye_sent_at = time.monotonic()
+            self.counters["tx BYE"] += 1
+        self._send(data, dest)
+        return d
+
+    def hangup(self, extension: str, timeout: float = 10.0) -> str:
+        """Hang up the latest call to EXTENSION (waits for it to exist); returns its Call-ID."""
+        def live():
+            with self._lock:
+                cid = self.by_extension.get(extension)
+                d = self.dialogs.get(cid) if cid else None
+                return cid if d is not None and d.state == "confirmed" else None
+
+        call_id = poll(live, timeout=timeout, what=f"a call to extension {extension} at the peer",
+                       interval=0.01, abort=self.death)
+        self.hangup_call(call_id)
+        return call_id
+
+    def _on_response(self, resp: LeanMessage) -> None:
+        self.counters[f"rx {resp.status}"] += 1
+        branch = resp.branch
+        with self._cond:
+            call_id = self._bye_by_branch.get(branch)
+            if call_id is None:
+                self.counters["stray responses"] += 1
+                return
+            d = self.dialogs.get(call_id)
+            if d is None:
+                return
+            first_final = resp.status >= 200 and d.bye_final is None
+            d.bye_responses.append((resp.status, resp.reason))
+            if first_final:
+                d.bye_final_at = time.monotonic()
+                self._bye_by_branch.pop(branch, None)
+            self._cond.notify_all()
+        if first_final and self.on_bye_result is not None:
+            self.on_bye_result(call_id, resp.status, resp.reason)
+
+    def bye_result(self, call_id: str) -> Optional[ByeResult]:
+        with self._lock:
+            d = self.dialogs.get(call_id)
+            if d is None or d.bye_sent_at is None:
+                return None
+            final = d.bye_final
+            return ByeResult(call_id, final[0] if final else None, final[1] if final else "",
+                             (d.bye_final_at - d.bye_sent_at) if d.bye_final_at else None,
+                             list(d.bye_responses))
+
+    def wait_bye_result(self, call_id: str, timeout: float = 10.0) -> ByeResult:
+        """The final response to our BYE of CALL_ID (code None if none came in TIMEOUT)."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                r = self.bye_result(call_id)
+                if r is not None and r.code is not None:
+                    return r
+                left = end - time.monotonic()
+                if left <= 0:
+                    return r or ByeResult(call_id, None, "", None, [])
+                self._cond.wait(left)
+
+    def wait_dialogs(self, count: int, timeout: float = 10.0) -> int:
+        """Until COUNT dialogs were answered in all (for tests)."""
+        return poll(lambda: self.counters["dialogs"] >= count and self.counters["dialogs"],
+                    timeout=timeout, what=f"{count} dialogs at the peer", interval=0.01)
+
+
+def _next_hop(route_value: str) -> tuple[str, int]:
+    """host, port of the first Route (or the R-URI): loopback only."""
+    uri = SipUri.parse(parse_name_addr(route_value)[1])
+    if not uri.host.startswith("127."):
+        raise ValueError(f"refusing to send outside loopback: {uri}")
+    return uri.host, uri.port or 5060

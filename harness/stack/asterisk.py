@@ -1,0 +1,122 @@
+"""The Asterisk PBX behind Kamailio: a real Asterisk 22 in a container.
+
+chan_pjsip listens on a loopback UDP port allocated for the run; the
+run-time part of its config (`docker/asterisk/*.in`) is rendered here and
+mounted read-only.  Asterisk answers any numeric extension and keeps the call
+up until the harness hangs it up by command: session-timer BYEs would take
+minutes, and a timer would be luck, not a test.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+import time
+from pathlib import Path
+
+from kamleak.harness.stack import containers, images, ports
+from kamleak.harness.errors import ServerError
+from kamleak.harness.judging.wait import AbortedWait, WaitTimeout, poll
+
+TEMPLATES = images.DOCKER_DIR / "asterisk"
+
+
+class AsteriskPBX:
+    def __init__(self, client, run_dir, image: str | None = None, name_hint: str = "pbx"):
+        self.client = client
+        self.image = image or images.asterisk_spec().tag
+        self.run_dir = Path(run_dir)
+        self.name_hint = name_hint
+        self.running: containers.Running | None = None
+        self.sip_port: int | None = None
+        self.ready_after: float | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.sip_port}"
+
+    def render(self) -> dict[str, str]:
+        """Render the *.in templates; returns {host path: container path}."""
+        self.sip_port, rtp = ports.allocate(2)
+        values = {"sip_port": self.sip_port, "rtp_start": rtp, "rtp_end": rtp + 100}
+        mounts = {}
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for tpl in sorted(TEMPLATES.glob("*.in")):
+            out = self.run_dir / tpl.name[:-3]
+            out.write_text(string.Template(tpl.read_text()).substitute(values))
+            os.chmod(out, 0o644)
+            mounts[str(out)] = f"/etc/asterisk/{out.name}"
+        return mounts
+
+    def start(self, timeout: float = 60.0) -> "AsteriskPBX":
+        import docker.errors
+        mounts = self.render()
+        t0 = time.monotonic()
+        try:
+            self.running = containers.Running(
+                containers.run(self.client, self.image, role="asterisk",
+                               name_hint=self.name_hint, mounts=mounts), "Asterisk")
+        except docker.errors.ImageNotFound:
+            raise ServerError(f"image {self.image} not found", "build it: `make images`") from None
+        try:
+            poll(self._booted, timeout=timeout, what="Asterisk fully booted", abort=self.death)
+        except (AbortedWait, WaitTimeout) as exc:
+            log = self.log()
+            self.stop()
+            raise ServerError(f"Asterisk did not boot: {exc}", "see the Asterisk log", log=log) from None
+        self.ready_after = time.monotonic() - t0
+        return self
+
+    def _booted(self) -> bool:
+        rc, out = self.running.exec(["asterisk", "-rx", "core waitfullybooted"], timeout=5)
+        return rc == 0 and "fully booted" in out.lower()
+
+    def cli(self, command: str, timeout: float = 10.0) -> str:
+        if self.running is None or self.running.container is None:
+            raise ServerError("Asterisk is not running")
+        rc, out = self.running.exec(["asterisk", "-rx", command], timeout=timeout)
+        if rc != 0:
+            raise ServerError(f"Asterisk CLI `{command}` failed ({rc}): {out.strip()[:200]}",
+                              "see the Asterisk log", log=self.log())
+        return out
+
+    def channels(self) -> list[dict[str, str]]:
+        """`core show channels concise`: channel, context, extension, state..."""
+        fields = ["channel", "context", "extension", "priority", "state", "application", "data",
+                  "callerid", "accountcode", "peeraccount", "amaflags", "duration", "bridged",
+                  "uniqueid"]
+        rows = []
+        for line in self.cli("core show channels concise").splitlines():
+            if "!" in line:
+                rows.append(dict(zip(fields, line.split("!"))))
+        return rows
+
+    def channel_for(self, extension: str, timeout: float = 10.0) -> str:
+        return poll(lambda: next((c["channel"] for c in self.channels()
+                                  if c.get("extension") == extension), None),
+                    timeout=timeout, what=f"an Asterisk channel for extension {extension}",
+                    abort=self.death)
+
+    def hangup(self, extension: str, timeout: float = 10.0) -> str:
+        """Hang up the call to EXTENSION: Asterisk sends its BYE now."""
+        channel = self.channel_for(extension, timeout)
+        self.cli(f"channel request hangup {channel}")
+        return channel
+
+    def death(self) -> str | None:
+        return self.running.death() if self.running else "Asterisk was never started"
+
+    def log(self) -> str:
+        return self.running.log() if self.running else ""
+
+    def stop(self) -> None:
+        if self.running is not None:
+            self.running.stop()
+        if self.sip_port:
+            ports.release(self.sip_port)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,0 +1,635 @@
+"""Kamailio built from upstream source: any tag, branch or commit.
+
+A *source* is a git URL (default: upstream's GitHub repository), a local
+clone (bare or not) or a .tar.gz of a bare repository (the offline copy in
+../shared/kamailio-src).  kamleak keeps a bare mirror of it in its cache
+(`$XDG_CACHE_HOME/kamleak` or `~/.cache/kamleak`) and resolves refs there
+with the host's `git`; tarballs are extracted once and used as they are.
+
+The build runs in a builder container (no compiler on the host), without a
+network, on `git archive <commit>`; it compiles only the modules the config
+under test loads and keeps a ccache on a Docker volume.  The result is a
+runtime image laid out like upstream's Debian packages (/usr/sbin/kamailio,
+/usr/lib/x86_64-linux-gnu/kamailio/modules), labelled with the commit and
+reused when it exists.  An image is never named after a version its binary
+does not report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from kamleak.harness.stack import containers, images
+from kamleak.harness.reporting import progress
+from kamleak.harness.errors import ImageError, UsageError
+
+DEFAULT_SOURCE = "https://github.com/kamailio/kamailio.git"
+SOURCE_ENV = "KAMLEAK_KAMAILIO_SOURCE"
+REPO = "kamleak/kamailio-src"
+CCACHE_VOLUME = "kamleak-ccache"
+BUILD_CPUS = 1.5          # polite on a shared 2-core box
+HARNESS_CFG = images.ROOT / "harness" / "stack" / "kamailio" / "kamailio.cfg"
+
+LABEL_COMMIT = "org.kamleak.commit"
+LABEL_DESCRIBE = "org.kamleak.describe"
+LABEL_MODULES = "org.kamleak.modules"
+LABEL_SOURCE = "org.kamleak.source"
+LABEL_VERSION = "org.kamleak.kamailio-version"
+LABEL_REF = "org.kamleak.ref"
+
+
+# A compiler's or linker's error line: "main.c:3353:2: error: #error …", "ld: … undefined reference".
+_DIAGNOSTIC = re.compile(r":\d+(:\d+)?: (fatal )?error: |: undefined reference to |^(make|gmake)(\[\d+\])?: \*\*\* ")
+
+class BuildError(ImageError):
+    """A source build failed; `log` holds the tail of the build log."""
+
+    def __init__(self, cause: str, fix: str | None = None, log: str = ""):
+        super().__init__(cause, fix)
+        self.log = log
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    d = Path(base) / "kamleak"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def source_location(explicit: str | None = None) -> str:
+    """--kamailio-source, else $KAMLEAK_KAMAILIO_SOURCE, else upstream's GitHub."""
+    return (explicit or os.environ.get(SOURCE_ENV) or DEFAULT_SOURCE).strip()
+
+
+def _need_git() -> str:
+    git = shutil.which("git")
+    if not git:
+        raise UsageError("building Kamailio from source needs git on this host (not found in PATH)",
+                         "install it (apt-get install git) or test a version/image instead")
+    return git
+
+
+def _git(repo: Path, *args: str, check: bool = True, timeout: float = 600) -> str:
+    proc = subprocess.run([_need_git(), "-C", str(repo), *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+    if check and proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, args, proc.stdout, proc.stderr)
+    return proc.stdout.strip()
+
+
+def _is_url(s: str) -> bool:
+    return bool(re.match(r"^[a-z][a-z0-9+.-]*://", s)) or bool(re.match(r"^[\w.-]+@[\w.-]+:", s))
+
+
+def _key(s: str) -> str:
+    return hashlib.sha256(s.encode()).hexdigest()[:12]
+
+
+def _first_line(text: str) -> str:
+    lines = [x.strip() for x in (text or "").strip().splitlines() if x.strip()]
+    return (lines[-1] if lines else "?")[:200]
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """A ref of a source, resolved to a commit."""
+
+    ref: str
+    commit: str
+    tag: str | None        # the release tag the commit is, if any (exactly)
+    describe: str          # `git describe --tags` (or the short commit)
+    label: str | None = None   # a dirty working tree: "wt-<hash of its content>"
+
+    @property
+    def short(self) -> str:
+        return self.commit[:10]
+
+    @property
+    def name(self) -> str:
+        """What an image and a target are named after: the tag, else the commit."""
+        return self.label or self.tag or self.short
+
+
+class Source:
+    """A Kamailio git source and kamleak's bare mirror of it."""
+
+    def __init__(self, location: str | None = None):
+        self.location = source_location(location)
+        self.kind = ("url" if _is_url(self.location)
+                     else "tarball" if re.search(r"\.(tar\.gz|tgz|tar)$", self.location) else "path")
+        if self.kind != "url":
+            self.location = os.path.abspath(os.path.expanduser(self.location))
+        self._mirror: Path | None = None
+        self._fetched = False
+
+    # -- the mirror ----------------------------------------------------------
+
+    @property
+    def mirror(self) -> Path:
+        if self._mirror is None:
+            self._mirror = self._open()
+        return self._mirror
+
+    def _lock(self, name: str):
+        locks = cache_dir() / "locks"
+        locks.mkdir(exist_ok=True)
+        f = open(locks / f"{name}.lock", "w")
+        fcntl.flock(f, fcntl.LOCK_EX)
+        return contextlib.closing(f)
+
+    def _open(self) -> Path:
+        _need_git()
+        srcdir = cache_dir() / "sources"
+        srcdir.mkdir(exist_ok=True)
+        if self.kind == "tarball":
+            return self._extract(srcdir)
+        if self.kind == "path":
+            if not os.path.exists(self.location):
+                raise UsageError(f"Kamailio source {self.location} does not exist",
+                                 "pass a git clone of Kamailio, a .tar.gz of one, or a git URL "
+                                 "(--kamailio-source)")
+            probe = subprocess.run([_need_git(), "-C", self.location, "rev-parse", "--git-dir"],
+                                   capture_output=True, text=True)
+            if probe.returncode != 0:
+                raise UsageError(f"Kamailio source {self.location} is not a git repository",
+                                 "pass a git clone of Kamailio (bare or not), a .tar.gz of a bare "
+                                 "one, or a git URL (--kamailio-source)")
+        mirror = srcdir / f"{_key(self.location)}.git"
+        with self._lock(mirror.name):
+            if not (mirror / "HEAD").exists():
+                tmp = srcdir / f"{mirror.name}.tmp{os.getpid()}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                progress.say(f"[source] mirroring {self.location} into {mirror}")
+                with progress.Ticker(f"mirroring {self.location}"):
+                    proc = subprocess.run([_need_git(), "clone", "--quiet", "--mirror",
+                                           self.location, str(tmp)], capture_output=True, text=True,
+                                          env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+                if proc.returncode != 0:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise self._unreachable(proc.stderr)
+                os.replace(tmp, mirror)
+                self._fetched = True
+        return mirror
+
+    def _unreachable(self, stderr: str) -> UsageError:
+        if self.kind == "url":
+            return UsageError(f"cannot reach the Kamailio source {self.location} "
+                              f"({_first_line(stderr)})",
+                              "point kamleak at a local clone or a .tar.gz of one: "
+                              f"--kamailio-source PATH (or {SOURCE_ENV}=PATH)")
+        return UsageError(f"cannot read the Kamailio source {self.location} ({_first_line(stderr)})",
+                          "pass a git clone of Kamailio (--kamailio-source)")
+
+    def _extract(self, srcdir: Path) -> Path:
+        """A tarball of a bare repository, extracted once (keyed by path, size, mtime)."""
+        try:
+            st = os.stat(self.location)
+        except OSError:
+            raise UsageError(f"Kamailio source {self.location} does not exist",
+                             "pass a .tar.gz of a bare Kamailio repository, a clone or a URL") from None
+        dest = srcdir / f"tar-{_key(f'{self.location}:{st.st_size}:{int(st.st_mtime)}')}"
+        with self._lock(dest.name):
+            if not (dest / ".kamleak-extracted").exists():
+                shutil.rmtree(dest, ignore_errors=True)
+                tmp = Path(f"{dest}.tmp{os.getpid()}")
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+                t0 = time.monotonic()
+                proc = subprocess.run(["tar", "-xf", self.location, "-C", str(tmp)],
+                                      capture_output=True, text=True)
+                if proc.returncode != 0:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise UsageError(f"cannot extract the Kamailio source {self.location} "
+                                     f"({_first_line(proc.stderr)})",
+                                     "pass a .tar.gz of a bare git repository of Kamailio")
+                (tmp / ".kamleak-extracted").write_text(self.location + "\n")
+                os.replace(tmp, dest)
+                progress.say(f"[source] extracted {os.path.basename(self.location)} in "
+                             f"{time.monotonic() - t0:.1f} s")
+        for cand in [dest, *sorted(dest.iterdir()), *sorted(dest.glob("*/*"))]:
+            if cand.is_dir() and (cand / "HEAD").is_file() and (cand / "objects").is_dir():
+                return cand
+            if (cand / ".git" / "HEAD").is_file():
+                return cand / ".git"
+        raise UsageError(f"{self.location} holds no git repository",
+                         "pass a .tar.gz of a bare git repository of Kamailio")
+
+    def fetch(self) -> bool:
+        """Update the mirror from the source (not for tarballs); False if unreachable."""
+        if self.kind == "tarball" or self._fetched:
+            return True
+        proc = subprocess.run([_need_git(), "-C", str(self.mirror), "fetch", "--quiet", "--prune",
+                               "--tags", "origin"], capture_output=True, text=True,
+                              env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+        self._fetched = proc.returncode == 0
+        self._fetch_error = proc.stderr
+        return self._fetched
+
+    # -- refs ----------------------------------------------------------------
+
+    def _rev(self, ref: str) -> str | None:
+        out = subprocess.run([_need_git(), "-C", str(self.mirror), "rev-parse", "--verify", "--quiet",
+                              f"{ref}^{{commit}}"], capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    def _is_tag(self, ref: str) -> bool:
+        return subprocess.run([_need_git(), "-C", str(self.mirror), "show-ref", "--verify", "--quiet",
+                               f"refs/tags/{ref}"]).returncode == 0
+
+    def resolve(self, ref: str) -> Resolved:
+        """REF (tag, branch, commit) -> a commit of a Kamailio tree."""
+        ref = ref.strip()
+        if not ref or ref.startswith("-") or re.search(r"\s", ref):
+            raise UsageError(f"'{ref}' is not a git ref", "give a tag (e.g. 5.8.5), a branch or a commit")
+        commit = None
+        # Tags and full commit hashes do not move: no fetch needed when present.
+        if self._is_tag(ref) or re.fullmatch(r"[0-9a-f]{40}", ref):
+            commit = self._rev(ref)
+        if commit is None:
+            reached = self.fetch()
+            commit = self._rev(ref)
+            if commit is None and not reached and self.kind == "url":
+                raise self._unreachable(getattr(self, "_fetch_error", ""))
+            if commit is not None and not reached:
+                progress.say(f"[source] {self.location} unreachable; using the cached mirror's {ref}")
+        if commit is None:
+            raise UsageError(f"unknown Kamailio ref '{ref}' in {self.location}",
+                             "give a tag (e.g. 5.8.5), a branch (master, 5.8) or a commit of that "
+                             f"repository (list them: git -C {self.mirror} tag)")
+        self.check_tree(commit, ref)
+        tag = ref if self._is_tag(ref) else None
+        if tag is None:
+            exact = _git(self.mirror, "tag", "--points-at", commit, check=False).split()
+            releases = sorted(t for t in exact if re.fullmatch(r"\d+\.\d+\.\d+", t))
+            tag = releases[0] if releases else None
+        describe = _git(self.mirror, "describe", "--tags", "--always", "--abbrev=10", commit,
+                        check=False) or commit[:10]
+        return Resolved(ref, commit, tag, describe)
+
+    def check_tree(self, commit: str, ref: str = "") -> None:
+        for path in ("src/Makefile.defs", "src/modules/tm/t_lookup.c"):
+            if subprocess.run([_need_git(), "-C", str(self.mirror), "cat-file", "-e",
+                               f"{commit}:{path}"], capture_output=True).returncode != 0:
+                raise UsageError(f"{self.location} at {ref or commit[:10]} is not a Kamailio tree "
+                                 f"(no {path})",
+                                 "point --kamailio-source at a clone of github.com/kamailio/kamailio")
+
+    def modules_in_tree(self, commit: str) -> set[str]:
+        out = _git(self.mirror, "ls-tree", "--name-only", f"{commit}:src/modules", check=False)
+        return set(out.split())
+
+    def archive(self, commit: str, dest: Path) -> None:
+        with open(dest, "wb") as f:
+            proc = subprocess.run([_need_git(), "-C", str(self.mirror), "archive", "--format=tar",
+                                   "--prefix=src/", commit], stdout=f, stderr=subprocess.PIPE)
+        if proc.returncode != 0:
+            raise ImageError(f"git archive {commit[:10]} failed: {_first_line(proc.stderr.decode())}",
+                             f"check the mirror {self.mirror}")
+
+
+# --------------------------------------------------------------------------
+# Which modules to build: those the config under test loads.
+
+_IFDEF = re.compile(r"^\s*#!(?:ifdef|ifndef)\s+(\w+)", re.M)
+
+
+def config_modules(text: str, path: str = "kamailio.cfg") -> set[str]:
+    """Every module a config loads, across all its #!ifdef branches.
+
+    lint's preprocessor+parser (one implementation) is run once with no
+    define, once with all, and once with each alone: the union covers every
+    branch of configs like the harness's (flat #!ifdef blocks).
+    """
+    from kamleak.harness.tools.lint import parse
+    names = sorted(set(_IFDEF.findall(text)))
+    combos = [set(), set(names)] + [{n} for n in names]
+    mods: set[str] = set()
+    for combo in combos:
+        cfg, _ = parse(text, defines={n: "" for n in combo}, path=path)
+        mods |= set(cfg.modules)
+    return {m for m in mods if re.fullmatch(r"[\w-]+", m)}
+
+
+def modules_for(config_path: str | None = None) -> list[str]:
+    """The harness's config's modules, plus those of the user's config if any."""
+    mods = config_modules(HARNESS_CFG.read_text(), str(HARNESS_CFG))
+    if config_path:
+        from kamleak.harness.tools.lint import read_config
+        mods |= config_modules(read_config(config_path), config_path)
+    return sorted(mods)
+
+
+def modules_hash(modules: list[str]) -> str:
+    return hashlib.sha256(" ".join(sorted(modules)).encode()).hexdigest()[:8]
+
+
+# --------------------------------------------------------------------------
+# The build
+
+BUILDER = images.ImageSpec(tag="kamleak/kamailio-builder:bookworm",
+                           context=images.DOCKER_DIR / "kamailio-builder",
+                           base="debian:bookworm-slim", title="kamailio builder")
+RUNTIME = images.ImageSpec(tag="kamleak/kamailio-runtime:bookworm",
+                           context=images.DOCKER_DIR / "kamailio-runtime",
+                           base="debian:bookworm-slim", title="kamailio runtime")
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    tag: str
+    commit: str
+    describe: str
+    version: str           # what `kamailio -v` reports, e.g. "5.8.5"
+    modules: tuple[str, ...]
+    source: str
+    reused: bool
+
+
+def image_tag(res: Resolved, modules: list[str]) -> str:
+    return f"{REPO}:{res.name}-{modules_hash(modules)}"
+
+
+def _version_of(text: str) -> str | None:
+    m = re.search(r"version:\s*kamailio\s+(\S+)", text)
+    return m.group(1) if m else None
+
+
+def _existing(client, tag: str, res: Resolved, modules: list[str]):
+    import docker.errors
+    try:
+        img = client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return None
+    lab = img.labels or {}
+    if lab.get(LABEL_COMMIT) == res.commit and lab.get(LABEL_MODULES) == ",".join(modules):
+        return img
+    return None
+
+
+def build(client, ref: str, *, source: Source | str | None = None,
+          modules: list[str] | None = None) -> Built:
+    """Build (or reuse) the image of REF from SOURCE with MODULES."""
+    src = source if isinstance(source, Source) else Source(source)
+    res = src.resolve(ref)
+    present = src.modules_in_tree(res.commit)
+    wanted = sorted(modules if modules is not None else modules_for())
+    missing = [m for m in wanted if m not in present]
+    mods = [m for m in wanted if m in present]
+    tag = image_tag(res, mods)
+    title = f"kamailio {res.name}"
+    img = _existing(client, tag, res, mods)
+    if img is not None:
+        lab = img.labels
+        return Built(tag, res.commit, lab.get(LABEL_DESCRIBE, res.describe),
+                     lab.get(LABEL_VERSION, "?"), tuple(mods), src.location, True)
+    with src._lock("build-" + tag.replace("/", "_").replace(":", "_")):
+        img = _existing(client, tag, res, mods)     # a parallel run built it meanwhile
+        if img is not None:
+            return Built(tag, res.commit, img.labels.get(LABEL_DESCRIBE, res.describe),
+                         img.labels.get(LABEL_VERSION, "?"), tuple(mods), src.location, True)
+        if missing:
+            progress.say(f"[{title}] not in this tree, not built: {', '.join(missing)}")
+        return _build(client, src, res, mods, tag, title)
+
+
+class WorkTree:
+    """The working tree of a Kamailio checkout, built as it is (a `git bisect
+    run` step).  Clean, it is its HEAD commit: the same image as
+    `--kamailio-ref <HEAD>`.  With changes, the files as they are on disk
+    (tracked and untracked, not ignored), named by a hash of their content."""
+
+    def __init__(self, path: str):
+        path = os.path.abspath(os.path.expanduser(path))
+        if not os.path.isdir(path):
+            raise UsageError(f"{path} is not a directory",
+                             "pass the top of a Kamailio checkout (--kamailio-tree .)")
+        try:
+            top = _git(Path(path), "rev-parse", "--show-toplevel", timeout=30)
+        except subprocess.CalledProcessError:
+            raise UsageError(f"{path} is not in a git checkout",
+                             "pass a git checkout of Kamailio (--kamailio-tree)") from None
+        for rel in ("src/Makefile.defs", "src/modules/tm/t_lookup.c"):
+            if not os.path.isfile(os.path.join(top, rel)):
+                raise UsageError(f"{top} is not a Kamailio tree (no {rel})",
+                                 "pass a checkout of github.com/kamailio/kamailio")
+        self.location = top
+        self.head = _git(Path(top), "rev-parse", "HEAD")
+        self.changes = [x for x in _git(Path(top), "status", "--porcelain").splitlines() if x.strip()]
+        self._tar: Path | None = None
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.changes)
+
+    def resolve(self) -> Resolved:
+        top = Path(self.location)
+        describe = _git(top, "describe", "--tags", "--always", "--abbrev=10", "HEAD", check=False) \
+            or self.head[:10]
+        if not self.dirty:
+            exact = _git(top, "tag", "--points-at", "HEAD", check=False).split()
+            releases = sorted(t for t in exact if re.fullmatch(r"\d+\.\d+\.\d+", t))
+            return Resolved("HEAD", self.head, releases[0] if releases else None, describe)
+        digest = hashlib.sha256(self._tarball().read_bytes()).hexdigest()[:10]
+        return Resolved("working tree", self.head, None, describe + "-dirty", label=f"wt-{digest}")
+
+    def modules_in_tree(self, commit: str = "") -> set[str]:
+        return set(os.listdir(os.path.join(self.location, "src", "modules")))
+
+    def _tarball(self) -> Path:
+        """The files as they are, in a tar made reproducible (sorted, one mtime:
+        HEAD's, as `git archive` does) so the same content gets the same name."""
+        if self._tar is None:
+            top = Path(self.location)
+            mtime = int(_git(top, "show", "-s", "--format=%ct", "HEAD") or 0)
+            names = sorted(set(_git(top, "ls-files", "-z", "--cached", "--others",
+                                    "--exclude-standard").split("\0")) - {""})
+            fd, name = tempfile.mkstemp(prefix="kamleak-worktree-", suffix=".tar")
+            os.close(fd)
+            self._tar = Path(name)
+            with tarfile.open(self._tar, "w", format=tarfile.PAX_FORMAT) as tar:
+                for rel in names:
+                    full = top / rel
+                    if not os.path.lexists(full) or (full.is_dir() and not full.is_symlink()):
+                        continue                 # deleted in the tree; submodule dirs
+                    info = tar.gettarinfo(str(full), arcname="src/" + rel)
+                    info.mtime, info.uid, info.gid, info.uname, info.gname = mtime, 0, 0, "", ""
+                    if info.isreg():
+                        with open(full, "rb") as f:
+                            tar.addfile(info, f)
+                    else:
+                        tar.addfile(info)
+        return self._tar
+
+    def archive(self, commit: str, dest: Path) -> None:
+        if not self.dirty:
+            with open(dest, "wb") as f:
+                proc = subprocess.run([_need_git(), "-C", self.location, "archive", "--format=tar",
+                                       "--prefix=src/", self.head], stdout=f, stderr=subprocess.PIPE)
+            if proc.returncode != 0:
+                raise ImageError(f"git archive HEAD failed in {self.location}: "
+                                 f"{_first_line(proc.stderr.decode())}")
+            return
+        shutil.copyfile(self._tarball(), dest)
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.unlink(missing_ok=True)
+            self._tar = None
+
+
+def build_tree(client, path: str, *, modules: list[str] | None = None) -> tuple[Built, WorkTree]:
+    """Build (or reuse) the image of a checkout's working tree, as it is."""
+    wt = WorkTree(path)
+    try:
+        res = wt.resolve()
+        present = wt.modules_in_tree()
+        wanted = sorted(modules if modules is not None else modules_for())
+        mods = [m for m in wanted if m in present]
+        tag = image_tag(res, mods)
+        img = _existing(client, tag, res, mods)
+        if img is not None:
+            return Built(tag, res.commit, img.labels.get(LABEL_DESCRIBE, res.describe),
+                         img.labels.get(LABEL_VERSION, "?"), tuple(mods), wt.location, True), wt
+        return _build(client, wt, res, mods, tag, f"kamailio {res.name}"), wt
+    finally:
+        wt.close()
+
+
+def _build(client, src: Source, res: Resolved, mods: list[str], tag: str, title: str) -> Built:
+    import docker.errors
+    t_all = time.monotonic()
+    progress.say(f"[{title}] building {res.describe} ({res.short}) from {src.location}: "
+                 f"{len(mods)} modules")
+    images.build(client, BUILDER)
+    images.build(client, RUNTIME)
+    try:
+        client.volumes.get(CCACHE_VOLUME)
+    except docker.errors.NotFound:
+        client.volumes.create(CCACHE_VOLUME, labels={"org.kamleak.managed": "1"})
+    logdir = cache_dir() / "build-logs"
+    logdir.mkdir(exist_ok=True)
+    logpath = logdir / f"{res.name}-{modules_hash(mods)}.log"
+    with tempfile.TemporaryDirectory(prefix="kamleak-srcbuild-") as tmp:
+        tmp = Path(tmp)
+        t0 = time.monotonic()
+        src.archive(res.commit, tmp / "src.tar")
+        container = containers.create(
+            client, BUILDER.tag, role="builder", name_hint=res.name.replace("/", "_"),
+            command=[" ".join(mods)], network_mode="none", nano_cpus=int(BUILD_CPUS * 1e9),
+            environment={"JOBS": "2"}, working_dir="/src",
+            volumes={CCACHE_VOLUME: {"bind": "/ccache", "mode": "rw"}})
+        try:
+            with open(tmp / "src.tar", "rb") as f:
+                container.put_archive("/", f)
+            progress.say(f"[{title}] source: git archive {res.short} "
+                         f"({(tmp / 'src.tar').stat().st_size / 1e6:.0f} MB) "
+                         f"in {time.monotonic() - t0:.1f} s")
+            version, ccache = _run_build(container, title, logpath)
+            bits, _ = container.get_archive("/out/usr")
+            with open(tmp / "tree.tar", "wb") as f:
+                for chunk in bits:
+                    f.write(chunk)
+        finally:
+            containers.remove(container)
+        if res.tag and version != res.tag:
+            raise BuildError(f"{src.location} tag {res.tag} builds a kamailio that reports version "
+                             f"{version}; kamleak does not name an image after a version it does "
+                             "not contain", "check the tag in that repository")
+        t0 = time.monotonic()
+        labels = {LABEL_COMMIT: res.commit, LABEL_DESCRIBE: res.describe,
+                  LABEL_MODULES: ",".join(mods), LABEL_SOURCE: src.location,
+                  LABEL_VERSION: version or "?", LABEL_REF: res.ref, "org.kamleak.managed": "1",
+                  "org.kamleak.role": "kamailio"}
+        (tmp / "Dockerfile").write_text(
+            f"FROM {RUNTIME.tag}\nADD tree.tar /\n"
+            'ENTRYPOINT ["kamailio"]\nCMD ["-DD", "-E", "-f", "/etc/kamailio/kamailio.cfg"]\n')
+        (tmp / "src.tar").unlink()
+        try:
+            for chunk in client.api.build(path=str(tmp), tag=tag, labels=labels, decode=True, rm=True,
+                                          forcerm=True, pull=False, network_mode="none"):
+                if "error" in chunk:
+                    raise BuildError(f"making the image {tag} failed: {chunk['error'].strip()}")
+        except docker.errors.APIError as exc:
+            raise BuildError(f"making the image {tag} failed: {_first_line(str(exc))}") from None
+    # The image itself must report what its name says (the runtime libs are right).
+    reported = _run_version(client, tag)
+    if reported != version:
+        client.images.remove(tag, force=True)
+        raise BuildError(f"the image of {res.describe} reports version {reported}, its build "
+                         f"said {version}", "see the build log " + str(logpath))
+    progress.say(f"[{title}] image {tag} in {time.monotonic() - t0:.1f} s "
+                 f"(kamailio -v: {version}); total {time.monotonic() - t_all:.0f} s")
+    return Built(tag, res.commit, res.describe, version, tuple(mods), src.location, False)
+
+
+def _run_build(container, title: str, logpath: Path) -> tuple[str, str]:
+    """Start the builder, print one line per phase with its time; the version it built."""
+    tail: list[str] = []
+    diagnostics: list[str] = []
+    phase, t_phase, version, ccache = "start", time.monotonic(), "", ""
+    container.start()
+    with open(logpath, "w") as log, progress.Ticker(f"[{title}] compiling") as _:
+        buf = b""
+        for chunk in container.logs(stream=True, follow=True):
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                line = raw.decode("utf-8", "replace").rstrip()
+                log.write(line + "\n")
+                tail = (tail + [line])[-25:]
+                if _DIAGNOSTIC.search(line) and len(diagnostics) < 5:
+                    diagnostics.append(line)
+                if line.startswith("@@kamleak phase "):
+                    new = line.split()[-1]
+                    if phase != "start":
+                        progress.say(f"[{title}] {phase}: {time.monotonic() - t_phase:.1f} s")
+                    phase, t_phase = new, time.monotonic()
+                elif line.startswith("@@kamleak version "):
+                    version = _version_of(line) or ""
+                elif line.startswith("@@kamleak ccache "):
+                    ccache = line[len("@@kamleak ccache "):]
+    rc = container.wait().get("StatusCode", 1)
+    if rc != 0:
+        # The compiler's first diagnostic (with -j2 it need not be near the end),
+        # else make's own "***" line; never a file name that merely says "error".
+        errors = diagnostics or [x for x in tail if "***" in x and "@@kamleak" not in x]
+        last = (errors[0] if errors else (tail[-1] if tail else "no output"))[:200]
+        text = "\n".join(tail[-15:])
+        progress.say(f"[{title}] build log tail ({logpath}):\n" + "\n".join("    " + x for x in tail[-15:]))
+        raise BuildError(f"building Kamailio {title.split()[-1]} failed in '{phase}': {last}",
+                         f"full log: {logpath}", log=text)
+    progress.say(f"[{title}] ccache: " + _ccache_summary(ccache))
+    return version, ccache
+
+
+def _ccache_summary(stats: str) -> str:
+    hits = re.search(r"Hits:\s*(\d+)\s*/\s*(\d+)", stats) or re.search(r"cache hit \(direct\)\s*(\d+)", stats)
+    if hits and hits.lastindex == 2:
+        return f"{hits.group(1)}/{hits.group(2)} hits"
+    return stats[:120] or "?"
+
+
+def _run_version(client, tag: str) -> str | None:
+    out = client.containers.run(tag, entrypoint=["kamailio"], command=["-v"], network_mode="none",
+                                remove=True, stdout=True, stderr=True,
+                                labels={"org.kamleak.run": "probe"})
+    return _version_of(out.decode("utf-8", "replace"))
+
+
+def image_info(client, tag: str) -> dict:
+    """The labels of a source-built image (commit, describe, modules, source, version)."""
+    img = client.images.get(tag)
+    lab = img.labels or {}
+    return {k.rsplit(".", 1)[-1]: v for k, v in lab.items() if k.startswith("org.kamleak.")}
