@@ -13,6 +13,7 @@ import time
 from typing import Callable
 
 from kamleak.harness.errors import RPCError
+from kamleak.harness.probes.counters import tm_and_shm
 
 
 class Sampler:
@@ -48,14 +49,6 @@ class Sampler:
         self._stop.set()
         self._thread.join(timeout=10)
         return self.samples
-
-
-def tm_and_shm(rpc) -> dict:
-    """One sample of `tm.stats` and `core.shmmem`, in the plot's names."""
-    tm, shm = rpc.tm_stats(), rpc.shmmem()
-    return {"current": tm.get("current", 0), "waiting": tm.get("waiting", 0),
-            "created": tm.get("created", 0), "freed": tm.get("freed", 0),
-            "shm_used": shm.get("real_used", shm.get("used", 0))}
 
 
 def StatsSampler(rpc, t0: float, interval: float = 0.1) -> Sampler:  # noqa: N802 - reads as a class

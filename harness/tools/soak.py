@@ -65,7 +65,9 @@ from typing import Callable, Optional
 
 from kamleak.harness.errors import KamleakError, RPCError, ScenarioError, UsageError
 from kamleak.harness.sip.peer import LeanMessage, UdpPeer, encode, header_tag, header_uri, sdp
+from kamleak.harness.probes.counters import Counters
 from kamleak.harness.probes.sampler import Sampler
+from kamleak.harness.probes.ws_connections import WsConnections
 from kamleak.harness.sip.message import MAGIC_COOKIE, SipParseError, apply_route_set
 from kamleak.harness.judging.wait import Deadline
 
@@ -191,87 +193,6 @@ def ols(xs: list[float], ys: list[float]) -> Optional[Fit]:
 
 # ---------------------------------------------------------------------------
 # Sampling Kamailio
-
-
-class Counters:
-    """Reads tm.stats, core.shmmem and, where the build has it (memdbg), `mod.mem_stats`
-    for tm and websocket (the latter keeps a closed connection's 64 KiB frame buffer
-    until its rm_delay_interval, 5 s by default, has passed)."""
-
-    def __init__(self, rpc):
-        self.rpc = rpc
-        self.mod_ok: dict[str, bool] = {}
-
-    def mod_shm(self, module: str) -> Optional[int]:
-        if self.mod_ok.get(module) is False:
-            return None
-        try:
-            res = self.rpc.call("mod.mem_stats", module, "shm")
-        except RPCError:
-            self.mod_ok[module] = False
-            return None
-        total = _find_total(res)
-        self.mod_ok[module] = total is not None
-        return total
-
-    def tm_shm(self) -> Optional[int]:
-        return self.mod_shm("tm")
-
-    def all_modules(self) -> Optional[dict[str, int]]:
-        """{module: shm bytes} from `mod.mem_stats all shm` (None if the build lacks it)."""
-        if self.mod_ok.get("all") is False:
-            return None
-        try:
-            res = self.rpc.call("mod.mem_stats", "all", "shm")
-        except RPCError:
-            self.mod_ok["all"] = False
-            return None
-        out: dict[str, int] = {}
-        name = None
-        for item in res if isinstance(res, list) else []:
-            if isinstance(item, str) and item.startswith("Module: "):
-                name = item[len("Module: "):].strip()
-            elif name and isinstance(item, (list, tuple)):
-                total = _find_total(item)
-                if total is not None:
-                    out[name] = total
-        self.mod_ok["all"] = bool(out)
-        return out or None
-
-    def read(self, modules: bool = False) -> dict:
-        tm = self.rpc.tm_stats()
-        shm = self.rpc.shmmem()
-        out = {"current": tm.get("current", 0), "waiting": tm.get("waiting", 0),
-               "created": tm.get("created", 0), "freed": tm.get("freed", 0),
-               "rpl_generated": tm.get("rpl_generated", 0), "5xx": tm.get("5xx", 0),
-               "shm_used": shm.get("used", 0), "shm_real_used": shm.get("real_used", 0),
-               "shm_fragments": shm.get("fragments", 0)}
-        per_module = self.all_modules() if modules else None
-        tm_shm = per_module.get("tm") if per_module else self.mod_shm("tm")
-        if tm_shm is not None:
-            out["tm_shm"] = tm_shm
-        ws_shm = per_module.get("websocket") if per_module else self.mod_shm("websocket")
-        if ws_shm is not None:
-            out["ws_shm"] = ws_shm
-            out["shm_other"] = out["shm_real_used"] - ws_shm
-        if per_module:
-            out["module_shm"] = per_module
-        return out
-
-
-def _find_total(res) -> Optional[int]:
-    """`Total` in mod.mem_stats' answer: ["Module: tm", [[site, bytes]..., ["Total", n]], ""]."""
-    stack = [res]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, (list, tuple)):
-            if len(v) == 2 and v[0] == "Total":
-                try:
-                    return int(v[1])
-                except (TypeError, ValueError):
-                    return None
-            stack.extend(v)
-    return None
 
 
 # ---------------------------------------------------------------------------
@@ -417,8 +338,7 @@ class _GoneWatcher:
         self.post = post
         self.interval = interval
         self.pending: set[int] = set()
-        self.truncated_seen = False
-        self.tcp_list_ok: Optional[bool] = None
+        self.conns = WsConnections(rpc)
         self.polls = 0
         self._cond = threading.Condition()
         self._stop = False
@@ -436,31 +356,6 @@ class _GoneWatcher:
             self._cond.notify_all()
         self._thread.join(timeout=5)
 
-    def present(self) -> set[int]:
-        """Source ports of the WebSocket connections Kamailio still has."""
-        dump = self.rpc.ws_dump()
-        ports = {int(m) for c in (dump.get("connections") or [])
-                 for m in re.findall(r"wss?:[\d.]+:(\d+) ->", str(c))[:1]}
-        info = dump.get("info") or {}
-        if str(info.get("truncated", "no")).lower() != "no":
-            # ws.dump lists at most 50 connections: ask the TCP layer for all of them.
-            self.truncated_seen = True
-            if self.tcp_list_ok is not False:
-                try:
-                    conns = self.rpc.call("core.tcp_list")
-                    self.tcp_list_ok = True
-                except RPCError:
-                    self.tcp_list_ok = False
-                    return ports
-                from kamleak.harness.probes.rpc import _plain
-                for c in _plain(conns) or []:
-                    if isinstance(c, dict) and str(c.get("type", "")).upper() in ("WS", "WSS"):
-                        try:
-                            ports.add(int(c.get("src_port")))
-                        except (TypeError, ValueError):
-                            pass
-        return ports
-
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -470,7 +365,7 @@ class _GoneWatcher:
                     return
                 wanted = set(self.pending)
             try:
-                present = self.present()
+                present = self.conns.ports()
                 self.polls += 1
             except RPCError:
                 time.sleep(self.interval)
@@ -1524,7 +1419,7 @@ def run_soak(kamailio, peer_or_pbx, *, calls: int, concurrency: int, rate: float
         harness_cpu_s=round(cpu_total, 3),
         harness_cpu_share=round(cpu_total / phase_wall, 3) if phase_wall else 0.0,
         kamailio_cpu_s=round(kam_cpu, 3) if kam_cpu is not None else None,
-        ws_dump_truncated=driver.watcher.truncated_seen,
+        ws_dump_truncated=driver.watcher.conns.truncated_seen,
         counters={**dict(driver.counters),
                   **({f"peer {k}": v for k, v in peer_or_pbx.counters.items()} if builtin else {})},
         errors=driver.errors[:50] + (peer_or_pbx.errors[:20] if builtin else []))

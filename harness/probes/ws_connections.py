@@ -1,0 +1,75 @@
+"""Kamailio's WebSocket connections, by client source port: listed, and waited out.
+
+`ws.dump` lists at most 50 connections (then says `truncated`); past that the
+TCP layer's `core.tcp_list` (WS/WSS rows) names them all.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Callable, Optional
+
+from kamleak.harness.errors import RPCError
+from kamleak.harness.judging.wait import poll
+from kamleak.harness.probes.rpc import _plain
+
+# "ws:127.0.0.1:40000 -> ws:127.0.0.1:8080 ..." in a ws.dump connection line: proto, source port
+_SOURCE = re.compile(r"(wss?):[\d.]+:(\d+) ->")
+
+
+class WsConnections:
+    """Reads which (proto, source port) WebSocket connections Kamailio still has."""
+
+    def __init__(self, rpc):
+        self.rpc = rpc
+        self.truncated_seen = False          # ws.dump hit its 50 and core.tcp_list was asked
+        self.tcp_list_ok: Optional[bool] = None
+
+    def listed(self) -> set[tuple[str, int]]:
+        dump = self.rpc.ws_dump()
+        found = set()
+        for c in dump.get("connections") or []:
+            m = _SOURCE.search(str(c))
+            if m:
+                found.add((m.group(1), int(m.group(2))))
+        info = dump.get("info") or {}
+        if str(info.get("truncated", "no")).lower() != "no":
+            self.truncated_seen = True
+            if self.tcp_list_ok is not False:
+                try:
+                    conns = self.rpc.call("core.tcp_list")
+                    self.tcp_list_ok = True
+                except RPCError:
+                    self.tcp_list_ok = False
+                    return found
+                for c in _plain(conns) or []:
+                    proto = str(c.get("type", "")).lower() if isinstance(c, dict) else ""
+                    if proto in ("ws", "wss"):
+                        try:
+                            found.add((proto, int(c.get("src_port"))))
+                        except (TypeError, ValueError):
+                            pass
+        return found
+
+    def ports(self) -> set[int]:
+        """Source ports of the WebSocket connections Kamailio still has."""
+        return {port for _, port in self.listed()}
+
+
+def wait_gone(rpc, port: int, *, proto: Optional[str] = None, timeout: float = 10.0,
+              abort: Optional[Callable[[], Optional[str]]] = None) -> float:
+    """Poll until Kamailio no longer lists the WebSocket connection from client PORT
+    (only its PROTO one, "ws" or "wss", when two share the port); return the seconds
+    waited.  ABORT (e.g. `kamailio.death`) stops the wait with its reason;
+    raises judging.wait.WaitTimeout after TIMEOUT seconds."""
+    t0 = time.monotonic()
+    conns = WsConnections(rpc)
+
+    def gone() -> bool:
+        listed = conns.listed()
+        return (proto, port) not in listed if proto else all(p != port for _, p in listed)
+
+    poll(gone, timeout=timeout, what=f"Kamailio dropping the WebSocket connection from port {port}",
+         abort=abort)
+    return time.monotonic() - t0
