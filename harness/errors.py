@@ -49,3 +49,10 @@ class ScenarioError(KamleakError):
 
 class UsageError(KamleakError):
     """Bad input: unknown version, variant, option value, path..."""
+
+
+class NotApplicable(Exception):
+    """The variant cannot run on this Kamailio (it refused the config).
+
+    Not a KamleakError: nothing to fix; the caller skips the variant.
+    """

@@ -61,7 +61,6 @@ MECHANISMS = {
 }
 DEFAULT_VARIANT = "ping"
 
-NotApplicable = gh4140.NotApplicable   # never raised: every variant runs on every version
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from kamleak.harness import knowledge
 from kamleak.harness.judging import oracle
 from kamleak.harness.probes import pbx_trace
 from kamleak.harness.reporting import progress
-from kamleak.harness.errors import ScenarioError, ServerError, UsageError
+from kamleak.harness.errors import NotApplicable, ScenarioError, ServerError, UsageError
 from kamleak.harness.stack.kamailio import Kamailio, TmTimers
 from kamleak.harness.probes.sampler import StatsSampler
 from kamleak.harness.sip import UAError
@@ -224,10 +224,6 @@ def expected(build, variant: Variant) -> str:
         return "clean"
     fixed = knowledge.has("t_unref_orphans", build).value
     return "unknown" if fixed is None else "clean" if fixed else "leak"
-
-
-class NotApplicable(Exception):
-    """The variant cannot run on this Kamailio (it refused the config)."""
 
 
 # ---------------------------------------------------------------------------

@@ -47,7 +47,6 @@ METHOD = "INVITE"
 # (kamleak.harness.judging.oracle.Timers.lifetime_ms): 7 s here, 10.75 s with the margin.
 TIMERS = TmTimers(fr_timer=3000, fr_inv_timer=3000, wt_timer=1000, max_inv_lifetime=3000)
 
-NotApplicable = gh4140.NotApplicable
 
 
 class Variant(gh4140.FlaggedVariant):

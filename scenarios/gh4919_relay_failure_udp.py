@@ -47,7 +47,6 @@ DEFAULT_VARIANT = "uac_req_send"
 METHOD = "MESSAGE"
 
 Variant = gh4140.Variant
-NotApplicable = gh4140.NotApplicable
 
 
 def parse_variant(name: str) -> Variant:

@@ -45,7 +45,6 @@ METHOD = "MESSAGE"
 # first request late, never in three: only two UDP workers handle these.
 REQUESTS, BATCHES = 40, 3
 
-NotApplicable = gh4140.NotApplicable
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,6 @@ TITLE = "a second connection from a live WebSocket client's ip:port takes over i
 CONNECTION_MATCH = "tcp_connection_match"      # core parameter tcp_connection_match=1
 DEFAULT_VARIANT = "uac_req_send"
 
-NotApplicable = gh4140.NotApplicable
 
 
 class Variant(gh4140.FlaggedVariant):

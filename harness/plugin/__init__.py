@@ -114,9 +114,10 @@ def pytest_configure(config):
         user_cfg = config.getoption("kamailio_config")
         from kamleak.harness.stack.kamailio.user_config import UserConfig
         config._kamleak_user_config = UserConfig.load(user_cfg) if user_cfg else None
-        from kamleak.scenarios.gh4140_bye_to_closed_ws import DEFAULT_VARIANT, Variant
+        from kamleak.harness import registry
+        gh4140 = registry.scenario("gh4140")    # --variant names the 4140 story's variants
         names = [v.strip() for opt in config.getoption("variant") for v in opt.split(",") if v.strip()]
-        config._kamleak_variants = [Variant.parse(n) for n in (names or [DEFAULT_VARIANT])]
+        config._kamleak_variants = [gh4140.parse_variant(n) for n in (names or [gh4140.DEFAULT_VARIANT])]
         repeat = config.getoption("kamleak_repeat")
         if repeat < 1:
             raise KamleakError(f"--kamleak-repeat {repeat} runs nothing", "give 1 or more")

@@ -209,12 +209,14 @@ def gh4140_verdict(kamailio_factory, pbx, ua_factory, transport, kamailio_target
     Asterisk silent, the call failing) is then a test error; only the
     verdict's assertion in the test body can fail the test.
     """
-    from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
+    from kamleak.harness import registry
+    from kamleak.harness.errors import NotApplicable
 
+    gh4140 = registry.scenario("gh4140")
     try:
         kamailio = gh4140.start_kamailio(kamailio_factory, gate_variant,
                                          extra_defines=gh4140.disconnect_defines(disconnect_mode))
-    except gh4140.NotApplicable as exc:
+    except NotApplicable as exc:
         pytest.skip(f"not applicable: {exc}")
     verdict = gh4140.run(kamailio=kamailio, pbx=pbx, ua_factory=ua_factory, transport=transport,
                          variant=gate_variant, disconnect=disconnect_mode, hangup=hangup_mode,

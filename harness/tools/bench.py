@@ -102,12 +102,12 @@ def _mark(timeline, label: str) -> float | None:
 
 def gate_run(version: str, variant_name: str) -> dict:
     """One warm gate run, as `kamleak check` does it, timed by phase."""
-    from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
-
+    from kamleak.harness import registry
     from kamleak.harness.stack.runner import Stack
     from kamleak.harness.stack.targets import Target
 
-    variant = gh4140.Variant.parse(variant_name)
+    gh4140 = registry.scenario("gh4140")
+    variant = gh4140.parse_variant(variant_name)
     t0 = time.monotonic()
     bench = Stack(Target("version", version), log=lambda m: None)
     bench.__enter__()
@@ -145,8 +145,7 @@ def gate_run(version: str, variant_name: str) -> dict:
 def soak_throughput(client, *, version: str, calls: int, concurrency: int, transport: str,
                     rate: float, mix: float = 0.0, variant: str = "none",
                     profile_path: Path | None = None) -> dict:
-    from kamleak.scenarios.gh4140_bye_to_closed_ws import Variant
-
+    from kamleak.harness import registry
     from kamleak.harness.sip.peer import UdpPeer
     from kamleak.harness.stack.runner import launch_kamailio
     from kamleak.harness.tools.soak import run_soak
@@ -157,7 +156,7 @@ def soak_throughput(client, *, version: str, calls: int, concurrency: int, trans
     kam = None
     try:
         kam = launch_kamailio(Target("version", version), client, peer.sip_port, workdir,
-                              Variant.parse(variant).defines, TmTimers())
+                              registry.scenario("gh4140").parse_variant(variant).defines, TmTimers())
         prof = cProfile.Profile() if profile_path else None
         if prof:
             prof.enable()

@@ -108,9 +108,10 @@ def _save_run(directory: Path, verdict, kam, bench, log_start: int) -> Path:
 
 def _repro_faithful(args) -> int:
     """The report's steps, literally, each beside what Kamailio did (issue 17)."""
-    from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
+    from kamleak.harness import registry
     from kamleak.harness.reporting import text as report
 
+    gh4140 = registry.scenario("gh4140")
     if not any(getattr(args, k, None) for k in ("version", "image", "kamailio_bin", "kamailio_ref")):
         args.kamailio_ref = "5.8.5"            # the report's version, from upstream source
     target = _target_from(args)
@@ -160,9 +161,12 @@ def _repro_faithful(args) -> int:
 
 def cmd_repro(args) -> int:
     """The issue-4140 leak, shown as a bug report, then the mitigation beside it."""
-    from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
+    from kamleak.harness import registry
+    from kamleak.harness.errors import NotApplicable
     from kamleak.harness.probes.pbx_trace import parse_pjsip_log
     from kamleak.harness.reporting import text as report
+
+    gh4140 = registry.scenario("gh4140")
 
     if getattr(args, "faithful", False):
         return _repro_faithful(args)
@@ -204,7 +208,7 @@ def cmd_repro(args) -> int:
                     try:
                         kam = gh4140.start_kamailio(bench.kamailio, mitigated, extra_defines=extra)
                         break
-                    except gh4140.NotApplicable as exc:
+                    except NotApplicable as exc:
                         refused[name] = str(exc)
                 if kam is None and args.mitigation:
                     # Asked for one this Kamailio refuses: find one it accepts, for the hint.
@@ -214,7 +218,7 @@ def cmd_repro(args) -> int:
                                                   extra_defines=extra).stop()
                             accepted.append(name)
                             break
-                        except gh4140.NotApplicable as exc:
+                        except NotApplicable as exc:
                             refused[name] = str(exc)
                 title, v = f"mitigated: {mitigated.name if kam else 'no mitigation runs here'}", mitigated
                 _rule(title)
@@ -227,7 +231,7 @@ def cmd_repro(args) -> int:
                 _rule(title)
                 try:
                     kam = gh4140.start_kamailio(bench.kamailio, v, extra_defines=extra)
-                except gh4140.NotApplicable as exc:
+                except NotApplicable as exc:
                     print(f"  not applicable on this Kamailio: {exc}")
                     results.append(None)
                     continue
@@ -329,11 +333,11 @@ def _add_source_args(p) -> None:
 
 
 def _add_scenario_arg(p) -> None:
-    from kamleak.scenarios import DEFAULT_SCENARIO, SCENARIOS
+    from kamleak.harness import registry
 
-    p.add_argument("--scenario", default=DEFAULT_SCENARIO, metavar="NAME",
-                   help=f"the catalogue's scenario: {', '.join(sorted(SCENARIOS))} "
-                        f"(default: {DEFAULT_SCENARIO}; README: Scenario catalogue)")
+    p.add_argument("--scenario", default=registry.DEFAULT, metavar="NAME",
+                   help=f"the catalogue's scenario: {', '.join(registry.names())} "
+                        f"(default: {registry.DEFAULT}; README: Scenario catalogue)")
 
 
 # `git bisect run` reads exit codes: 0 good, 1-127 bad except 125 (skip),
@@ -344,17 +348,17 @@ EXIT_CLEAN, EXIT_LEAK, EXIT_CANNOT_TEST, EXIT_ABORT = 0, 1, 125, 128
 def gate_once(target: Target, variant, transport: str = "ws", disconnect: str = "rst",
               user_config=None, scenario=None):
     """One gate run: ("leak" | "clean" | "skip", note, verdict or None)."""
-    from kamleak.scenarios import DEFAULT_SCENARIO, SCENARIOS
-    from kamleak.harness.errors import ImageError, ScenarioError, ServerError
+    from kamleak.harness import registry
+    from kamleak.harness.errors import ImageError, NotApplicable, ScenarioError, ServerError
     from kamleak.harness.reporting.text import run_label
 
-    sc = scenario or SCENARIOS[DEFAULT_SCENARIO]
+    sc = scenario or registry.scenario(registry.DEFAULT)
     try:
         with Stack(target, log=_say, user_config=user_config) as bench:
             try:
                 verdict = sc.gate(bench, variant, transport=transport, disconnect=disconnect,
                                   target=target.id)
-            except sc.NotApplicable as exc:
+            except NotApplicable as exc:
                 return "skip", f"not applicable: {exc}", None
             verdict.variant = run_label(verdict.variant, user_config)
             return verdict.outcome, verdict.sentence(), verdict
@@ -414,9 +418,9 @@ def _tree_target(args) -> Target | None:
 
 def _scenario_variant(args):
     """The scenario module `--scenario` names and its parsed `--variant` (or its default)."""
-    from kamleak.scenarios import scenario
+    from kamleak.harness import registry
 
-    sc = scenario(args.scenario)
+    sc = registry.scenario(args.scenario)
     return sc, sc.parse_variant(args.variant or sc.DEFAULT_VARIANT)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from kamleak.harness.errors import NotApplicable
+
 
 def start_unless_refused(scenario, kamailio_factory, build, variant):
     """Kamailio started with VARIANT, or None where the variant is n/a on BUILD
@@ -13,7 +15,7 @@ def start_unless_refused(scenario, kamailio_factory, build, variant):
     parameter does not exist there), not skipped by us.
     """
     if scenario.expected(build, variant) == "n/a":
-        with pytest.raises(scenario.NotApplicable):
+        with pytest.raises(NotApplicable):
             scenario.start_kamailio(kamailio_factory, variant)
         return None
     return scenario.start_kamailio(kamailio_factory, variant)
