@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import pytest
+
 
 @dataclass
 class Evidence:
@@ -20,18 +22,23 @@ class Evidence:
     in_report: bool = True      # also a report section (text only)
 
 
+# On the test item: what fixtures attached, and what was read of it (once).
+EVIDENCE = pytest.StashKey["list[Evidence]"]()
+READ = pytest.StashKey["dict[int, object]"]()
+
+
 def attach(node_or_request, title: str, source, filename: str | None = None,
            in_report: bool = True) -> None:
     node = getattr(node_or_request, "node", node_or_request)
-    node.__dict__.setdefault("_kamleak_evidence", []).append(
+    node.stash.setdefault(EVIDENCE, []).append(
         Evidence(title, source, filename, in_report))
 
 
 def read_all(item) -> list[tuple[Evidence, object]]:
     """Every registered source, read once per test (some, like a pcap, only can be)."""
-    cache = item.__dict__.setdefault("_kamleak_read", {})
+    cache = item.stash.setdefault(READ, {})
     out = []
-    for i, ev in enumerate(item.__dict__.get("_kamleak_evidence", [])):
+    for i, ev in enumerate(item.stash.get(EVIDENCE, [])):
         if i not in cache:
             try:
                 cache[i] = ev.source()

@@ -22,6 +22,7 @@ import pytest
 from kamleak.harness.stack import containers, images
 from kamleak.harness.reporting.artifacts import ArtifactStore
 from kamleak.harness.errors import KamleakError
+from kamleak.harness.plugin import state
 from kamleak.harness.judging.evidence import add_sections, write_files
 from kamleak.harness.plugin.fixtures import (disconnect_mode, docker_client, hangup_mode, gate_variant,
     gh4140_verdict, kamailio, kamailio_factory, kamailio_target, kamleak_images, kamleak_repeat, pbx,
@@ -100,7 +101,7 @@ def pytest_configure(config):
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     try:
-        config._kamleak_targets = parse_targets(
+        config.stash[state.TARGETS] = parse_targets(
             config.getoption("kamailio_version"), config.getoption("kamailio_image"),
             config.getoption("kamailio_bin"), config.getoption("kamailio_modules"),
             refs=config.getoption("kamailio_ref"), source=config.getoption("kamailio_source"),
@@ -110,14 +111,14 @@ def pytest_configure(config):
         if bad or not transports:
             raise KamleakError(f"unknown transport '{','.join(bad) or '(none)'}'",
                                "use --transport ws, wss or ws,wss")
-        config._kamleak_transports = transports
+        config.stash[state.TRANSPORTS] = transports
         user_cfg = config.getoption("kamailio_config")
         from kamleak.harness.stack.kamailio.user_config import UserConfig
-        config._kamleak_user_config = UserConfig.load(user_cfg) if user_cfg else None
+        config.stash[state.USER_CONFIG] = UserConfig.load(user_cfg) if user_cfg else None
         from kamleak.harness import registry
         gh4140 = registry.scenario("gh4140")    # --variant names the 4140 story's variants
         names = [v.strip() for opt in config.getoption("variant") for v in opt.split(",") if v.strip()]
-        config._kamleak_variants = [gh4140.parse_variant(n) for n in (names or [gh4140.DEFAULT_VARIANT])]
+        config.stash[state.VARIANTS] = [gh4140.parse_variant(n) for n in (names or [gh4140.DEFAULT_VARIANT])]
         repeat = config.getoption("kamleak_repeat")
         if repeat < 1:
             raise KamleakError(f"--kamleak-repeat {repeat} runs nothing", "give 1 or more")
@@ -129,11 +130,11 @@ def pytest_configure(config):
             store.check_writable()  # now, not after the whole run
     except KamleakError as exc:
         raise pytest.UsageError(exc.line()) from None
-    config._kamleak_store = store
+    config.stash[state.STORE] = store
     if not hasattr(config, "workerinput"):
         # xdist workers start after this and inherit it: one run directory.
         import os
-        os.environ["KAMLEAK_RUN_DIR_NAME"] = config._kamleak_store.run_dir.name
+        os.environ["KAMLEAK_RUN_DIR_NAME"] = config.stash[state.STORE].run_dir.name
     # SIGTERM (CI cancelling a job) must clean up like Ctrl-C does.
     if hasattr(signal, "SIGTERM") and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _sigterm)
@@ -159,7 +160,7 @@ def _parametrized_here(metafunc, name: str) -> bool:
 def pytest_generate_tests(metafunc):
     config = metafunc.config
     if "kamailio_target" in metafunc.fixturenames and not _parametrized_here(metafunc, "kamailio_target"):
-        targets = config._kamleak_targets
+        targets = config.stash[state.TARGETS]
         if metafunc.definition.get_closest_marker("known_versions"):
             # Tests asserting expected verdicts run only where expectations can
             # exist: Debian's builds (observed) and upstream source builds (git).
@@ -174,10 +175,10 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("kamleak_repeat", range(repeat),
                              ids=[f"run{i + 1}" for i in range(repeat)], indirect=True)
     if "transport" in metafunc.fixturenames and not _parametrized_here(metafunc, "transport"):
-        transports = config._kamleak_transports
+        transports = config.stash[state.TRANSPORTS]
         metafunc.parametrize("transport", transports, ids=transports, indirect=True)
     if "gate_variant" in metafunc.fixturenames and not _parametrized_here(metafunc, "gate_variant"):
-        variants = config._kamleak_variants
+        variants = config.stash[state.VARIANTS]
         metafunc.parametrize("gate_variant", variants, ids=[v.name for v in variants], indirect=True)
 
 
@@ -190,9 +191,9 @@ def pytest_runtest_makereport(item, call):
     if report.when in ("setup", "call") and (report.failed or (keep and report.when == "call")):
         if report.failed:
             add_sections(report, item)
-        where = write_files(config._kamleak_store, item)
+        where = write_files(config.stash[state.STORE], item)
         if where:
-            item._kamleak_artifacts = where
+            item.stash[state.ARTIFACTS] = where
             report.sections.append(("kamleak: artifacts", where))
     if call.excinfo is not None and isinstance(call.excinfo.value, KamleakError):
         exc = call.excinfo.value
@@ -205,15 +206,15 @@ def pytest_runtest_makereport(item, call):
 def _records(config) -> list[dict]:
     """One JSON record per verdict: for dashboards, bisection, the HTML report."""
     out = []
-    for nodeid, v in config.__dict__.get("_kamleak_verdicts", []):
+    for nodeid, v in config.stash.get(state.VERDICTS, []):
         rec = {"test": nodeid, **v.to_json()}
         where = None
-        for item in config.__dict__.get("_kamleak_items", []):
+        for item in config.stash.get(state.ITEMS, []):
             if item.nodeid == nodeid:
-                where = getattr(item, "_kamleak_artifacts", None)
+                where = item.stash.get(state.ARTIFACTS, None)
         if where:
             import os
-            rec["artifacts"] = os.path.relpath(where, config._kamleak_store.run_dir)
+            rec["artifacts"] = os.path.relpath(where, config.stash[state.STORE].run_dir)
         out.append(rec)
     return out
 
@@ -238,7 +239,7 @@ def pytest_collection_modifyitems(session, config, items):
         if drop:
             config.hook.pytest_deselected(items=drop)
         items[:] = keep
-    config._kamleak_items = items
+    config.stash[state.ITEMS] = items
 
 
 def _repeat_counts(tr, config, records) -> None:
@@ -263,12 +264,12 @@ def pytest_sessionfinish(session, exitstatus):
         records = _records(config)
         if records:
             wid = config.workerinput.get("workerid", "gw")
-            config._kamleak_store.write_summary(records, name=f"summary-{wid}.json")
+            config.stash[state.STORE].write_summary(records, name=f"summary-{wid}.json")
 
 
 def _merged_records(config) -> list[dict]:
     records = _records(config)
-    run_dir = config._kamleak_store.run_dir
+    run_dir = config.stash[state.STORE].run_dir
     if run_dir.is_dir():
         import json
         for part in sorted(run_dir.glob("summary-gw*.json")):
@@ -305,7 +306,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         tr.write_line(f"{r.get('kamailio_version', '')[:30]:30} {r.get('variant', '')[:34]:34} "
                       f"{r.get('transport', ''):4} {r.get('outcome', ''):7} {reply[:44]:44} {cell}")
     _repeat_counts(tr, config, records)
-    store = config._kamleak_store
+    store = config.stash[state.STORE]
     summary = store.write_summary(records)
     tr.write_line(f"kamleak: verdicts in {summary}")
     path = config.getoption("kamleak_summary")

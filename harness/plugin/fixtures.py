@@ -15,6 +15,7 @@ from kamleak.harness.probes import capture
 from kamleak.harness.stack import containers, engine, images, ports
 from kamleak.harness.stack.asterisk import AsteriskPBX
 from kamleak.harness.judging.evidence import attach
+from kamleak.harness.plugin import state
 from kamleak.harness.stack.kamailio import TmTimers
 from kamleak.harness.stack.runner import launch_kamailio
 from kamleak.harness.stack.targets import Target
@@ -66,7 +67,7 @@ def docker_client():
 def kamleak_images(request, docker_client):
     """Build every image this session needs, in parallel, once."""
     specs = [images.asterisk_spec()]
-    specs += [images.kamailio_spec(t.ref) for t in request.config._kamleak_targets
+    specs += [images.kamailio_spec(t.ref) for t in request.config.stash[state.TARGETS]
               if t.kind == "version"]
     images.build_all(docker_client, specs)
     return specs
@@ -85,9 +86,9 @@ def pbx(docker_client, kamleak_images, tmp_path_factory):
 def pbx_log(request, pbx):
     """The PBX, with the part of its log written during this test as evidence."""
     start = len(pbx.log())
-    request.node._kamleak_pbx_log = lambda: pbx.log()[start:]
-    request.node._kamleak_pbx_port = pbx.sip_port
-    attach(request, "asterisk log", request.node._kamleak_pbx_log, "asterisk.log")
+    request.node.stash[state.PBX_LOG] = lambda: pbx.log()[start:]
+    request.node.stash[state.PBX_PORT] = pbx.sip_port
+    attach(request, "asterisk log", request.node.stash[state.PBX_LOG], "asterisk.log")
     return pbx
 
 
@@ -115,13 +116,13 @@ def kamailio_factory(request, kamailio_target, tmp_path, pbx_log):
         cap = capture.Capture([k.config.udp_port, k.config.ws_port, k.config.wss_port,
                                pbx_log.sip_port]).start()
         captures.append(cap)
-        request.node.__dict__.setdefault("_kamleak_captures", []).append(cap)
+        request.node.stash.setdefault(state.CAPTURES, []).append(cap)
         attach(request, "capture", cap.finish, f"capture{n}.pcap", in_report=False)
 
     def start(defines=(), timers: TmTimers | None = None, timeout: float = 30.0):
         return launch_kamailio(kamailio_target, client, pbx_log.sip_port, tmp_path, defines,
                                timers, timeout, on_start=registered,
-                               user_config=request.config._kamleak_user_config)
+                               user_config=request.config.stash[state.USER_CONFIG])
 
     yield start
     for cap in captures:
@@ -157,9 +158,9 @@ def ua_factory(request):
         if len(uas) == 1:
             attach(request, "SIP trace",
                    lambda: sip_trace([u.trace for u in uas],
-                                     getattr(node, "_kamleak_pbx_log", lambda: "")(),
-                                     [c.finish() for c in node.__dict__.get("_kamleak_captures", [])],
-                                     getattr(node, "_kamleak_pbx_port", None)),
+                                     node.stash.get(state.PBX_LOG, lambda: "")(),
+                                     [c.finish() for c in node.stash.get(state.CAPTURES, [])],
+                                     node.stash.get(state.PBX_PORT, None)),
                    "sip-trace.txt")
         ua.connect()
         return ua
@@ -176,9 +177,9 @@ def record_verdict(request):
         from kamleak.harness.reporting.text import run_label
 
         node = request.node
-        verdict.variant = run_label(verdict.variant, request.config._kamleak_user_config)
-        node.kamleak_verdict = verdict
-        request.config.__dict__.setdefault("_kamleak_verdicts", []).append((node.nodeid, verdict))
+        verdict.variant = run_label(verdict.variant, request.config.stash[state.USER_CONFIG])
+        node.stash[state.VERDICT] = verdict
+        request.config.stash.setdefault(state.VERDICTS, []).append((node.nodeid, verdict))
         node.user_properties.append(("kamleak.outcome", verdict.outcome))
         node.user_properties.append(("kamleak.verdict", verdict.sentence()))
         attach(request, "kamleak verdict", verdict.dumps, "verdict.json")

@@ -14,6 +14,7 @@ import json
 import pytest
 
 from kamleak.harness.judging.evidence import attach
+from kamleak.harness.plugin import state
 from kamleak.harness.stack.kamailio import TmTimers
 from kamleak.harness.sip.peer import UdpPeer
 from kamleak.harness.stack.runner import launch_kamailio
@@ -30,7 +31,7 @@ CALLS, MIX = 300, 0.01
 @pytest.fixture
 def soak_bench(request, docker_client, kamleak_images, tmp_path):
     """(peer, start(variant) -> Kamailio pointed at the peer); all stopped at teardown."""
-    targets = request.config._kamleak_targets
+    targets = request.config.stash[state.TARGETS]
     if not any(t.kind == "version" and t.ref == VERSION for t in targets):
         pytest.skip(f"the soak test needs Kamailio {VERSION} among the targets")
     peer = UdpPeer().start()

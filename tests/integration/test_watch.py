@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from kamleak.harness.plugin import state
 from kamleak.harness.stack import ports
 from kamleak.harness.stack.kamailio import TmTimers
 from kamleak.harness.sip.peer import UdpPeer
@@ -42,7 +43,7 @@ KAMLEAK = [sys.executable, "-m", "kamleak.harness.tools.cli"]
 
 
 def _need_version(request):
-    if not any(t.kind == "version" and t.ref == VERSION for t in request.config._kamleak_targets):
+    if not any(t.kind == "version" and t.ref == VERSION for t in request.config.stash[state.TARGETS]):
         pytest.skip(f"the watch tests need Kamailio {VERSION} among the targets")
 
 
