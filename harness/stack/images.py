@@ -30,7 +30,8 @@ from kamleak.harness.reporting import progress
 from kamleak.harness.errors import ImageError, UsageError
 
 # harness/stack/images.py -> the folder holding harness/ and docker/: the
-# checkout, or site-packages/kamleak in an installed wheel.
+# checkout, or site-packages/kamleak in an installed wheel (pyproject.toml
+# ships docker/ as the package data kamleak.docker).
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER_DIR = ROOT / "docker"
 LABEL_CONTEXT = "org.kamleak.context"
@@ -224,7 +225,7 @@ def build(client: docker.DockerClient, spec: ImageSpec) -> str:
     """Build `spec` unless an image of the same context already exists."""
     if not spec.context.is_dir():
         raise ImageError(f"build context {spec.context} not found",
-                         "run kamleak from its source checkout (pip install -e .)")
+                         "reinstall kamleak: its wheel ships docker/ as kamleak/docker")
     base_id = ensure_base(client, spec.base)
     digest = spec.context_hash(base_id)
     try:
