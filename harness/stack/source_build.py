@@ -34,6 +34,7 @@ from pathlib import Path
 from kamleak.harness.stack import containers, images
 from kamleak.harness.reporting import progress
 from kamleak.harness.errors import ImageError, UsageError
+from kamleak.harness.stack.kamailio.cfg import parse, read_config
 
 DEFAULT_SOURCE = "https://github.com/kamailio/kamailio.git"
 SOURCE_ENV = "KAMLEAK_KAMAILIO_SOURCE"
@@ -308,11 +309,10 @@ _IFDEF = re.compile(r"^\s*#!(?:ifdef|ifndef)\s+(\w+)", re.M)
 def config_modules(text: str, path: str = "kamailio.cfg") -> set[str]:
     """Every module a config loads, across all its #!ifdef branches.
 
-    lint's preprocessor+parser (one implementation) is run once with no
+    The one config preprocessor+parser (stack/kamailio/cfg.py) is run once with no
     define, once with all, and once with each alone: the union covers every
     branch of configs like the harness's (flat #!ifdef blocks).
     """
-    from kamleak.harness.tools.lint import parse
     names = sorted(set(_IFDEF.findall(text)))
     combos = [set(), set(names)] + [{n} for n in names]
     mods: set[str] = set()
@@ -326,7 +326,6 @@ def modules_for(config_path: str | None = None) -> list[str]:
     """The harness's config's modules, plus those of the user's config if any."""
     mods = config_modules(HARNESS_CFG.read_text(), str(HARNESS_CFG))
     if config_path:
-        from kamleak.harness.tools.lint import read_config
         mods |= config_modules(read_config(config_path), config_path)
     return sorted(mods)
 

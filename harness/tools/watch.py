@@ -429,7 +429,7 @@ def bounds_from(args, rpc, version: Optional[str]) -> Bounds:
     timers = read_timers(rpc, {}, version)
     if getattr(args, "config", None):
         from kamleak.harness.stack.kamailio.timers import extract
-        from kamleak.harness.tools.lint import read_config
+        from kamleak.harness.stack.kamailio.cfg import read_config
         # The config the server runs, read as it is (no harness contract here).
         from_cfg = extract(read_config(args.config), path=str(Path(args.config).resolve()),
                            version=version)
@@ -629,13 +629,3 @@ def _once_with_state(args, watcher: Watcher) -> Poll:
         except OSError as exc:
             raise UsageError(f"cannot write --state {path}: {exc.strerror}") from None
     return p
-
-
-def run(argv=None) -> int:
-    """`python -m kamleak.harness.tools.watch` (the same as `kamleak watch`)."""
-    from kamleak.harness.tools.cli import main
-    return main(["watch", *(argv if argv is not None else sys.argv[1:])])
-
-
-if __name__ == "__main__":
-    sys.exit(run())

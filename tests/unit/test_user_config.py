@@ -151,7 +151,7 @@ def test_a_config_without_registrar_or_pbx_destination_is_told_both_ways():
     """Calls reach the PBX through KAMLEAK_PBX_HOSTPORT or through the config's
     registrar (kamleak registers the PBX); with neither, one line says so."""
     from kamleak.harness.stack.kamailio.user_config import has_registrar
-    from kamleak.harness.tools.lint import parse
+    from kamleak.harness.stack.kamailio.cfg import parse
     stock = (STOCK / "kamailio-default-websocket.cfg").read_text()
     cfg, _ = parse(stock, defines={"KAMLEAK": ""})
     assert has_registrar(cfg)

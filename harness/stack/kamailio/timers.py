@@ -2,7 +2,7 @@
 
 Read from the config Kamailio is given (the rendered one: kamleak's header
 plus the harness's body or the user's config), through the one config
-preprocessor (`kamleak.harness.tools.lint.parse`: defines, `#!ifdef`, includes relative to
+preprocessor (`kamleak.harness.stack.kamailio.cfg.parse`: defines, `#!ifdef`, includes relative to
 the config's directory, `#!substdef`/`#!subst`).  `modparam("tm", NAME, V)`
 sets a timer (the last one wins, as Kamailio applies them in order); where the
 config is silent, tm's compiled-in default applies.
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kamleak.harness.errors import UsageError
+from kamleak.harness.stack.kamailio.cfg import parse, parse_version
 
 NAMES = ("fr_timer", "fr_inv_timer", "wt_timer", "max_inv_lifetime", "max_noninv_lifetime")
 DEFAULTS_FILE = "src/modules/tm/config.h"
@@ -44,7 +45,6 @@ class Timer:
 
 def default_source(version: str | None) -> str:
     """Where a default comes from, honest about versions outside the checked history."""
-    from kamleak.harness.tools.lint import parse_version
     try:
         v = parse_version(version) if version else None
     except ValueError:
@@ -62,8 +62,6 @@ def extract(text: str, *, path: str, version: str | None = None,
     ORIGIN(line) -> "file:line" cites a line of TEXT itself (the rendered
     config maps it back to the user's file); included files cite themselves.
     """
-    from kamleak.harness.tools.lint import parse
-
     cfg, _ = parse(text, defines=defines, path=path)
     base = Path(path).parent
     out: dict[str, Timer] = {}

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kamleak.harness.errors import UsageError
+from kamleak.harness.stack.kamailio.cfg import parse, read_config
 
 HARNESS_DEFINES = {"KAMLEAK": "", "KAMLEAK_UDP_PORT": "5060", "KAMLEAK_WS_PORT": "8080",
                    "KAMLEAK_WSS_PORT": "4443", "KAMLEAK_RPC_PORT": "8081"}
@@ -89,8 +90,6 @@ def _int(toks) -> int | None:
 
 def check(text: str, path: str = "kamailio.cfg") -> list[Problem]:
     """Everything the config lacks for the harness, in the config's order."""
-    from kamleak.harness.tools.lint import parse
-
     cfg, lines = parse(text, defines=HARNESS_DEFINES, path=path)
     problems: list[Problem] = []
 
@@ -172,7 +171,6 @@ class UserConfig:
 
     @classmethod
     def load(cls, path: str) -> "UserConfig":
-        from kamleak.harness.tools.lint import parse, read_config
         p = Path(path)
         text = read_config(path)
         problems = check(text, str(p))
