@@ -46,7 +46,8 @@ def test_verdict_matches_real_kamailio(kamailio_factory, pbx, ua_factory, transp
         cfg = KamailioConfig(udp_port=5060, ws_port=8080, wss_port=4443, pbx_port=5080,
                              defines=gate_variant.defines).render()
         assert any(f.level == "error" for f in lint(cfg, build=kamailio_target))
-        return
+        pytest.skip(f"n/a: {kamailio_target.id} refuses {gate_variant.name} (lint agrees); "
+                    "no call to judge")
     verdict = gh4140.run(kamailio=kamailio, pbx=pbx, ua_factory=ua_factory, transport=transport,
                          variant=gate_variant, target=kamailio_target.id)
     record_verdict(verdict)
