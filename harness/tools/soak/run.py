@@ -1,0 +1,370 @@
+"""run_soak: the checkpoints, the drains between them, and the analysis of what stayed behind."""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from kamleak.harness.errors import RPCError, ScenarioError, UsageError
+from kamleak.harness.judging.wait import Deadline
+from kamleak.harness.probes.counters import Counters
+from kamleak.harness.probes.sampler import Sampler
+from kamleak.harness.sip.peer import UdpPeer
+from kamleak.harness.tools.soak.driver import _Call, _Driver
+from kamleak.harness.tools.soak.plan import dead_path_reply, plan_kinds
+from kamleak.harness.tools.soak.plot import render_plot
+from kamleak.harness.tools.soak.stats import ols
+
+
+@dataclass
+class SoakResult:
+    kamailio: str
+    variant: str
+    transport: str
+    far_end: str
+    calls: int
+    concurrency: int
+    rate: float
+    mix: float
+    hold: float
+    seed: Optional[int]
+    kinds: dict
+    outcomes: dict
+    completed: int
+    failed: int
+    calls_4140: int
+    hits: int                       # 4140 calls whose BYE Kamailio answered 5xx (dead-connection path)
+    missed: int
+    bye_replies: dict               # "500 I'm terribly sorry... (1/SL)": count
+    baseline: dict
+    final: dict
+    leaked_cells: int               # tm.stats current after the last drain - baseline
+    created_minus_freed: int
+    leaked_in_tm_list: list         # BYE cells of 4140 calls still in tm.list
+    cells_per_call: Optional[dict]  # fit over the drained checkpoints
+    shm_per_call: Optional[dict]
+    tm_shm_per_call: Optional[dict]
+    cells_per_hit: Optional[float]
+    shm_growth: int
+    shm_measure: str                # "shm_other" (real_used less websocket buffers) or "shm_real_used"
+    shm_growth_by_module: dict      # mod.mem_stats all shm: final - baseline, non-zero only
+    tm_shm_growth: Optional[int]
+    settled: bool
+    flags: list
+    checkpoints: list
+    samples: list
+    timers: dict
+    wall_s: float
+    calls_phase_s: float
+    calls_per_s: float
+    setup_ms_median: Optional[float]
+    setup_ms_p95: Optional[float]
+    harness_cpu_s: float
+    harness_cpu_share: float        # of one core, during the call phases
+    kamailio_cpu_s: Optional[float]
+    ws_dump_truncated: bool
+    counters: dict
+    errors: list
+    json_path: Optional[str] = None
+    png_path: Optional[str] = None
+
+    @property
+    def leaked(self) -> bool:
+        return self.leaked_cells > 0
+
+    def summary_line(self) -> str:
+        fit = self.cells_per_call
+        cells = (f"{fit['slope']:.4g} cells/call" + (f" [{fit['ci95'][0]:.3g}, {fit['ci95'][1]:.3g}]"
+                                                     if fit.get("ci95") else "")) if fit else "n/a"
+        shm = self.shm_per_call
+        shm_s = (f"{shm['slope']:.4g} B/call" + (f" [{shm['ci95'][0]:.3g}, {shm['ci95'][1]:.3g}]"
+                                                 if shm.get("ci95") else "")) if shm else "n/a"
+        verdict = "LEAK" if self.leaked else "CLEAN"
+        return (f"soak {verdict}: {self.kamailio} {self.variant} {self.transport.upper()}, "
+                f"{self.completed}/{self.calls} calls ({self.failed} failed) at {self.calls_per_s:.0f}/s, "
+                f"4140 {self.calls_4140} ({self.hits} hit the dead connection); "
+                f"{self.leaked_cells} cell(s) left after the drain; fit {cells}, {shm_s}; "
+                f"harness CPU {self.harness_cpu_share * 100:.0f}% of a core")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def write(self, out_dir) -> tuple[Path, Optional[Path]]:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        jp = out / "soak.json"
+        self.json_path = str(jp)
+        try:
+            png = render_plot(self, out / "soak.png")
+            self.png_path = str(png)
+        except Exception as exc:  # noqa: BLE001 - the plot is evidence, the JSON is the record
+            self.errors.append(f"plot: {type(exc).__name__}: {exc}")
+            png = None
+        jp.write_text(json.dumps(self.to_json(), indent=1, default=str))
+        return jp, png
+
+
+def _drain(counters: Counters, deadline_s: float, *, ws_base: Optional[int] = None,
+           ws_deadline_s: float = 15.0, interval: float = 0.1) -> tuple[dict, bool]:
+    """Poll until tm has no cell waiting and `current` holds still (or the deadline).
+
+    With WS_BASE, then also until the websocket module's shm is back to it:
+    Kamailio frees a closed connection (and its 64 KiB buffer) only after
+    the module's rm_delay_interval.
+    """
+    limit = Deadline(deadline_s)
+    prev = None
+    stable_since = None
+    settled = False
+    while True:
+        s = counters.rpc.tm_stats()
+        cur, waiting = s.get("current", 0), s.get("waiting", 0)
+        now = time.monotonic()
+        if waiting == 0:
+            if prev == cur:
+                if stable_since is not None and now - stable_since >= 0.3:
+                    settled = True
+                    break
+            else:
+                stable_since = now
+        else:
+            stable_since = None
+        prev = cur
+        if limit.expired():
+            break
+        time.sleep(interval)
+    if ws_base is not None and counters.mod_ok.get("websocket"):
+        ws_limit = Deadline(ws_deadline_s)
+        while True:
+            ws = counters.mod_shm("websocket")
+            # back to the pool's level, give or take less than one connection's 64 KiB buffer
+            if ws is None or ws < ws_base + 32768:
+                break
+            if ws_limit.expired():
+                settled = False
+                break
+            time.sleep(0.25)
+    return s, settled
+
+
+def _container_cpu(kamailio) -> Optional[float]:
+    """CPU seconds Kamailio's container used so far (cgroup v1 or v2), or None."""
+    running = getattr(kamailio, "running", None)
+    cont = getattr(running, "container", None)
+    if cont is None:
+        return None
+    cid = cont.id
+    for path, scale in ((f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage", 1e-9),
+                        (f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat", 1e-6),
+                        (f"/sys/fs/cgroup/docker/{cid}/cpu.stat", 1e-6)):
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        if path.endswith("cpu.stat"):
+            m = re.search(r"usage_usec (\d+)", text)
+            if m:
+                return int(m.group(1)) * scale
+            continue
+        return int(text.strip()) * scale
+    return None
+
+
+
+def run_soak(kamailio, peer_or_pbx, *, calls: int, concurrency: int, rate: float, mix: float,
+             transport: str = "ws", seed: Optional[int] = None, progress=None, hold: float = 0.0,
+             checkpoints: int = 5, call_timeout: float = 15.0, reinvite_all: bool = False,
+             variant: str = "", sample_interval: float = 0.5, warmup: bool = True,
+             on_checkpoint: Optional[Callable[[dict], None]] = None) -> SoakResult:
+    """Drive CALLS calls through KAMAILIO to PEER_OR_PBX and measure what stays behind."""
+    if calls < 1:
+        raise UsageError(f"--calls {calls}: nothing to do", "give 1 or more")
+    if transport not in ("ws", "wss"):
+        raise UsageError(f"unknown transport '{transport}'", "use ws or wss")
+    from kamleak.harness.judging import oracle
+    kinds = plan_kinds(calls, mix, seed)
+    rpc = kamailio.rpc
+    counters = Counters(rpc)
+    timers = oracle.read_timers(rpc, kamailio.config, kamailio.version)
+    drain_limit = timers.deadline_for("BYE")
+    builtin = isinstance(peer_or_pbx, UdpPeer)
+    pbx_log_start = 0 if builtin else len(peer_or_pbx.log())
+    t_wall0 = time.monotonic()
+    driver = _Driver(kamailio, peer_or_pbx, kinds=kinds, concurrency=concurrency, rate=rate,
+                     transport=transport, hold=hold, call_timeout=call_timeout,
+                     reinvite_all=reinvite_all, progress=progress, seed=seed)
+    sampler = None
+    checkpoint_rows: list[dict] = []
+    phase_wall = 0.0
+    phase_cpu = 0.0
+    kam_cpu0 = _container_cpu(kamailio)
+    kam_cpu_phase = 0.0 if kam_cpu0 is not None else None
+    settled_all = True
+    try:
+        driver.wait_pool()
+        if warmup:
+            driver.warm_up(kamailio.death)
+        base, ok = _drain(counters, drain_limit)
+        baseline = counters.read(modules=True)
+        ws_base = baseline.get("ws_shm")
+        baseline.update(calls=0, t=0.0, settled=ok, hits=0)
+        checkpoint_rows.append(baseline)
+        t0 = time.monotonic()
+        sampler = Sampler(lambda: {**counters.read(), "calls": driver.done}, t0, sample_interval,
+                          keep_going=True, name="kamleak-soak-sampler")
+        sampler.tags["phase"] = "run"
+        sampler.start()
+        k = max(1, min(int(checkpoints), calls))
+        bounds = sorted({round(calls * (j + 1) / k) for j in range(k)})
+        for bound in bounds:
+            sampler.tags["phase"] = "run"
+            w0, c0, kc0 = time.monotonic(), time.process_time(), _container_cpu(kamailio)
+            driver.run_until(driver.warmed + bound, abort=kamailio.death)
+            phase_wall += time.monotonic() - w0
+            phase_cpu += time.process_time() - c0
+            kc1 = _container_cpu(kamailio)
+            if kam_cpu_phase is not None and kc0 is not None and kc1 is not None:
+                kam_cpu_phase += kc1 - kc0
+            sampler.tags["phase"] = "drain"
+            _, ok = _drain(counters, drain_limit,
+                           ws_base=ws_base if bound == bounds[-1] else None)
+            settled_all &= ok
+            row = counters.read(modules=True)
+            snap = driver.snapshot()
+            row.update(calls=driver.done, t=round(time.monotonic() - t0, 3), settled=ok,
+                       hits=snap["hits"])
+            checkpoint_rows.append(row)
+            if on_checkpoint:
+                on_checkpoint(row)
+        samples = sampler.stop()
+        sampler = None
+        cells_left = rpc.tm_list()
+    except ScenarioError as exc:
+        raise _shm_exhausted(rpc, rate, timers) or exc
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        driver.close()
+
+    # 4140 replies via Asterisk: read them from its log.
+    if not builtin:
+        _replies_from_asterisk(peer_or_pbx, pbx_log_start, driver.calls)
+
+    for row in checkpoint_rows[1:]:             # Asterisk's replies are known only now
+        row["hits"] = sum(1 for c in driver.calls if c.outcome == "hit" and c.t_done is not None
+                          and c.t_done - t0 <= row["t"])
+    final = checkpoint_rows[-1]
+    ids_4140 = {c.call_id for c in driver.calls if c.kind == "4140"}
+    leaked_ids = sorted({cell.callid for cell in cells_left
+                         if cell.method == "BYE" and cell.callid in ids_4140})
+    outcomes = collections.Counter(c.outcome.split(":")[0] if c.outcome else "unfinished"
+                                   for c in driver.calls)
+    replies = collections.Counter(f"{c.bye_reply[0]} {c.bye_reply[1]}" for c in driver.calls
+                                  if c.bye_reply)
+    hits = sum(1 for c in driver.calls if c.outcome == "hit")
+    missed = sum(1 for c in driver.calls if c.kind == "4140" and c.outcome != "hit")
+    xs = [r["calls"] for r in checkpoint_rows]
+    fit_cells = ols(xs, [r["current"] for r in checkpoint_rows])
+    # WebSocket buffers of connections closed < rm_delay_interval ago are not a leak:
+    # fit shm without them where the build can tell (mod.mem_stats websocket).
+    shm_key = "shm_other" if all("shm_other" in r for r in checkpoint_rows) else "shm_real_used"
+    fit_shm = ols(xs, [r[shm_key] for r in checkpoint_rows])
+    fit_tm = ols(xs, [r["tm_shm"] for r in checkpoint_rows]) \
+        if all("tm_shm" in r for r in checkpoint_rows) else None
+    leaked = final["current"] - baseline["current"]
+    cmf = (final["created"] - final["freed"]) - (baseline["created"] - baseline["freed"])
+    shm_growth = final[shm_key] - baseline[shm_key]
+    tm_growth = (final["tm_shm"] - baseline["tm_shm"]) if fit_tm else None
+    flags = []
+    if leaked > 0:
+        flags.append(f"{leaked} tm cell(s) did not return after the drain "
+                     f"({leaked / calls:.4g} per call; {hits} call(s) hit the dead-connection path)")
+    if fit_tm is not None and tm_growth and tm_growth > 0 and fit_tm.excludes_zero():
+        flags.append(f"tm's shm grew by {tm_growth} B and did not return "
+                     f"({fit_tm.describe(' B/call')})")
+    by_module = {}
+    if "module_shm" in baseline and "module_shm" in final:
+        for m in sorted(set(baseline["module_shm"]) | set(final["module_shm"])):
+            d = final["module_shm"].get(m, 0) - baseline["module_shm"].get(m, 0)
+            if d:
+                by_module[m] = d
+    if fit_shm is not None and fit_shm.excludes_zero() and fit_shm.slope > 0 and shm_growth > 16384:
+        top = sorted(((d, m) for m, d in by_module.items() if d > 0 and m != "websocket"), reverse=True)[:3]
+        where = ("; by module: " + ", ".join(f"{m} +{d} B" for d, m in top)) if top else ""
+        flags.append(f"shm grew by {shm_growth} B and did not return ({fit_shm.describe(' B/call')})"
+                     + where)
+    if not settled_all:
+        flags.append("a drain did not settle within fr_timer + wt_timer (cells still waiting)")
+    lat = sorted(driver.latencies)
+    cpu_total = phase_cpu
+    kam_cpu = kam_cpu_phase
+    kinds_count = collections.Counter(kinds)
+    return SoakResult(
+        kamailio=kamailio.version or "", variant=variant, transport=transport,
+        far_end="builtin peer" if builtin else "asterisk", calls=calls, concurrency=concurrency,
+        rate=rate, mix=mix, hold=hold, seed=seed, kinds=dict(kinds_count), outcomes=dict(outcomes),
+        completed=sum(1 for c in driver.calls if c.outcome and not c.outcome.startswith("failed")),
+        failed=driver.failed, calls_4140=kinds_count.get("4140", 0), hits=hits, missed=missed,
+        bye_replies=dict(replies), baseline=baseline, final=final, leaked_cells=leaked,
+        created_minus_freed=cmf, leaked_in_tm_list=leaked_ids,
+        cells_per_call=fit_cells.as_dict() if fit_cells else None,
+        shm_per_call=fit_shm.as_dict() if fit_shm else None,
+        tm_shm_per_call=fit_tm.as_dict() if fit_tm else None,
+        cells_per_hit=(leaked / hits) if hits else None, shm_growth=shm_growth, shm_measure=shm_key,
+        shm_growth_by_module=by_module,
+        tm_shm_growth=tm_growth, settled=settled_all, flags=flags, checkpoints=checkpoint_rows,
+        samples=samples, timers=timers.as_dict(), wall_s=round(time.monotonic() - t_wall0, 3),
+        calls_phase_s=round(phase_wall, 3),
+        calls_per_s=round(driver.done / phase_wall, 2) if phase_wall else 0.0,
+        setup_ms_median=round(lat[len(lat) // 2] * 1000, 2) if lat else None,
+        setup_ms_p95=round(lat[int(len(lat) * 0.95)] * 1000, 2) if lat else None,
+        harness_cpu_s=round(cpu_total, 3),
+        harness_cpu_share=round(cpu_total / phase_wall, 3) if phase_wall else 0.0,
+        kamailio_cpu_s=round(kam_cpu, 3) if kam_cpu is not None else None,
+        ws_dump_truncated=driver.watcher.conns.truncated_seen,
+        counters={**dict(driver.counters),
+                  **({f"peer {k}": v for k, v in peer_or_pbx.counters.items()} if builtin else {})},
+        errors=driver.errors[:50] + (peer_or_pbx.errors[:20] if builtin else []))
+
+
+def _shm_exhausted(rpc, rate: float, timers) -> Optional[ScenarioError]:
+    """A clearer error when the run failed because Kamailio's shm is full.
+
+    Every call leaves ~2 cells waiting out wt_timer, ~20 KB each in a memdbg
+    build: at ~1400 calls/s that fills the default 64 MB, and Kamailio then
+    answers 500 (1/SL) and refuses new TCP connections (tcpconn_new fails).
+    """
+    try:
+        shm, tm = rpc.shmmem(), rpc.tm_stats()
+    except RPCError:
+        return None
+    total, free = shm.get("total", 0), shm.get("free", 0)
+    if not total or free > total * 0.05:
+        return None
+    return ScenarioError(
+        f"Kamailio ran out of shared memory (free {free} of {total} B, tm current "
+        f"{tm.get('current')}, waiting {tm.get('waiting')}): the cells waiting out wt_timer "
+        f"({timers.wt_timer} ms) at this rate ({rate:g} calls/s) fill its shm",
+        "lower --rate (each call keeps ~2 cells for wt_timer)")
+
+
+def _replies_from_asterisk(pbx, log_start: int, calls: list[_Call]) -> None:
+    from kamleak.harness.probes.pbx_trace import parse_pjsip_log, responses_to
+    msgs = parse_pjsip_log(pbx.log()[log_start:])
+    for c in calls:
+        if c.kind != "4140" or c.outcome != "sent":
+            continue
+        finals = [m for m in responses_to(msgs, c.call_id, "BYE")
+                  if m.message is not None and (m.message.status or 0) >= 200]
+        if not finals:
+            c.outcome = "missed: no reply to Asterisk's BYE in its log"
+            continue
+        code, reason = finals[0].message.status, finals[0].message.reason
+        c.bye_reply = (code, reason)
+        c.outcome = "hit" if dead_path_reply(code, reason) else \
+            f"missed: the PBX's BYE was answered {code} {reason}"
