@@ -71,6 +71,22 @@ FIXES: dict[str, Fix] = {f.key: f for f in (
         effect="dropping a local request no longer leaks its buffer"),
 )}
 
+# Error replies a config may give a failed t_relay() instead of sl_reply_error(),
+# which a build may lack (FIXES keys) -> the module that has them.
+ERROR_REPLY_FUNCTIONS = {"send_reply_error": "sl", "t_reply_error": "tm"}
+
+
+def lacking(keys, build) -> str | None:
+    """Why BUILD cannot run a config that needs the FIXES KEYS, or None (it has
+    them, or kamleak cannot know: then the run says)."""
+    for key in keys:
+        if has(key, build).value is False:
+            fix = FIXES[key]
+            return (f"{fix.what} is not in {provenance(build).label} "
+                    f"(upstream since {', '.join(fix.first_tags())}, commit {fix.commit})")
+    return None
+
+
 # How each entry above was checked (tests/unit/test_knowledge.py re-checks it
 # against the offline history when it is there).
 VERIFIED = ("2026-12-01, git tag (contains filter) in upstream's history as of 38711a3e78 (shallow since "

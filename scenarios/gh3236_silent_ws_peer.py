@@ -45,7 +45,8 @@ from kamleak.harness.errors import ScenarioError, UsageError
 from kamleak.harness.stack.kamailio import Kamailio
 from kamleak.harness.sip import UAError
 from kamleak.harness.judging.verdict import Verdict
-from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
+from kamleak.harness.judging.wait import WaitTimeout, poll
+from kamleak.scenarios import story
 
 ISSUE = 3236
 TITLE = "silent WebSocket peers: connection state must drain after keepalive"
@@ -112,7 +113,7 @@ def expected(build, variant: Variant) -> str:
 
 
 def start_kamailio(kamailio_factory, variant: Variant) -> Kamailio:
-    return kamailio_factory(defines=variant.defines)
+    return story.start_kamailio(kamailio_factory, variant)
 
 
 def _state(rpc) -> dict:
@@ -169,7 +170,9 @@ def run(*, kamailio: Kamailio, variant: Variant, ua_factory, transport: str = "w
 
     deadline = variant.deadline
     samples, state, drained_after, dump_empty = [], connected, None, None
-    while True:
+
+    def drained() -> bool:
+        nonlocal state, dump_empty
         state = _state(rpc)
         t = time.monotonic() - silent_at
         # Plotted as the count panel's "current" (connections) and the shm panel.
@@ -180,14 +183,15 @@ def run(*, kamailio: Kamailio, variant: Variant, ua_factory, transport: str = "w
         if dump_empty is None and state["ws.dump connections"] <= base["ws.dump connections"]:
             dump_empty = t
             mark("ws.dump: peers gone")
-        if _drained(state, base):
-            drained_after = round(t, 3)
-            mark("connection state drained")
-            break
-        if t >= deadline:
-            mark("deadline: connection state still held")
-            break
-        time.sleep(0.25)
+        return _drained(state, base)
+
+    try:
+        poll(drained, timeout=max(0.0, deadline - (time.monotonic() - silent_at)),
+             what="the silent peers' connection state draining", interval=0.25, max_interval=0.25)
+        drained_after = round(time.monotonic() - silent_at, 3)
+        mark("connection state drained")
+    except WaitTimeout:
+        mark("deadline: connection state still held")
     if kamailio.death():
         raise ScenarioError(f"Kamailio died during the scenario: {kamailio.death()}",
                             "see the Kamailio log")

@@ -37,21 +37,21 @@ project's own tests assert for the versions the harness builds.
 from __future__ import annotations
 
 import random
-import re
 import time
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
 
 from kamleak.harness import knowledge
 from kamleak.harness.judging import oracle
-from kamleak.harness.probes import pbx_trace
+from kamleak.harness.probes import counters, pbx_trace, ws_connections
 from kamleak.harness.reporting import progress
-from kamleak.harness.errors import NotApplicable, ScenarioError, ServerError, UsageError
+from kamleak.harness.errors import ScenarioError, UsageError
 from kamleak.harness.stack.kamailio import Kamailio, TmTimers
 from kamleak.harness.probes.sampler import StatsSampler
 from kamleak.harness.sip import UAError
-from kamleak.harness.judging.verdict import Reply, Verdict, classify_reason
+from kamleak.harness.judging.verdict import Verdict
 from kamleak.harness.judging.wait import WaitTimeout, poll
+from kamleak.scenarios import story
+from kamleak.scenarios.story import Run
 
 ISSUE = 4140
 TITLE = "BYE to a closed WebSocket connection stays in tm.list"
@@ -136,53 +136,11 @@ class Variant:
     def creates_local_request(self) -> bool:
         return self.trigger in ("uac_req_send", "t_uac_send", "pua_dialoginfo")
 
-
-@dataclass(frozen=True)
-class FlaggedVariant:
-    """A 4140 variant plus one `+FLAG` part of another story, which adds DEFINE.
-
-    Other attributes (trigger, reply, delayed_reply_off, ...) are the base
-    variant's, so `start_kamailio()` and `run()` here take it as it is.
-    """
-
-    base: Variant
-    flagged: bool = False
-    FLAG: ClassVar[str] = ""
-    DEFINE: ClassVar[str] = ""
-
-    @classmethod
-    def parse(cls, name: str) -> "FlaggedVariant":
-        parts = [p.strip() for p in name.split("+")]
-        rest = "+".join(p for p in parts if p != cls.FLAG)
-        if not rest:
-            raise UsageError(f"variant '{name}' names no trigger", f"use e.g. {DEFAULT_VARIANT}")
-        try:
-            return cls(Variant.parse(rest), cls.FLAG in parts)
-        except UsageError as exc:
-            raise UsageError(f"unknown variant '{name}': {exc.cause}",
-                             f"{exc.fix}; add +{cls.FLAG} for {cls.DEFINE}") from None
-
     @property
-    def name(self) -> str:
-        return self.base.name + (f"+{self.FLAG}" if self.flagged else "")
-
-    @property
-    def defines(self) -> tuple[str, ...]:
-        return self.base.defines + ((self.DEFINE,) if self.flagged else ())
-
-    def __getattr__(self, attr):
-        if attr == "base" or attr.startswith("__"):     # not set yet (copy, pickle)
-            raise AttributeError(attr)
-        return getattr(self.base, attr)
-
-
-def _vt(version: str) -> tuple[int, int]:
-    m = re.match(r"(\d+)\.(\d+)", version)
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-
-
-# The variant parts that need a feature a build may lack (kamleak.harness.knowledge keys).
-_FEATURES = {"send_reply_error": "send_reply_error", "t_reply_error": "t_reply_error"}
+    def features(self) -> tuple[str, ...]:
+        """What a build may lack to run this variant (kamleak.harness.knowledge keys)."""
+        reply = (self.reply,) if self.reply in knowledge.ERROR_REPLY_FUNCTIONS else ()
+        return reply + (("delayed_reply",) if self.delayed_reply_off else ())
 
 
 def applicable(build, variant: Variant) -> str | None:
@@ -193,16 +151,7 @@ def applicable(build, variant: Variant) -> str | None:
     kamleak.harness.knowledge (git for upstream builds, observations for Debian's);
     where that is unknown, nothing is ruled out: the run says.
     """
-    needs = [_FEATURES[variant.reply]] if variant.reply in _FEATURES else []
-    if variant.delayed_reply_off:
-        needs.append("delayed_reply")
-    for key in needs:
-        ans = knowledge.has(key, build)
-        if ans.value is False:
-            fix = knowledge.FIXES[key]
-            return (f"{fix.what} is not in {knowledge.provenance(build).label} "
-                    f"(upstream since {', '.join(fix.first_tags())}, commit {fix.commit})")
-    return None
+    return knowledge.lacking(variant.features, build)
 
 
 def expected(build, variant: Variant) -> str:
@@ -215,9 +164,7 @@ def expected(build, variant: Variant) -> str:
     """
     if applicable(build, variant):
         return "n/a"
-    needs = ([_FEATURES[variant.reply]] if variant.reply in _FEATURES else []) + \
-        (["delayed_reply"] if variant.delayed_reply_off else [])
-    if any(knowledge.has(key, build).value is None for key in needs):
+    if any(knowledge.has(key, build).value is None for key in variant.features):
         return "unknown"          # refused (n/a) or clean: only a run can tell
     if not (variant.creates_local_request and variant.reply == "sl_reply_error"
             and not variant.delayed_reply_off):
@@ -232,34 +179,10 @@ def new_extension() -> str:
     return str(random.randrange(10_000_000, 99_999_999))
 
 
-def wait_ws_gone(kamailio: Kamailio, local_port: int, timeout: float = 10.0,
-                 proto: str | None = None) -> float:
-    """Poll ws.dump until Kamailio no longer lists the client's connection
-    (only its PROTO one, "ws" or "wss", when two share the port)."""
-    t0 = time.monotonic()
-    needle = f"{proto}:127.0.0.1:{local_port} ->" if proto else f":{local_port}"
-
-    def gone():
-        dump = kamailio.rpc.ws_dump()
-        conns = dump.get("connections") or []
-        return not any(needle in str(c) for c in conns)
-
-    poll(gone, timeout=timeout, what=f"Kamailio dropping the WebSocket connection from port {local_port}",
-         abort=kamailio.death)
-    return time.monotonic() - t0
-
-
 def start_kamailio(kamailio_factory, variant: Variant, timers: TmTimers | None = None,
                    extra_defines: tuple[str, ...] = ()) -> Kamailio:
     """Start Kamailio with the variant; a refused variant-only feature is N/A."""
-    try:
-        return kamailio_factory(defines=variant.defines + tuple(extra_defines), timers=timers)
-    except ServerError as exc:
-        text = str(exc)
-        if any(k in text for k in ("Can't set module parameter", "unknown command")) and \
-                (variant.reply != "sl_reply_error" or variant.delayed_reply_off):
-            raise NotApplicable(f"Kamailio refused variant {variant.name}: {exc.cause}") from None
-        raise
+    return story.start_kamailio(kamailio_factory, variant, timers, extra_defines)
 
 
 def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant,
@@ -270,7 +193,7 @@ def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant
         raise UsageError(f"unknown disconnect mode '{disconnect}'", f"use one of {', '.join(DISCONNECTS)}")
     if hangup not in HANGUPS:
         raise UsageError(f"unknown hangup '{hangup}'", f"use one of {', '.join(HANGUPS)}")
-    r = _Run(kamailio, pbx)
+    r = Run(kamailio, pbx)
     # Pre-condition: snapshot Kamailio's counters; sample them all along.
     r.stats_before = kamailio.rpc.tm_stats()
     r.snapshots.update({"core.version": kamailio.version, "tm.stats before": r.stats_before,
@@ -282,36 +205,14 @@ def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant
                           ua_options=ua_options, hangup=hangup)
     finally:
         samples = sampler.stop()
-    # Close the series with the post-condition the oracle settled on.
-    after, shm = r.snapshots.get("tm.stats after"), r.snapshots.get("core.shmmem after") or {}
-    if after:
-        samples.append({"t": round(r.settled_at - r.t0, 3), "current": after.get("current", 0),
-                        "waiting": after.get("waiting", 0), "created": after.get("created", 0),
-                        "freed": after.get("freed", 0),
-                        "shm_used": shm.get("real_used", shm.get("used", 0))})
+    # Close the series with the counters read once tm.stats had settled.
+    if r.settled:
+        samples.append({"t": round(r.settled_at - r.t0, 3), **r.settled})
     verdict.stats_samples = samples
     return verdict
 
 
-@dataclass
-class _Run:
-    """One run's clock, step marks and RPC snapshots."""
-
-    kamailio: Kamailio
-    pbx: object
-    t0: float = field(default_factory=time.monotonic)
-    t0_epoch: float = field(default_factory=time.time)
-    timeline: list = field(default_factory=list)
-    snapshots: dict = field(default_factory=dict)
-    stats_before: dict = field(default_factory=dict)
-    pbx_log_start: int = 0
-    settled_at: float = 0.0
-
-    def mark(self, label: str) -> None:
-        self.timeline.append((round(time.monotonic() - self.t0, 3), label))
-
-
-def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target, *,
+def _ladder(r: Run, ua_factory, transport, variant, disconnect, target, *,
             cut=None, ua_options: dict | None = None, hangup: str = "command") -> Verdict:
     """The ladder; CUT(r, ua, ua_factory, transport) replaces step 2 for stories
     in which the client stays connected (a 200 to the BYE is then a verdict)."""
@@ -372,7 +273,7 @@ def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target, *,
         mark("deadline: BYE cell still there" if watch.seen else "watch ended")
 
     # Kamailio's replies, as Asterisk received them (evidence, not timing).
-    replies = _replies(pbx, r.pbx_log_start, call_id, timeout=2.0 if watch.seen else deadline)
+    replies = story.bye_replies(pbx, r.pbx_log_start, call_id, timeout=2.0 if watch.seen else deadline)
     for reply in replies:
         timeline.append((round(at_bye + reply.at, 3), f"Kamailio replies {reply.code} to the BYE"))
     timeline.sort()
@@ -391,6 +292,7 @@ def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target, *,
     r.settled_at = time.monotonic()
     snapshots["tm.stats after"] = stats_after
     snapshots["core.shmmem after"] = rpc.shmmem()
+    r.settled = counters.tm_and_shm(rpc)
     if kamailio.death():
         raise ScenarioError(f"Kamailio died during the scenario: {kamailio.death()}",
                             "see the Kamailio log")
@@ -405,7 +307,7 @@ def _ladder(r: _Run, ua_factory, transport, variant, disconnect, target, *,
         snapshots=snapshots)
 
 
-def _register_at_pbx(r: _Run, ext: str) -> None:
+def _register_at_pbx(r: Run, ext: str) -> None:
     """A user config that routes calls through its registrar: register the
     extension with the PBX as its contact, as a phone would register itself."""
     from kamleak.harness.sip.udp import UdpClient
@@ -422,7 +324,7 @@ def _register_at_pbx(r: _Run, ext: str) -> None:
     r.mark(f"REGISTER {aor} -> PBX")
 
 
-def _await_timer_bye(r: _Run, call_id: str, session_expires: int) -> float:
+def _await_timer_bye(r: Run, call_id: str, session_expires: int) -> float:
     """Wait for the BYE Asterisk's session timer sends; returns when it was seen.
 
     RFC 4028 10: the side that does not refresh ends the session before it
@@ -441,47 +343,20 @@ def _await_timer_bye(r: _Run, call_id: str, session_expires: int) -> float:
     return time.monotonic()
 
 
-def _disconnect(r: _Run, ua, disconnect: str) -> None:
+def _disconnect(r: Run, ua, disconnect: str) -> None:
     kamailio, rpc = r.kamailio, r.kamailio.rpc
     local_port = int(ua.local_addr.rsplit(":", 1)[1])
     r.snapshots["ws.dump before disconnect"] = rpc.ws_dump()
     ua.disconnect(disconnect.partition("+")[0])
     r.mark(f"disconnect ({disconnect})")
     try:
-        wait_ws_gone(kamailio, local_port)
+        ws_connections.wait_gone(rpc, local_port, abort=kamailio.death)
     except WaitTimeout:
         raise ScenarioError(f"Kamailio still lists the WebSocket connection from port {local_port} "
                             f"after the {disconnect} disconnect",
                             "the disconnect did not take effect") from None
     r.mark("ws.dump: connection gone")
     r.snapshots["ws.dump after disconnect"] = rpc.ws_dump()
-
-
-def _replies(pbx, log_start: int, call_id: str, timeout: float) -> list[Reply]:
-    """Final replies to the BYE in Asterisk's log (waits up to TIMEOUT for one).
-
-    `Reply.at` is measured on Asterisk's own clock: from the log record of
-    the BYE it transmitted to the record of each reply it received.
-    """
-    def found():
-        msgs = pbx_trace.parse_pjsip_log(pbx.log()[log_start:])
-        replies = pbx_trace.responses_to(msgs, call_id, "BYE")
-        return (msgs, replies) if replies else None
-
-    try:
-        msgs, replies = poll(found, timeout=timeout,
-                             what="Kamailio's reply to the BYE in Asterisk's log")
-    except WaitTimeout:
-        return []
-    sent = pbx_trace.requests_sent(msgs, call_id, "BYE")
-    t_sent = pbx_trace.stamp_seconds(sent[0].stamp) if sent else None
-    out = []
-    for m in replies:
-        t = pbx_trace.stamp_seconds(m.stamp)
-        at = round(t - t_sent, 3) if t is not None and t_sent is not None else 0.0
-        out.append(Reply(code=m.message.status, reason=m.message.reason, at=at,
-                         stateless=classify_reason(m.message.reason)))
-    return out
 
 
 # ---------------------------------------------------------------------------

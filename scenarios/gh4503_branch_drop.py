@@ -34,7 +34,8 @@ from __future__ import annotations
 from kamleak.harness.stack.kamailio import Kamailio, TmTimers
 from kamleak.harness.judging.verdict import Verdict
 from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
-from kamleak.scenarios._single_request import run_single_request
+from kamleak.scenarios import story
+from kamleak.scenarios.story import run_single_request
 
 ISSUE = 4503
 TITLE = "an INVITE whose branch is dropped in branch_route stays in tm.list"
@@ -49,9 +50,10 @@ TIMERS = TmTimers(fr_timer=3000, fr_inv_timer=3000, wt_timer=1000, max_inv_lifet
 
 
 
-class Variant(gh4140.FlaggedVariant):
+class Variant(story.FlaggedVariant):
     """An issue-4140 variant, plus `+no_internal_reply` for path B."""
 
+    BASE = gh4140.Variant
     FLAG = NO_INTERNAL_REPLY
     DEFINE = "WITH_NO_INTERNAL_REPLY"
 
@@ -82,8 +84,8 @@ def expected(build, variant: Variant) -> str:
 
 
 def start_kamailio(kamailio_factory, variant: Variant) -> Kamailio:
-    return gh4140.start_kamailio(kamailio_factory, variant, timers=TIMERS,
-                                 extra_defines=EXTRA_DEFINES)
+    return story.start_kamailio(kamailio_factory, variant, timers=TIMERS,
+                                extra_defines=EXTRA_DEFINES)
 
 
 def run(*, kamailio: Kamailio, variant: Variant, target: str = "", timeout: float = 10.0) -> Verdict:
@@ -98,8 +100,4 @@ _SDP = ("v=0\r\no=kamleak 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt
 
 USER_CONFIG = False     # needs the harness's own config (its defines build the story)
 
-
-def gate(bench, variant: Variant, *, transport: str = "udp", disconnect: str = "",
-         target: str = "") -> Verdict:
-    """One run on a `kamleak.harness.stack.runner.Stack` (transport and disconnect do not apply)."""
-    return run(kamailio=start_kamailio(bench.kamailio, variant), variant=variant, target=target)
+gate = story.own_config_gate(start_kamailio, run)

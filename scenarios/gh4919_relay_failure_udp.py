@@ -37,7 +37,8 @@ from kamleak.harness.errors import UsageError
 from kamleak.harness.stack.kamailio import Kamailio
 from kamleak.harness.judging.verdict import Verdict
 from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
-from kamleak.scenarios._single_request import run_single_request
+from kamleak.scenarios import story
+from kamleak.scenarios.story import run_single_request
 
 ISSUE = 4919
 TITLE = "relay failure over UDP after a local request stays in tm.list"
@@ -64,7 +65,7 @@ def expected(build, variant: Variant) -> str:
 
 
 def start_kamailio(kamailio_factory, variant: Variant) -> Kamailio:
-    return gh4140.start_kamailio(kamailio_factory, variant, extra_defines=EXTRA_DEFINES)
+    return story.start_kamailio(kamailio_factory, variant, extra_defines=EXTRA_DEFINES)
 
 
 def run(*, kamailio: Kamailio, variant: Variant, target: str = "", timeout: float = 10.0) -> Verdict:
@@ -75,8 +76,4 @@ def run(*, kamailio: Kamailio, variant: Variant, target: str = "", timeout: floa
 
 USER_CONFIG = False     # needs the harness's own config (its defines build the story)
 
-
-def gate(bench, variant: Variant, *, transport: str = "udp", disconnect: str = "",
-         target: str = "") -> Verdict:
-    """One run on a `kamleak.harness.stack.runner.Stack` (transport and disconnect do not apply)."""
-    return run(kamailio=start_kamailio(bench.kamailio, variant), variant=variant, target=target)
+gate = story.own_config_gate(start_kamailio, run)

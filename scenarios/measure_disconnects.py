@@ -25,7 +25,9 @@ from kamleak.harness.judging import oracle
 from kamleak.harness.stack.runner import Stack
 from kamleak.harness.stack.targets import Target
 from kamleak.harness.judging.wait import WaitTimeout, poll
+from kamleak.harness.probes import ws_connections
 from kamleak.scenarios import gh4140_bye_to_closed_ws as g
+from kamleak.scenarios import story
 
 # name: (UA disconnect mode, Kamailio defines, wait for ws.dump to drop it, hangup delay s)
 CANDIDATES = {
@@ -72,14 +74,14 @@ def one_call(bench, kam, cand, variant_defines) -> dict:
     gone = None
     if wait_gone:
         try:
-            gone = round(g.wait_ws_gone(kam, port, timeout=30), 3)
+            gone = round(ws_connections.wait_gone(kam.rpc, port, timeout=30, abort=kam.death), 3)
         except WaitTimeout:
             gone = "still listed after 30 s"
     log_mark = len(kam.log())
     pbx_mark = len(bench.pbx.log())
     bench.pbx.hangup(ext)
     t_bye = time.monotonic()
-    replies = g._replies(bench.pbx, pbx_mark, dialog.call_id, timeout=12)
+    replies = story.bye_replies(bench.pbx, pbx_mark, dialog.call_id, timeout=12)
     # Kamailio's lines about this BYE (its log_prefix carries the Call-ID).
     def lines():
         return [ln for ln in kam.log()[log_mark:].splitlines() if dialog.call_id in ln]

@@ -34,6 +34,7 @@ from kamleak.harness.stack.kamailio import Kamailio
 from kamleak.harness.sip.udp import UdpClient
 from kamleak.harness.judging.verdict import Verdict
 from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
+from kamleak.scenarios import story
 
 ISSUE = 3403          # a pull request: the report is its description
 TITLE = "a local request dropped in event_route[tm:local-request] leaks shm"
@@ -86,7 +87,7 @@ def expected(build, variant: Variant) -> str:
 
 
 def start_kamailio(kamailio_factory, variant: Variant) -> Kamailio:
-    return kamailio_factory(defines=variant.defines)
+    return story.start_kamailio(kamailio_factory, variant)
 
 
 def _expect_202(finals) -> None:
@@ -146,8 +147,4 @@ def run(*, kamailio: Kamailio, variant: Variant, target: str = "", requests: int
 
 USER_CONFIG = False     # needs the harness's own config (its defines build the story)
 
-
-def gate(bench, variant: Variant, *, transport: str = "udp", disconnect: str = "",
-         target: str = "") -> Verdict:
-    """One run on a `kamleak.harness.stack.runner.Stack` (transport and disconnect do not apply)."""
-    return run(kamailio=start_kamailio(bench.kamailio, variant), variant=variant, target=target)
+gate = story.own_config_gate(start_kamailio, run)

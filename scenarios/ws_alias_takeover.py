@@ -45,7 +45,9 @@ from kamleak.harness import knowledge
 from kamleak.harness.errors import ScenarioError, UsageError
 from kamleak.harness.judging.verdict import Verdict
 from kamleak.harness.judging.wait import WaitTimeout
+from kamleak.harness.probes import ws_connections
 from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
+from kamleak.scenarios import story
 
 ISSUE = None
 TITLE = "a second connection from a live WebSocket client's ip:port takes over its alias"
@@ -54,9 +56,10 @@ DEFAULT_VARIANT = "uac_req_send"
 
 
 
-class Variant(gh4140.FlaggedVariant):
+class Variant(story.FlaggedVariant):
     """A 4140 config variant, optionally with tcp_connection_match=1."""
 
+    BASE = gh4140.Variant
     FLAG = CONNECTION_MATCH
     DEFINE = "WITH_TCP_CONNECTION_MATCH"
 
@@ -104,7 +107,7 @@ def takeover(r, ua, ua_factory, transport: str) -> None:
     ua_factory(r.kamailio.url(other), user="newcomer", source=(ip, int(port))).disconnect("close")
     r.mark(f"a second connection from {ip}:{port} ({other}) opens and closes")
     try:
-        gh4140.wait_ws_gone(r.kamailio, int(port), proto=other)
+        ws_connections.wait_gone(rpc, int(port), proto=other, abort=r.kamailio.death)
     except WaitTimeout:
         raise ScenarioError(f"Kamailio still lists the second connection from port {port}",
                             "its close did not take effect") from None
@@ -126,7 +129,7 @@ def run(*, kamailio, pbx, ua_factory, transport: str, variant: Variant, target: 
 
 
 def start_kamailio(kamailio_factory, variant: Variant, timers=None):
-    return gh4140.start_kamailio(kamailio_factory, variant, timers)
+    return story.start_kamailio(kamailio_factory, variant, timers)
 
 
 # The uniform entry points `kamleak check/bisect --scenario` use.

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from kamleak.harness.errors import RPCError, ScenarioError
 from kamleak.harness.stack.kamailio.timers import DEFAULTS, NAMES, Timer, default_source, from_config
 from kamleak.harness.probes.rpc import KamailioRPC, TmCell
-from kamleak.harness.judging.wait import Deadline
+from kamleak.harness.judging.wait import WaitTimeout, poll
 
 # The margin over a transaction's longest life: tm's timers run in ticks of
 # 1/16 s on a timer process that may lag under load, the wait timer on the
@@ -150,11 +150,13 @@ def watch_transaction(rpc: KamailioRPC, call_id: str, method: str, *, deadline: 
     `appear_within` seconds ends the watch early (the caller decides whether
     the request reached Kamailio at all).
     """
-    limit = Deadline(max(0.0, deadline - (time.monotonic() - started)))
     seen, first_seen, gone_after = False, None, None
     current: list[TmCell] = []
     samples: list[dict] = []
-    while True:
+
+    def over() -> bool:
+        """One look at tm.list: True once the cell is gone (or never came)."""
+        nonlocal current, seen, first_seen, gone_after
         if alive is not None:
             reason = alive()
             if reason:
@@ -168,14 +170,18 @@ def watch_transaction(rpc: KamailioRPC, call_id: str, method: str, *, deadline: 
                 seen, first_seen = True, now
         elif seen:
             gone_after = now
-            break
+            return True
         elif appear_within is not None and now > appear_within:
-            break
-        if limit.expired():
-            break
+            return True
         if tick is not None:
             tick(now)
-        time.sleep(interval)
+        return False
+
+    try:
+        poll(over, timeout=max(0.0, deadline - (time.monotonic() - started)),
+             what=f"the {method} cell leaving tm.list", interval=interval, max_interval=interval)
+    except WaitTimeout:
+        pass                        # the deadline: the cells still listed are the verdict's
     if tick is not None:
         tick(None)
     return Watch(cells=current, seen=seen, first_seen=first_seen, gone_after=gone_after,
@@ -197,18 +203,24 @@ def stats_settled(rpc: KamailioRPC, baseline: dict, leaked: int, timeout: float)
     requests) drain within their own lifetime; we poll until `current` is
     back to baseline + leaked or the timeout passes, then report what we saw.
     """
-    deadline = Deadline(timeout)
-    after = rpc.tm_stats()
-    while True:
-        cur, live = stats_moved(baseline, after)
-        if cur == leaked and live == leaked:
-            return after, True, (f"current {baseline.get('current', 0)} -> {after.get('current', 0)}, "
-                                 f"created-freed moved by {live}: matches {leaked} cell(s) left")
-        if deadline.expired():
-            return after, False, (f"current {baseline.get('current', 0)} -> {after.get('current', 0)} "
-                                  f"and created-freed moved by {live}, expected {leaked}")
-        time.sleep(0.1)
+    after: dict = {}
+
+    def settled() -> bool:
+        nonlocal after
         after = rpc.tm_stats()
+        return stats_moved(baseline, after) == (leaked, leaked)
+
+    try:
+        poll(settled, timeout=timeout, what="tm.stats settling", interval=0.1, max_interval=0.1)
+        consistent = True
+    except WaitTimeout:
+        consistent = False
+    cur, live = stats_moved(baseline, after)
+    if consistent:
+        return after, True, (f"current {baseline.get('current', 0)} -> {after.get('current', 0)}, "
+                             f"created-freed moved by {live}: matches {leaked} cell(s) left")
+    return after, False, (f"current {baseline.get('current', 0)} -> {after.get('current', 0)} "
+                          f"and created-freed moved by {live}, expected {leaked}")
 
 
 def check_post_condition(method: str, cells: list[TmCell], baseline: dict, after: dict,

@@ -104,3 +104,25 @@ def requests_sent(messages: list[PbxMessage], call_id: str, method: str) -> list
     return [pm for pm in messages if pm.direction == "out" and pm.message is not None
             and pm.message.is_request and pm.message.method == method
             and pm.message.call_id == call_id]
+
+
+@dataclass(frozen=True)
+class FinalReply:
+    """A final reply Asterisk received to a request it sent."""
+
+    code: int
+    reason: str
+    at: float           # s after Asterisk sent the request, on Asterisk's clock (0.0: no stamp)
+
+
+def final_replies(messages: list[PbxMessage], call_id: str, method: str = "BYE") -> list[FinalReply]:
+    """Kamailio's final replies to Asterisk's METHOD in CALL_ID: the one reader of
+    them (the scenarios' verdict evidence and soak's per-call outcome)."""
+    sent = requests_sent(messages, call_id, method)
+    t_sent = stamp_seconds(sent[0].stamp) if sent else None
+    out = []
+    for m in responses_to(messages, call_id, method):
+        t = stamp_seconds(m.stamp)
+        at = round(t - t_sent, 3) if t is not None and t_sent is not None else 0.0
+        out.append(FinalReply(m.message.status, m.message.reason, at))
+    return out

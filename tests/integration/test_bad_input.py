@@ -16,7 +16,7 @@ import pytest
 
 from kamleak.harness.stack import containers, images, ports
 from kamleak.harness.stack.asterisk import AsteriskPBX
-from kamleak.harness.errors import ServerError
+from kamleak.harness.errors import NotApplicable, ServerError
 from kamleak.harness.stack.kamailio import ContainerKamailio, KamailioConfig
 from kamleak.harness.stack.runner import launch_kamailio
 from kamleak.harness.stack.targets import Target
@@ -114,7 +114,7 @@ def test_variant_not_applicable_to_the_version(docker_client, kamleak_images, pb
     def start(defines=(), timers=None):
         return launch_kamailio(target, docker_client, pbx.sip_port, tmp_path, defines, timers)
 
-    with pytest.raises(gh4140.NotApplicable) as exc:
+    with pytest.raises(NotApplicable) as exc:
         gh4140.start_kamailio(start, gh4140.Variant.parse("uac_req_send+delayed_reply_off"))
     assert "Can't set module parameter" in str(exc.value)
 
