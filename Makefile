@@ -23,7 +23,7 @@ ifneq ($(KAMAILIO_SOURCE),)
 export KAMLEAK_KAMAILIO_SOURCE ?= $(KAMAILIO_SOURCE)
 endif
 
-.PHONY: setup venv host-packages images test unit repro bench soak clean matrix
+.PHONY: setup venv host-packages images test unit lint-code repro bench soak clean matrix
 
 setup: venv host-packages images
 
@@ -58,6 +58,10 @@ images: venv host-packages
 unit: venv
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
+# The code's own lint (ruff, configured in pyproject.toml); `make test` runs it first.
+lint-code: venv
+	$(VENV)/bin/ruff check .
+
 # The user-facing gate (marker `gate`) fails on leaking versions by design;
 # the suite runs it as CI would, in a subprocess (tests/gate/test_gate_as_ci.py).
 # Three passes: (1) everything but `serial`, on XDIST workers (most of a gate
@@ -70,7 +74,7 @@ JUNIT ?= artifacts/junit.xml
 UPSTREAM_REFS ?= 5.8.5,master
 XDIST ?= 3
 PARALLEL := $(if $(filter-out 0 1,$(XDIST)),-n $(XDIST))
-test: setup
+test: lint-code setup
 	@mkdir -p $(dir $(JUNIT))
 	@rc=0; \
 	$(PY) -m pytest tests -m "not gate and not serial" $(PARALLEL) --junitxml=$(JUNIT) \

@@ -19,16 +19,30 @@ import signal
 
 import pytest
 
-from kamleak.harness.stack import containers, images
-from kamleak.harness.reporting.artifacts import ArtifactStore
 from kamleak.harness.errors import KamleakError
-from kamleak.harness.plugin import state
 from kamleak.harness.judging.evidence import add_sections, write_files
-from kamleak.harness.plugin.fixtures import (disconnect_mode, docker_client, hangup_mode, gate_variant,
-    gh4140_verdict, kamailio, kamailio_factory, kamailio_target, kamleak_images, kamleak_repeat, pbx,
-    pbx_log, record_verdict, transport, ua_factory)
-from kamleak.harness.stack.targets import parse_targets
 from kamleak.harness.judging.verdict import leaked_bytes
+from kamleak.harness.plugin import state
+from kamleak.harness.plugin.fixtures import (
+    disconnect_mode,
+    docker_client,
+    gate_variant,
+    gh4140_verdict,
+    hangup_mode,
+    kamailio,
+    kamailio_factory,
+    kamailio_target,
+    kamleak_images,
+    kamleak_repeat,
+    pbx,
+    pbx_log,
+    record_verdict,
+    transport,
+    ua_factory,
+)
+from kamleak.harness.reporting.artifacts import ArtifactStore
+from kamleak.harness.stack import containers, images
+from kamleak.harness.stack.targets import parse_targets
 
 TRANSPORTS = ("ws", "wss")
 

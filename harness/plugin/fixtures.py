@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import pytest
 
+from kamleak.harness.judging.evidence import attach
+from kamleak.harness.plugin import state
 from kamleak.harness.probes import capture
 from kamleak.harness.stack import containers, engine, images, ports
 from kamleak.harness.stack.asterisk import AsteriskPBX
-from kamleak.harness.judging.evidence import attach
-from kamleak.harness.plugin import state
 from kamleak.harness.stack.kamailio import TmTimers
 from kamleak.harness.stack.runner import launch_kamailio
 from kamleak.harness.stack.targets import Target

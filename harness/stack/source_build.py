@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
-import io
 import os
 import re
 import shutil
@@ -31,9 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from kamleak.harness.stack import containers, images
-from kamleak.harness.reporting import progress
 from kamleak.harness.errors import ImageError, UsageError
+from kamleak.harness.reporting import progress
+from kamleak.harness.stack import containers, images
 from kamleak.harness.stack.kamailio.cfg import parse, read_config
 
 DEFAULT_SOURCE = "https://github.com/kamailio/kamailio.git"

@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from kamleak.harness.errors import UsageError
 

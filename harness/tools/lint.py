@@ -77,8 +77,20 @@ import re
 import sys
 from dataclasses import dataclass
 
-from kamleak.harness.stack.kamailio.cfg import (Call, Config, Finding, Route, Src, Stmt, Tok, calls_in,
-                                                parse_lines, parse_version, preprocess, read_config)
+from kamleak.harness.stack.kamailio.cfg import (
+    Call,
+    Config,
+    Finding,
+    Route,
+    Src,
+    Stmt,
+    Tok,
+    calls_in,
+    parse_lines,
+    parse_version,
+    preprocess,
+    read_config,
+)
 
 __all__ = ["Finding", "lint", "lint_file", "main", "parse_version", "add_subparser"]
 
@@ -113,7 +125,7 @@ class Build:
         return f"about {self.label}: {self.how}; {knowledge.BACKPORTS_NOTE}"
 
     @classmethod
-    def of(cls, build) -> "Build":
+    def of(cls, build) -> Build:
         """A Build from a Target, a knowledge.Provenance or a version string."""
         from kamleak.harness import knowledge
         if isinstance(build, Build):
@@ -144,8 +156,8 @@ def resolve_build(*, version: str | None = None, ref: str | None = None, image: 
     cached); for a release number with none at hand, from the recorded first
     tags, and the Build says so.  A ref needs the repository (UsageError)."""
     from kamleak.harness import knowledge
-    from kamleak.harness.stack import source_build
     from kamleak.harness.errors import KamleakError
+    from kamleak.harness.stack import source_build
     if image:
         prov = knowledge.Provenance.unknown(f"the image {image}")
         return Build(prov.label, _how(prov), prov)
@@ -470,7 +482,7 @@ def _advice_6_1() -> str:
             + _fixes("delayed_reply") + ")")
 
 
-def _leak_advice(a: "_Analysis") -> list[str]:
+def _leak_advice(a: _Analysis) -> list[str]:
     """What to do about the 4140 pattern, from what the build has (knowledge)."""
     b = a.build
     if b is None:

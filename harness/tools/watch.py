@@ -31,11 +31,11 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
-from kamleak.harness.errors import KamleakError, RPCError, UsageError
+from kamleak.harness.errors import RPCError, UsageError
 from kamleak.harness.judging.oracle import MARGIN_FACTOR, MARGIN_S, Timers, read_timers
 from kamleak.harness.probes.rpc import Pairs, TmCell, parse_tm_list
 from kamleak.harness.sip.message import parse_name_addr
@@ -109,7 +109,7 @@ class Stuck:
 class Bounds:
     """Seconds a healthy METHOD transaction may live, margin included."""
 
-    def __init__(self, timers: Timers, max_life: Optional[float] = None):
+    def __init__(self, timers: Timers, max_life: float | None = None):
         self.timers = timers
         self.max_life = max_life
 
@@ -195,21 +195,21 @@ def cells_from(result) -> list[TmCell]:
 class Poll:
     t: float                     # epoch
     mode: str                    # "tm.list" or "tm.stats"
-    cells: Optional[int]
+    cells: int | None
     stuck: list
     new_stuck: list
     gone: list
-    oldest_age: Optional[float]
+    oldest_age: float | None
     stats: dict
-    shm_used: Optional[int]
+    shm_used: int | None
     drift: int                   # created - freed now
-    drift_floor: Optional[int]   # its minimum over the longest bound (stats mode)
-    list_seconds: Optional[float]
-    fallback_reason: Optional[str] = None
+    drift_floor: int | None   # its minimum over the longest bound (stats mode)
+    list_seconds: float | None
+    fallback_reason: str | None = None
     fallback_started: bool = False
 
     @property
-    def stuck_count(self) -> Optional[int]:
+    def stuck_count(self) -> int | None:
         return len(self.stuck) if self.mode == "tm.list" else None
 
     def as_dict(self) -> dict:
@@ -236,7 +236,7 @@ class Watcher:
         self.follower = Follower(bounds, max_cells)
         self.clock = clock
         self.mode = "tm.list"
-        self.fallback_reason: Optional[str] = None
+        self.fallback_reason: str | None = None
         self._retry_at = 0.0
         self._polled = False
         n = max(2, math.ceil(bounds.longest() / interval) + 1)
@@ -363,7 +363,10 @@ class PromOut:
             raise UsageError(f"--prometheus {address!r} is not HOST:PORT",
                              "give e.g. 127.0.0.1:9470")
         self.registry = r = CollectorRegistry()
-        g = lambda name, doc: Gauge(name, doc, registry=r)  # noqa: E731
+
+        def g(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, registry=r)
+
         self.stuck = g("kamleak_stuck_cells", "tm cells seen longer than their timers allow "
                        "(NaN while tm.list is unavailable)")
         self.stuck_4140 = g("kamleak_stuck_cells_4140_signature",
@@ -424,12 +427,12 @@ class PromOut:
 # Bounds from what the user gives
 
 
-def bounds_from(args, rpc, version: Optional[str]) -> Bounds:
+def bounds_from(args, rpc, version: str | None) -> Bounds:
     """--max-life wins; else the timers of --kamailio-config; else tm's defaults (and cfg.get)."""
     timers = read_timers(rpc, {}, version)
     if getattr(args, "config", None):
-        from kamleak.harness.stack.kamailio.timers import extract
         from kamleak.harness.stack.kamailio.cfg import read_config
+        from kamleak.harness.stack.kamailio.timers import extract
         # The config the server runs, read as it is (no harness contract here).
         from_cfg = extract(read_config(args.config), path=str(Path(args.config).resolve()),
                            version=version)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 
 from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
-from tests.gate.matrix import assert_expected, start_unless_refused
 from kamleak.scenarios.gh4140_bye_to_closed_ws import Variant
+from tests.gate.matrix import assert_expected, start_unless_refused
 
 TRIGGERS = ["none", "dialog", "uac_req_send", "t_uac_send", "pua_dialoginfo"]
 MITIGATIONS = ["send_reply_error", "t_reply_error", "delayed_reply_off"]

@@ -1,8 +1,9 @@
 """`kamleak lint`: the static issue-4140 advisor (harness/tools/lint.py)."""
+from __future__ import annotations
 
 import itertools
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ VARIANTS = [Variant(t, r, off) for t, r, off in
             itertools.product(TRIGGERS, REPLY_STYLES, (False, True))]
 
 
-@lru_cache(maxsize=None)
+@cache
 def rendered(variant: Variant) -> str:
     return KamailioConfig(udp_port=5060, ws_port=8080, wss_port=4443, pbx_port=5080,
                           defines=variant.defines).render()
@@ -287,7 +288,8 @@ def test_ifndef_else_nesting_and_trydef():
         "#!trydef MODE 1\n#!trydef MODE 2\n"
         "request_route {\n"
         "#!ifndef WITH_QUIET\n"
-        "#!ifdef WITH_OTHER\n\tsl_send_reply(\"403\", \"x\");\n#!else\n\tt_uac_send(\"MESSAGE\", \"sip:a@b\", \"\", \"\", \"\", \"\");\n#!endif\n"
+        "#!ifdef WITH_OTHER\n\tsl_send_reply(\"403\", \"x\");\n#!else\n"
+        "\tt_uac_send(\"MESSAGE\", \"sip:a@b\", \"\", \"\", \"\", \"\");\n#!endif\n"
         "#!endif\n"
         "\troute(RELAY);\n}\n") + RELAY
     assert len(leaks(text)) == 1

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from kamleak.harness.probes.rpc import KamailioRPC, loads, parse_tm_list
 from kamleak.harness.errors import RPCError
+from kamleak.harness.probes.rpc import KamailioRPC, loads, parse_tm_list
 
 CELL_A = ('"cell": "0x7f2a89948238", "tindex": 46670, "tlabel": 181736009, "method": "BYE", '
           '"from": "From: <sip:600@127.0.0.1>;tag=b50a\\r\\n", "to": "To: <sip:kamleak@127.0.0.1>;tag=c575\\r\\n", '

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from kamleak.harness.judging import oracle
-from kamleak.harness.probes import rpc
 from kamleak.harness.errors import ScenarioError, UsageError
+from kamleak.harness.judging import oracle
+from kamleak.harness.judging.verdict import timers_text
+from kamleak.harness.probes import rpc
 from kamleak.harness.stack.kamailio import KamailioConfig, TmTimers
 from kamleak.harness.stack.kamailio import timers as tm_timers
 from kamleak.harness.stack.kamailio.user_config import UserConfig
-from kamleak.harness.judging.verdict import timers_text
 
 ROOT = Path(__file__).resolve().parents[2]
 WT8000 = ROOT / "tests/configs/wt8000/kamailio.cfg"

@@ -16,7 +16,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 # ---------------------------------------------------------------------------
 # Findings
 
@@ -163,7 +162,10 @@ class Preprocessor:
             m = re.match(r"\"(.)((?:\\.|(?!\1).)+)\1((?:\\.|(?!\1).)*)\1(\w*)\"", arg)
             if m:
                 sep, pat, repl, flags = m.groups()
-                unesc = lambda x: x.replace("\\" + sep, sep)
+
+                def unesc(x: str) -> str:
+                    return x.replace("\\" + sep, sep)
+
                 try:
                     rx = re.compile(unesc(pat), re.I if "i" in flags else 0)
                 except re.error:
@@ -394,8 +396,8 @@ class Stmt:
     kind: str                     # "if", "while", "switch", "block", "simple"
     src: Src
     toks: list[Tok] = field(default_factory=list)   # condition / expression / statement
-    body: list["Stmt"] = field(default_factory=list)   # then / loop / switch / block
-    orelse: list["Stmt"] = field(default_factory=list)
+    body: list[Stmt] = field(default_factory=list)   # then / loop / switch / block
+    orelse: list[Stmt] = field(default_factory=list)
 
     def calls(self) -> list[Call]:
         """Calls in this statement's own tokens (not nested statements)."""

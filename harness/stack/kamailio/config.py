@@ -51,7 +51,7 @@ class TmTimers:
     max_noninv_lifetime: int | None = 3000
 
     @classmethod
-    def kamailio_defaults(cls) -> "TmTimers":
+    def kamailio_defaults(cls) -> TmTimers:
         return cls(None, None, None, None, None)
 
 

@@ -14,17 +14,16 @@ import subprocess
 import time
 from pathlib import Path
 
-from kamleak.harness.stack import containers
-from kamleak.harness.errors import ServerError
-from kamleak.harness.probes.rpc import KamailioRPC
-from kamleak.harness.errors import RPCError
+from kamleak.harness.errors import RPCError, ServerError
 from kamleak.harness.judging.wait import AbortedWait, WaitTimeout, poll, stop_process
+from kamleak.harness.probes.rpc import KamailioRPC
+from kamleak.harness.stack import containers
 from kamleak.harness.stack.kamailio.config import HOST, KamailioConfig
 
 CONTAINER_DIR = "/etc/kamleak"
 
-_ERROR_HINTS = ("Address already in use", "parse error", "not found in module", "unknown command", "could not find module",
-                "bad config", "cannot", "failed to", "error in config", "bind(")
+_ERROR_HINTS = ("Address already in use", "parse error", "not found in module", "unknown command",
+                "could not find module", "bad config", "cannot", "failed to", "error in config", "bind(")
 
 
 def refusal_line(log: str) -> str | None:
@@ -95,7 +94,7 @@ class Kamailio:
         return self.wss_url if transport == "wss" else self.ws_url
 
     # -- lifecycle -------------------------------------------------------
-    def start(self, timeout: float = 30.0) -> "Kamailio":
+    def start(self, timeout: float = 30.0) -> Kamailio:
         self.config.write(self.run_dir)
         self.started_at = time.monotonic()
         self._launch()

@@ -170,7 +170,7 @@ class UserConfig:
     pbx_by_registrar: bool = False
 
     @classmethod
-    def load(cls, path: str) -> "UserConfig":
+    def load(cls, path: str) -> UserConfig:
         p = Path(path)
         text = read_config(path)
         problems = check(text, str(p))
