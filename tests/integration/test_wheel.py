@@ -6,6 +6,7 @@ real gate and the pytest plugin from another directory (issue 14).
 from __future__ import annotations
 
 import configparser
+import fcntl
 import os
 import shutil
 import subprocess
@@ -36,11 +37,26 @@ def _env() -> dict[str, str]:
             if k not in drop and not k.startswith("PYTEST_XDIST") and k != "PYTEST_CURRENT_TEST"}
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> tuple[Path, str]:
-    """The wheel, built from a copy of the tree: a build in the checkout would leave
-    build/ there, and stale files in build/lib ride along into later wheels."""
-    tmp = tmp_path_factory.mktemp("wheel")
+def _once(tmp_path_factory, name: str, make) -> Path:
+    """NAME made by make(dir) once per run: xdist workers share their base
+    temp's parent, and a lock there makes the others wait and reuse it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    where = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (where / ".done").exists():
+            shutil.rmtree(where, ignore_errors=True)
+            where.mkdir()
+            make(where)
+            (where / ".done").touch()
+    return where
+
+
+def _build_wheel(tmp: Path) -> None:
+    # From a copy of the tree: a build in the checkout would leave build/
+    # there, and stale files in build/lib ride along into later wheels.
     src = tmp / "src"
     for f in _git_files():
         (src / f).parent.mkdir(parents=True, exist_ok=True)
@@ -49,23 +65,32 @@ def wheel(tmp_path_factory) -> tuple[Path, str]:
                            "-w", str(tmp / "dist"), str(src)],
                           capture_output=True, text=True, timeout=600, env=_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (tmp / "build.log").write_text(proc.stdout + proc.stderr)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> tuple[Path, str]:
+    """The wheel built from the working tree, and what the build said."""
+    tmp = _once(tmp_path_factory, "kamleak-wheel", _build_wheel)
     built = sorted((tmp / "dist").glob("kamleak-*.whl"))
     assert len(built) == 1, built
-    return built[0], proc.stdout + proc.stderr
+    return built[0], (tmp / "build.log").read_text()
 
 
 @pytest.fixture(scope="module")
 def venv(wheel, tmp_path_factory) -> Path:
     """A fresh venv with the wheel and its dependencies (pip's own index and cache)."""
-    where = tmp_path_factory.mktemp("venv") / "venv"
+    def make(where: Path) -> None:
+        # --without-pip: this interpreter's pip installs into it (`pip --python`),
+        # which skips bootstrapping a second pip.
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
+        proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(where / "bin" / "python"),
+                               "install", "-q", str(wheel[0])],
+                              capture_output=True, text=True, timeout=900, env=_env())
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    where = _once(tmp_path_factory, "kamleak-venv", make)
     assert ROOT not in where.parents
-    # --without-pip: this interpreter's pip installs into it (`pip --python`),
-    # which skips bootstrapping a second pip.
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
-    proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(where / "bin" / "python"),
-                           "install", "-q", str(wheel[0])],
-                          capture_output=True, text=True, timeout=900, env=_env())
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return where
 
 
@@ -85,9 +110,11 @@ def _site_packages(venv: Path) -> Path:
     return Path(out.strip()).resolve()
 
 
-def _needs_engine() -> None:
+@pytest.fixture(scope="module")
+def docker_engine():
+    """The engine the real-stack tests use; without one they skip, before any venv is built."""
     try:
-        engine.client()
+        return engine.client()
     except DockerUnavailable as exc:
         pytest.skip(f"no Docker engine: {exc.line()}")
 
@@ -138,11 +165,10 @@ def test_installed_names_and_contexts_are_the_package_s(venv, elsewhere):
         assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr, proc.stderr
 
 
-def test_the_installed_gate_runs_from_elsewhere(venv, elsewhere):
-    _needs_engine()
+def test_the_installed_gate_runs_from_elsewhere(docker_engine, venv, elsewhere):
     # The checkout builds what is missing (under the build lock); the installed
     # package must then find every image current, not build its own.
-    images.build_all(engine.client(), [images.asterisk_spec(), images.kamailio_spec("6.1.5")])
+    images.build_all(docker_engine, [images.asterisk_spec(), images.kamailio_spec("6.1.5")])
     proc = subprocess.run([str(venv / "bin" / "kamleak"), "check", "--kamailio-version", "6.1.5"],
                           cwd=elsewhere, capture_output=True, text=True, timeout=600, env=_env())
     out = proc.stdout + proc.stderr
@@ -171,8 +197,7 @@ def test_a_call_through_the_installed_fixtures(kamailio, ua_factory, transport):
 '''
 
 
-def test_the_installed_plugin_runs_a_test_from_elsewhere(venv, elsewhere):
-    _needs_engine()
+def test_the_installed_plugin_runs_a_test_from_elsewhere(docker_engine, venv, elsewhere):
     (elsewhere / "test_tiny.py").write_text(TINY_TEST)
     proc = subprocess.run(
         [str(venv / "bin" / "python"), "-m", "pytest", "test_tiny.py", "--kamailio-version", "6.1.5",
