@@ -44,7 +44,8 @@ from kamleak.harness.probes import memstats
 from kamleak.harness.errors import ScenarioError, UsageError
 from kamleak.harness.stack.kamailio import Kamailio
 from kamleak.harness.sip import UAError
-from kamleak.harness.judging.verdict import Verdict
+from kamleak.harness.judging.verdict import MemoryVerdict
+from kamleak.harness.reporting.plot import PlotHints
 from kamleak.harness.judging.wait import WaitTimeout, poll
 from kamleak.scenarios import story
 
@@ -61,6 +62,10 @@ MECHANISMS = {
     "concheck": ("WITH_WS_KEEPALIVE_CONCHECK", f"KAMLEAK_WS_KEEPALIVE_TIMEOUT={KEEPALIVE_TIMEOUT}"),
 }
 DEFAULT_VARIANT = "ping"
+# The plot's counts are WebSocket connections, its shm the websocket module's.
+PLOT_HINTS = PlotHints(counts_label="WebSocket connections",
+                       count_names=(("current", "ws_current_connections"), ("waiting", "in ws.dump")),
+                       shm_label="websocket shm (KiB)")
 
 
 
@@ -137,7 +142,7 @@ def _drained(state: dict, base: dict) -> bool:
 
 
 def run(*, kamailio: Kamailio, variant: Variant, ua_factory, transport: str = "ws",
-        clients: int = CLIENTS, target: str = "") -> Verdict:
+        clients: int = CLIENTS, target: str = "") -> MemoryVerdict:
     """CLIENTS peers connect, say one thing, fall silent; does their state drain?"""
     rpc = kamailio.rpc
     t0, t0_epoch = time.monotonic(), time.time()
@@ -210,29 +215,24 @@ def run(*, kamailio: Kamailio, variant: Variant, ua_factory, transport: str = "w
                                              connected["ws.dump connections"],
                                              state["ws.dump connections"]]},
         "bytes_per_peer": round(sum(b[0] for b in grown.values()) / clients) if grown else 0,
-        "counts_label": "WebSocket connections",
-        "count_names": {"current": "ws_current_connections", "waiting": "in ws.dump"},
-        "shm_label": "websocket shm (KiB)",
     }
     leaked = drained_after is None
     stats_after = rpc.tm_stats()
-    return Verdict(
-        leaked=leaked, method="WebSocket", call_id="", cells=[], replies=[],
-        watched_for=round(time.monotonic() - silent_at, 3), deadline=float(deadline),
-        gone_after=drained_after, seen=True, stats_before=stats_before, stats_after=stats_after,
-        stats_consistent=True, stats_note="tm is not involved", timers={}, target=target,
-        kamailio_version=kamailio.version or "", build_id=kamailio.build_id(),
+    return MemoryVerdict(
+        leaked=leaked, memory=memory, watched_for=round(time.monotonic() - silent_at, 3),
+        deadline=float(deadline), stats_before=stats_before, stats_after=stats_after,
+        target=target, kamailio_version=kamailio.version or "", build_id=kamailio.build_id(),
         variant=variant.name, transport=transport, timeline=timeline, started_at=t0_epoch,
-        samples=[], snapshots={"websocket before": base, "websocket connected": connected,
-                               "websocket at verdict": state},
-        stats_samples=samples, kind="memory", memory=memory)
+        snapshots={"websocket before": base, "websocket connected": connected,
+                   "websocket at verdict": state},
+        stats_samples=samples)
 
 
 USER_CONFIG = False     # the deadline assumes the harness's keepalive settings
 
 
 def gate(bench, variant: Variant, *, transport: str = "ws", disconnect: str = "",
-         target: str = "") -> Verdict:
+         target: str = "") -> MemoryVerdict:
     """One run on a `kamleak.harness.stack.runner.Stack` (the peers fall silent: no disconnect mode)."""
     return run(kamailio=start_kamailio(bench.kamailio, variant), variant=variant,
                ua_factory=bench.ua, transport=transport, target=target)

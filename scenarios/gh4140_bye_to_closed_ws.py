@@ -48,7 +48,7 @@ from kamleak.harness.errors import ScenarioError, UsageError
 from kamleak.harness.stack.kamailio import Kamailio, TmTimers
 from kamleak.harness.probes.sampler import StatsSampler
 from kamleak.harness.sip import UAError
-from kamleak.harness.judging.verdict import Verdict
+from kamleak.harness.judging.verdict import TransactionVerdict
 from kamleak.harness.judging.wait import WaitTimeout, poll
 from kamleak.scenarios import story
 from kamleak.scenarios.story import Run
@@ -187,7 +187,7 @@ def start_kamailio(kamailio_factory, variant: Variant, timers: TmTimers | None =
 
 def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant,
         disconnect: str = "rst", target: str = "", cut=None, ua_options: dict | None = None,
-        hangup: str = "command") -> Verdict:
+        hangup: str = "command") -> TransactionVerdict:
     """Drive the issue-4140 ladder once and return the oracle's verdict."""
     if cut is None and disconnect not in DISCONNECTS:
         raise UsageError(f"unknown disconnect mode '{disconnect}'", f"use one of {', '.join(DISCONNECTS)}")
@@ -213,7 +213,7 @@ def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant
 
 
 def _ladder(r: Run, ua_factory, transport, variant, disconnect, target, *,
-            cut=None, ua_options: dict | None = None, hangup: str = "command") -> Verdict:
+            cut=None, ua_options: dict | None = None, hangup: str = "command") -> TransactionVerdict:
     """The ladder; CUT(r, ua, ua_factory, transport) replaces step 2 for stories
     in which the client stays connected (a 200 to the BYE is then a verdict)."""
     kamailio, pbx, rpc = r.kamailio, r.pbx, r.kamailio.rpc
@@ -296,7 +296,7 @@ def _ladder(r: Run, ua_factory, transport, variant, disconnect, target, *,
     if kamailio.death():
         raise ScenarioError(f"Kamailio died during the scenario: {kamailio.death()}",
                             "see the Kamailio log")
-    return Verdict(
+    return TransactionVerdict(
         leaked=leaked, method="BYE", call_id=call_id, cells=watch.cells, replies=replies,
         watched_for=watch.watched_for, deadline=deadline, gone_after=watch.gone_after,
         seen=watch.seen, stats_before=r.stats_before, stats_after=stats_after,
@@ -370,7 +370,7 @@ def parse_variant(name: str) -> Variant:
 
 
 def gate(bench, variant: Variant, *, transport: str = "ws", disconnect: str = "rst",
-         target: str = "", **ladder) -> Verdict:
+         target: str = "", **ladder) -> TransactionVerdict:
     """One run on a `kamleak.harness.stack.runner.Stack`; LADDER: run()'s cut, ua_options and hangup."""
     kam = start_kamailio(bench.kamailio, variant, extra_defines=disconnect_defines(disconnect))
     return run(kamailio=kam, pbx=bench.pbx, ua_factory=bench.ua, transport=transport,

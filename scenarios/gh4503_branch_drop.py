@@ -32,7 +32,7 @@ Expectations (what the project's tests assert on the Debian builds) are in
 from __future__ import annotations
 
 from kamleak.harness.stack.kamailio import Kamailio, TmTimers
-from kamleak.harness.judging.verdict import Verdict
+from kamleak.harness.judging.verdict import TransactionVerdict
 from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
 from kamleak.scenarios import story
 from kamleak.scenarios.story import run_single_request
@@ -88,7 +88,7 @@ def start_kamailio(kamailio_factory, variant: Variant) -> Kamailio:
                                 extra_defines=EXTRA_DEFINES)
 
 
-def run(*, kamailio: Kamailio, variant: Variant, target: str = "", timeout: float = 10.0) -> Verdict:
+def run(*, kamailio: Kamailio, variant: Variant, target: str = "", timeout: float = 10.0) -> TransactionVerdict:
     """Send one INVITE over UDP whose branch the config drops; return the verdict."""
     return run_single_request(kamailio=kamailio, variant=variant, method=METHOD, target=target,
                               body=_SDP, content_type="application/sdp", timeout=timeout)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from kamleak.harness.errors import UsageError
 from kamleak.harness.stack.kamailio import Kamailio
-from kamleak.harness.judging.verdict import Verdict
+from kamleak.harness.judging.verdict import TransactionVerdict
 from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
 from kamleak.scenarios import story
 from kamleak.scenarios.story import run_single_request
@@ -68,7 +68,7 @@ def start_kamailio(kamailio_factory, variant: Variant) -> Kamailio:
     return story.start_kamailio(kamailio_factory, variant, extra_defines=EXTRA_DEFINES)
 
 
-def run(*, kamailio: Kamailio, variant: Variant, target: str = "", timeout: float = 10.0) -> Verdict:
+def run(*, kamailio: Kamailio, variant: Variant, target: str = "", timeout: float = 10.0) -> TransactionVerdict:
     """Send one out-of-dialog MESSAGE over UDP and return the oracle's verdict."""
     return run_single_request(kamailio=kamailio, variant=variant, method=METHOD, target=target,
                               timeout=timeout)

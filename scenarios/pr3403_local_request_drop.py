@@ -32,7 +32,8 @@ from kamleak.harness.judging import oracle
 from kamleak.harness.errors import ScenarioError, UsageError
 from kamleak.harness.stack.kamailio import Kamailio
 from kamleak.harness.sip.udp import UdpClient
-from kamleak.harness.judging.verdict import Verdict
+from kamleak.harness.judging.verdict import MemoryVerdict
+from kamleak.harness.reporting.plot import PlotHints
 from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
 from kamleak.scenarios import story
 
@@ -45,6 +46,8 @@ METHOD = "MESSAGE"
 # on a worker's first request) can land in two batches when a worker gets its
 # first request late, never in three: only two UDP workers handle these.
 REQUESTS, BATCHES = 40, 3
+# The plot's shm panel is tm's (all its sites) at each snapshot.
+PLOT_HINTS = PlotHints(shm_label="tm shm (KiB)")
 
 
 
@@ -98,7 +101,7 @@ def _expect_202(finals) -> None:
 
 
 def run(*, kamailio: Kamailio, variant: Variant, target: str = "", requests: int = REQUESTS,
-        batches: int = BATCHES) -> Verdict:
+        batches: int = BATCHES) -> MemoryVerdict:
     """BATCHES × REQUESTS MESSAGEs over UDP, each creating one local request; the verdict."""
     rpc = kamailio.rpc
     t0, t0_epoch = time.monotonic(), time.time()
@@ -126,7 +129,6 @@ def run(*, kamailio: Kamailio, variant: Variant, target: str = "", requests: int
     samples = [{"t": round(p["at"] - t0, 3), "current": p["current"], "waiting": p["waiting"],
                 "created": p["created"], "freed": p["freed"],
                 "shm_used": p["modules"].get("tm", 0)} for p in memory.pop("points")]
-    memory["shm_label"] = "tm shm (KiB)"
     memory["what"] = f"{METHOD}s" + (" (local request dropped)" if variant.drop else "")
     stats_after = rpc.tm_stats()
     snapshots.update({"tm.stats before": stats_before, "tm.stats after": stats_after})
@@ -134,15 +136,12 @@ def run(*, kamailio: Kamailio, variant: Variant, target: str = "", requests: int
         raise ScenarioError(f"Kamailio died during the scenario: {kamailio.death()}",
                             "see the Kamailio log")
     elapsed = round(time.monotonic() - t0, 3)
-    return Verdict(
-        leaked=bool(memory["leaked_sites"]), method=METHOD,
-        call_id=call_ids[0] if call_ids else "", cells=[], replies=[], watched_for=elapsed,
-        deadline=0.0, gone_after=None, seen=False, stats_before=stats_before,
-        stats_after=stats_after, stats_consistent=True,
-        stats_note="; ".join(sorted(set(memory["tm_stats_notes"]))), timers=timers.as_dict(),
-        target=target, kamailio_version=kamailio.version or "", build_id=kamailio.build_id(),
+    return MemoryVerdict(
+        leaked=bool(memory["leaked_sites"]), memory=memory, watched_for=elapsed,
+        stats_before=stats_before, stats_after=stats_after, target=target,
+        kamailio_version=kamailio.version or "", build_id=kamailio.build_id(),
         variant=variant.name, transport="udp", timeline=timeline, started_at=t0_epoch,
-        snapshots=snapshots, stats_samples=samples, kind="memory", memory=memory)
+        snapshots=snapshots, stats_samples=samples)
 
 
 USER_CONFIG = False     # needs the harness's own config (its defines build the story)

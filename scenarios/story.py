@@ -14,7 +14,7 @@ from typing import Callable, ClassVar, Protocol
 
 from kamleak.harness.errors import NotApplicable, ScenarioError, ServerError, UsageError
 from kamleak.harness.judging import oracle
-from kamleak.harness.judging.verdict import Reply, Verdict, classify_reason
+from kamleak.harness.judging.verdict import Reply, TransactionVerdict, Verdict, classify_reason
 from kamleak.harness.judging.wait import WaitTimeout, poll
 from kamleak.harness.probes import pbx_trace
 from kamleak.harness.sip.message import SipParseError
@@ -160,7 +160,7 @@ def bye_replies(pbx, log_start: int, call_id: str, timeout: float) -> list[Reply
 
 def run_single_request(*, kamailio: Kamailio, variant, method: str, target: str = "",
                        body: str = "hello", content_type: str = "text/plain",
-                       timeout: float = 10.0) -> Verdict:
+                       timeout: float = 10.0) -> TransactionVerdict:
     rpc = kamailio.rpc
     t0, t0_epoch = time.monotonic(), time.time()
     stats_before = rpc.tm_stats()
@@ -196,7 +196,7 @@ def run_single_request(*, kamailio: Kamailio, variant, method: str, target: str 
     if kamailio.death():
         raise ScenarioError(f"Kamailio died during the scenario: {kamailio.death()}",
                             "see the Kamailio log")
-    return Verdict(
+    return TransactionVerdict(
         leaked=bool(watch.cells), method=method, call_id=call_id, cells=watch.cells,
         replies=replies, watched_for=watch.watched_for, deadline=deadline,
         gone_after=watch.gone_after, seen=watch.seen, stats_before=stats_before,

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from kamleak.harness import knowledge
 from kamleak.harness.errors import ScenarioError, UsageError
-from kamleak.harness.judging.verdict import Verdict
+from kamleak.harness.judging.verdict import TransactionVerdict
 from kamleak.harness.judging.wait import WaitTimeout
 from kamleak.harness.probes import ws_connections
 from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
@@ -123,7 +123,7 @@ def takeover(r, ua, ua_factory, transport: str) -> None:
 LADDER = {"cut": takeover, "ua_options": {"share_port": True}}
 
 
-def run(*, kamailio, pbx, ua_factory, transport: str, variant: Variant, target: str = "") -> Verdict:
+def run(*, kamailio, pbx, ua_factory, transport: str, variant: Variant, target: str = "") -> TransactionVerdict:
     return gh4140.run(kamailio=kamailio, pbx=pbx, ua_factory=ua_factory, transport=transport,
                       variant=variant, target=target, **LADDER)
 
@@ -141,6 +141,6 @@ def parse_variant(name: str) -> Variant:
 
 
 def gate(bench, variant: Variant, *, transport: str = "ws", disconnect: str = "rst",
-         target: str = "") -> Verdict:
+         target: str = "") -> TransactionVerdict:
     """One run on a `kamleak.harness.stack.runner.Stack` (DISCONNECT does not apply: the client stays)."""
     return gh4140.gate(bench, variant, transport=transport, target=target, **LADDER)

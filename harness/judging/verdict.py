@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 from kamleak.harness.probes.rpc import TmCell
 
@@ -35,9 +36,60 @@ def classify_reason(reason: str) -> bool | None:
     return None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Verdict:
+    """What every verdict has, and what reporting reads: leaked or not, on
+    which Kamailio, the steps, the counters sampled and the RPC snapshots."""
+
     leaked: bool
+    stats_before: dict                  # tm.stats before the story
+    stats_after: dict                   # ... and after it settled
+    target: str = ""
+    kamailio_version: str = ""
+    build_id: str = ""                  # image ID or binary sha256
+    variant: str = ""
+    transport: str = ""
+    timeline: list[tuple[float, str]] = field(default_factory=list)
+    started_at: float = 0.0             # epoch of timeline's 0
+    stats_samples: list[dict] = field(default_factory=list)   # counters sampled for the plot
+    snapshots: dict = field(default_factory=dict)             # RPC answers at the key moments
+    # "transaction": a cell watched in tm.list; "memory": shm allocation
+    # sites (and counters) compared around the story, for leaks without a cell.
+    kind: ClassVar[str] = ""
+
+    @property
+    def outcome(self) -> str:
+        return "leak" if self.leaked else "clean"
+
+    def sentence(self) -> str:
+        raise NotImplementedError
+
+    def _details(self) -> list[str]:
+        return []
+
+    def _where(self) -> str:
+        return (f"  Kamailio: {self.kamailio_version} [{self.target}], variant {self.variant}, "
+                f"{self.transport.upper()}")
+
+    def report(self) -> str:
+        """The sentence plus the evidence, for a failure message."""
+        return "\n".join([self.sentence(), *self._details()])
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["kind"] = self.kind
+        d["outcome"] = self.outcome
+        d["sentence"] = self.sentence()
+        return d
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, default=str)
+
+
+@dataclass(kw_only=True)
+class TransactionVerdict(Verdict):
+    """A request's transaction watched in tm.list until it left or its deadline."""
+
     method: str
     call_id: str
     cells: list[TmCell]                 # the watched transaction(s) still in tm.list
@@ -46,35 +98,13 @@ class Verdict:
     deadline: float                     # the limit derived from tm timers
     gone_after: float | None            # when the cell left tm.list (None: never seen / still there)
     seen: bool                          # the cell was seen in tm.list at least once
-    stats_before: dict
-    stats_after: dict
     stats_consistent: bool
     stats_note: str
     timers: dict
-    target: str = ""
-    kamailio_version: str = ""
-    build_id: str = ""                  # image ID or binary sha256
-    variant: str = ""
-    transport: str = ""
-    timeline: list[tuple[float, str]] = field(default_factory=list)
-    started_at: float = 0.0             # epoch of timeline's 0
-    stats_samples: list[dict] = field(default_factory=list)   # tm.stats/shm every ~0.1 s
-    snapshots: dict = field(default_factory=dict)             # RPC answers at the key moments
     samples: list[dict] = field(default_factory=list)
-    # "transaction": a cell watched in tm.list; "memory": shm allocation
-    # sites (and counters) compared before and after batches of requests,
-    # for leaks that leave no cell.  `memory` holds that evidence:
-    # requests per batch, batches, per-site growth, leaked sites.
-    kind: str = "transaction"
-    memory: dict = field(default_factory=dict)
-
-    @property
-    def outcome(self) -> str:
-        return "leak" if self.leaked else "clean"
+    kind: ClassVar[str] = "transaction"
 
     def sentence(self) -> str:
-        if self.kind == "memory":
-            return memory_sentence(self.memory)
         replied = "; Kamailio replied " + ", then ".join(r.describe() for r in self.replies) \
             if self.replies else "; no reply from Kamailio was seen"
         if self.replies and all(200 <= r.code < 300 for r in self.replies):
@@ -89,33 +119,42 @@ class Verdict:
             if self.gone_after is not None else "never lingered in tm.list"
         return f"{self.method} Call-ID {short} {gone}{replied}"
 
-    def report(self) -> str:
-        """The sentence plus the cells and the stats check, for a failure message."""
-        lines = [self.sentence()]
-        for c in self.cells:
-            lines.append(f"  leaked: {c.describe()}")
-        for site, per_batch in (self.memory.get("sites") or {}).items():
-            lines.append(f"  shm {site}: +{' B, +'.join(str(b) for b in per_batch)} B per batch")
-        for name, values in (self.memory.get("counters") or {}).items():
-            lines.append(f"  {name}: {' -> '.join(str(v) for v in values)}")
-        lines.append(f"  tm.stats: {self.stats_note}")
-        lines.append(f"  Kamailio: {self.kamailio_version} [{self.target}], variant {self.variant}, "
-                     f"{self.transport.upper()}; deadline {self.deadline:.1f} s from tm timers "
-                     f"({timers_text(self.timers, self.method)})")
-        return "\n".join(lines)
+    def _details(self) -> list[str]:
+        return ([f"  leaked: {c.describe()}" for c in self.cells]
+                + [f"  tm.stats: {self.stats_note}",
+                   f"{self._where()}; deadline {self.deadline:.1f} s from tm timers "
+                   f"({timers_text(self.timers, self.method)})"])
 
     def to_json(self) -> dict:
-        d = asdict(self)
+        d = super().to_json()
         # Keep only the points where the cell count changed: the shape of the drain.
         d["samples"] = [s for i, s in enumerate(self.samples)
                         if i in (0, len(self.samples) - 1) or s["cells"] != self.samples[i - 1]["cells"]]
         d["cells"] = [{**{k: v for k, v in asdict(c).items() if k != "raw"}} for c in self.cells]
-        d["outcome"] = self.outcome
-        d["sentence"] = self.sentence()
         return d
 
-    def dumps(self) -> str:
-        return json.dumps(self.to_json(), indent=2, default=str)
+
+@dataclass(kw_only=True)
+class MemoryVerdict(Verdict):
+    """shm allocation sites (and counters) compared around batches of requests,
+    or until state that must drain has drained (a deadline)."""
+
+    memory: dict                        # per batch: requests, sites' growth, leaked sites, ...
+    watched_for: float                  # seconds the story ran (drain: since the peers fell silent)
+    deadline: float | None = None       # a drain's limit; None: batches, no deadline
+    kind: ClassVar[str] = "memory"
+
+    def sentence(self) -> str:
+        return memory_sentence(self.memory)
+
+    def _details(self) -> list[str]:
+        lines = [f"  shm {site}: +{' B, +'.join(str(b) for b in per_batch)} B per batch"
+                 for site, per_batch in (self.memory.get("sites") or {}).items()]
+        lines += [f"  {name}: {' -> '.join(str(v) for v in values)}"
+                  for name, values in (self.memory.get("counters") or {}).items()]
+        lines += [f"  tm.stats: {note}" for note in sorted(set(self.memory.get("tm_stats_notes") or []))]
+        dl = f"; deadline {self.deadline:.1f} s" if self.deadline is not None else ""
+        return lines + [self._where() + dl]
 
 
 _SHORT = {"fr_timer": "fr", "fr_inv_timer": "fr_inv", "wt_timer": "wt",

@@ -172,8 +172,9 @@ def ua_factory(request):
 
 @pytest.fixture
 def record_verdict(request):
-    """`record_verdict(verdict)`: a report section, artifacts, JUnit properties, the summary."""
-    def record(verdict):
+    """`record_verdict(verdict, hints=None)`: a report section, artifacts, JUnit properties,
+    the summary; HINTS: the story's PLOT_HINTS for its timeline (tm's by default)."""
+    def record(verdict, hints=None):
         from kamleak.harness.reporting.text import run_label
 
         node = request.node
@@ -186,19 +187,20 @@ def record_verdict(request):
         for label, data in verdict.snapshots.items():
             attach(request, label, lambda data=data: data,
                    f"rpc/{label.replace(' ', '-').replace('/', '_')}.json", in_report=False)
-        attach(request, "timeline", lambda: _timeline_png(verdict), "timeline.png",
+        attach(request, "timeline", lambda: _timeline_png(verdict, hints), "timeline.png",
                in_report=False)
     return record
 
 
-def _timeline_png(verdict) -> bytes:
+def _timeline_png(verdict, hints=None) -> bytes:
     import tempfile
     from pathlib import Path
 
     from kamleak.harness.reporting import plot
 
     with tempfile.TemporaryDirectory() as d:
-        return Path(plot.render_timeline(verdict.to_json(), Path(d) / "timeline.png")).read_bytes()
+        return Path(plot.render_timeline(verdict.to_json(), Path(d) / "timeline.png",
+                                         hints)).read_bytes()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 # Figure geometry: fixed so the label layout can work in pixels.
@@ -25,6 +26,18 @@ _OTHER = "#7f6000"
 _LABEL_FONT = 7
 _MERGE_WITHIN = 0.05         # steps closer than this share a label (if it stays short)
 _MERGED_MAX = 24             # ... and the merged text is at most this long
+
+
+@dataclass(frozen=True)
+class PlotHints:
+    """What a story's plot names that tm's default does not: the count panel's
+    label and series (a story without tm counters names its own, and then has
+    no `created - freed`), and the shm panel's label.  Kept by the story
+    (its PLOT_HINTS), handed to the renderer beside the verdict."""
+
+    counts_label: str = "transactions"
+    count_names: tuple[tuple[str, str], ...] = ()     # (("current", "ws_current_connections"), ...)
+    shm_label: str = "shm used (KiB)"
 
 
 def _num(v, default=0.0) -> float:
@@ -166,7 +179,7 @@ def _fit_label(txt, max_px: float, renderer) -> int:
     return len(lines)
 
 
-def render_timeline(run: dict, path: str | Path) -> Path:
+def render_timeline(run: dict, path: str | Path, hints: PlotHints | None = None) -> Path:
     """Draw one run's tm counters, shm and scenario steps into a PNG at `path`."""
     import matplotlib
     matplotlib.use("Agg")
@@ -176,6 +189,7 @@ def render_timeline(run: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
+    hints = hints or PlotHints()
     outcome = str(run.get("outcome") or "error").lower()
     colour = _COLOURS.get(outcome, _OTHER)
     samples = _samples(run)
@@ -231,8 +245,7 @@ def render_timeline(run: dict, path: str | Path) -> Path:
                            alpha=0.9 if special else 0.55, zorder=1)
 
         # --- tm counters (or a memory scenario's own counts) -------------------------
-        memory = run.get("memory") or {}
-        names = {"current": "current", "waiting": "waiting", **(memory.get("count_names") or {})}
+        names = {"current": "current", "waiting": "waiting", **dict(hints.count_names)}
         if samples:
             ts = [_num(s.get("t")) for s in samples]
             series = [
@@ -241,7 +254,7 @@ def render_timeline(run: dict, path: str | Path) -> Path:
                  "#1f4e9c", 1.4, "--"),
                 (names["waiting"], [_num(s.get("waiting")) for s in samples], "#e08a00", 1.2, ":"),
             ]
-            if "count_names" in memory:     # no tm counters in this story
+            if hints.count_names:           # no tm counters in this story
                 series = [x for x in series if x[0] != "created − freed"]
             top = 0.0
             for name, ys, c, lw, ls in series:
@@ -257,7 +270,7 @@ def render_timeline(run: dict, path: str | Path) -> Path:
             ax_c.text(0.5, 0.5, "no tm.stats samples", transform=ax_c.transAxes,
                       ha="center", va="center", color="#888888", fontsize=10)
         ax_c.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
-        ax_c.set_ylabel(memory.get("counts_label") or "transactions")
+        ax_c.set_ylabel(hints.counts_label)
         ax_c.grid(axis="y", color="#dddddd", lw=0.6)
         ax_c.tick_params(labelbottom=False)
 
@@ -282,9 +295,9 @@ def render_timeline(run: dict, path: str | Path) -> Path:
             fmt.set_scientific(False)
             ax_m.yaxis.set_major_formatter(fmt)
             ax_m.yaxis.set_major_locator(MaxNLocator(nbins=4))
-        ax_m.set_ylabel(memory.get("shm_label") or "shm used (KiB)")
+        ax_m.set_ylabel(hints.shm_label)
         caption = ("per allocation site, from mod.stats all shm: what core.shmmem's noise hides"
-                   if memory else "a single leaked cell is invisible here: shm moves 20–200 KB "
+                   if run.get("kind") == "memory" else "a single leaked cell is invisible here: shm moves 20–200 KB "
                    "between runs that leak nothing")
         ax_m.text(0.005, 0.96, caption, transform=ax_m.transAxes, fontsize=7,
                   color="#666666", va="top", ha="left",

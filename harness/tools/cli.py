@@ -23,7 +23,7 @@ from kamleak.harness.errors import KamleakError, UsageError
 from kamleak.harness.stack.runner import Stack
 from kamleak.harness.stack import source_build
 from kamleak.harness.stack.targets import Target, add_option, parse_targets
-from kamleak.harness.judging.verdict import timers_text
+from kamleak.harness.judging.verdict import TransactionVerdict, timers_text
 
 
 _say = progress.say
@@ -559,7 +559,8 @@ def _bisect_commits(args, items: list[str]) -> int:
         t1 = time.monotonic()
         outcome, note, verdict = gate_once(target, variant, args.transport, args.disconnect,
                                            user_config, scenario=sc)
-        replies = ", ".join(r.describe() for r in verdict.replies) if verdict else ""
+        replies = ", ".join(r.describe() for r in verdict.replies) \
+            if isinstance(verdict, TransactionVerdict) else ""     # memory verdicts have none
         row.update(verdict=outcome, note=note if outcome == SKIP else "",
                    reply=replies or (note.split(": ", 1)[-1] if verdict else ""))
         said = f"{outcome.upper()}" + ((f" ({replies})" if replies else "") if verdict

@@ -22,7 +22,7 @@ def test_gh3236_verdict_matches_real_kamailio(kamailio_factory, ua_factory, kama
     kamailio = gh3236.start_kamailio(kamailio_factory, variant)
     verdict = gh3236.run(kamailio=kamailio, variant=variant, ua_factory=ua_factory,
                          target=kamailio_target.id)
-    record_verdict(verdict)
+    record_verdict(verdict, gh3236.PLOT_HINTS)
     assert_expected(verdict, gh3236.expected(kamailio_target, variant))
     m = verdict.memory
     # Each peer really cost Kamailio a connection record and its shm ...

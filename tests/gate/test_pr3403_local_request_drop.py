@@ -21,7 +21,7 @@ def test_pr3403_verdict_matches_real_kamailio(kamailio_factory, kamailio_target,
     variant = pr3403.parse_variant(variant_name)
     kamailio = pr3403.start_kamailio(kamailio_factory, variant)
     verdict = pr3403.run(kamailio=kamailio, variant=variant, target=kamailio_target.id)
-    record_verdict(verdict)
+    record_verdict(verdict, pr3403.PLOT_HINTS)
     assert_expected(verdict, pr3403.expected(kamailio_target, variant))
     # No cell either way: created == freed after every batch.
     assert verdict.stats_after["created"] - verdict.stats_after["freed"] == \

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from kamleak.harness.reporting.html import render_html
-from kamleak.harness.reporting.plot import render_timeline
+from kamleak.harness.reporting.plot import PlotHints, render_timeline
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SHM0 = 3441968
@@ -215,11 +215,10 @@ def test_memory_verdict_in_html_and_png(tmp_path):
                                                      "created": 45, "freed": 45, "shm_used": 2117000}],
            "memory": {"requests": 40, "batches": 2, "leaked_sites": ["tm: build_uac_req(1618)"],
                       "sites": {"tm: build_uac_req(1618)": [17288, 16960],
-                                "tmx: tmx_check_pretran(250)": [400, 0]},
-                      "shm_label": "tm shm (KiB)"}}
+                                "tmx: tmx_check_pretran(250)": [400, 0]}}}
     html = render_html([run], tmp_path).read_text(encoding="utf-8")
     assert "tm: build_uac_req(1618)" in html and "17288, 16960" in html
     assert "tmx: tmx_check_pretran(250)" in html
     assert "Call-ID" not in html and "batches <code>2</code>" in html
-    png = render_timeline(run, tmp_path / "memory.png")
+    png = render_timeline(run, tmp_path / "memory.png", PlotHints(shm_label="tm shm (KiB)"))
     assert png.stat().st_size > 10_000

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from kamleak.harness.judging.verdict import Reply, Verdict
+from kamleak.harness.judging.verdict import Reply, TransactionVerdict
 
 
 def _verdict(replies, leaked=False):
-    return Verdict(leaked=leaked, method="BYE", call_id="abc", cells=[], replies=replies,
+    return TransactionVerdict(leaked=leaked, method="BYE", call_id="abc", cells=[], replies=replies,
                    watched_for=1.0, deadline=7.0, gone_after=1.0, seen=True, stats_before={},
                    stats_after={}, stats_consistent=True, stats_note="", timers={})
 
