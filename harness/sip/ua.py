@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, TypeVar, Union
 from urllib.parse import urlsplit
 
-import websocket
 
+from kamleak.harness.sip.websocket import WebSocket, WebSocketError
 from kamleak.harness.sip.message import (SipMessage, SipParseError, apply_route_set, build_ack,
     build_request, build_response, format_name_addr, new_branch, new_call_id, new_tag, parse_name_addr,
     parse_session_expires, route_set_from_record_route)
@@ -357,7 +357,8 @@ class WebSocketUA:
         self.remote_addr: Optional[str] = None
         self.closed_reason: Optional[str] = None
 
-        self._ws: Optional[websocket.WebSocket] = None
+        self._ws: Optional[WebSocket] = None
+        self._early: list = []
         self._sock: Optional[socket.socket] = None
         self._open = False
         self._closed = False
@@ -396,28 +397,38 @@ class WebSocketUA:
         """Open the WebSocket with subprotocol "sip" (RFC 7118 4)."""
         if self._ws is not None or self._closed:
             raise UAError("connect() called twice; use a new WebSocketUA per connection")
-        sslopt = {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}  # self-signed test certs
-        ws = websocket.WebSocket(sslopt=sslopt, skip_utf8_validation=True, enable_multithread=True)
+        parts = urlsplit(self.url)
+        ws = WebSocket(client=True)
+        sock = None
         try:
-            # Offer the subprotocol ourselves: websocket-client's own check
-            # only reports "Invalid WebSocket Header" when it is refused.
-            ws.connect(self.url, timeout=timeout, header=["Sec-WebSocket-Protocol: sip"],
-                       socket=self._open_socket(timeout) if self.share_port else None)
-            agreed = (ws.getheaders() or {}).get("sec-websocket-protocol")
+            sock = self._open_socket(timeout)
+            sock.sendall(ws.connect(parts.netloc, parts.path or "/"))
+            deadline = time.monotonic() + timeout
+            events: list = []
+            while not ws.open:
+                sock.settimeout(max(0.001, deadline - time.monotonic()))
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("the server closed the connection during the handshake")
+                events = ws.receive(data)
+                if events and events[0][0] == "refused":
+                    raise WebSocketError(f"the server answered the upgrade with HTTP {events[0][1]}")
+            agreed = ws.subprotocol
             if (agreed or "").strip().lower() != "sip":
                 raise UAError(f"cannot connect to {self.url}: server did not accept WebSocket subprotocol 'sip' "
                               f"(Sec-WebSocket-Protocol: {agreed!r})")
-            sock = ws.sock
             local, remote = sock.getsockname(), sock.getpeername()
         except UAError:
-            ws.shutdown()
+            sock.close()
             raise
-        except (websocket.WebSocketException, OSError, ValueError) as exc:
-            ws.shutdown()
+        except (WebSocketError, OSError, ValueError) as exc:
+            if sock is not None:
+                sock.close()
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise UAError(f"cannot connect to {self.url}: {type(exc).__name__}: {reason}") from None
         sock.settimeout(self.io_timeout)
         self._ws, self._sock = ws, sock
+        self._early = [ev for ev in events if ev[0] != "open"]   # frames that came with the 101
         self.local_addr, self.remote_addr = _fmt_addr(local), _fmt_addr(remote)
         self._open = True
         self._reader = threading.Thread(target=self._reader_loop, name=f"kamleak-ua-{self.user}", daemon=True)
@@ -426,12 +437,13 @@ class WebSocketUA:
         return self
 
     def _open_socket(self, timeout: float) -> socket.socket:
-        """The TCP (and TLS) connection, made here when it must bind first."""
+        """The TCP (and TLS) connection; bound first with SOURCE or SHARE_PORT."""
         parts = urlsplit(self.url)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(self.source or ("127.0.0.1", 0))
+            if self.share_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(self.source or ("127.0.0.1", 0))
             sock.settimeout(timeout)
             sock.connect((parts.hostname, parts.port or (443 if self.transport == "wss" else 80)))
             if self.transport == "wss":
@@ -470,8 +482,8 @@ class WebSocketUA:
         if mode == "close-frame":
             with self._io_lock:
                 try:
-                    self._ws.send_close(status=websocket.STATUS_NORMAL)
-                except (websocket.WebSocketException, OSError) as exc:
+                    self._sock.sendall(self._ws.close())
+                except OSError as exc:
                     log.debug("disconnect(close-frame): %s", exc)
             mode = "silent"
         if mode == "drop":
@@ -499,14 +511,13 @@ class WebSocketUA:
                         pass  # peer already gone
                     sock.close()
                 else:
-                    ws.close(status=websocket.STATUS_NORMAL, timeout=timeout)
+                    sock.sendall(ws.close())
+                    _await_close(ws, sock, timeout)
                     sock.close()
             except OSError as exc:
                 log.debug("disconnect(%s): %s", mode, exc)
                 sock.close()
             finally:
-                ws.sock = None
-                ws.connected = False
                 self._sock = None
         with self._cond:
             if self._open:
@@ -543,9 +554,6 @@ class WebSocketUA:
                 except OSError:
                     pass
                 sock.close()
-            if self._ws is not None:
-                self._ws.sock = None
-                self._ws.connected = False
 
     def _stop_reader(self) -> None:
         self._stop.set()
@@ -560,47 +568,61 @@ class WebSocketUA:
     def _reader_loop(self) -> None:
         ws, sock = self._ws, self._sock
         assert ws is not None and sock is not None
+        events, self._early = self._early, []
         while not self._stop.is_set():
-            parsed: Optional[SipMessage] = None
+            parsed: list[SipMessage] = []
+            closed = None
             try:
-                # Wait for data without holding the I/O lock so senders are
-                # never blocked behind an idle recv.
-                if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
-                    readable, _, _ = select.select([sock], [], [], self.io_timeout)
-                    if not readable:
-                        continue
+                if not events:
+                    # Wait for data without holding the I/O lock so senders are
+                    # never blocked behind an idle recv.
+                    if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                        readable, _, _ = select.select([sock], [], [], self.io_timeout)
+                        if not readable:
+                            continue
                 with self._io_lock:
                     if self._stop.is_set():
                         break
-                    opcode, frame = ws.recv_data_frame(control_frame=True)
-                    if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
-                        data = frame.data.encode() if isinstance(frame.data, str) else bytes(frame.data)
-                        # Trace while still holding the lock: trace order == wire order.
-                        parsed = self._record_incoming(data)
-            except websocket.WebSocketTimeoutException:
-                continue  # partial frame: websocket-client keeps its state, try again
-            except (websocket.WebSocketConnectionClosedException, OSError, ValueError) as exc:
+                    if not events:
+                        data = sock.recv(65536)
+                        if not data:
+                            raise ConnectionResetError("the peer closed the connection")
+                        events = ws.receive(data)
+                    out = ws.outgoing()          # pong, close reply
+                    if out:
+                        sock.sendall(out)
+                    for ev in events:
+                        if ev[0] == "message":
+                            # Trace while still holding the lock: trace order == wire order.
+                            msg = self._record_incoming(ev[1])
+                            if msg is not None:
+                                parsed.append(msg)
+                        elif ev[0] == "close":
+                            closed = ev[1]
+                            break
+                    events = []
+            except (socket.timeout, ssl.SSLWantReadError):
+                continue  # partial TLS record: try again
+            except OSError as exc:
                 if not self._stop.is_set():
                     self._connection_lost(f"connection lost: {type(exc).__name__}: {exc}")
                 return
-            except websocket.WebSocketException as exc:
+            except WebSocketError as exc:
                 self._record_error(f"WebSocket protocol error: {exc}", b"")
                 self._connection_lost(f"WebSocket protocol error: {exc}")
                 return
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                code = struct.unpack("!H", frame.data[:2])[0] if len(frame.data) >= 2 else None
-                self._connection_lost(f"peer sent WebSocket close (code {code})")
+            for msg in parsed:
+                try:
+                    if msg.is_response:
+                        self._on_response(msg)
+                    else:
+                        self._on_request(msg)
+                except Exception as exc:  # a bug here must not kill the reader silently
+                    log.exception("error handling %s", msg.summary())
+                    self._record_error(f"error handling {msg.summary()}: {type(exc).__name__}: {exc}", b"")
+            if closed is not None:
+                self._connection_lost(f"peer sent WebSocket close (code {int(closed)})")
                 return
-            if opcode not in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY) or parsed is None:
-                continue
-            try:
-                if parsed.is_response:
-                    self._on_response(parsed)
-                else:
-                    self._on_request(parsed)
-            except Exception as exc:  # a bug here must not kill the reader silently
-                log.exception("error handling %s", parsed.summary())
-                self._record_error(f"error handling {parsed.summary()}: {type(exc).__name__}: {exc}", b"")
 
     def _record_incoming(self, data: bytes) -> Optional[SipMessage]:
         if not data.strip(b"\r\n "):
@@ -738,10 +760,10 @@ class WebSocketUA:
                 # the peer's window is full; allow longer while we hold the lock.
                 sock.settimeout(self.send_timeout)
                 try:
-                    ws.send(raw, websocket.ABNF.OPCODE_TEXT)
+                    sock.sendall(ws.message(raw))
                 finally:
                     sock.settimeout(self.io_timeout)
-            except (websocket.WebSocketException, OSError) as exc:
+            except OSError as exc:
                 with self._cond:
                     self.trace.remove(entry)
                 raise UAError(f"sending {what} failed: {type(exc).__name__}: {exc}") from None
@@ -988,6 +1010,19 @@ def _check_mandatory(msg: SipMessage) -> None:
         parse_name_addr(msg.header(name) or "")
     if msg.top_via is None or (msg.is_response and not msg.top_via_branch):
         raise SipParseError(f"no usable top Via in {msg.summary()}")
+
+
+def _await_close(ws: WebSocket, sock: socket.socket, timeout: float) -> None:
+    """Read until the peer's close frame (RFC 6455 7.1.2), EOF or TIMEOUT."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            data = sock.recv(65536)
+        except (socket.timeout, WebSocketError):
+            return
+        if not data or any(ev[0] == "close" for ev in ws.receive(data)):
+            return
 
 
 def _fmt_addr(addr) -> str:

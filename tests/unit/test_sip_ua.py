@@ -1,15 +1,14 @@
 """WebSocketUA state machine against a scripted in-test WebSocket SIP peer.
 
-The peer is a minimal RFC 6455 server on a stdlib socket (127.0.0.1 only):
-handshake with ``Sec-WebSocket-Protocol: sip``, unmasked frames from the
-server, masked frames from the client. It checks what the UA sends; it is
+The peer is a minimal WebSocket server on a stdlib socket (127.0.0.1 only),
+framing through kamleak's one codec (harness/sip/websocket.py): handshake with
+``Sec-WebSocket-Protocol: sip``, unmasked frames from the server, masked
+frames from the client. It checks what the UA sends; it is
 not a stand-in for Kamailio.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import shutil
 import socket
@@ -23,8 +22,8 @@ import pytest
 
 from kamleak.harness.sip import (CallFailed, SipMessage, SipUri, UAError, UATimeout, Via, WebSocketUA,
     build_request, build_response, new_branch, parse_name_addr)
+from kamleak.harness.sip.websocket import WebSocket
 
-WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_TEXT, OP_CLOSE, OP_PING = 0x1, 0x8, 0x9
 TIMEOUT = 3.0  # per-step deadline inside the peer
 
@@ -75,57 +74,46 @@ class WsPeer:
         if self.tls:
             conn = self.tls.wrap_socket(conn, server_side=True)
         self.conn = conn
-        head = b""
-        while b"\r\n\r\n" not in head:
+        self.ws = WebSocket(client=False)
+        self.pending: list = []
+        while not self.pending:
             chunk = conn.recv(1024)
             if not chunk:
                 raise PeerEOF("EOF during handshake")
-            head += chunk
-        lines = head.decode().split("\r\n")
-        assert lines[0].startswith("GET ")
-        hdrs = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:] if l)}
-        assert "sip" in [p.strip() for p in hdrs["sec-websocket-protocol"].split(",")]
-        accept = base64.b64encode(hashlib.sha1((hdrs["sec-websocket-key"] + WS_GUID).encode()).digest()).decode()
-        resp = (
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Accept: {accept}\r\n"
-            + (f"Sec-WebSocket-Protocol: {self.subprotocol}\r\n" if self.subprotocol else "")
-            + "\r\n"
-        )
-        conn.sendall(resp.encode())
-
-    def _recv_exact(self, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = self.conn.recv(n - len(buf))
-            if not chunk:
-                raise PeerEOF("EOF")
-            buf += chunk
-        return buf
+            self.pending = self.ws.receive(chunk)
+        kind, subprotocols, _ = self.pending.pop(0)
+        assert kind == "request"
+        assert "sip" in [p.strip() for p in subprotocols]
+        conn.sendall(self.ws.accept(self.subprotocol))
 
     def recv_frame(self, timeout: float = TIMEOUT) -> tuple[int, bytes]:
+        """The next message or control frame from the UA, through the one codec
+        (it refuses unmasked client frames, RFC 6455 5.3, with a 1002 close)."""
         self.conn.settimeout(timeout)
-        b1, b2 = self._recv_exact(2)
-        assert b1 & 0x80, "fragmented frames not expected"
-        assert b2 & 0x80, "client frames must be masked (RFC 6455 5.3)"
-        length = b2 & 0x7F
-        if length == 126:
-            length = struct.unpack("!H", self._recv_exact(2))[0]
-        elif length == 127:
-            length = struct.unpack("!Q", self._recv_exact(8))[0]
-        mask = self._recv_exact(4)
-        data = bytes(b ^ mask[i % 4] for i, b in enumerate(self._recv_exact(length)))
-        return b1 & 0x0F, data
+        while not self.pending:
+            chunk = self.conn.recv(65536)
+            if not chunk:
+                raise PeerEOF("EOF")
+            self.pending = self.ws.receive(chunk)
+            out = self.ws.outgoing()        # the close reply
+            if out:
+                self.conn.sendall(out)
+        ev = self.pending.pop(0)
+        if ev[0] == "close":
+            assert ev[1] != 1002, "client frames must be masked (RFC 6455 5.3)"
+            return OP_CLOSE, struct.pack("!H", ev[1]) + ev[2].encode()
+        if ev[0] == "pong":
+            return 0xA, ev[1]
+        return ev[2], ev[1]
 
     def send_frame(self, opcode: int, payload: bytes):
-        n = len(payload)
-        if n < 126:
-            head = struct.pack("!BB", 0x80 | opcode, n)
-        elif n < 65536:
-            head = struct.pack("!BBH", 0x80 | opcode, 126, n)
+        if opcode == OP_PING:
+            data = self.ws.ping(payload)
+        elif opcode == OP_CLOSE:
+            data = self.ws.close(struct.unpack("!H", payload[:2])[0])   # b"" once the reply went out
         else:
-            head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
-        self.conn.sendall(head + payload)
+            data = self.ws.message(payload, opcode)
+        self.conn.sendall(data)
 
     def recv_sip(self, timeout: float = TIMEOUT) -> SipMessage:
         opcode, data = self.recv_frame(timeout)

@@ -1,10 +1,18 @@
-"""Soak's own helpers: the plan, the least-squares fit and its client's frames (no containers)."""
+"""Soak's own helpers: the plan, the least-squares fit and the WebSocket frames its client sends (no containers)."""
 
 from __future__ import annotations
 
 
 def test_ws_frames_round_trip_masked_and_split():
-    from kamleak.harness.tools.soak.driver import ws_frame, ws_parse
+    from kamleak.harness.sip.websocket import WebSocket
+
+    # The one codec: a client's frames, read by a server side that keeps partial frames itself.
+    ws_frame = WebSocket(client=True).message
+    server = WebSocket(client=False)
+    server.open = True
+
+    def ws_parse(chunk):
+        return [(ev[2], True, ev[1]) for ev in server.receive(bytes(chunk))], len(chunk)
 
     payloads = [b"", b"x" * 125, b"y" * 126, b"z" * 70000]
     wire = bytearray(b"".join(ws_frame(p) for p in payloads))

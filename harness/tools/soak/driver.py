@@ -8,10 +8,8 @@ route set, ACK for 2xx).
 
 from __future__ import annotations
 
-import base64
 import collections
 import errno
-import hashlib
 import heapq
 import os
 import queue
@@ -30,15 +28,15 @@ from kamleak.harness.judging.wait import Deadline
 from kamleak.harness.probes.ws_connections import WsConnections
 from kamleak.harness.sip.message import MAGIC_COOKIE, SipParseError, apply_route_set
 from kamleak.harness.sip.peer import LeanMessage, UdpPeer, encode, header_tag, header_uri, sdp
+from kamleak.harness.sip.websocket import WebSocket, WebSocketError
 from kamleak.harness.tools.soak.plan import dead_path_reply
 
 HOST = "127.0.0.1"
-GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS"
 
 
 class _Ids:
-    """Branches, tags, Call-IDs and frame masks from a PRNG seeded by os.urandom.
+    """Branches, tags and Call-IDs from a PRNG seeded by os.urandom.
 
     They must be unique, not secret: `secrets`/os.urandom cost ~12 us a call,
     which was a tenth of the soak loop.
@@ -56,67 +54,15 @@ class _Ids:
     def call_id(self) -> str:
         return f"{self._bits(96):024x}"
 
-    def mask(self) -> bytes:
-        return self._bits(32).to_bytes(4, "little")
 
 
 _ids = _Ids()
 new_branch, new_tag, new_call_id = _ids.branch, _ids.tag, _ids.call_id
 
 
-def ws_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """A masked client frame (RFC 6455 5.2/5.3); the mask key from a PRNG (a test client)."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0xFE, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0xFF, n)
-    mask = _ids.mask()
-    if not n:
-        return head + mask
-    key = (mask * (n // 4 + 1))[:n]
-    body = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
-    return head + mask + body
-
-
-def ws_parse(buf: bytearray) -> tuple[list[tuple[int, bool, bytes]], int]:
-    """Complete frames at the start of BUF: [(opcode, fin, payload)], bytes consumed."""
-    frames, pos, size = [], 0, len(buf)
-    while size - pos >= 2:
-        b0, b1 = buf[pos], buf[pos + 1]
-        n, p = b1 & 0x7F, pos + 2
-        if n == 126:
-            if size - p < 2:
-                break
-            n = struct.unpack_from("!H", buf, p)[0]
-            p += 2
-        elif n == 127:
-            if size - p < 8:
-                break
-            n = struct.unpack_from("!Q", buf, p)[0]
-            p += 8
-        mask = None
-        if b1 & 0x80:
-            if size - p < 4:
-                break
-            mask = bytes(buf[p:p + 4])
-            p += 4
-        if size - p < n:
-            break
-        payload = bytes(buf[p:p + n])
-        if mask:
-            key = (mask * (n // 4 + 1))[:n]
-            payload = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
-        frames.append((b0 & 0x0F, bool(b0 & 0x80), payload))
-        pos = p + n
-    return frames, pos
-
-
 class _Conn:
-    __slots__ = ("n", "sock", "state", "rbuf", "wbuf", "key", "user", "via_host", "contact",
-                 "local_port", "call", "frag", "frag_op", "opened_at", "events", "calls", "queued")
+    __slots__ = ("n", "sock", "state", "rbuf", "wbuf", "ws", "user", "via_host", "contact",
+                 "local_port", "call", "opened_at", "events", "calls", "queued")
 
     def __init__(self, n: int):
         self.n = n
@@ -124,14 +70,12 @@ class _Conn:
         self.state = "connecting"
         self.rbuf = bytearray()
         self.wbuf = bytearray()
-        self.key = base64.b64encode(os.urandom(16)).decode()
+        self.ws = WebSocket(client=True)
         self.user = f"soak{n}"
         self.via_host = f"{os.urandom(6).hex()}.invalid"
         self.contact = ""
         self.local_port = 0
         self.call: Optional[_Call] = None
-        self.frag = bytearray()
-        self.frag_op = 0
         self.opened_at = time.monotonic()
         self.events = 0
         self.calls = 0
@@ -350,38 +294,19 @@ class _Driver:
 
     def _send_upgrade(self, c: _Conn) -> None:
         c.state = "upgrade"
-        req = (f"GET / HTTP/1.1\r\nHost: {self.addr[0]}:{self.addr[1]}\r\nUpgrade: websocket\r\n"
-               f"Connection: Upgrade\r\nSec-WebSocket-Key: {c.key}\r\nSec-WebSocket-Version: 13\r\n"
-               f"Sec-WebSocket-Protocol: sip\r\nOrigin: http://{self.addr[0]}\r\n\r\n").encode()
         self.sel.modify(c.sock, selectors.EVENT_READ, c)
-        self._write_now(c, req)
+        self._write_now(c, c.ws.connect(f"{self.addr[0]}:{self.addr[1]}"))
 
-    def _check_upgrade(self, c: _Conn) -> None:
-        end = c.rbuf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(c.rbuf) > 16384:
-                self._conn_lost(c, "WebSocket handshake: no end of the HTTP response")
-            return
-        head = bytes(c.rbuf[:end]).decode("latin-1")
-        del c.rbuf[:end + 4]
-        lines = head.split("\r\n")
-        headers = {}
-        for ln in lines[1:]:
-            k, _, v = ln.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        accept = base64.b64encode(hashlib.sha1((c.key + GUID).encode()).digest()).decode()
-        if " 101 " not in lines[0] + " " or headers.get("sec-websocket-accept") != accept \
-                or headers.get("sec-websocket-protocol", "").lower() != "sip":
-            self._conn_lost(c, f"WebSocket handshake refused: {lines[0]!r}")
+    def _opened(self, c: _Conn, subprotocol) -> None:
+        if (subprotocol or "").lower() != "sip":
             self.counters["handshakes refused"] += 1
+            self._conn_lost(c, f"WebSocket handshake: subprotocol {subprotocol!r}, not sip")
             return
         c.state = "open"
         c.opened_at = time.monotonic()
         self.connecting -= 1
         self.connect_failures = 0
         self.idle.append(c)
-        if c.rbuf:
-            self._read_frames(c)
 
     def _write(self, c: _Conn, data: bytes) -> None:
         """Queue DATA; `_flush_dirty()` sends each connection's queue in one send()."""
@@ -432,7 +357,7 @@ class _Driver:
 
     def send_sip(self, c: _Conn, data: bytes) -> None:
         self.counters["sip out"] += 1
-        self._write(c, ws_frame(data))
+        self._write(c, c.ws.message(data))
 
     def _on_io(self, c: _Conn, mask: int) -> None:
         if c.sock is None:
@@ -463,34 +388,28 @@ class _Driver:
             c.rbuf += data
             if len(data) < 262144 and not (self.ssl_ctx and c.sock.pending()):
                 break
-        if c.state == "upgrade":
-            self._check_upgrade(c)
-        elif c.state == "open":
-            self._read_frames(c)
-
-    def _read_frames(self, c: _Conn) -> None:
-        frames, used = ws_parse(c.rbuf)
-        if used:
-            del c.rbuf[:used]
-        for op, fin, payload in frames:
-            if op == 0x0:                        # continuation
-                c.frag += payload
-                if not fin:
-                    continue
-                op, payload = c.frag_op, bytes(c.frag)
-                c.frag = bytearray()
-            elif op in (0x1, 0x2) and not fin:
-                c.frag_op, c.frag = op, bytearray(payload)
-                continue
-            if op in (0x1, 0x2):
-                self._on_sip(c, payload)
-            elif op == 0x8:
+        try:
+            events = c.ws.receive(c.rbuf)
+        except WebSocketError as exc:
+            self._conn_lost(c, str(exc))
+            return
+        c.rbuf.clear()
+        for ev in events:
+            kind = ev[0]
+            if kind == "message":
+                self._on_sip(c, ev[1])
+            elif kind == "open":
+                self._opened(c, ev[1])
+            elif kind == "refused":
+                self.counters["handshakes refused"] += 1
+                self._conn_lost(c, f"WebSocket handshake refused: HTTP {ev[1]}")
+            elif kind == "close":
                 self._conn_lost(c, "Kamailio sent a WebSocket close")
-                return
-            elif op == 0x9:
-                self._write(c, ws_frame(payload, 0xA))
             if c.sock is None:
                 return
+        out = c.ws.outgoing()
+        if out:
+            self._write(c, out)
 
     def _conn_lost(self, c: _Conn, reason: str) -> None:
         if c.state == "dead":
