@@ -33,9 +33,9 @@ from urllib.parse import urlsplit
 
 
 from kamleak.harness.sip.websocket import WebSocket, WebSocketError
-from kamleak.harness.sip.message import (SipMessage, SipParseError, apply_route_set, build_ack,
+from kamleak.harness.sip.message import (ALLOW, SipMessage, SipParseError, apply_route_set, build_ack,
     build_request, build_response, format_name_addr, new_branch, new_call_id, new_tag, parse_name_addr,
-    parse_session_expires, route_set_from_record_route)
+    parse_session_expires, route_set_from_record_route, sdp)
 
 __all__ = [
     "WebSocketUA",
@@ -46,12 +46,10 @@ __all__ = [
     "UAError",
     "UATimeout",
     "CallFailed",
-    "make_sdp",
 ]
 
 log = logging.getLogger(__name__)
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS"
 # Requests that refresh the remote target and so carry a Contact (RFC 3261 12.2.1.1).
 _TARGET_REFRESH = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"})
 _DISCONNECT_MODES = ("rst", "fin", "close", "silent", "drop", "close-frame")
@@ -121,24 +119,6 @@ class ClientTransaction:
         return None
 
 
-def make_sdp(ip: str, session_id: int, version: int, port: int) -> bytes:
-    """Audio offer/answer: PCMU + telephone-event (RFC 4566, RFC 3551)."""
-    lines = [
-        "v=0",
-        f"o=kamleak {session_id} {version} IN IP4 {ip}",
-        "s=kamleak",
-        f"c=IN IP4 {ip}",
-        "t=0 0",
-        f"m=audio {port} RTP/AVP 0 101",
-        "a=rtpmap:0 PCMU/8000",
-        "a=rtpmap:101 telephone-event/8000",
-        "a=fmtp:101 0-16",
-        "a=ptime:20",
-        "a=sendrecv",
-    ]
-    return ("\r\n".join(lines) + "\r\n").encode()
-
-
 class Dialog:
     """An INVITE dialog where this UA was the UAC of the initial INVITE.
 
@@ -204,7 +184,7 @@ class Dialog:
 
     def sdp(self) -> bytes:
         """Our current SDP (offer or answer)."""
-        return make_sdp(self.ua.sdp_ip, self.sdp_session_id, self.sdp_version, self.sdp_port)
+        return sdp(self.sdp_session_id, self.sdp_version, self.sdp_port, self.ua.sdp_ip)
 
     def build_request(
         self,
@@ -922,7 +902,7 @@ class WebSocketUA:
             body=b"",
         )
         sdp_session_id = random.randint(10**6, 10**9)
-        req.body = make_sdp(self.sdp_ip, sdp_session_id, 1, sdp_port)
+        req.body = sdp(sdp_session_id, 1, sdp_port, self.sdp_ip)
         req.add_header("Content-Type", "application/sdp")
         early: dict[str, Dialog] = {}
 

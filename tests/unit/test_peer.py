@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from kamleak.harness.sip.peer import LeanMessage, UdpPeer, header_tag, header_uri
-from kamleak.harness.sip.message import SipMessage, SipParseError
+from kamleak.harness.sip.message import LeanMessage, SipMessage, SipParseError, header_tag, header_uri
+from kamleak.harness.sip.peer import UdpPeer
 
 CALLER_CONTACT = "<sip:alice@a1b2c3.invalid;transport=ws;ob;alias=127.0.0.1~40000~5>"
 

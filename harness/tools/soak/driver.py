@@ -26,38 +26,13 @@ from typing import Callable, Optional
 from kamleak.harness.errors import RPCError, ScenarioError
 from kamleak.harness.judging.wait import Deadline
 from kamleak.harness.probes.ws_connections import WsConnections
-from kamleak.harness.sip.message import MAGIC_COOKIE, SipParseError, apply_route_set
-from kamleak.harness.sip.peer import LeanMessage, UdpPeer, encode, header_tag, header_uri, sdp
+from kamleak.harness.sip.message import (ALLOW, LeanMessage, SipParseError, apply_route_set, encode, header_tag,
+    header_uri, new_branch, new_call_id, new_tag, sdp)
+from kamleak.harness.sip.peer import UdpPeer
 from kamleak.harness.sip.websocket import WebSocket, WebSocketError
 from kamleak.harness.tools.soak.plan import dead_path_reply
 
 HOST = "127.0.0.1"
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS"
-
-
-class _Ids:
-    """Branches, tags and Call-IDs from a PRNG seeded by os.urandom.
-
-    They must be unique, not secret: `secrets`/os.urandom cost ~12 us a call,
-    which was a tenth of the soak loop.
-    """
-
-    def __init__(self):
-        self._bits = random.Random(os.urandom(16)).getrandbits
-
-    def branch(self) -> str:
-        return f"{MAGIC_COOKIE}{self._bits(64):016x}"
-
-    def tag(self) -> str:
-        return f"{self._bits(40):010x}"
-
-    def call_id(self) -> str:
-        return f"{self._bits(96):024x}"
-
-
-
-_ids = _Ids()
-new_branch, new_tag, new_call_id = _ids.branch, _ids.tag, _ids.call_id
 
 
 class _Conn:
