@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from kamleak.harness.errors import RPCError, ScenarioError, UsageError
-from kamleak.harness.judging.wait import Deadline
+from kamleak.harness.judging.wait import WaitTimeout, poll
 from kamleak.harness.probes.counters import Counters
 from kamleak.harness.probes.sampler import Sampler
 from kamleak.harness.sip.peer import UdpPeer
@@ -111,45 +111,42 @@ class SoakResult:
 
 def _drain(counters: Counters, deadline_s: float, *, ws_base: Optional[int] = None,
            ws_deadline_s: float = 15.0, interval: float = 0.1) -> tuple[dict, bool]:
-    """Poll until tm has no cell waiting and `current` holds still (or the deadline).
+    """Poll until tm has no cell waiting and `current` holds still for 0.3 s (or the deadline).
 
     With WS_BASE, then also until the websocket module's shm is back to it:
     Kamailio frees a closed connection (and its 64 KiB buffer) only after
     the module's rm_delay_interval.
     """
-    limit = Deadline(deadline_s)
-    prev = None
-    stable_since = None
-    settled = False
-    while True:
-        s = counters.rpc.tm_stats()
-        cur, waiting = s.get("current", 0), s.get("waiting", 0)
-        now = time.monotonic()
-        if waiting == 0:
-            if prev == cur:
-                if stable_since is not None and now - stable_since >= 0.3:
-                    settled = True
-                    break
-            else:
-                stable_since = now
-        else:
-            stable_since = None
-        prev = cur
-        if limit.expired():
-            break
-        time.sleep(interval)
+    last: dict = {}
+    track = {"prev": None, "since": None}
+
+    def tm_still() -> bool:
+        s = last["tm"] = counters.rpc.tm_stats()
+        cur, now = s.get("current", 0), time.monotonic()
+        if s.get("waiting", 0):
+            track["since"] = None
+        elif track["prev"] != cur:
+            track["since"] = now
+        elif track["since"] is not None and now - track["since"] >= 0.3:
+            return True
+        track["prev"] = cur
+        return False
+
+    settled = True
+    try:
+        poll(tm_still, timeout=deadline_s, what="tm drained", interval=interval, max_interval=interval)
+    except WaitTimeout:
+        settled = False
     if ws_base is not None and counters.mod_ok.get("websocket"):
-        ws_limit = Deadline(ws_deadline_s)
-        while True:
+        def ws_back() -> bool:
             ws = counters.mod_shm("websocket")
             # back to the pool's level, give or take less than one connection's 64 KiB buffer
-            if ws is None or ws < ws_base + 32768:
-                break
-            if ws_limit.expired():
-                settled = False
-                break
-            time.sleep(0.25)
-    return s, settled
+            return ws is None or ws < ws_base + 32768
+        try:
+            poll(ws_back, timeout=ws_deadline_s, what="websocket shm back", interval=0.25, max_interval=0.25)
+        except WaitTimeout:
+            settled = False
+    return last["tm"], settled
 
 
 def _container_cpu(kamailio) -> Optional[float]:
