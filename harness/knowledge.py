@@ -146,23 +146,23 @@ class Provenance:
     label: str = ""               # how to name it in a sentence
 
     @classmethod
-    def debian(cls, version: str) -> "Provenance":
+    def debian(cls, version: str) -> Provenance:
         return cls("debian", version, label=f"Debian's Kamailio {version}")
 
     @classmethod
     def upstream(cls, commit: str, repo: str, version: str | None = None,
-                 name: str | None = None) -> "Provenance":
+                 name: str | None = None) -> Provenance:
         return cls("upstream", version, commit, str(repo),
                    label=f"upstream Kamailio {name or version or commit[:10]}")
 
     @classmethod
-    def release(cls, version: str) -> "Provenance":
+    def release(cls, version: str) -> Provenance:
         """An upstream release by its number alone, with no git history at hand:
         answered from the first tags recorded above (has_release)."""
         return cls("release", version, label=f"upstream Kamailio {version}")
 
     @classmethod
-    def unknown(cls, what: str, version: str | None = None) -> "Provenance":
+    def unknown(cls, what: str, version: str | None = None) -> Provenance:
         return cls("unknown", version, label=what)
 
 

@@ -40,13 +40,13 @@ import time
 from dataclasses import dataclass
 
 from kamleak.harness import knowledge
-from kamleak.harness.probes import memstats
 from kamleak.harness.errors import ScenarioError, UsageError
-from kamleak.harness.stack.kamailio import Kamailio
-from kamleak.harness.sip import UAError
 from kamleak.harness.judging.verdict import MemoryVerdict
-from kamleak.harness.reporting.plot import PlotHints
 from kamleak.harness.judging.wait import WaitTimeout, poll
+from kamleak.harness.probes import memstats
+from kamleak.harness.reporting.plot import PlotHints
+from kamleak.harness.sip import UAError
+from kamleak.harness.stack.kamailio import Kamailio
 from kamleak.scenarios import story
 
 ISSUE = 3236
@@ -74,7 +74,7 @@ class Variant:
     mechanism: str = "ping"
 
     @classmethod
-    def parse(cls, name: str) -> "Variant":
+    def parse(cls, name: str) -> Variant:
         if name not in MECHANISMS:
             raise UsageError(f"unknown variant '{name}' for issue {ISSUE}",
                              f"use one of {', '.join(MECHANISMS)}")

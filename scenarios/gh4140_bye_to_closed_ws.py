@@ -40,16 +40,15 @@ import random
 import time
 from dataclasses import dataclass
 
-from kamleak.harness import knowledge
-from kamleak.harness.judging import oracle
-from kamleak.harness.probes import counters, pbx_trace, ws_connections
-from kamleak.harness.reporting import progress
+from kamleak.harness import knowledge, progress
 from kamleak.harness.errors import ScenarioError, UsageError
-from kamleak.harness.stack.kamailio import Kamailio, TmTimers
-from kamleak.harness.probes.sampler import StatsSampler
-from kamleak.harness.sip import UAError
+from kamleak.harness.judging import oracle
 from kamleak.harness.judging.verdict import TransactionVerdict
 from kamleak.harness.judging.wait import WaitTimeout, poll
+from kamleak.harness.probes import counters, pbx_trace, ws_connections
+from kamleak.harness.probes.sampler import StatsSampler
+from kamleak.harness.sip import UAError
+from kamleak.harness.stack.kamailio import Kamailio, TmTimers
 from kamleak.scenarios import story
 from kamleak.scenarios.story import Run
 
@@ -100,7 +99,7 @@ class Variant:
     delayed_reply_off: bool = False
 
     @classmethod
-    def parse(cls, name: str) -> "Variant":
+    def parse(cls, name: str) -> Variant:
         parts = [p.strip() for p in name.strip().split("+") if p.strip()]
         if not parts:
             raise UsageError("empty variant name", f"use e.g. {DEFAULT_VARIANT}")

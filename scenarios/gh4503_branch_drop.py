@@ -31,8 +31,8 @@ Expectations (what the project's tests assert on the Debian builds) are in
 
 from __future__ import annotations
 
-from kamleak.harness.stack.kamailio import Kamailio, TmTimers
 from kamleak.harness.judging.verdict import TransactionVerdict
+from kamleak.harness.stack.kamailio import Kamailio, TmTimers
 from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
 from kamleak.scenarios import story
 from kamleak.scenarios.story import run_single_request

@@ -34,8 +34,8 @@ no dialog.
 from __future__ import annotations
 
 from kamleak.harness.errors import UsageError
-from kamleak.harness.stack.kamailio import Kamailio
 from kamleak.harness.judging.verdict import TransactionVerdict
+from kamleak.harness.stack.kamailio import Kamailio
 from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
 from kamleak.scenarios import story
 from kamleak.scenarios.story import run_single_request

@@ -28,12 +28,12 @@ import time
 from dataclasses import dataclass
 
 from kamleak.harness import knowledge
-from kamleak.harness.judging import oracle
 from kamleak.harness.errors import ScenarioError, UsageError
-from kamleak.harness.stack.kamailio import Kamailio
-from kamleak.harness.sip.udp import UdpClient
+from kamleak.harness.judging import oracle
 from kamleak.harness.judging.verdict import MemoryVerdict
 from kamleak.harness.reporting.plot import PlotHints
+from kamleak.harness.sip.udp import UdpClient
+from kamleak.harness.stack.kamailio import Kamailio
 from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
 from kamleak.scenarios import story
 
@@ -57,7 +57,7 @@ class Variant:
     drop: bool = True
 
     @classmethod
-    def parse(cls, name: str) -> "Variant":
+    def parse(cls, name: str) -> Variant:
         parts = [p.strip() for p in name.split("+") if p.strip()]
         if not parts or parts[0] not in TRIGGERS or any(p != "drop" for p in parts[1:]):
             raise UsageError(f"unknown variant '{name}' for PR {ISSUE}",

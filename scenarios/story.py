@@ -9,8 +9,9 @@ A story is a module registered in the `kamleak.scenarios` entry-point group
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 from kamleak.harness.errors import NotApplicable, ScenarioError, ServerError, UsageError
 from kamleak.harness.judging import oracle
@@ -70,7 +71,7 @@ class FlaggedVariant:
     DEFINE: ClassVar[str] = ""
 
     @classmethod
-    def parse(cls, name: str) -> "FlaggedVariant":
+    def parse(cls, name: str) -> FlaggedVariant:
         parts = [p.strip() for p in name.split("+")]
         rest = "+".join(p for p in parts if p != cls.FLAG)
         if not rest:

@@ -7,7 +7,8 @@ it holds or a deadline passes, then says what it waited for.
 from __future__ import annotations
 
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -64,7 +65,7 @@ def poll(
             value = probe()
             if value:
                 return value
-        except retry_on as exc:  # noqa: PERF203 - expected while booting
+        except retry_on as exc:
             last_error = exc
         if abort is not None:
             reason = abort()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 from typing import Any
 
 from kamleak.harness.errors import RPCError
@@ -234,7 +233,7 @@ class BinRPC:
                 raise RPCError(f"Kamailio's ctl at {self.address} refused the connection",
                                'is Kamailio running with loadmodule "ctl.so" and that '
                                'modparam("ctl", "binrpc", ...)?') from None
-            except socket.timeout:
+            except TimeoutError:
                 raise RPCError(f"Kamailio's ctl at {self.address} is unreachable (connect timed "
                                "out)", "check the address") from None
             except OSError as exc:
@@ -261,7 +260,7 @@ class BinRPC:
                     raise BinRPCError(f"ctl at {self.address} closed the connection in the "
                                       f"middle of the {method} reply ({len(buf)} bytes)")
                 buf += chunk
-        except socket.timeout:
+        except TimeoutError:
             raise RPCError(f"ctl at {self.address} did not answer {method} within "
                            f"{self.timeout:.0f} s",
                            "is it ctl's BINRPC socket (not SIP, HTTP or a fifo)?") from None

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from kamleak.harness.judging.wait import WaitTimeout, poll, stop_process
+from kamleak.harness.judging.wait import poll, stop_process
 
 
 def available() -> str | None:
@@ -36,7 +36,7 @@ class Capture:
         self._err: list[str] = []
         self._result: bytes | str | None = None
 
-    def start(self, timeout: float = 5.0) -> "Capture":
+    def start(self, timeout: float = 5.0) -> Capture:
         if not self.tool:
             self.note = "no pcap: neither tcpdump nor tshark is installed (apt-get install tcpdump)"
             return self

@@ -7,8 +7,6 @@ and, where the build has `mod.mem_stats`, tm's and websocket's shm).
 
 from __future__ import annotations
 
-from typing import Optional
-
 from kamleak.harness.errors import RPCError
 
 
@@ -34,7 +32,7 @@ def tm_and_shm(rpc) -> dict:
             "freed": t["freed"], "shm_used": s.get("real_used", s.get("used", 0))}
 
 
-def module_total(res) -> Optional[int]:
+def module_total(res) -> int | None:
     """`Total` in mod.mem_stats' answer: ["Module: tm", [[site, bytes]..., ["Total", n]], ""]."""
     stack = [res]
     while stack:
@@ -61,7 +59,7 @@ class Counters:
     def tm(self) -> dict:
         return tm(self.rpc)
 
-    def mod_shm(self, module: str) -> Optional[int]:
+    def mod_shm(self, module: str) -> int | None:
         if self.mod_ok.get(module) is False:
             return None
         try:
@@ -73,10 +71,10 @@ class Counters:
         self.mod_ok[module] = total is not None
         return total
 
-    def tm_shm(self) -> Optional[int]:
+    def tm_shm(self) -> int | None:
         return self.mod_shm("tm")
 
-    def all_modules(self) -> Optional[dict[str, int]]:
+    def all_modules(self) -> dict[str, int] | None:
         """{module: shm bytes} from `mod.mem_stats all shm` (None if the build lacks it)."""
         if self.mod_ok.get("all") is False:
             return None

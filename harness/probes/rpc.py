@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 from dataclasses import dataclass, field
 from typing import Any
-
-import socket
 
 import requests
 import requests.adapters
@@ -31,7 +30,7 @@ class RPCCallError(RPCError):
         super().__init__(f"Kamailio JSON-RPC {method} failed: {code} {message}".rstrip())
 
 
-def _pairs(pairs: list[tuple[str, Any]]) -> "Pairs":
+def _pairs(pairs: list[tuple[str, Any]]) -> Pairs:
     return Pairs(pairs)
 
 
@@ -83,7 +82,7 @@ class TmCell:
     raw: dict = field(compare=False, repr=False)
 
     @classmethod
-    def from_fields(cls, f: dict) -> "TmCell":
+    def from_fields(cls, f: dict) -> TmCell:
         def num(key):
             try:
                 return int(f.get(key, 0))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from kamleak.harness.errors import RPCError
 from kamleak.harness.judging.wait import poll
@@ -24,7 +24,7 @@ class WsConnections:
     def __init__(self, rpc):
         self.rpc = rpc
         self.truncated_seen = False          # ws.dump hit its 50 and core.tcp_list was asked
-        self.tcp_list_ok: Optional[bool] = None
+        self.tcp_list_ok: bool | None = None
 
     def listed(self) -> set[tuple[str, int]]:
         dump = self.rpc.ws_dump()
@@ -57,8 +57,8 @@ class WsConnections:
         return {port for _, port in self.listed()}
 
 
-def wait_gone(rpc, port: int, *, proto: Optional[str] = None, timeout: float = 10.0,
-              abort: Optional[Callable[[], Optional[str]]] = None) -> float:
+def wait_gone(rpc, port: int, *, proto: str | None = None, timeout: float = 10.0,
+              abort: Callable[[], str | None] | None = None) -> float:
     """Poll until Kamailio no longer lists the WebSocket connection from client PORT
     (only its PROTO one, "ws" or "wss", when two share the port); return the seconds
     waited.  ABORT (e.g. `kamailio.death`) stops the wait with its reason;

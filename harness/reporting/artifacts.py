@@ -20,8 +20,8 @@ import shutil
 import time
 from pathlib import Path
 
-from kamleak.harness.stack.containers import RUN_ID
 from kamleak.harness.errors import UsageError
+from kamleak.harness.stack.containers import RUN_ID
 
 
 def _safe(name: str) -> str:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import random
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Union
 
 __all__ = [
     "SipParseError",
@@ -243,10 +243,10 @@ def _unquote(value: str) -> str:
     return value
 
 
-def parse_params(text: str) -> dict[str, Optional[str]]:
+def parse_params(text: str) -> dict[str, str | None]:
     """Parse ``;a=b;flag;c="x y"`` into an ordered dict. Names are lower-cased
     (they are case-insensitive, RFC 3261 7.3.1); flag params map to None."""
-    params: dict[str, Optional[str]] = {}
+    params: dict[str, str | None] = {}
     for part in _split_outside_quotes(text, ";"):
         part = part.strip()
         if not part:
@@ -259,11 +259,11 @@ def parse_params(text: str) -> dict[str, Optional[str]]:
     return params
 
 
-def _format_params(params: dict[str, Optional[str]]) -> str:
+def _format_params(params: dict[str, str | None]) -> str:
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
 
 
-def parse_session_expires(value: Optional[str]) -> tuple[Optional[int], Optional[str]]:
+def parse_session_expires(value: str | None) -> tuple[int | None, str | None]:
     """``1800;refresher=uac`` -> (1800, "uac") (RFC 4028 4); (None, None) if absent or bad."""
     if not value:
         return None, None
@@ -276,7 +276,7 @@ def parse_session_expires(value: Optional[str]) -> tuple[Optional[int], Optional
     return seconds, refresher.lower() if refresher else None
 
 
-def parse_name_addr(value: str) -> tuple[Optional[str], str, dict[str, Optional[str]]]:
+def parse_name_addr(value: str) -> tuple[str | None, str, dict[str, str | None]]:
     """Parse a From/To/Contact/Route value into ``(display, uri, params)``.
 
     For the addr-spec form without angle brackets, everything after the first
@@ -319,7 +319,7 @@ def parse_name_addr(value: str) -> tuple[Optional[str], str, dict[str, Optional[
     return display, uri, params
 
 
-def format_name_addr(uri: str, display: Optional[str] = None, params: Optional[dict] = None) -> str:
+def format_name_addr(uri: str, display: str | None = None, params: dict | None = None) -> str:
     out = ""
     if display:
         escaped = display.replace("\\", "\\\\").replace('"', '\\"')
@@ -346,15 +346,15 @@ class SipUri:
     """A sip:/sips: URI (RFC 3261 19.1)."""
 
     host: str
-    user: Optional[str] = None
-    port: Optional[int] = None
-    params: dict[str, Optional[str]] = field(default_factory=dict)
+    user: str | None = None
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
     scheme: str = "sip"
-    password: Optional[str] = None
-    headers: Optional[str] = None
+    password: str | None = None
+    headers: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "SipUri":
+    def parse(cls, text: str) -> SipUri:
         text = text.strip()
         if text.startswith("<") and text.endswith(">"):
             text = text[1:-1].strip()
@@ -400,7 +400,7 @@ class SipUri:
         return "lr" in self.params
 
     @property
-    def transport(self) -> Optional[str]:
+    def transport(self) -> str | None:
         return self.params.get("transport")
 
     @property
@@ -414,12 +414,12 @@ class Via:
 
     transport: str
     host: str
-    port: Optional[int] = None
-    params: dict[str, Optional[str]] = field(default_factory=dict)
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
     protocol: str = "SIP/2.0"
 
     @classmethod
-    def parse(cls, text: str) -> "Via":
+    def parse(cls, text: str) -> Via:
         m = re.match(
             r"^\s*(SIP\s*/\s*[\d.]+)\s*/\s*([A-Za-z0-9\-.]+)\s+"
             r"(\[[0-9A-Fa-f:.]+\]|[^;:\s]+)(?:\s*:\s*(\d+))?\s*(;.*)?$",
@@ -440,7 +440,7 @@ class Via:
         return f"{self.protocol}/{self.transport} {hp}{_format_params(self.params)}"
 
     @property
-    def branch(self) -> Optional[str]:
+    def branch(self) -> str | None:
         return self.params.get("branch")
 
 
@@ -482,12 +482,12 @@ class SipMessage:
 
     def __init__(
         self,
-        method: Optional[str] = None,
-        uri: Optional[str] = None,
-        status: Optional[int] = None,
-        reason: Optional[str] = None,
-        headers: Optional[HeaderList] = None,
-        body: Union[bytes, str] = b"",
+        method: str | None = None,
+        uri: str | None = None,
+        status: int | None = None,
+        reason: str | None = None,
+        headers: HeaderList | None = None,
+        body: bytes | str = b"",
         version: str = "SIP/2.0",
     ) -> None:
         if (method is None) == (status is None):
@@ -507,7 +507,7 @@ class SipMessage:
     # -- parsing / encoding -------------------------------------------------
 
     @classmethod
-    def parse(cls, data: Union[bytes, bytearray, str], strict: bool = True) -> "SipMessage":
+    def parse(cls, data: bytes | bytearray | str, strict: bool = True) -> SipMessage:
         """Parse one SIP message. Tolerates bare LF line ends and leading
         CRLFs (RFC 3261 7.5). With ``strict`` a body longer than
         Content-Length is an error; otherwise it is truncated (18.3)."""
@@ -612,7 +612,7 @@ class SipMessage:
     def __repr__(self) -> str:
         return f"<SipMessage {self.summary()}>"
 
-    def copy(self) -> "SipMessage":
+    def copy(self) -> SipMessage:
         return SipMessage.parse(self.encode())
 
     # -- start line ----------------------------------------------------------
@@ -649,7 +649,7 @@ class SipMessage:
                 out.extend(split_header_values(v) if key in LIST_HEADERS else [v])
         return out
 
-    def header(self, name: str, default: Optional[str] = None) -> Optional[str]:
+    def header(self, name: str, default: str | None = None) -> str | None:
         """First value of a header (for list headers: the first element)."""
         values = self.headers(name)
         return values[0] if values else default
@@ -658,20 +658,20 @@ class SipMessage:
         key = _key(name)
         return any(_key(n) == key for n, _ in self.header_list)
 
-    def add_header(self, name: str, value: str) -> "SipMessage":
+    def add_header(self, name: str, value: str) -> SipMessage:
         self.header_list.append((name, str(value)))
         return self
 
-    def prepend_header(self, name: str, value: str) -> "SipMessage":
+    def prepend_header(self, name: str, value: str) -> SipMessage:
         self.header_list.insert(0, (name, str(value)))
         return self
 
-    def remove_header(self, name: str) -> "SipMessage":
+    def remove_header(self, name: str) -> SipMessage:
         key = _key(name)
         self.header_list = [(n, v) for n, v in self.header_list if _key(n) != key]
         return self
 
-    def set_header(self, name: str, value: str) -> "SipMessage":
+    def set_header(self, name: str, value: str) -> SipMessage:
         """Replace all occurrences with one line, at the first one's position."""
         key = _key(name)
         out: list[tuple[str, str]] = []
@@ -691,11 +691,11 @@ class SipMessage:
     # -- convenience ---------------------------------------------------------
 
     @property
-    def call_id(self) -> Optional[str]:
+    def call_id(self) -> str | None:
         return self.header("Call-ID")
 
     @property
-    def cseq(self) -> Optional[tuple[int, str]]:
+    def cseq(self) -> tuple[int, str] | None:
         value = self.header("CSeq")
         if value is None:
             return None
@@ -704,32 +704,32 @@ class SipMessage:
             raise SipParseError(f"malformed CSeq {value!r}")
         return int(parts[0]), parts[1].upper()
 
-    def _tag(self, name: str) -> Optional[str]:
+    def _tag(self, name: str) -> str | None:
         value = self.header(name)
         if value is None:
             return None
         return parse_name_addr(value)[2].get("tag")
 
     @property
-    def from_tag(self) -> Optional[str]:
+    def from_tag(self) -> str | None:
         return self._tag("From")
 
     @property
-    def to_tag(self) -> Optional[str]:
+    def to_tag(self) -> str | None:
         return self._tag("To")
 
     @property
-    def top_via(self) -> Optional[Via]:
+    def top_via(self) -> Via | None:
         value = self.header("Via")
         return Via.parse(value) if value is not None else None
 
     @property
-    def top_via_branch(self) -> Optional[str]:
+    def top_via_branch(self) -> str | None:
         via = self.top_via
         return via.branch if via else None
 
     @property
-    def content_type(self) -> Optional[str]:
+    def content_type(self) -> str | None:
         return self.header("Content-Type")
 
     @property
@@ -763,7 +763,8 @@ def apply_route_set(remote_target: str, route_set: list[str]) -> tuple[str, list
         return remote_target, list(route_set)
     stripped = SipUri.parse(first_uri)
     # Strict routing: R-URI is the first route with header-unsafe parts removed.
-    stripped.params = {k: v for k, v in stripped.params.items() if k not in ("method", "maddr", "ttl", "transport", "lr")}
+    stripped.params = {k: v for k, v in stripped.params.items()
+                       if k not in ("method", "maddr", "ttl", "transport", "lr")}
     stripped.headers = None
     return str(stripped), list(route_set[1:]) + [f"<{remote_target}>"]
 
@@ -779,13 +780,13 @@ def build_request(
     to: str,
     call_id: str,
     cseq: int,
-    via: Union[str, Iterable[str]],
-    contact: Optional[str] = None,
+    via: str | Iterable[str],
+    contact: str | None = None,
     route: Iterable[str] = (),
     max_forwards: int = 70,
     extra_headers: HeaderList = (),
-    body: Union[bytes, str] = b"",
-    content_type: Optional[str] = None,
+    body: bytes | str = b"",
+    content_type: str | None = None,
 ) -> SipMessage:
     """A request with the RFC 3261 8.1.1 mandatory headers in the usual order.
     ``from_``/``to`` are full header values (including any tag)."""
@@ -820,11 +821,11 @@ def _with_tag(value: str, tag: str) -> str:
 def build_response(
     request: SipMessage,
     status: int,
-    reason: Optional[str] = None,
-    to_tag: Optional[str] = None,
+    reason: str | None = None,
+    to_tag: str | None = None,
     extra_headers: HeaderList = (),
-    body: Union[bytes, str] = b"",
-    content_type: Optional[str] = None,
+    body: bytes | str = b"",
+    content_type: str | None = None,
     copy_record_route: bool = False,
 ) -> SipMessage:
     """Response per RFC 3261 8.2.6.2: all Vias in order, From, To (plus
@@ -855,9 +856,9 @@ def build_ack(
     invite: SipMessage,
     response: SipMessage,
     *,
-    route_set: Optional[list[str]] = None,
-    remote_target: Optional[str] = None,
-    via: Optional[str] = None,
+    route_set: list[str] | None = None,
+    remote_target: str | None = None,
+    via: str | None = None,
     extra_headers: HeaderList = (),
 ) -> SipMessage:
     """ACK for a final response to ``invite``.
@@ -915,9 +916,9 @@ class LeanMessage:
     __slots__ = ("method", "uri", "status", "reason", "lines", "keys", "h", "body", "raw")
 
     def __init__(self):
-        self.method: Optional[str] = None
-        self.uri: Optional[str] = None
-        self.status: Optional[int] = None
+        self.method: str | None = None
+        self.uri: str | None = None
+        self.status: int | None = None
         self.reason: str = ""
         self.lines: list[tuple[str, str]] = []   # (name as sent, value), wire order
         self.keys: list[str] = []                # lookup key of each line
@@ -926,7 +927,7 @@ class LeanMessage:
         self.raw: bytes = b""
 
     @classmethod
-    def parse(cls, data: bytes) -> "LeanMessage":
+    def parse(cls, data: bytes) -> LeanMessage:
         head, sep, body = data.partition(b"\r\n\r\n")
         if not sep:
             head, sep, body = data.partition(b"\n\n")
@@ -1029,11 +1030,11 @@ class LeanMessage:
         return mm.group(1) if mm else ""
 
     @property
-    def from_tag(self) -> Optional[str]:
+    def from_tag(self) -> str | None:
         return header_tag(self.one("from"))
 
     @property
-    def to_tag(self) -> Optional[str]:
+    def to_tag(self) -> str | None:
         return header_tag(self.one("to"))
 
     def summary(self) -> str:
@@ -1042,7 +1043,7 @@ class LeanMessage:
         return f"{self.status} {self.reason}"
 
 
-def header_tag(value: str) -> Optional[str]:
+def header_tag(value: str) -> str | None:
     """The tag parameter of a From/To value (after the URI, never inside it)."""
     gt = value.rfind(">")
     mm = _TAG_RE.search(value, gt + 1 if gt >= 0 else 0)

@@ -39,14 +39,28 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
-from kamleak.harness.stack import ports
-from kamleak.harness.sip.message import (ALLOW, LeanMessage, SipParseError, SipUri, apply_route_set, encode,
-    header_tag, header_uri, new_branch, new_tag, parse_name_addr, parse_session_expires, reason_phrase, sdp,
-    uri_user)
 from kamleak.harness.judging.wait import poll
+from kamleak.harness.sip.message import (
+    ALLOW,
+    LeanMessage,
+    SipParseError,
+    SipUri,
+    apply_route_set,
+    encode,
+    header_tag,
+    header_uri,
+    new_branch,
+    new_tag,
+    parse_name_addr,
+    parse_session_expires,
+    reason_phrase,
+    sdp,
+    uri_user,
+)
+from kamleak.harness.stack import ports
 
 HOST = "127.0.0.1"
 MIN_SE = 90
@@ -70,20 +84,20 @@ class PeerDialog:
     remote_cseq: int
     local_cseq: int
     created: float
-    session_expires: Optional[int] = None
-    refresher: Optional[str] = None
+    session_expires: int | None = None
+    refresher: str | None = None
     sdp_session: int = 0
     sdp_version: int = 1
     acked: bool = False
     state: str = "confirmed"  # confirmed | terminated
-    terminated_by: Optional[str] = None
-    bye_branch: Optional[str] = None
-    bye_sent_at: Optional[float] = None
+    terminated_by: str | None = None
+    bye_branch: str | None = None
+    bye_sent_at: float | None = None
     bye_responses: list[tuple[int, str]] = field(default_factory=list)
-    bye_final_at: Optional[float] = None
+    bye_final_at: float | None = None
 
     @property
-    def bye_final(self) -> Optional[tuple[int, str]]:
+    def bye_final(self) -> tuple[int, str] | None:
         for code, reason in self.bye_responses:
             if code >= 200:
                 return code, reason
@@ -93,9 +107,9 @@ class PeerDialog:
 @dataclass
 class ByeResult:
     call_id: str
-    code: Optional[int]       # None: no final response within the wait
+    code: int | None       # None: no final response within the wait
     reason: str
-    after: Optional[float]    # seconds from our BYE to its final response
+    after: float | None    # seconds from our BYE to its final response
     responses: list[tuple[int, str]]
 
 
@@ -111,17 +125,17 @@ class UdpPeer:
         self.send_trying = send_trying
         self.keep_terminated = keep_terminated
         self.rcvbuf = rcvbuf
-        self.on_bye_result: Optional[Callable[[str, int, str], None]] = None
+        self.on_bye_result: Callable[[str, int, str], None] | None = None
         self.dialogs: dict[str, PeerDialog] = {}          # every dialog answered, by Call-ID
         self.by_extension: dict[str, str] = {}            # extension -> latest Call-ID
         self.counters: collections.Counter = collections.Counter()
         self.errors: list[str] = []
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
-        self._cache: "collections.OrderedDict[tuple[str, str], bytes]" = collections.OrderedDict()
+        self._cache: collections.OrderedDict[tuple[str, str], bytes] = collections.OrderedDict()
         self._bye_by_branch: dict[str, str] = {}
-        self._sock: Optional[socket.socket] = None
-        self._thread: Optional[threading.Thread] = None
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._stop = False
         self._paused = False
@@ -133,7 +147,7 @@ class UdpPeer:
     def address(self) -> str:
         return f"{self.host}:{self.sip_port}"
 
-    def start(self) -> "UdpPeer":
+    def start(self) -> UdpPeer:
         if not self.sip_port:
             self.sip_port = ports.allocate(1)[0]
             self._own_port = True
@@ -168,13 +182,13 @@ class UdpPeer:
             ports.release(self.sip_port)
             self._own_port = False
 
-    def __enter__(self) -> "UdpPeer":
+    def __enter__(self) -> UdpPeer:
         return self if self._sock is not None else self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def death(self) -> Optional[str]:
+    def death(self) -> str | None:
         if self._paused and self._sock is not None:
             return None
         if self._thread is None or not self._thread.is_alive():
@@ -311,8 +325,8 @@ class UdpPeer:
         self._cache_put(key, out)
         self._send(out, addr)
 
-    def _response(self, req: LeanMessage, status: int, reason: Optional[str] = None, *,
-                  to_tag: Optional[str] = None, extra=(), body: bytes = b"",
+    def _response(self, req: LeanMessage, status: int, reason: str | None = None, *,
+                  to_tag: str | None = None, extra=(), body: bytes = b"",
                   record_route: bool = False) -> bytes:
         headers = list(req.raw_lines("via"))
         if record_route:
@@ -329,7 +343,7 @@ class UdpPeer:
             headers.append(("Content-Type", "application/sdp"))
         return encode(f"SIP/2.0 {status} {reason or reason_phrase(status)}", headers, body)
 
-    def _timer_headers(self, req: LeanMessage, d: Optional[PeerDialog]) -> tuple[list, Optional[bytes]]:
+    def _timer_headers(self, req: LeanMessage, d: PeerDialog | None) -> tuple[list, bytes | None]:
         """Session-timer headers for a 2xx (RFC 4028 9), or a 422 to send instead."""
         secs, refresher = parse_session_expires(req.one("session-expires"))
         if secs is None:
@@ -483,7 +497,7 @@ class UdpPeer:
         if first_final and self.on_bye_result is not None:
             self.on_bye_result(call_id, resp.status, resp.reason)
 
-    def bye_result(self, call_id: str) -> Optional[ByeResult]:
+    def bye_result(self, call_id: str) -> ByeResult | None:
         with self._lock:
             d = self.dialogs.get(call_id)
             if d is None or d.bye_sent_at is None:

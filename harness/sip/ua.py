@@ -27,15 +27,29 @@ import ssl
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, TypeVar, Union
+from typing import TypeVar
 from urllib.parse import urlsplit
 
-
+from kamleak.harness.sip.message import (
+    ALLOW,
+    SipMessage,
+    SipParseError,
+    apply_route_set,
+    build_ack,
+    build_request,
+    build_response,
+    format_name_addr,
+    new_branch,
+    new_call_id,
+    new_tag,
+    parse_name_addr,
+    parse_session_expires,
+    route_set_from_record_route,
+    sdp,
+)
 from kamleak.harness.sip.websocket import WebSocket, WebSocketError
-from kamleak.harness.sip.message import (ALLOW, SipMessage, SipParseError, apply_route_set, build_ack,
-    build_request, build_response, format_name_addr, new_branch, new_call_id, new_tag, parse_name_addr,
-    parse_session_expires, route_set_from_record_route, sdp)
 
 __all__ = [
     "WebSocketUA",
@@ -68,7 +82,7 @@ class UATimeout(UAError):
 class CallFailed(UAError):
     """A request got a final response >= 300; ``.response`` holds it."""
 
-    def __init__(self, response: SipMessage, message: Optional[str] = None) -> None:
+    def __init__(self, response: SipMessage, message: str | None = None) -> None:
         self.response = response
         super().__init__(message or f"{response.status} {response.reason}")
 
@@ -80,7 +94,7 @@ class TraceEntry:
     transport: str  # "ws" | "wss"
     local: str  # "ip:port"
     remote: str
-    message: Optional[SipMessage]  # None when the received bytes did not parse
+    message: SipMessage | None  # None when the received bytes did not parse
     raw: bytes
 
 
@@ -104,15 +118,15 @@ class ClientTransaction:
         self.branch = request.top_via_branch
         self.method = request.method
         self.responses: list[SipMessage] = []
-        self.final: Optional[SipMessage] = None
-        self.ack: Optional[SipMessage] = None  # INVITE only; resent on retransmitted finals
+        self.final: SipMessage | None = None
+        self.ack: SipMessage | None = None  # INVITE only; resent on retransmitted finals
         self._consumed = 0
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.branch or "", self.method or "")
 
-    def _next_response(self) -> Optional[SipMessage]:
+    def _next_response(self) -> SipMessage | None:
         if self._consumed < len(self.responses):
             self._consumed += 1
             return self.responses[self._consumed - 1]
@@ -126,7 +140,7 @@ class Dialog:
     according to the last RFC 4028 negotiation.
     """
 
-    def __init__(self, ua: "WebSocketUA", invite: SipMessage, response: SipMessage, sdp_port: int) -> None:
+    def __init__(self, ua: WebSocketUA, invite: SipMessage, response: SipMessage, sdp_port: int) -> None:
         self.ua = ua
         self.invite = invite
         self.response = response
@@ -138,14 +152,14 @@ class Dialog:
         self.local_uri = parse_name_addr(self.local_party)[1]
         self.remote_uri = parse_name_addr(self.remote_party)[1]
         self.local_cseq: int = invite.cseq[0] if invite.cseq else 1
-        self.remote_cseq: Optional[int] = None
+        self.remote_cseq: int | None = None
         self.route_set: list[str] = []
         self.remote_target: str = invite.uri or ""
         self.state = "early"
-        self.terminated_by: Optional[str] = None  # "local" | "remote"
-        self.session_expires: Optional[int] = None
-        self.min_se: Optional[int] = None
-        self.refresher: Optional[str] = None
+        self.terminated_by: str | None = None  # "local" | "remote"
+        self.session_expires: int | None = None
+        self.min_se: int | None = None
+        self.refresher: str | None = None
         self.sdp_session_id = random.randint(10**6, 10**9)
         self.sdp_version = 1
         self.sdp_port = sdp_port
@@ -190,8 +204,8 @@ class Dialog:
         self,
         method: str,
         extra_headers: Iterable[tuple[str, str]] = (),
-        body: Union[bytes, str] = b"",
-        content_type: Optional[str] = None,
+        body: bytes | str = b"",
+        content_type: str | None = None,
     ) -> SipMessage:
         """Next in-dialog request (RFC 3261 12.2.1.1); bumps the local CSeq."""
         method = method.upper()
@@ -221,8 +235,8 @@ class Dialog:
         method: str,
         *,
         extra_headers: Iterable[tuple[str, str]] = (),
-        body: Union[bytes, str] = b"",
-        content_type: Optional[str] = None,
+        body: bytes | str = b"",
+        content_type: str | None = None,
         timeout: float = 10.0,
         check: bool = False,
     ) -> SipMessage:
@@ -248,9 +262,9 @@ class Dialog:
 
     def reinvite(
         self,
-        session_expires: Optional[int] = None,
-        min_se: Optional[int] = None,
-        refresher: Optional[str] = None,
+        session_expires: int | None = None,
+        min_se: int | None = None,
+        refresher: str | None = None,
         *,
         timeout: float = 10.0,
         extra_headers: Iterable[tuple[str, str]] = (),
@@ -273,7 +287,8 @@ class Dialog:
             check=check,
         )
 
-    def bye(self, *, timeout: float = 10.0, extra_headers: Iterable[tuple[str, str]] = (), check: bool = False) -> SipMessage:
+    def bye(self, *, timeout: float = 10.0, extra_headers: Iterable[tuple[str, str]] = (),
+            check: bool = False) -> SipMessage:
         """UA-initiated BYE; returns the final response."""
         return self.request("BYE", extra_headers=extra_headers, timeout=timeout, check=check)
 
@@ -296,15 +311,15 @@ class WebSocketUA:
         self,
         url: str,
         user: str = "kamleak",
-        domain: Optional[str] = None,
+        domain: str | None = None,
         *,
-        display_name: Optional[str] = None,
+        display_name: str | None = None,
         sdp_ip: str = "127.0.0.1",
         user_agent: str = "kamleak",
         auto_answer: bool = True,
         io_timeout: float = 0.1,
         send_timeout: float = 5.0,
-        source: Optional[tuple[str, int]] = None,
+        source: tuple[str, int] | None = None,
         share_port: bool = False,
     ) -> None:
         """SOURCE: bind the connection to this (ip, port) first. SHARE_PORT:
@@ -333,13 +348,13 @@ class WebSocketUA:
         self.trace: list[TraceEntry] = []
         self.errors: list[ReceivedError] = []
         self.stray_responses: list[SipMessage] = []  # responses matching no client transaction
-        self.local_addr: Optional[str] = None
-        self.remote_addr: Optional[str] = None
-        self.closed_reason: Optional[str] = None
+        self.local_addr: str | None = None
+        self.remote_addr: str | None = None
+        self.closed_reason: str | None = None
 
-        self._ws: Optional[WebSocket] = None
+        self._ws: WebSocket | None = None
         self._early: list = []
-        self._sock: Optional[socket.socket] = None
+        self._sock: socket.socket | None = None
         self._open = False
         self._closed = False
         self._silent = False   # disconnect("silent"): socket open, never read
@@ -347,7 +362,7 @@ class WebSocketUA:
         self._cond = threading.Condition(threading.RLock())
         self._io_lock = threading.Lock()  # serialises socket I/O (an SSL object is not thread-safe)
         self._stop = threading.Event()
-        self._reader: Optional[threading.Thread] = None
+        self._reader: threading.Thread | None = None
         self._transactions: dict[tuple[str, str], ClientTransaction] = {}
         self._dialogs: dict[tuple[str, str, str], Dialog] = {}
         self._requests: list[SipMessage] = []
@@ -355,7 +370,7 @@ class WebSocketUA:
 
     # -- connection ----------------------------------------------------------
 
-    def __enter__(self) -> "WebSocketUA":
+    def __enter__(self) -> WebSocketUA:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -373,7 +388,7 @@ class WebSocketUA:
         with self._cond:
             return list(self._dialogs.values())
 
-    def connect(self, timeout: float = 5.0) -> "WebSocketUA":
+    def connect(self, timeout: float = 5.0) -> WebSocketUA:
         """Open the WebSocket with subprotocol "sip" (RFC 7118 4)."""
         if self._ws is not None or self._closed:
             raise UAError("connect() called twice; use a new WebSocketUA per connection")
@@ -581,7 +596,7 @@ class WebSocketUA:
                             closed = ev[1]
                             break
                     events = []
-            except (socket.timeout, ssl.SSLWantReadError):
+            except (TimeoutError, ssl.SSLWantReadError):
                 continue  # partial TLS record: try again
             except OSError as exc:
                 if not self._stop.is_set():
@@ -604,15 +619,15 @@ class WebSocketUA:
                 self._connection_lost(f"peer sent WebSocket close (code {int(closed)})")
                 return
 
-    def _record_incoming(self, data: bytes) -> Optional[SipMessage]:
+    def _record_incoming(self, data: bytes) -> SipMessage | None:
         if not data.strip(b"\r\n "):
             return None  # CRLF keep-alive (RFC 5626 4.4.1), not a message
         ts = time.time()
-        msg: Optional[SipMessage] = None
+        msg: SipMessage | None = None
         try:
             msg = SipMessage.parse(data)
             _check_mandatory(msg)
-        except Exception as exc:  # SipParseError, or anything odd: keep it, never kill the reader
+        except Exception as exc:  # noqa: BLE001 - SipParseError, or anything odd: keep it, never kill the reader
             self._append_trace("in", msg, data, ts)
             self._record_error(f"malformed SIP message received: {exc}", data, ts)
             return None
@@ -620,14 +635,14 @@ class WebSocketUA:
         log.debug("%s <- %s", self.user, msg.summary())
         return msg
 
-    def _append_trace(self, direction: str, msg: Optional[SipMessage], raw: bytes, ts: Optional[float] = None) -> TraceEntry:
+    def _append_trace(self, direction: str, msg: SipMessage | None, raw: bytes, ts: float | None = None) -> TraceEntry:
         entry = TraceEntry(ts or time.time(), direction, self.transport, self.local_addr or "",
                            self.remote_addr or "", msg, raw)
         with self._cond:
             self.trace.append(entry)
         return entry
 
-    def _record_error(self, reason: str, raw: bytes, ts: Optional[float] = None) -> None:
+    def _record_error(self, reason: str, raw: bytes, ts: float | None = None) -> None:
         log.warning("%s: %s", self.user, reason)
         with self._cond:
             self.errors.append(ReceivedError(ts or time.time(), reason, raw))
@@ -643,7 +658,7 @@ class WebSocketUA:
 
     def _on_response(self, resp: SipMessage) -> None:
         key = (resp.top_via_branch or "", resp.cseq[1])
-        resend: Optional[SipMessage] = None
+        resend: SipMessage | None = None
         with self._cond:
             tx = self._transactions.get(key)
             if tx is None:
@@ -669,7 +684,7 @@ class WebSocketUA:
             self._requests.append(req)
             self._cond.notify_all()
 
-    def _find_dialog(self, req: SipMessage) -> Optional[Dialog]:
+    def _find_dialog(self, req: SipMessage) -> Dialog | None:
         with self._cond:
             return self._dialogs.get((req.call_id or "", req.to_tag or "", req.from_tag or ""))
 
@@ -720,7 +735,7 @@ class WebSocketUA:
         proto = "WSS" if self.transport == "wss" else "WS"
         return f"SIP/2.0/{proto} {self.via_host};branch={new_branch()};rport"
 
-    def _send(self, msg: Union[SipMessage, bytes, str]) -> None:
+    def _send(self, msg: SipMessage | bytes | str) -> None:
         if isinstance(msg, SipMessage):
             raw, parsed, what = msg.encode(), msg, msg.summary()
         else:
@@ -756,7 +771,7 @@ class WebSocketUA:
         except UAError as exc:
             log.debug("%s", exc)
 
-    def send_raw(self, data: Union[bytes, str]) -> None:
+    def send_raw(self, data: bytes | str) -> None:
         """Send arbitrary bytes as one text frame (for negative tests)."""
         self._send(data)
 
@@ -768,12 +783,12 @@ class WebSocketUA:
         self,
         request: SipMessage,
         status: int,
-        reason: Optional[str] = None,
+        reason: str | None = None,
         *,
         extra_headers: Iterable[tuple[str, str]] = (),
-        body: Union[bytes, str] = b"",
-        content_type: Optional[str] = None,
-        to_tag: Optional[str] = None,
+        body: bytes | str = b"",
+        content_type: str | None = None,
+        to_tag: str | None = None,
     ) -> SipMessage:
         """Answer a received request; adds a To tag if it has none (8.2.6.2)."""
         if request.to_tag is None and status > 100:
@@ -784,7 +799,7 @@ class WebSocketUA:
         self._send(resp)
         return resp
 
-    def _respond_quiet(self, request: SipMessage, status: int, reason: Optional[str] = None, **kw) -> None:
+    def _respond_quiet(self, request: SipMessage, status: int, reason: str | None = None, **kw) -> None:
         try:
             self.respond(request, status, reason, **kw)
         except UAError as exc:
@@ -804,7 +819,7 @@ class WebSocketUA:
 
     # -- waiting -------------------------------------------------------------
 
-    def _wait(self, predicate: Callable[[], Optional[T]], deadline: float, timeout: float, what: str) -> T:
+    def _wait(self, predicate: Callable[[], T | None], deadline: float, timeout: float, what: str) -> T:
         with self._cond:
             while True:
                 if len(self.errors) > self._errors_reported:
@@ -822,7 +837,7 @@ class WebSocketUA:
                 self._cond.wait(remaining)
 
     def _wait_final(self, tx: ClientTransaction, timeout: float,
-                    on_provisional: Optional[Callable[[SipMessage], None]] = None) -> SipMessage:
+                    on_provisional: Callable[[SipMessage], None] | None = None) -> SipMessage:
         deadline = time.monotonic() + timeout
         what = f"final response to {tx.method}"
         while True:
@@ -832,13 +847,13 @@ class WebSocketUA:
             if on_provisional is not None:
                 on_provisional(resp)
 
-    def wait_for_request(self, method: Optional[str] = None, timeout: float = 10.0, *,
-                         call_id: Optional[str] = None) -> SipMessage:
+    def wait_for_request(self, method: str | None = None, timeout: float = 10.0, *,
+                         call_id: str | None = None) -> SipMessage:
         """Next received request (optionally of ``method`` / ``call_id``),
         removed from the queue. Already auto-answered if auto_answer is on."""
         method = method.upper() if method else None
 
-        def take() -> Optional[SipMessage]:
+        def take() -> SipMessage | None:
             for i, req in enumerate(self._requests):
                 if (method is None or req.method == method) and (call_id is None or req.call_id == call_id):
                     return self._requests.pop(i)
@@ -849,8 +864,8 @@ class WebSocketUA:
 
     # -- client requests -----------------------------------------------------
 
-    def _timer_headers(self, session_expires: Optional[int], min_se: Optional[int],
-                       refresher: Optional[str]) -> list[tuple[str, str]]:
+    def _timer_headers(self, session_expires: int | None, min_se: int | None,
+                       refresher: str | None) -> list[tuple[str, str]]:
         headers: list[tuple[str, str]] = []
         if session_expires is not None:
             value = str(session_expires) + (f";refresher={refresher}" if refresher else "")
@@ -869,11 +884,11 @@ class WebSocketUA:
         self,
         target: str,
         *,
-        session_expires: Optional[int] = None,
-        min_se: Optional[int] = None,
-        refresher: Optional[str] = None,
+        session_expires: int | None = None,
+        min_se: int | None = None,
+        refresher: str | None = None,
         timeout: float = 10.0,
-        supported: Optional[str] = "timer",
+        supported: str | None = "timer",
         extra_headers: Iterable[tuple[str, str]] = (),
     ) -> Dialog:
         """Place a call and return the confirmed dialog.
@@ -934,7 +949,7 @@ class WebSocketUA:
             dialog._update_from_response(final)
         else:
             dialog = new_dialog(final)
-        for tag, d in early.items():
+        for d in early.values():
             if d is not dialog:
                 d._terminate("remote")  # other early dialogs end with the 2xx (13.2.2.4)
         if not final.header("Contact"):
@@ -948,11 +963,11 @@ class WebSocketUA:
     def request(
         self,
         method: str,
-        uri: Optional[str] = None,
+        uri: str | None = None,
         *,
         extra_headers: Iterable[tuple[str, str]] = (),
-        body: Union[bytes, str] = b"",
-        content_type: Optional[str] = None,
+        body: bytes | str = b"",
+        content_type: str | None = None,
         timeout: float = 10.0,
         check: bool = False,
     ) -> SipMessage:
@@ -985,7 +1000,7 @@ def _check_mandatory(msg: SipMessage) -> None:
     for name in ("Via", "From", "To", "Call-ID", "CSeq"):
         if not msg.has_header(name):
             raise SipParseError(f"missing mandatory header {name} in {msg.summary()}")
-    msg.cseq  # raises SipParseError if malformed
+    _ = msg.cseq  # raises SipParseError if malformed
     for name in ("From", "To"):
         parse_name_addr(msg.header(name) or "")
     if msg.top_via is None or (msg.is_response and not msg.top_via_branch):
@@ -999,7 +1014,7 @@ def _await_close(ws: WebSocket, sock: socket.socket, timeout: float) -> None:
         sock.settimeout(max(0.001, deadline - time.monotonic()))
         try:
             data = sock.recv(65536)
-        except (socket.timeout, WebSocketError):
+        except (TimeoutError, WebSocketError):
             return
         if not data or any(ev[0] == "close" for ev in ws.receive(data)):
             return

@@ -39,7 +39,7 @@ class UdpClient:
     def close(self) -> None:
         self._sock.close()
 
-    def __enter__(self) -> "UdpClient":
+    def __enter__(self) -> UdpClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -92,6 +92,6 @@ class UdpClient:
                 if quiet <= 0:
                     break
                 self._sock.settimeout(quiet)
-        except socket.timeout:
+        except TimeoutError:
             pass
         return finals

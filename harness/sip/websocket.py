@@ -16,11 +16,19 @@ from __future__ import annotations
 import os
 import random
 import struct
-from typing import Optional
 
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Ping, Pong, RejectConnection,
-                            RejectData, Request, TextMessage)
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
@@ -59,7 +67,7 @@ class WebSocket:
         # Mask keys need not be secret for a test client; os.urandom per frame cost ~1 us.
         self._mask = random.Random(os.urandom(16)).getrandbits
         self.open = False
-        self.subprotocol: Optional[str] = None
+        self.subprotocol: str | None = None
         self.closed = False               # the close handshake was started or answered
 
     # -- the handshake ------------------------------------------------------
@@ -70,7 +78,7 @@ class WebSocket:
         return self._ws.send(Request(host=host, target=target, subprotocols=list(subprotocols),
                                      extra_headers=headers))
 
-    def accept(self, subprotocol: Optional[str] = "sip") -> bytes:
+    def accept(self, subprotocol: str | None = "sip") -> bytes:
         """The server's 101 (SUBPROTOCOL None: no Sec-WebSocket-Protocol header)."""
         data = self._ws.send(AcceptConnection(subprotocol=subprotocol))
         self.open, self.subprotocol = True, subprotocol

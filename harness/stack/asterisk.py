@@ -14,9 +14,9 @@ import string
 import time
 from pathlib import Path
 
-from kamleak.harness.stack import containers, images, ports
 from kamleak.harness.errors import ServerError
 from kamleak.harness.judging.wait import AbortedWait, WaitTimeout, poll
+from kamleak.harness.stack import containers, images, ports
 
 TEMPLATES = images.DOCKER_DIR / "asterisk"
 
@@ -48,7 +48,7 @@ class AsteriskPBX:
             mounts[str(out)] = f"/etc/asterisk/{out.name}"
         return mounts
 
-    def start(self, timeout: float = 60.0) -> "AsteriskPBX":
+    def start(self, timeout: float = 60.0) -> AsteriskPBX:
         import docker.errors
         mounts = self.render()
         t0 = time.monotonic()

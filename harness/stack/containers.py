@@ -75,7 +75,7 @@ def loopback_name_files() -> dict[str, str]:
 
 def run(client: docker.DockerClient, image: str, *, role: str, name_hint: str,
         command=None, entrypoint=None, mounts: dict[str, str] | None = None,
-        environment=None) -> "docker.models.containers.Container":
+        environment=None) -> docker.models.containers.Container:
     """Start a detached, host-networked container; `mounts` are read-only."""
     files = loopback_name_files()
     volumes = {files["hosts"]: {"bind": "/etc/hosts", "mode": "ro"},

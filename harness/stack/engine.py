@@ -68,7 +68,7 @@ def start_dockerd(log=print) -> None:
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)  # outlives us: the image cache is the point
 
-        def exited():
+        def exited(proc=proc):
             return f"dockerd exited with {proc.returncode}" if proc.poll() is not None else None
 
         try:

@@ -26,8 +26,8 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from kamleak.harness import progress
 from kamleak.harness.errors import ImageError, UsageError
-from kamleak.harness.reporting import progress
 
 # harness/stack/images.py -> the folder holding harness/ and docker/: the
 # checkout, or site-packages/kamleak in an installed wheel (pyproject.toml

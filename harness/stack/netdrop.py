@@ -56,7 +56,7 @@ class Blackhole:
         self.rules = _rules(local, remote)
         self.active = False
 
-    def start(self) -> "Blackhole":
+    def start(self) -> Blackhole:
         why = available()
         if why:
             raise UsageError(f"cannot drop packets: {why}", "run as root with iptables, or pick "
@@ -76,7 +76,7 @@ class Blackhole:
                 pass            # delete every copy (a rule inserted twice)
         self.active = False
 
-    def __enter__(self) -> "Blackhole":
+    def __enter__(self) -> Blackhole:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -11,9 +11,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from kamleak.harness.errors import ServerError
 from kamleak.harness.stack import containers, engine, images, ports
 from kamleak.harness.stack.asterisk import AsteriskPBX
-from kamleak.harness.errors import ServerError
 from kamleak.harness.stack.kamailio import Kamailio, KamailioConfig, TmTimers
 from kamleak.harness.stack.targets import Target
 
@@ -58,7 +58,7 @@ class Stack:
         self.kamailios: list[Kamailio] = []
         self.uas: list = []
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         try:
             self.client = engine.client()
             containers.reap_leftovers(self.client, log=self.log)

@@ -30,17 +30,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from kamleak.harness import progress
 from kamleak.harness.errors import ImageError, UsageError
-from kamleak.harness.reporting import progress
 from kamleak.harness.stack import containers, images
 from kamleak.harness.stack.kamailio.cfg import parse, read_config
+from kamleak.harness.stack.kamailio.config import BODY
 
 DEFAULT_SOURCE = "https://github.com/kamailio/kamailio.git"
 SOURCE_ENV = "KAMLEAK_KAMAILIO_SOURCE"
 REPO = "kamleak/kamailio-src"
 CCACHE_VOLUME = "kamleak-ccache"
 BUILD_CPUS = 1.5          # polite on a shared 2-core box
-HARNESS_CFG = images.ROOT / "harness" / "stack" / "kamailio" / "kamailio.cfg"
 
 LABEL_COMMIT = "org.kamleak.commit"
 LABEL_DESCRIBE = "org.kamleak.describe"
@@ -323,7 +323,7 @@ def config_modules(text: str, path: str = "kamailio.cfg") -> set[str]:
 
 def modules_for(config_path: str | None = None) -> list[str]:
     """The harness's config's modules, plus those of the user's config if any."""
-    mods = config_modules(HARNESS_CFG.read_text(), str(HARNESS_CFG))
+    mods = config_modules(BODY.read_text(), str(BODY))
     if config_path:
         mods |= config_modules(read_config(config_path), config_path)
     return sorted(mods)

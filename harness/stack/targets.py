@@ -13,8 +13,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
-from kamleak.harness.stack import images
 from kamleak.harness.errors import ImageError, UsageError
+from kamleak.harness.stack import images
 from kamleak.harness.stack.kamailio import ContainerKamailio, KamailioConfig, LocalKamailio
 
 

@@ -46,8 +46,8 @@ import sys
 import time
 from pathlib import Path
 
-from kamleak.harness.stack import containers, engine, images
 from kamleak.harness.errors import KamleakError
+from kamleak.harness.stack import containers, engine, images
 from kamleak.harness.stack.kamailio import TmTimers
 
 GATE_CASES = (("6.1.5", "none"), ("6.0.1", "uac_req_send"))
@@ -148,8 +148,8 @@ def soak_throughput(client, *, version: str, calls: int, concurrency: int, trans
     from kamleak.harness import registry
     from kamleak.harness.sip.peer import UdpPeer
     from kamleak.harness.stack.runner import launch_kamailio
-    from kamleak.harness.tools.soak import run_soak
     from kamleak.harness.stack.targets import Target
+    from kamleak.harness.tools.soak import run_soak
 
     workdir = containers.workdir()
     peer = UdpPeer().start()
@@ -231,13 +231,13 @@ def table(floor: dict, gate: dict, soak: list[dict], build: dict | None = None) 
     lines = [f"floor: bare container start+exit kamailio {kam_f:.2f} s, asterisk {ast_f:.2f} s; "
              f"wt_timer {floor['wt_timer']:.2f} s; leak deadline {floor['leak_deadline']:.2f} s", ""]
     head = f"{'phase (median s)':18}"
-    for case, rows in gate.items():
+    for case in gate:
         head += f" {case:>22} {'x floor':>8}"
     lines.append(head + f" {'floor':>7}")
     for phase in PHASES:
         line = f"{phase:18}"
         fl = None
-        for case, rows in gate.items():
+        for rows in gate.values():
             med = _median(rows, phase)
             if phase == "verdict":
                 fl = floor["leak_deadline"] if "leak" in {r["outcome"] for r in rows} else floor["wt_timer"]

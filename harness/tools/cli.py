@@ -13,18 +13,16 @@ import sys
 import time
 from pathlib import Path
 
-from kamleak.harness.stack import containers, engine, images
-from kamleak.harness.reporting import progress
+from kamleak.harness import progress
+from kamleak.harness.errors import KamleakError, UsageError
+from kamleak.harness.judging.verdict import TransactionVerdict, timers_text
+from kamleak.harness.stack import containers, engine, images, source_build
+from kamleak.harness.stack.runner import Stack
+from kamleak.harness.stack.targets import Target, add_option, parse_targets
 from kamleak.harness.tools import bench as bench_cmd
-from kamleak.harness.tools import watch as watch_cmd
 from kamleak.harness.tools import lint as lint_cmd
 from kamleak.harness.tools import soak as soak_cmd
-from kamleak.harness.errors import KamleakError, UsageError
-from kamleak.harness.stack.runner import Stack
-from kamleak.harness.stack import source_build
-from kamleak.harness.stack.targets import Target, add_option, parse_targets
-from kamleak.harness.judging.verdict import TransactionVerdict, timers_text
-
+from kamleak.harness.tools import watch as watch_cmd
 
 _say = progress.say
 
@@ -93,7 +91,8 @@ def _rule(title: str) -> None:
 
 def _save_run(directory: Path, verdict, kam, bench, log_start: int) -> Path:
     """One repro run's evidence: verdict, timeline plot, SIP trace, logs, config."""
-    from kamleak.harness.reporting import plot, text as report
+    from kamleak.harness.reporting import plot
+    from kamleak.harness.reporting import text as report
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "verdict.json").write_text(verdict.dumps())
@@ -756,7 +755,7 @@ def main(argv=None) -> int:
         containers.remove_all_live()
         _say("interrupted; our containers were removed")
         return 130
-    except Exception as exc:  # noqa: BLE001 - one line for the user, the rest on request
+    except Exception as exc:
         if os.environ.get("KAMLEAK_DEBUG"):
             raise
         containers.remove_all_live()

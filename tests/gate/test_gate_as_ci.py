@@ -13,8 +13,6 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 GATE = "tests/gate/test_gh4140_bye_to_closed_ws.py"
 

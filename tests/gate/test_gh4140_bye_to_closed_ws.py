@@ -12,6 +12,7 @@ as users do, in a subprocess, in `test_gate_as_ci.py`.
 The scenario runs in the `gh4140_verdict` fixture: a harness problem is a
 test *error*; only a leak fails the test.
 """
+from __future__ import annotations
 
 import pytest
 

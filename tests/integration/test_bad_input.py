@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from kamleak.harness.errors import NotApplicable, ServerError
 from kamleak.harness.stack import containers, images, ports
 from kamleak.harness.stack.asterisk import AsteriskPBX
-from kamleak.harness.errors import NotApplicable, ServerError
 from kamleak.harness.stack.kamailio import ContainerKamailio, KamailioConfig
 from kamleak.harness.stack.runner import launch_kamailio
 from kamleak.harness.stack.targets import Target

@@ -12,13 +12,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from kamleak.harness.stack import containers
 from kamleak.harness.judging.wait import poll
+from kamleak.harness.stack import containers
 
 # These tests look at every container and builder on the engine: not beside xdist workers.
 pytestmark = pytest.mark.serial

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from kamleak.harness.judging import oracle
 from kamleak.harness.errors import ScenarioError
+from kamleak.harness.judging import oracle
 from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
 
 VARIANT = gh4140.Variant.parse("uac_req_send")

@@ -15,11 +15,11 @@ import pytest
 
 from kamleak.harness.judging.evidence import attach
 from kamleak.harness.plugin import state
-from kamleak.harness.stack.kamailio import TmTimers
 from kamleak.harness.sip.peer import UdpPeer
+from kamleak.harness.stack.kamailio import TmTimers
 from kamleak.harness.stack.runner import launch_kamailio
-from kamleak.harness.tools.soak import run_soak
 from kamleak.harness.stack.targets import Target
+from kamleak.harness.tools.soak import run_soak
 from kamleak.scenarios.gh4140_bye_to_closed_ws import Variant
 
 pytestmark = [pytest.mark.kamailio]

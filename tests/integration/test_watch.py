@@ -26,13 +26,13 @@ from pathlib import Path
 import pytest
 import requests
 
+from kamleak.harness.judging.wait import poll, stop_process
 from kamleak.harness.plugin import state
+from kamleak.harness.sip.peer import UdpPeer
 from kamleak.harness.stack import ports
 from kamleak.harness.stack.kamailio import TmTimers
-from kamleak.harness.sip.peer import UdpPeer
 from kamleak.harness.stack.runner import launch_kamailio
 from kamleak.harness.stack.targets import Target
-from kamleak.harness.judging.wait import poll, stop_process
 from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
 
 pytestmark = [pytest.mark.kamailio]
@@ -346,7 +346,7 @@ def _leak_udp(port: int, n: int, window: int = 200) -> None:
                 sent += 1
             try:
                 data, _ = c._sock.recvfrom(65535)
-            except socket.timeout:
+            except TimeoutError:
                 return              # a few replies lost over UDP: tm.stats counts the cells
             if data.startswith(b"SIP/2.0 ") and not data.startswith(b"SIP/2.0 1"):
                 got += 1
@@ -369,7 +369,7 @@ def test_ten_thousand_cells_http_falls_back_ctl_lists_them(request, docker_clien
         _leak_udp(k.config.udp_port, 10_000)
         cur = k.rpc.tm_stats()["current"]
         assert cur >= 9_000, cur
-        for name, addr, mode in (("http", k.rpc.url, "tm.stats"),
+        for _name, addr, mode in (("http", k.rpc.url, "tm.stats"),
                                  ("ctl", f"tcp:127.0.0.1:{k.config.ctl_port}", "tm.list")):
             cpu0 = _container_cpu(k)
             w = WatchProc("--kamailio-rpc", addr, "--interval", "2", "--timeout", "4",

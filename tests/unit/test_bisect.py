@@ -1,11 +1,12 @@
 """The bisection state machine (verdicts given; real runs are in tests/gate)."""
+from __future__ import annotations
 
 import math
 
 import pytest
 
-from kamleak.harness.tools.bisection import bisect
 from kamleak.harness.errors import UsageError
+from kamleak.harness.tools.bisection import bisect
 
 
 def oracle(verdicts: dict):

@@ -13,9 +13,9 @@ import subprocess
 
 import pytest
 
-from kamleak.harness.tools import bisection as bs
 from kamleak.harness import knowledge
 from kamleak.harness.errors import UsageError
+from kamleak.harness.tools import bisection as bs
 from tests.unit.test_source_build import source  # noqa: F401  (fixture)
 
 FIX = knowledge.FIXES["t_unref_orphans"].commit       # bd0aaf89b8, master only

@@ -1,4 +1,5 @@
 """The issue-4140 scenario's variants, applicability and expectations."""
+from __future__ import annotations
 
 import pytest
 

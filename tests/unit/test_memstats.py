@@ -1,4 +1,5 @@
 """`mod.stats all shm` parsing and growth, on an answer shaped like Kamailio 6.0's."""
+from __future__ import annotations
 
 from kamleak.harness.probes.memstats import growth, parse_mod_stats
 from kamleak.harness.probes.rpc import loads

@@ -1,7 +1,8 @@
 """Reading Kamailio's replies out of Asterisk's res_pjsip_logger output."""
+from __future__ import annotations
 
-from kamleak.harness.probes.pbx_trace import parse_pjsip_log, requests_sent, responses_to, stamp_seconds
 from kamleak.harness.judging.verdict import Reply, classify_reason
+from kamleak.harness.probes.pbx_trace import parse_pjsip_log, requests_sent, responses_to, stamp_seconds
 
 LOG = """\
 [2026-11-23 21:40:52.980] VERBOSE[64][C-00000001] pbx.c: Spawn extension (kamleak, 83762883, 1) exited non-zero

@@ -1,4 +1,5 @@
 """What kamleak writes to $TMPDIR: one shared name-files directory, reapable scratch dirs."""
+from __future__ import annotations
 
 import os
 import subprocess

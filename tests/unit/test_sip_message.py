@@ -1,10 +1,24 @@
 """Unit tests for kamleak.harness.sip.message (parsing, encoding, builders)."""
+from __future__ import annotations
 
 import pytest
 
-from kamleak.harness.sip.message import (SipMessage, SipParseError, SipUri, Via, apply_route_set, build_ack,
-    build_request, build_response, new_branch, new_call_id, new_tag, parse_name_addr,
-    route_set_from_record_route, split_header_values)
+from kamleak.harness.sip.message import (
+    SipMessage,
+    SipParseError,
+    SipUri,
+    Via,
+    apply_route_set,
+    build_ack,
+    build_request,
+    build_response,
+    new_branch,
+    new_call_id,
+    new_tag,
+    parse_name_addr,
+    route_set_from_record_route,
+    split_header_values,
+)
 
 SDP = (
     "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"

@@ -20,8 +20,19 @@ import time
 
 import pytest
 
-from kamleak.harness.sip import (CallFailed, SipMessage, SipUri, UAError, UATimeout, Via, WebSocketUA,
-    build_request, build_response, new_branch, parse_name_addr)
+from kamleak.harness.sip import (
+    CallFailed,
+    SipMessage,
+    SipUri,
+    UAError,
+    UATimeout,
+    Via,
+    WebSocketUA,
+    build_request,
+    build_response,
+    new_branch,
+    parse_name_addr,
+)
 from kamleak.harness.sip.websocket import WebSocket
 
 OP_TEXT, OP_CLOSE, OP_PING = 0x1, 0x8, 0x9
@@ -55,7 +66,7 @@ class WsPeer:
         try:
             self._accept()
             self.script(self)
-        except BaseException as exc:  # re-raised in the test thread by join()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread by join()
             self.error = exc
         finally:
             if self.conn is not None:
@@ -157,7 +168,7 @@ def answer_invite(peer, *, record_route=True, to_tag="bobtag"):
 
 
 def sdp_version(msg):
-    line = next(l for l in msg.text.splitlines() if l.startswith("o="))
+    line = next(ln for ln in msg.text.splitlines() if ln.startswith("o="))
     return int(line.split()[2])
 
 

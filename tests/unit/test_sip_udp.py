@@ -1,4 +1,5 @@
 """The one-request UDP client: finals collected in order, non-2xx to INVITE ACKed (RFC 3261 17.1.1.3)."""
+from __future__ import annotations
 
 import socket
 import threading
@@ -16,7 +17,7 @@ def _uas(sock, codes, got):
     try:
         while True:
             got.append(SipMessage.parse(sock.recvfrom(65535)[0]))
-    except socket.timeout:
+    except TimeoutError:
         pass
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from kamleak.harness import knowledge
-from kamleak.harness.stack import source_build
 from kamleak.harness.errors import UsageError
+from kamleak.harness.stack import source_build
 
 ROOT = Path(__file__).resolve().parents[2]
 OFFLINE = ROOT.parent / "shared" / "kamailio-src" / "kamailio.git.tar.gz"
@@ -213,7 +213,7 @@ def test_gh4140_expectations_from_knowledge(source):
     def up(ref):
         return knowledge.Provenance.upstream(source.resolve(ref).commit, repo, name=ref)
 
-    V = gh4140.Variant.parse
+    V = gh4140.Variant.parse  # noqa: N806 - reads as the variant type
     assert gh4140.expected(up("5.8.5"), V("uac_req_send")) == "leak"
     assert gh4140.expected(up("5.8.5"), V("uac_req_send+send_reply_error")) == "clean"
     assert gh4140.expected(up("5.8.5"), V("uac_req_send+t_reply_error")) == "clean"

@@ -1,4 +1,5 @@
 """The user-config contract: what a kamailio.cfg needs, said before any run, all at once."""
+from __future__ import annotations
 
 from pathlib import Path
 
@@ -150,8 +151,8 @@ def test_kamailios_reason_for_not_answering_json_rpc_is_read_from_its_log():
 def test_a_config_without_registrar_or_pbx_destination_is_told_both_ways():
     """Calls reach the PBX through KAMLEAK_PBX_HOSTPORT or through the config's
     registrar (kamleak registers the PBX); with neither, one line says so."""
-    from kamleak.harness.stack.kamailio.user_config import has_registrar
     from kamleak.harness.stack.kamailio.cfg import parse
+    from kamleak.harness.stack.kamailio.user_config import has_registrar
     stock = (STOCK / "kamailio-default-websocket.cfg").read_text()
     cfg, _ = parse(stock, defines={"KAMLEAK": ""})
     assert has_registrar(cfg)

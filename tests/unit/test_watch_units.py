@@ -1,11 +1,12 @@
 """BINRPC codec (upstream binrpc.h's own examples) and the watcher's cell follower."""
+from __future__ import annotations
 
 import pytest
 
-from kamleak.harness.probes import binrpc
-from kamleak.harness.stack.kamailio.timers import DEFAULTS, Timer
 from kamleak.harness.judging.oracle import Timers
-from kamleak.harness.probes.rpc import Pairs, TmCell
+from kamleak.harness.probes import binrpc
+from kamleak.harness.probes.rpc import Pairs
+from kamleak.harness.stack.kamailio.timers import DEFAULTS, Timer
 from kamleak.harness.tools.watch import BadAnswer, Bounds, Follower, cells_from
 
 

@@ -37,6 +37,7 @@ The parts: plan (which call is which), stats (least squares), driver (the
 lean client and the call state machine), run (run_soak and the analysis),
 plot, cli (`kamleak soak`).
 """
+from __future__ import annotations
 
 from kamleak.harness.tools.soak.cli import add_subparser, build_parser, main
 from kamleak.harness.tools.soak.plan import KINDS, dead_path_reply, plan_kinds

@@ -72,12 +72,12 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
+    from kamleak.harness import registry
     from kamleak.harness.stack import containers, engine, images
     from kamleak.harness.stack.asterisk import AsteriskPBX
+    from kamleak.harness.stack.kamailio import TmTimers
     from kamleak.harness.stack.runner import launch_kamailio
     from kamleak.harness.stack.targets import Target
-    from kamleak.harness.stack.kamailio import TmTimers
-    from kamleak.harness import registry
 
     story = registry.scenario("gh4140")
 

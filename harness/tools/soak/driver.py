@@ -20,14 +20,25 @@ import ssl
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 from kamleak.harness.errors import RPCError, ScenarioError
 from kamleak.harness.judging.wait import Deadline
 from kamleak.harness.probes.ws_connections import WsConnections
-from kamleak.harness.sip.message import (ALLOW, LeanMessage, SipParseError, apply_route_set, encode, header_tag,
-    header_uri, new_branch, new_call_id, new_tag, sdp)
+from kamleak.harness.sip.message import (
+    ALLOW,
+    LeanMessage,
+    SipParseError,
+    apply_route_set,
+    encode,
+    header_tag,
+    header_uri,
+    new_branch,
+    new_call_id,
+    new_tag,
+    sdp,
+)
 from kamleak.harness.sip.peer import UdpPeer
 from kamleak.harness.sip.websocket import WebSocket, WebSocketError
 from kamleak.harness.tools.soak.plan import dead_path_reply
@@ -41,7 +52,7 @@ class _Conn:
 
     def __init__(self, n: int):
         self.n = n
-        self.sock: Optional[socket.socket] = None
+        self.sock: socket.socket | None = None
         self.state = "connecting"
         self.rbuf = bytearray()
         self.wbuf = bytearray()
@@ -50,7 +61,7 @@ class _Conn:
         self.via_host = f"{os.urandom(6).hex()}.invalid"
         self.contact = ""
         self.local_port = 0
-        self.call: Optional[_Call] = None
+        self.call: _Call | None = None
         self.opened_at = time.monotonic()
         self.events = 0
         self.calls = 0
@@ -64,7 +75,7 @@ class _Call:
     ext: str
     call_id: str
     from_tag: str
-    conn: Optional[_Conn] = None
+    conn: _Conn | None = None
     state: str = "new"
     cseq: int = 1
     branch: str = ""
@@ -76,15 +87,15 @@ class _Call:
     last_ack: bytes = b""
     deadline: float = 0.0
     t_start: float = 0.0
-    t_established: Optional[float] = None
-    t_done: Optional[float] = None
-    outcome: Optional[str] = None      # "ok" | "failed: ..." | for 4140 "hit" / "missed: ..."
+    t_established: float | None = None
+    t_done: float | None = None
+    outcome: str | None = None      # "ok" | "failed: ..." | for 4140 "hit" / "missed: ..."
     client_answered: bool = False
-    peer_result: Optional[tuple[int, str]] = None
-    bye_reply: Optional[tuple[int, str]] = None   # 4140: Kamailio's final reply to the PBX's BYE
-    bye_after: Optional[float] = None
+    peer_result: tuple[int, str] | None = None
+    bye_reply: tuple[int, str] | None = None   # 4140: Kamailio's final reply to the PBX's BYE
+    bye_after: float | None = None
     local_port: int = 0
-    gone_after: Optional[float] = None
+    gone_after: float | None = None
 
 
 class _GoneWatcher:
@@ -141,7 +152,7 @@ class _Driver:
 
     def __init__(self, kamailio, far_end, *, kinds: list[str], concurrency: int, rate: float,
                  transport: str, hold: float, call_timeout: float, reinvite_all: bool,
-                 progress=None, seed: Optional[int] = None):
+                 progress=None, seed: int | None = None):
         self.kamailio = kamailio
         self.far_end = far_end
         self.builtin = isinstance(far_end, UdpPeer)
@@ -167,7 +178,7 @@ class _Driver:
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
         self.sel.register(self.wake_r, selectors.EVENT_READ, None)
-        self.events: "queue.SimpleQueue[tuple]" = queue.SimpleQueue()
+        self.events: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self.conns: set[_Conn] = set()
         self.idle: collections.deque[_Conn] = collections.deque()
         self.connecting = 0
@@ -728,7 +739,7 @@ class _Driver:
                 self._finish(call, f"failed: timeout in state {call.state}")
 
     # -- the loop --------------------------------------------------------------------
-    def run_until(self, target_started: int, *, abort: Callable[[], Optional[str]],
+    def run_until(self, target_started: int, *, abort: Callable[[], str | None],
                   progress_every: float = 1.0) -> None:
         """Start calls up to TARGET_STARTED (rate/concurrency bound), return when all are over."""
         last_progress = time.monotonic()

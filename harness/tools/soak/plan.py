@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Optional
 
 from kamleak.harness.errors import UsageError
 
 KINDS = ("client_bye", "peer_bye", "4140")
 
 
-def plan_kinds(calls: int, mix: float, seed: Optional[int] = None,
+def plan_kinds(calls: int, mix: float, seed: int | None = None,
                peer_bye_share: float = 0.5) -> list[str]:
     """Kinds of CALLS calls: exactly floor(calls*mix) "4140" calls, spread evenly.
 

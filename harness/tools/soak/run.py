@@ -6,9 +6,9 @@ import collections
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from kamleak.harness.errors import RPCError, ScenarioError, UsageError
 from kamleak.harness.judging.wait import WaitTimeout, poll
@@ -32,7 +32,7 @@ class SoakResult:
     rate: float
     mix: float
     hold: float
-    seed: Optional[int]
+    seed: int | None
     kinds: dict
     outcomes: dict
     completed: int
@@ -46,14 +46,14 @@ class SoakResult:
     leaked_cells: int               # tm.stats current after the last drain - baseline
     created_minus_freed: int
     leaked_in_tm_list: list         # BYE cells of 4140 calls still in tm.list
-    cells_per_call: Optional[dict]  # fit over the drained checkpoints
-    shm_per_call: Optional[dict]
-    tm_shm_per_call: Optional[dict]
-    cells_per_hit: Optional[float]
+    cells_per_call: dict | None  # fit over the drained checkpoints
+    shm_per_call: dict | None
+    tm_shm_per_call: dict | None
+    cells_per_hit: float | None
     shm_growth: int
     shm_measure: str                # "shm_other" (real_used less websocket buffers) or "shm_real_used"
     shm_growth_by_module: dict      # mod.mem_stats all shm: final - baseline, non-zero only
-    tm_shm_growth: Optional[int]
+    tm_shm_growth: int | None
     settled: bool
     flags: list
     checkpoints: list
@@ -62,16 +62,16 @@ class SoakResult:
     wall_s: float
     calls_phase_s: float
     calls_per_s: float
-    setup_ms_median: Optional[float]
-    setup_ms_p95: Optional[float]
+    setup_ms_median: float | None
+    setup_ms_p95: float | None
     harness_cpu_s: float
     harness_cpu_share: float        # of one core, during the call phases
-    kamailio_cpu_s: Optional[float]
+    kamailio_cpu_s: float | None
     ws_dump_truncated: bool
     counters: dict
     errors: list
-    json_path: Optional[str] = None
-    png_path: Optional[str] = None
+    json_path: str | None = None
+    png_path: str | None = None
 
     @property
     def leaked(self) -> bool:
@@ -94,7 +94,7 @@ class SoakResult:
     def to_json(self) -> dict:
         return asdict(self)
 
-    def write(self, out_dir) -> tuple[Path, Optional[Path]]:
+    def write(self, out_dir) -> tuple[Path, Path | None]:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         jp = out / "soak.json"
@@ -109,7 +109,7 @@ class SoakResult:
         return jp, png
 
 
-def _drain(counters: Counters, deadline_s: float, *, ws_base: Optional[int] = None,
+def _drain(counters: Counters, deadline_s: float, *, ws_base: int | None = None,
            ws_deadline_s: float = 15.0, interval: float = 0.1) -> tuple[dict, bool]:
     """Poll until tm has no cell waiting and `current` holds still for 0.3 s (or the deadline).
 
@@ -149,7 +149,7 @@ def _drain(counters: Counters, deadline_s: float, *, ws_base: Optional[int] = No
     return last["tm"], settled
 
 
-def _container_cpu(kamailio) -> Optional[float]:
+def _container_cpu(kamailio) -> float | None:
     """CPU seconds Kamailio's container used so far (cgroup v1 or v2), or None."""
     running = getattr(kamailio, "running", None)
     cont = getattr(running, "container", None)
@@ -174,10 +174,10 @@ def _container_cpu(kamailio) -> Optional[float]:
 
 
 def run_soak(kamailio, peer_or_pbx, *, calls: int, concurrency: int, rate: float, mix: float,
-             transport: str = "ws", seed: Optional[int] = None, progress=None, hold: float = 0.0,
+             transport: str = "ws", seed: int | None = None, progress=None, hold: float = 0.0,
              checkpoints: int = 5, call_timeout: float = 15.0, reinvite_all: bool = False,
              variant: str = "", sample_interval: float = 0.5, warmup: bool = True,
-             on_checkpoint: Optional[Callable[[dict], None]] = None) -> SoakResult:
+             on_checkpoint: Callable[[dict], None] | None = None) -> SoakResult:
     """Drive CALLS calls through KAMAILIO to PEER_OR_PBX and measure what stays behind."""
     if calls < 1:
         raise UsageError(f"--calls {calls}: nothing to do", "give 1 or more")
@@ -242,7 +242,7 @@ def run_soak(kamailio, peer_or_pbx, *, calls: int, concurrency: int, rate: float
         sampler = None
         cells_left = rpc.tm_list()
     except ScenarioError as exc:
-        raise _shm_exhausted(rpc, rate, timers) or exc
+        raise (_shm_exhausted(rpc, rate, timers) or exc) from None
     finally:
         if sampler is not None:
             sampler.stop()
@@ -329,7 +329,7 @@ def run_soak(kamailio, peer_or_pbx, *, calls: int, concurrency: int, rate: float
         errors=driver.errors[:50] + (peer_or_pbx.errors[:20] if builtin else []))
 
 
-def _shm_exhausted(rpc, rate: float, timers) -> Optional[ScenarioError]:
+def _shm_exhausted(rpc, rate: float, timers) -> ScenarioError | None:
     """A clearer error when the run failed because Kamailio's shm is full.
 
     Every call leaves ~2 cells waiting out wt_timer, ~20 KB each in a memdbg

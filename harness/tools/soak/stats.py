@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 # Two-sided 95 % Student t quantiles by degrees of freedom.
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
@@ -28,16 +27,16 @@ class Fit:
 
     slope: float
     intercept: float
-    stderr: Optional[float]
-    half_width: Optional[float]
+    stderr: float | None
+    half_width: float | None
     n: int
 
     @property
-    def low(self) -> Optional[float]:
+    def low(self) -> float | None:
         return None if self.half_width is None else self.slope - self.half_width
 
     @property
-    def high(self) -> Optional[float]:
+    def high(self) -> float | None:
         return None if self.half_width is None else self.slope + self.half_width
 
     def excludes_zero(self) -> bool:
@@ -53,7 +52,7 @@ class Fit:
                 "ci95": [self.low, self.high] if self.half_width is not None else None, "n": self.n}
 
 
-def ols(xs: list[float], ys: list[float]) -> Optional[Fit]:
+def ols(xs: list[float], ys: list[float]) -> Fit | None:
     """Ordinary least squares (numpy's lstsq when installed, else by hand)."""
     n = len(xs)
     if n < 2 or len(set(xs)) < 2:

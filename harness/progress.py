@@ -38,7 +38,7 @@ class Ticker:
         self._thread = None
         self.t0 = time.monotonic()
 
-    def __enter__(self) -> "Ticker":
+    def __enter__(self) -> Ticker:
         if interactive():
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
