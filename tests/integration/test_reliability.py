@@ -162,7 +162,7 @@ def test_repeated_gates_give_identical_verdicts(kamleak_images, tmp_path):
 SLOW_BUILD = """
 import sys
 from pathlib import Path
-from harness import engine, images
+from kamleak.harness.stack import engine, images
 spec = images.ImageSpec(tag="kamleak-test/slow:1", context=Path(sys.argv[1]),
                         base="debian:bookworm-slim", title="slow")
 try:
