@@ -36,10 +36,6 @@ __all__ = [
     "MAGIC_COOKIE",
     "ALLOW",
     "sdp",
-    "LeanMessage",
-    "header_tag",
-    "header_uri",
-    "uri_user",
     "encode",
 ]
 
@@ -223,11 +219,12 @@ def split_header_values(value: str) -> list[str]:
     return [p for p in parts if p]
 
 
-def _split_outside_quotes(value: str, sep: str) -> list[str]:
-    parts: list[str] = []
-    cur: list[str] = []
+def _outside_quotes(value: str, sep: str) -> tuple[list[int], bool]:
+    """Where SEP stands outside quoted strings (RFC 3261 25.1), and whether a
+    quote is left open at the end."""
+    at: list[int] = []
     in_quotes = escaped = False
-    for ch in value:
+    for i, ch in enumerate(value):
         if in_quotes:
             if escaped:
                 escaped = False
@@ -238,12 +235,13 @@ def _split_outside_quotes(value: str, sep: str) -> list[str]:
         elif ch == '"':
             in_quotes = True
         elif ch == sep:
-            parts.append("".join(cur))
-            cur = []
-            continue
-        cur.append(ch)
-    parts.append("".join(cur))
-    return parts
+            at.append(i)
+    return at, in_quotes
+
+
+def _split_outside_quotes(value: str, sep: str) -> list[str]:
+    bounds = [-1, *_outside_quotes(value, sep)[0], len(value)]
+    return [value[a + 1 : b] for a, b in zip(bounds, bounds[1:])]
 
 
 def _unquote(value: str) -> str:
@@ -297,22 +295,10 @@ def parse_name_addr(value: str) -> tuple[str | None, str, dict[str, str | None]]
     """
     value = value.strip()
     lt = value.find("<")
-    in_quotes = escaped = False
+    in_quotes = False
     if '"' in (value[:lt] if lt >= 0 else value):  # a quoted display name may hold '<'
-        lt = -1
-        for i, ch in enumerate(value):
-            if in_quotes:
-                if escaped:
-                    escaped = False
-                elif ch == "\\":
-                    escaped = True
-                elif ch == '"':
-                    in_quotes = False
-            elif ch == '"':
-                in_quotes = True
-            elif ch == "<":
-                lt = i
-                break
+        at, in_quotes = _outside_quotes(value, "<")
+        lt = at[0] if at else -1
     if lt >= 0:
         gt = value.find(">", lt)
         if gt < 0:
@@ -1051,164 +1037,3 @@ def build_ack(
         via = str(top)
     headers = [("Via", via)] + [("Route", r) for r in routes] + common + list(extra_headers)
     return SipMessage(method="ACK", uri=ruri, headers=headers)
-
-
-# ---------------------------------------------------------------------------
-# The lean parser and encoder: the hot path of the built-in peer and soak
-# (hundreds of calls/s), parsing just enough to route and answer.
-
-_URI_IN_BRACKETS = re.compile(r"<([^>]*)>")
-
-
-class LeanMessage:
-    """One SIP message, parsed just enough to route and answer it."""
-
-    __slots__ = ("method", "uri", "status", "reason", "lines", "keys", "h", "body", "raw")
-
-    def __init__(self):
-        self.method: str | None = None
-        self.uri: str | None = None
-        self.status: int | None = None
-        self.reason: str = ""
-        self.lines: list[tuple[str, str]] = []   # (name as sent, value), wire order
-        self.keys: list[str] = []                # lookup key of each line
-        self.h: dict[str, list[str]] = {}         # lower-case long name -> values (per line)
-        self.body: bytes = b""
-        self.raw: bytes = b""
-
-    @classmethod
-    def parse(cls, data: bytes) -> LeanMessage:
-        head, sep, body = data.partition(b"\r\n\r\n")
-        if not sep:
-            head, sep, body = data.partition(b"\n\n")
-            if not sep:
-                raise SipParseError("no empty line after the header section")
-        text = head.decode("utf-8", "replace").lstrip("\r\n")
-        lines = text.replace("\r\n", "\n").split("\n")
-        m = cls()
-        m.raw = data
-        start = lines[0]
-        if start.startswith("SIP/2.0 "):
-            parts = start.split(" ", 2)
-            try:
-                m.status = int(parts[1])
-            except (IndexError, ValueError):
-                raise SipParseError(f"bad status line {start[:80]!r}") from None
-            m.reason = parts[2] if len(parts) > 2 else ""
-        else:
-            parts = start.split(" ")
-            if len(parts) != 3 or parts[2] != "SIP/2.0":
-                raise SipParseError(f"bad request line {start[:80]!r}")
-            m.method, m.uri = parts[0].upper(), parts[1]
-        h = m.h
-        out = m.lines
-        keys = m.keys
-        for line in lines[1:]:
-            if not line:
-                continue
-            if line[0] in " \t" and out:            # folded continuation
-                name, value = out[-1]
-                out[-1] = (name, value + " " + line.strip())
-                key = name.strip().lower()
-                key = COMPACT_FORMS.get(key, key)
-                h[key][-1] = out[-1][1]
-                continue
-            name, colon, value = line.partition(":")
-            if not colon:
-                raise SipParseError(f"malformed header line {line[:80]!r}")
-            name = name.strip()
-            value = value.strip()
-            out.append((name, value))
-            key = name.lower()
-            key = COMPACT_FORMS.get(key, key)
-            keys.append(key)
-            vals = h.get(key)
-            if vals is None:
-                h[key] = [value]
-            else:
-                vals.append(value)
-        cl = h.get("content-length")
-        if cl:
-            try:
-                n = int(cl[0])
-            except ValueError:
-                raise SipParseError(f"bad Content-Length {cl[0]!r}") from None
-            if len(body) < n:
-                raise SipParseError(f"Content-Length {n} but {len(body)} body bytes")
-            body = body[:n]
-        m.body = body
-        for need in ("via", "from", "to", "call-id", "cseq"):
-            if need not in h:
-                raise SipParseError(f"missing mandatory header {need}")
-        return m
-
-    # -- lookups -------------------------------------------------------------
-    def one(self, key: str, default: str = "") -> str:
-        v = self.h.get(key)
-        return v[0] if v else default
-
-    def values(self, key: str) -> list[str]:
-        """All values of a list header (lines split on commas only when needed)."""
-        out: list[str] = []
-        for v in self.h.get(key, ()):
-            out.extend(split_header_values(v) if "," in v else [v])
-        return out
-
-    def raw_lines(self, key: str) -> list[tuple[str, str]]:
-        """The header lines of KEY as sent (name, value), in wire order."""
-        if key not in self.h:
-            return []
-        return [line for line, k in zip(self.lines, self.keys) if k == key]
-
-    @property
-    def call_id(self) -> str:
-        return self.one("call-id")
-
-    @property
-    def cseq(self) -> tuple[int, str]:
-        num, _, method = self.one("cseq").partition(" ")
-        try:
-            return int(num), method.strip().upper()
-        except ValueError:
-            raise SipParseError(f"malformed CSeq {self.one('cseq')!r}") from None
-
-    @property
-    def branch(self) -> str:
-        via = self.one("via")
-        first = via.split(",", 1)[0]
-        mm = _BRANCH_RE.search(first)
-        return mm.group(1) if mm else ""
-
-    @property
-    def from_tag(self) -> str | None:
-        return header_tag(self.one("from"))
-
-    @property
-    def to_tag(self) -> str | None:
-        return header_tag(self.one("to"))
-
-    def summary(self) -> str:
-        if self.method:
-            return f"{self.method} {self.uri}"
-        return f"{self.status} {self.reason}"
-
-
-def header_tag(value: str) -> str | None:
-    """The tag parameter of a From/To value (after the URI, never inside it)."""
-    gt = value.rfind(">")
-    mm = _TAG_RE.search(value, gt + 1 if gt >= 0 else 0)
-    return mm.group(1) if mm else None
-
-
-def header_uri(value: str) -> str:
-    """URI of a name-addr / addr-spec value (Contact, Route, From...)."""
-    mm = _URI_IN_BRACKETS.search(value)
-    if mm:
-        return mm.group(1).strip()
-    return value.split(";", 1)[0].strip()
-
-
-def uri_user(uri: str) -> str:
-    """'sip:600@127.0.0.1;x' -> '600'."""
-    rest = uri.split(":", 1)[1] if ":" in uri else uri
-    return rest.split("@", 1)[0] if "@" in rest else ""
