@@ -36,10 +36,6 @@ __all__ = [
     "MAGIC_COOKIE",
     "ALLOW",
     "sdp",
-    "LeanMessage",
-    "header_tag",
-    "header_uri",
-    "uri_user",
     "encode",
 ]
 
@@ -158,7 +154,9 @@ _TOKEN_RE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 _REQUEST_LINE_RE = re.compile(r"^([A-Za-z0-9\-.!%*_+`'~]+) (\S+) (SIP/\d+\.\d+)$")
 _STATUS_LINE_RE = re.compile(r"^(SIP/\d+\.\d+) (\S+)(?: (.*))?$")
 _HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
-_LINE_SPLIT_RE = re.compile(r"\r?\n")
+_TAG_RE = re.compile(r";\s*tag=([^;>,\s]+)", re.I)
+_BRANCH_RE = re.compile(r";\s*branch\s*=\s*([^;,\s]+)", re.I)
+_MANDATORY = ("via", "from", "to", "call-id", "cseq")  # RFC 3261 8.1.1
 
 
 def reason_phrase(status: int) -> str:
@@ -166,10 +164,18 @@ def reason_phrase(status: int) -> str:
     return _REASONS.get(status, "Unknown")
 
 
+_KEYS: dict[str, str] = {}  # header name as written -> lookup key (a few dozen names in practice)
+
+
 def _key(name: str) -> str:
     """Lookup key of a header name: lower case, compact form expanded."""
-    low = name.strip().lower()
-    return COMPACT_FORMS.get(low, low)
+    key = _KEYS.get(name)
+    if key is None:
+        low = name.strip().lower()
+        key = COMPACT_FORMS.get(low, low)
+        if len(_KEYS) < 1024:   # names off the wire: bounded
+            _KEYS[name] = key
+    return key
 
 
 def canonical_name(name: str) -> str:
@@ -213,11 +219,12 @@ def split_header_values(value: str) -> list[str]:
     return [p for p in parts if p]
 
 
-def _split_outside_quotes(value: str, sep: str) -> list[str]:
-    parts: list[str] = []
-    cur: list[str] = []
+def _outside_quotes(value: str, sep: str) -> tuple[list[int], bool]:
+    """Where SEP stands outside quoted strings (RFC 3261 25.1), and whether a
+    quote is left open at the end."""
+    at: list[int] = []
     in_quotes = escaped = False
-    for ch in value:
+    for i, ch in enumerate(value):
         if in_quotes:
             if escaped:
                 escaped = False
@@ -228,12 +235,13 @@ def _split_outside_quotes(value: str, sep: str) -> list[str]:
         elif ch == '"':
             in_quotes = True
         elif ch == sep:
-            parts.append("".join(cur))
-            cur = []
-            continue
-        cur.append(ch)
-    parts.append("".join(cur))
-    return parts
+            at.append(i)
+    return at, in_quotes
+
+
+def _split_outside_quotes(value: str, sep: str) -> list[str]:
+    bounds = [-1, *_outside_quotes(value, sep)[0], len(value)]
+    return [value[a + 1 : b] for a, b in zip(bounds, bounds[1:])]
 
 
 def _unquote(value: str) -> str:
@@ -247,7 +255,9 @@ def parse_params(text: str) -> dict[str, str | None]:
     """Parse ``;a=b;flag;c="x y"`` into an ordered dict. Names are lower-cased
     (they are case-insensitive, RFC 3261 7.3.1); flag params map to None."""
     params: dict[str, str | None] = {}
-    for part in _split_outside_quotes(text, ";"):
+    if not text:
+        return params
+    for part in _split_outside_quotes(text, ";") if '"' in text else text.split(";"):
         part = part.strip()
         if not part:
             continue
@@ -284,21 +294,11 @@ def parse_name_addr(value: str) -> tuple[str | None, str, dict[str, str | None]]
     ``display`` is None when absent; quoted display names are unquoted.
     """
     value = value.strip()
-    lt = -1
-    in_quotes = escaped = False
-    for i, ch in enumerate(value):
-        if in_quotes:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_quotes = False
-        elif ch == '"':
-            in_quotes = True
-        elif ch == "<":
-            lt = i
-            break
+    lt = value.find("<")
+    in_quotes = False
+    if '"' in (value[:lt] if lt >= 0 else value):  # a quoted display name may hold '<'
+        at, in_quotes = _outside_quotes(value, "<")
+        lt = at[0] if at else -1
     if lt >= 0:
         gt = value.find(">", lt)
         if gt < 0:
@@ -472,12 +472,28 @@ def sdp(session_id: int, version: int, port: int, ip: str = "127.0.0.1", user: s
             "a=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n").encode()
 
 
+def encode(start: str, headers: Iterable[tuple[str, str]], body: bytes = b"") -> bytes:
+    """Wire form of a message from its parts; Content-Length is appended (HEADERS carry none)."""
+    parts = [start]
+    parts += [f"{n}: {v}" for n, v in headers]
+    parts.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(parts) + "\r\n\r\n").encode() + body
+
+
+def _tag_of(value: str) -> str | None:
+    """The tag parameter of a From/To value: after the URI, never inside it."""
+    gt = value.rfind(">")
+    mm = _TAG_RE.search(value, gt + 1 if gt >= 0 else 0)
+    return mm.group(1) if mm else None
+
+
 class SipMessage:
     """A SIP request or response.
 
     Headers live in ``header_list`` as ``(name, value)`` in wire order (one
-    entry per header line). Lookups are case-insensitive and understand
-    compact forms.
+    entry per header line), indexed once by lookup key (lower case, compact
+    form expanded), so lookups cost a dict access; the mutators keep the
+    index in step.
     """
 
     def __init__(
@@ -501,106 +517,153 @@ class SipMessage:
             reason = reason_phrase(self.status)
         self.reason = reason
         self.version = version
-        self.header_list: list[tuple[str, str]] = [(n, str(v)) for n, v in (headers or [])]
+        self.header_list = [(n, str(v)) for n, v in (headers or [])]
         self.body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+
+    @property
+    def header_list(self) -> list[tuple[str, str]]:
+        """(name as written, value) per header line, in wire order. Change it
+        through the mutators or by assigning a new list (both keep the index)."""
+        return self._lines
+
+    @header_list.setter
+    def header_list(self, lines: HeaderList) -> None:
+        self._lines = list(lines)
+        self._index: dict[str, list[tuple[str, str]]] = {}
+        for line in self._lines:
+            self._index.setdefault(_key(line[0]), []).append(line)
 
     # -- parsing / encoding -------------------------------------------------
 
     @classmethod
-    def parse(cls, data: bytes | bytearray | str, strict: bool = True) -> SipMessage:
+    def parse(cls, data: bytes | bytearray | str, strict: bool = True,
+              mandatory: bool = False) -> SipMessage:
         """Parse one SIP message. Tolerates bare LF line ends and leading
-        CRLFs (RFC 3261 7.5). With ``strict`` a body longer than
-        Content-Length is an error; otherwise it is truncated (18.3)."""
-        if isinstance(data, str):
-            data = data.encode("utf-8")
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"cannot parse {type(data).__name__} as SIP")
-        data = bytes(data).lstrip(b"\r\n")
-        if not data.strip():
+        CRLFs (RFC 3261 7.5); a body longer than Content-Length is cut (18.3),
+        a shorter one is an error.
+
+        ``strict`` (the UA) also checks the start line, header names (tokens),
+        UTF-8, the CSeq and its method (8.1.1.5) and that Content-Length is
+        the body's length exactly. Without it (the peer's and soak's hot path)
+        only what routing needs is checked. ``mandatory`` requires Via, From,
+        To, Call-ID and CSeq (8.1.1)."""
+        if not isinstance(data, bytes):
+            if isinstance(data, str):
+                data = data.encode("utf-8")
+            elif isinstance(data, (bytearray, memoryview)):
+                data = bytes(data)
+            else:
+                raise TypeError(f"cannot parse {type(data).__name__} as SIP")
+        data = data.lstrip(b"\r\n")
+        if not data or data.isspace():
             raise SipParseError("empty message")
-        m = _HEAD_END_RE.search(data)
-        if not m:
-            raise SipParseError("no empty line after the header section (truncated message?)")
-        head_b, body = data[: m.start()], data[m.end() :]
-        try:
-            head = head_b.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise SipParseError(f"header section is not valid UTF-8: {exc}") from None
-        lines = _LINE_SPLIT_RE.split(head)
-        start = lines[0].strip()
-
-        if start.upper().startswith("SIP/"):
-            sm = _STATUS_LINE_RE.match(start)
-            if not sm:
-                raise SipParseError(f"malformed status line {start[:80]!r}")
-            if sm.group(1).upper() != "SIP/2.0":
-                raise SipParseError(f"unsupported SIP version {sm.group(1)!r}")
-            code = sm.group(2)
-            if not (code.isdigit() and len(code) == 3 and 100 <= int(code) <= 699):
-                raise SipParseError(f"bad status code {code!r} in status line {start[:80]!r}")
-            msg = cls(status=int(code), reason=sm.group(3) or "")
+        # The usual CRLF CRLF; a bare-LF blank line before it shows up as an
+        # empty line below and cuts the head there.
+        end = data.find(b"\r\n\r\n")
+        if end >= 0:
+            head_b, body = data[:end], data[end + 4 :]
         else:
-            rm = _REQUEST_LINE_RE.match(start)
-            if not rm:
-                if ":" in start and _TOKEN_RE.match(start.split(":", 1)[0].strip() or "-"):
-                    raise SipParseError(f"no start line (first line looks like a header: {start[:80]!r})")
-                raise SipParseError(f"no valid start line: {start[:80]!r}")
-            if rm.group(3).upper() != "SIP/2.0":
-                raise SipParseError(f"unsupported SIP version {rm.group(3)!r}")
-            msg = cls(method=rm.group(1), uri=rm.group(2))
+            head_b, body = _split_at_blank_line(data)
+        if strict:
+            try:
+                head = head_b.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SipParseError(f"header section is not valid UTF-8: {exc}") from None
+        else:
+            head = head_b.decode("utf-8", "replace")
+        lines = head.replace("\r\n", "\n").split("\n")
 
-        headers: list[list[str]] = []
+        msg = cls.__new__(cls)
+        msg.method = msg.uri = msg.status = None
+        msg.reason = None
+        msg.version = "SIP/2.0"
+        if strict:
+            _strict_start_line(msg, lines[0].strip())
+        else:
+            start = lines[0]
+            if start.startswith("SIP/2.0 "):
+                _, _, rest = start.partition(" ")
+                code, _, msg.reason = rest.partition(" ")
+                if not (len(code) == 3 and code.isdigit() and "1" <= code[0] <= "6"):
+                    raise SipParseError(f"bad status code {code!r} in status line {start[:80]!r}")
+                msg.status = int(code)
+            else:
+                parts = start.split(" ")
+                if len(parts) != 3 or parts[2] != "SIP/2.0":
+                    raise SipParseError(f"no valid start line: {start[:80]!r}")
+                msg.method, msg.uri = parts[0].upper(), parts[1]
+
+        out: list[tuple[str, str]] = []
+        index: dict[str, list[tuple[str, str]]] = {}
+        keys = _KEYS
+        key = ""
         for line in lines[1:]:
             if not line:
-                continue
+                body = _split_at_blank_line(data)[1]
+                break
             if line[0] in " \t":  # folded continuation line (RFC 3261 7.3.1)
-                if not headers:
+                if not out:
                     raise SipParseError("continuation line before any header")
-                headers[-1][1] += " " + line.strip()
+                name, value = out[-1]
+                out[-1] = index[key][-1] = (name, value + " " + line.strip())
                 continue
-            name, sep, value = line.partition(":")
+            name, colon, value = line.partition(":")
             name = name.strip()
-            if not sep or not _TOKEN_RE.match(name):
+            if not colon or (strict and not _TOKEN_RE.match(name)):
                 raise SipParseError(f"malformed header line {line[:80]!r}")
-            headers.append([name, value.strip()])
-        msg.header_list = [(n, v) for n, v in headers]
+            hdr = (name, value.strip())
+            out.append(hdr)
+            key = keys.get(name) or _key(name)
+            same = index.get(key)
+            if same is None:
+                index[key] = [hdr]
+            else:
+                same.append(hdr)
+        msg._lines, msg._index = out, index
 
-        lengths = {v.strip() for n, v in msg.header_list if _key(n) == "content-length"}
-        if len(lengths) > 1:
-            raise SipParseError(f"conflicting Content-Length headers {sorted(lengths)}")
-        if lengths:
-            raw_cl = lengths.pop()
+        cl = index.get("content-length")
+        if cl is not None:
+            if strict and len(cl) > 1:
+                lengths = {v.strip() for _, v in cl}
+                if len(lengths) > 1:
+                    raise SipParseError(f"conflicting Content-Length headers {sorted(lengths)}")
+            raw_cl = cl[0][1]
             if not raw_cl.isdigit():
                 raise SipParseError(f"bad Content-Length {raw_cl!r}")
             clen = int(raw_cl)
-            if len(body) < clen or (strict and len(body) != clen):
-                raise SipParseError(f"Content-Length {clen} does not match body length {len(body)}")
-            body = body[:clen]
+            if len(body) != clen:
+                if len(body) < clen or strict:
+                    raise SipParseError(f"Content-Length {clen} does not match body length {len(body)}")
+                body = body[:clen]
         msg.body = body
 
-        cseq = msg.header("CSeq")
-        if cseq is not None:
+        if strict and "cseq" in index:
+            cseq = index["cseq"][0][1]
             parts = cseq.split()
             if len(parts) != 2 or not parts[0].isdigit() or not _TOKEN_RE.match(parts[1]):
                 raise SipParseError(f"malformed CSeq {cseq!r}")
             # RFC 3261 8.1.1.5: the CSeq method matches the request method.
             if msg.method is not None and parts[1].upper() != msg.method:
                 raise SipParseError(f"CSeq method {parts[1]!r} does not match request method {msg.method!r}")
+        if mandatory:
+            for need in _MANDATORY:
+                if need not in index:
+                    raise SipParseError(f"missing mandatory header {_CANONICAL[need]}")
         return msg
 
     def encode(self) -> bytes:
         """Wire form; Content-Length always reflects the actual body."""
+        if "content-length" not in self._index:
+            return encode(self.start_line, self._lines, self.body)
         lines = [self.start_line]
         wrote_cl = False
-        for name, value in self.header_list:
+        for name, value in self._lines:
             if _key(name) == "content-length":
                 if not wrote_cl:
                     lines.append(f"{name}: {len(self.body)}")
                     wrote_cl = True
                 continue
             lines.append(f"{name}: {value}")
-        if not wrote_cl:
-            lines.append(f"Content-Length: {len(self.body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + self.body
 
     def __bytes__(self) -> bytes:
@@ -635,68 +698,97 @@ class SipMessage:
         """One-line description for logs: ``INVITE sip:x`` / ``200 OK (INVITE)``."""
         if self.is_request:
             return f"{self.method} {self.uri}"
-        cseq = self.cseq
-        return f"{self.status} {self.reason}" + (f" ({cseq[1]})" if cseq else "")
+        cseq = self.header("CSeq", "").split()   # never raises: it also describes bad messages
+        return f"{self.status} {self.reason}" + (f" ({cseq[1].upper()})" if len(cseq) == 2 else "")
 
     # -- headers -------------------------------------------------------------
 
     def headers(self, name: str) -> list[str]:
         """All values of a header, list headers split per value."""
-        key = _key(name)
+        key = _KEYS.get(name) or _key(name)
+        lines = self._index.get(key)
+        if not lines:
+            return []
+        if key not in LIST_HEADERS:
+            return [v for _, v in lines]
         out: list[str] = []
-        for n, v in self.header_list:
-            if _key(n) == key:
-                out.extend(split_header_values(v) if key in LIST_HEADERS else [v])
+        for _, v in lines:
+            if "," in v:
+                out.extend(split_header_values(v))
+            elif v.strip():
+                out.append(v.strip())
         return out
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """First value of a header (for list headers: the first element)."""
-        values = self.headers(name)
-        return values[0] if values else default
+        key = _KEYS.get(name) or _key(name)
+        lines = self._index.get(key)
+        if not lines:
+            return default
+        value = lines[0][1]
+        if key in LIST_HEADERS and ("," in value or not value or value != value.strip()):
+            values = self.headers(name)
+            return values[0] if values else default
+        return value
+
+    def header_lines(self, name: str) -> list[tuple[str, str]]:
+        """The lines of a header as written (name, value), in wire order: what a
+        response copies verbatim (Via, Record-Route)."""
+        return list(self._index.get(_KEYS.get(name) or _key(name), ()))
 
     def has_header(self, name: str) -> bool:
-        key = _key(name)
-        return any(_key(n) == key for n, _ in self.header_list)
+        return (_KEYS.get(name) or _key(name)) in self._index
 
     def add_header(self, name: str, value: str) -> SipMessage:
-        self.header_list.append((name, str(value)))
+        line = (name, str(value))
+        self._lines.append(line)
+        self._index.setdefault(_key(name), []).append(line)
         return self
 
     def prepend_header(self, name: str, value: str) -> SipMessage:
-        self.header_list.insert(0, (name, str(value)))
+        line = (name, str(value))
+        self._lines.insert(0, line)
+        self._index.setdefault(_key(name), []).insert(0, line)
         return self
 
     def remove_header(self, name: str) -> SipMessage:
         key = _key(name)
-        self.header_list = [(n, v) for n, v in self.header_list if _key(n) != key]
+        if self._index.pop(key, None) is not None:
+            self._lines = [line for line in self._lines if _key(line[0]) != key]
         return self
 
     def set_header(self, name: str, value: str) -> SipMessage:
         """Replace all occurrences with one line, at the first one's position."""
         key = _key(name)
+        line = (name, str(value))
+        if key not in self._index:
+            return self.add_header(name, value)
         out: list[tuple[str, str]] = []
         done = False
-        for n, v in self.header_list:
-            if _key(n) == key:
-                if not done:
-                    out.append((name, str(value)))
-                    done = True
-            else:
+        for n, v in self._lines:
+            if _key(n) != key:
                 out.append((n, v))
-        if not done:
-            out.append((name, str(value)))
-        self.header_list = out
+            elif not done:
+                out.append(line)
+                done = True
+        self._lines = out
+        self._index[key] = [line]
         return self
 
     # -- convenience ---------------------------------------------------------
 
+    def _first(self, key: str) -> str | None:
+        """First line's value of a non-list header, by lookup key."""
+        lines = self._index.get(key)
+        return lines[0][1] if lines else None
+
     @property
     def call_id(self) -> str | None:
-        return self.header("Call-ID")
+        return self._first("call-id")
 
     @property
     def cseq(self) -> tuple[int, str] | None:
-        value = self.header("CSeq")
+        value = self._first("cseq")
         if value is None:
             return None
         parts = value.split()
@@ -704,19 +796,15 @@ class SipMessage:
             raise SipParseError(f"malformed CSeq {value!r}")
         return int(parts[0]), parts[1].upper()
 
-    def _tag(self, name: str) -> str | None:
-        value = self.header(name)
-        if value is None:
-            return None
-        return parse_name_addr(value)[2].get("tag")
-
     @property
     def from_tag(self) -> str | None:
-        return self._tag("From")
+        value = self._first("from")
+        return _tag_of(value) if value is not None else None
 
     @property
     def to_tag(self) -> str | None:
-        return self._tag("To")
+        value = self._first("to")
+        return _tag_of(value) if value is not None else None
 
     @property
     def top_via(self) -> Via | None:
@@ -725,8 +813,27 @@ class SipMessage:
 
     @property
     def top_via_branch(self) -> str | None:
-        via = self.top_via
-        return via.branch if via else None
+        """branch of the top Via (the transaction key, RFC 3261 17.1.3); None if absent.
+        `top_via` parses (and validates) the whole Via."""
+        value = self.header("Via")
+        if value is None:
+            return None
+        mm = _BRANCH_RE.search(value)
+        return mm.group(1) if mm else None
+
+    @property
+    def contact_uri(self) -> str | None:
+        """URI of the first Contact (the remote target, RFC 3261 12.1)."""
+        value = self.header("Contact")
+        return parse_name_addr(value)[1] if value else None
+
+    @property
+    def ruri_user(self) -> str:
+        """User part of the Request-URI ('sip:600@127.0.0.1;x' -> '600', '' if none):
+        what a PBX routes on, without parsing the whole URI (`SipUri`)."""
+        scheme, colon, rest = (self.uri or "").partition(":")
+        user, at, _ = (rest if colon else scheme).partition("@")
+        return user if at else ""
 
     @property
     def content_type(self) -> str | None:
@@ -736,6 +843,37 @@ class SipMessage:
     def text(self) -> str:
         """Body decoded as UTF-8 (for SDP and friends)."""
         return self.body.decode("utf-8", errors="replace")
+
+
+def _split_at_blank_line(data: bytes) -> tuple[bytes, bytes]:
+    """Header section and body around the first blank line, CRLF or bare LF."""
+    m = _HEAD_END_RE.search(data)
+    if not m:
+        raise SipParseError("no empty line after the header section (truncated message?)")
+    return data[: m.start()], data[m.end() :]
+
+
+def _strict_start_line(msg: SipMessage, start: str) -> None:
+    """Request-Line / Status-Line (RFC 3261 7.1, 7.2), checked in full."""
+    if start.upper().startswith("SIP/"):
+        sm = _STATUS_LINE_RE.match(start)
+        if not sm:
+            raise SipParseError(f"malformed status line {start[:80]!r}")
+        if sm.group(1).upper() != "SIP/2.0":
+            raise SipParseError(f"unsupported SIP version {sm.group(1)!r}")
+        code = sm.group(2)
+        if not (len(code) == 3 and code.isdigit() and "1" <= code[0] <= "6"):
+            raise SipParseError(f"bad status code {code!r} in status line {start[:80]!r}")
+        msg.status, msg.reason = int(code), sm.group(3) or ""
+        return
+    rm = _REQUEST_LINE_RE.match(start)
+    if not rm:
+        if ":" in start and _TOKEN_RE.match(start.split(":", 1)[0].strip() or "-"):
+            raise SipParseError(f"no start line (first line looks like a header: {start[:80]!r})")
+        raise SipParseError(f"no valid start line: {start[:80]!r}")
+    if rm.group(3).upper() != "SIP/2.0":
+        raise SipParseError(f"unsupported SIP version {rm.group(3)!r}")
+    msg.method, msg.uri = rm.group(1).upper(), rm.group(2)
 
 
 # -- routing helpers -----------------------------------------------------------
@@ -809,7 +947,7 @@ def build_request(
 
 
 def _with_tag(value: str, tag: str) -> str:
-    if parse_name_addr(value)[2].get("tag") is not None:
+    if _tag_of(value) is not None:
         return value
     if "<" not in value:
         # addr-spec form: wrap so the tag cannot be mistaken for a URI param.
@@ -899,173 +1037,3 @@ def build_ack(
         via = str(top)
     headers = [("Via", via)] + [("Route", r) for r in routes] + common + list(extra_headers)
     return SipMessage(method="ACK", uri=ruri, headers=headers)
-
-
-# ---------------------------------------------------------------------------
-# The lean parser and encoder: the hot path of the built-in peer and soak
-# (hundreds of calls/s), parsing just enough to route and answer.
-
-_TAG_RE = re.compile(r";\s*tag=([^;>,\s]+)", re.I)
-_BRANCH_RE = re.compile(r";\s*branch=([^;,\s]+)", re.I)
-_URI_IN_BRACKETS = re.compile(r"<([^>]*)>")
-
-
-class LeanMessage:
-    """One SIP message, parsed just enough to route and answer it."""
-
-    __slots__ = ("method", "uri", "status", "reason", "lines", "keys", "h", "body", "raw")
-
-    def __init__(self):
-        self.method: str | None = None
-        self.uri: str | None = None
-        self.status: int | None = None
-        self.reason: str = ""
-        self.lines: list[tuple[str, str]] = []   # (name as sent, value), wire order
-        self.keys: list[str] = []                # lookup key of each line
-        self.h: dict[str, list[str]] = {}         # lower-case long name -> values (per line)
-        self.body: bytes = b""
-        self.raw: bytes = b""
-
-    @classmethod
-    def parse(cls, data: bytes) -> LeanMessage:
-        head, sep, body = data.partition(b"\r\n\r\n")
-        if not sep:
-            head, sep, body = data.partition(b"\n\n")
-            if not sep:
-                raise SipParseError("no empty line after the header section")
-        text = head.decode("utf-8", "replace").lstrip("\r\n")
-        lines = text.replace("\r\n", "\n").split("\n")
-        m = cls()
-        m.raw = data
-        start = lines[0]
-        if start.startswith("SIP/2.0 "):
-            parts = start.split(" ", 2)
-            try:
-                m.status = int(parts[1])
-            except (IndexError, ValueError):
-                raise SipParseError(f"bad status line {start[:80]!r}") from None
-            m.reason = parts[2] if len(parts) > 2 else ""
-        else:
-            parts = start.split(" ")
-            if len(parts) != 3 or parts[2] != "SIP/2.0":
-                raise SipParseError(f"bad request line {start[:80]!r}")
-            m.method, m.uri = parts[0].upper(), parts[1]
-        h = m.h
-        out = m.lines
-        keys = m.keys
-        for line in lines[1:]:
-            if not line:
-                continue
-            if line[0] in " \t" and out:            # folded continuation
-                name, value = out[-1]
-                out[-1] = (name, value + " " + line.strip())
-                key = name.strip().lower()
-                key = COMPACT_FORMS.get(key, key)
-                h[key][-1] = out[-1][1]
-                continue
-            name, colon, value = line.partition(":")
-            if not colon:
-                raise SipParseError(f"malformed header line {line[:80]!r}")
-            name = name.strip()
-            value = value.strip()
-            out.append((name, value))
-            key = name.lower()
-            key = COMPACT_FORMS.get(key, key)
-            keys.append(key)
-            vals = h.get(key)
-            if vals is None:
-                h[key] = [value]
-            else:
-                vals.append(value)
-        cl = h.get("content-length")
-        if cl:
-            try:
-                n = int(cl[0])
-            except ValueError:
-                raise SipParseError(f"bad Content-Length {cl[0]!r}") from None
-            if len(body) < n:
-                raise SipParseError(f"Content-Length {n} but {len(body)} body bytes")
-            body = body[:n]
-        m.body = body
-        for need in ("via", "from", "to", "call-id", "cseq"):
-            if need not in h:
-                raise SipParseError(f"missing mandatory header {need}")
-        return m
-
-    # -- lookups -------------------------------------------------------------
-    def one(self, key: str, default: str = "") -> str:
-        v = self.h.get(key)
-        return v[0] if v else default
-
-    def values(self, key: str) -> list[str]:
-        """All values of a list header (lines split on commas only when needed)."""
-        out: list[str] = []
-        for v in self.h.get(key, ()):
-            out.extend(split_header_values(v) if "," in v else [v])
-        return out
-
-    def raw_lines(self, key: str) -> list[tuple[str, str]]:
-        """The header lines of KEY as sent (name, value), in wire order."""
-        if key not in self.h:
-            return []
-        return [line for line, k in zip(self.lines, self.keys) if k == key]
-
-    @property
-    def call_id(self) -> str:
-        return self.one("call-id")
-
-    @property
-    def cseq(self) -> tuple[int, str]:
-        num, _, method = self.one("cseq").partition(" ")
-        try:
-            return int(num), method.strip().upper()
-        except ValueError:
-            raise SipParseError(f"malformed CSeq {self.one('cseq')!r}") from None
-
-    @property
-    def branch(self) -> str:
-        via = self.one("via")
-        first = via.split(",", 1)[0]
-        mm = _BRANCH_RE.search(first)
-        return mm.group(1) if mm else ""
-
-    @property
-    def from_tag(self) -> str | None:
-        return header_tag(self.one("from"))
-
-    @property
-    def to_tag(self) -> str | None:
-        return header_tag(self.one("to"))
-
-    def summary(self) -> str:
-        if self.method:
-            return f"{self.method} {self.uri}"
-        return f"{self.status} {self.reason}"
-
-
-def header_tag(value: str) -> str | None:
-    """The tag parameter of a From/To value (after the URI, never inside it)."""
-    gt = value.rfind(">")
-    mm = _TAG_RE.search(value, gt + 1 if gt >= 0 else 0)
-    return mm.group(1) if mm else None
-
-
-def header_uri(value: str) -> str:
-    """URI of a name-addr / addr-spec value (Contact, Route, From...)."""
-    mm = _URI_IN_BRACKETS.search(value)
-    if mm:
-        return mm.group(1).strip()
-    return value.split(";", 1)[0].strip()
-
-
-def uri_user(uri: str) -> str:
-    """'sip:600@127.0.0.1;x' -> '600'."""
-    rest = uri.split(":", 1)[1] if ":" in uri else uri
-    return rest.split("@", 1)[0] if "@" in rest else ""
-
-
-def encode(start: str, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
-    parts = [start]
-    parts += [f"{n}: {v}" for n, v in headers]
-    parts.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(parts) + "\r\n\r\n").encode() + body

@@ -20,15 +20,10 @@ No retransmissions of our own: the peer only ever talks to Kamailio on
 loopback with a large socket buffer, where a datagram is not lost (timer
 E/F of RFC 3261 17.1.2 is not run: an unanswered BYE simply stays
 unanswered, which a soak reports as "no reply").  One thread, one
-non-blocking socket, a selector: a parse is ~15 us with the lean parser
-(`kamleak.harness.sip.message.LeanMessage`), so a few thousand messages/s fit
-in a fraction of one core.
-
-`LeanMessage` is sip.message's deliberately small parser for hot paths (here and in
-`kamleak.harness.tools.soak`): header lines kept verbatim in order, lookups by lower-case
-name (compact forms expanded).  `kamleak.harness.sip.message.SipMessage` is the
-careful one; it costs ~170 us a message, which at 200 calls/s with ~10
-messages a call is most of a core.
+non-blocking socket, a selector: a message costs ~10-20 us with
+`SipMessage.parse(strict=False, mandatory=True)` (the lean checks: what routing
+needs; the UA parses strictly), so a few thousand messages/s fit in a fraction
+of one core.
 """
 
 from __future__ import annotations
@@ -45,20 +40,17 @@ from dataclasses import dataclass, field
 from kamleak.harness.judging.wait import poll
 from kamleak.harness.sip.message import (
     ALLOW,
-    LeanMessage,
+    SipMessage,
     SipParseError,
     SipUri,
     apply_route_set,
     encode,
-    header_tag,
-    header_uri,
     new_branch,
     new_tag,
     parse_name_addr,
     parse_session_expires,
     reason_phrase,
     sdp,
-    uri_user,
 )
 from kamleak.harness.stack import ports
 
@@ -272,7 +264,7 @@ class UdpPeer:
             return                               # keep-alive
         self.counters["received"] += 1
         try:
-            msg = LeanMessage.parse(data)
+            msg = SipMessage.parse(data, strict=False, mandatory=True)
         except SipParseError as exc:
             self.counters["malformed"] += 1
             if len(self.errors) < 1000:
@@ -294,7 +286,7 @@ class UdpPeer:
         if len(self._cache) > 20000:
             self._cache.popitem(last=False)
 
-    def _on_request(self, req: LeanMessage, addr) -> None:
+    def _on_request(self, req: SipMessage, addr) -> None:
         method = req.method
         self.counters[f"rx {method}"] += 1
         if method == "ACK":
@@ -303,7 +295,7 @@ class UdpPeer:
                 if d is not None and req.to_tag == d.local_tag:
                     d.acked = True
             return
-        key = (req.branch, method)
+        key = (req.top_via_branch, method)
         cached = self._cache.get(key)
         if cached is not None:                   # retransmission: same answer again
             self.counters["retransmissions"] += 1
@@ -313,7 +305,7 @@ class UdpPeer:
         if method == "INVITE" and to_tag is None:
             out = self._initial_invite(req, addr)
         elif method == "CANCEL":
-            known = (req.branch, "INVITE") in self._cache
+            known = (req.top_via_branch, "INVITE") in self._cache
             out = self._response(req, 200 if known else 481)
         elif method == "OPTIONS" and to_tag is None:
             out = self._response(req, 200, extra=[("Allow", ALLOW), ("Accept", "application/sdp"),
@@ -325,17 +317,17 @@ class UdpPeer:
         self._cache_put(key, out)
         self._send(out, addr)
 
-    def _response(self, req: LeanMessage, status: int, reason: str | None = None, *,
+    def _response(self, req: SipMessage, status: int, reason: str | None = None, *,
                   to_tag: str | None = None, extra=(), body: bytes = b"",
                   record_route: bool = False) -> bytes:
-        headers = list(req.raw_lines("via"))
+        headers = req.header_lines("Via")
         if record_route:
-            headers += req.raw_lines("record-route")
-        to = req.one("to")
-        if to_tag and status > 100 and header_tag(to) is None:
+            headers += req.header_lines("Record-Route")
+        to = req.header("To", "")
+        if to_tag and status > 100 and req.to_tag is None:
             to = f"{to};tag={to_tag}"
-        headers += [("From", req.one("from")), ("To", to), ("Call-ID", req.call_id),
-                    ("CSeq", req.one("cseq"))]
+        headers += [("From", req.header("From", "")), ("To", to), ("Call-ID", req.call_id),
+                    ("CSeq", req.header("CSeq", ""))]
         headers += list(extra)
         if status > 100:
             headers.append(("Server", "kamleak-peer"))
@@ -343,9 +335,9 @@ class UdpPeer:
             headers.append(("Content-Type", "application/sdp"))
         return encode(f"SIP/2.0 {status} {reason or reason_phrase(status)}", headers, body)
 
-    def _timer_headers(self, req: LeanMessage, d: PeerDialog | None) -> tuple[list, bytes | None]:
+    def _timer_headers(self, req: SipMessage, d: PeerDialog | None) -> tuple[list, bytes | None]:
         """Session-timer headers for a 2xx (RFC 4028 9), or a 422 to send instead."""
-        secs, refresher = parse_session_expires(req.one("session-expires"))
+        secs, refresher = parse_session_expires(req.header("Session-Expires"))
         if secs is None:
             return [], None
         if secs < MIN_SE:
@@ -355,7 +347,7 @@ class UdpPeer:
             d.session_expires, d.refresher = secs, refresher
         return [("Require", "timer"), ("Session-Expires", f"{secs};refresher={refresher}")], None
 
-    def _initial_invite(self, req: LeanMessage, addr) -> bytes:
+    def _initial_invite(self, req: SipMessage, addr) -> bytes:
         call_id = req.call_id
         if self.send_trying:
             self.counters["tx 100"] += 1
@@ -365,18 +357,18 @@ class UdpPeer:
             if old is not None and old.state != "terminated":
                 # The same call again on a new branch (a loop or a fork): one dialog per Call-ID here.
                 return self._response(req, 482)
-        contact_vals = req.values("contact")
-        if not contact_vals:
+        contact = req.contact_uri
+        if not contact:
             return self._response(req, 400, "Missing Contact")
-        ext = uri_user(req.uri or "") or "s"
+        ext = req.ruri_user or "s"
         local_tag = new_tag()
         cseq_num, _ = req.cseq
         d = PeerDialog(call_id=call_id, extension=ext, local_tag=local_tag,
                        remote_tag=req.from_tag or "",
-                       local_party=f"{req.one('to')};tag={local_tag}",
-                       remote_party=req.one("from"),
-                       remote_target=header_uri(contact_vals[0]),
-                       route_set=req.values("record-route"),
+                       local_party=f"{req.header('To', '')};tag={local_tag}",
+                       remote_party=req.header("From", ""),
+                       remote_target=contact,
+                       route_set=req.headers("Record-Route"),
                        remote_cseq=cseq_num, local_cseq=self._rng.randrange(1, 10000),
                        created=time.monotonic(), sdp_session=self._rng.randrange(10**6, 10**9))
         timer_hdrs, refusal = self._timer_headers(req, d)
@@ -393,7 +385,7 @@ class UdpPeer:
         self.counters["tx 200 INVITE"] += 1
         return self._response(req, 200, to_tag=local_tag, extra=extra, body=body, record_route=True)
 
-    def _in_dialog(self, req: LeanMessage, to_tag: str) -> bytes:
+    def _in_dialog(self, req: SipMessage, to_tag: str) -> bytes:
         method = req.method
         with self._lock:
             d = self.dialogs.get(req.call_id)
@@ -407,9 +399,9 @@ class UdpPeer:
         if d.state == "terminated" and method != "BYE":
             return self._response(req, 481)
         if method == "INVITE":                   # session refresh / re-INVITE
-            contact = req.values("contact")
+            contact = req.contact_uri
             if contact:
-                d.remote_target = header_uri(contact[0])  # target refresh (12.2.2)
+                d.remote_target = contact  # target refresh (12.2.2)
             timer_hdrs, refusal = self._timer_headers(req, d)
             if refusal is not None:
                 return refusal
@@ -477,9 +469,9 @@ class UdpPeer:
         self.hangup_call(call_id)
         return call_id
 
-    def _on_response(self, resp: LeanMessage) -> None:
+    def _on_response(self, resp: SipMessage) -> None:
         self.counters[f"rx {resp.status}"] += 1
-        branch = resp.branch
+        branch = resp.top_via_branch
         with self._cond:
             call_id = self._bye_by_branch.get(branch)
             if call_id is None:

@@ -294,3 +294,30 @@ def test_apply_route_set_loose_and_strict():
     # strict router first: it becomes the R-URI, target goes last (RFC 3261 12.2.1.1)
     assert apply_route_set("sip:b@t", ["<sip:strict.example;transport=udp>", "<sip:p2;lr>"]) == (
         "sip:strict.example", ["<sip:p2;lr>", "<sip:b@t>"])
+
+
+def test_lean_parse_checks_what_routing_needs():
+    msg = SipMessage.parse(INVITE.encode() + b"trailing", strict=False, mandatory=True)
+    assert msg.body == SDP.encode() and msg.top_via_branch == "z9hG4bKproxy1"
+    assert msg.contact_uri == "sip:alice@abc.invalid;transport=ws;ob" and msg.ruri_user == "600123"
+    assert msg.header_lines("Via") == [("Via", INVITE.split("\r\n")[1][5:])]
+    with pytest.raises(SipParseError, match="missing mandatory header From"):
+        SipMessage.parse(b"INVITE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n\r\n", strict=False, mandatory=True)
+    with pytest.raises(SipParseError, match="does not match body length"):
+        SipMessage.parse(b"MESSAGE sip:a@b SIP/2.0\r\nl: 9\r\n\r\nabcd", strict=False)
+
+
+def test_bare_lf_blank_line_before_a_crlf_one_ends_the_head():
+    msg = SipMessage.parse(b"OPTIONS sip:x@y SIP/2.0\nCSeq: 2 OPTIONS\nl: 9\n\nhi\r\n\r\nyou")
+    assert msg.header_list == [("CSeq", "2 OPTIONS"), ("l", "9")] and msg.body == b"hi\r\n\r\nyou"
+
+
+def test_mutators_keep_the_index_in_step():
+    msg = SipMessage(method="OPTIONS", uri="sip:x@y", headers=[("v", "a"), ("CSeq", "1 OPTIONS")])
+    msg.prepend_header("Via", "b").add_header("Route", "<sip:r;lr>").set_header("cseq", "2 OPTIONS")
+    assert msg.headers("Via") == ["b", "a"] and msg.header_lines("v")[1] == ("v", "a")
+    assert msg.cseq == (2, "OPTIONS") and msg.header_list[2] == ("cseq", "2 OPTIONS")
+    msg.remove_header("via")
+    assert not msg.has_header("v") and msg.header_list == [("cseq", "2 OPTIONS"), ("Route", "<sip:r;lr>")]
+    msg.header_list = [("i", "c1")]
+    assert msg.call_id == "c1" and not msg.has_header("Route")

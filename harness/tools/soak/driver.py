@@ -28,12 +28,10 @@ from kamleak.harness.judging.wait import Deadline
 from kamleak.harness.probes.ws_connections import WsConnections
 from kamleak.harness.sip.message import (
     ALLOW,
-    LeanMessage,
+    SipMessage,
     SipParseError,
     apply_route_set,
     encode,
-    header_tag,
-    header_uri,
     new_branch,
     new_call_id,
     new_tag,
@@ -511,7 +509,7 @@ class _Driver:
         if not payload.strip(b"\r\n "):
             return
         try:
-            msg = LeanMessage.parse(payload)
+            msg = SipMessage.parse(payload, strict=False, mandatory=True)
             if msg.method is None:
                 self._on_response(c, msg)
             else:
@@ -521,8 +519,8 @@ class _Driver:
             if len(self.errors) < 200:
                 self.errors.append(f"malformed SIP from Kamailio: {exc}")
 
-    def _on_response(self, c: _Conn, msg: LeanMessage) -> None:
-        call = self.by_branch.get(msg.branch)
+    def _on_response(self, c: _Conn, msg: SipMessage) -> None:
+        call = self.by_branch.get(msg.top_via_branch)
         num, method = msg.cseq
         if call is None:
             if method == "INVITE" and 200 <= msg.status < 300:
@@ -538,7 +536,7 @@ class _Driver:
                 # Hop-by-hop ACK for a non-2xx (17.1.1.3): same branch, R-URI, To of the response.
                 hdrs = [("Via", self._via(c, call.branch)), ("Max-Forwards", "70"),
                         ("From", f"<sip:{c.user}@{HOST}>;tag={call.from_tag}"),
-                        ("To", msg.one("to")), ("Call-ID", call.call_id), ("CSeq", f"{num} ACK")]
+                        ("To", msg.header("To", "")), ("Call-ID", call.call_id), ("CSeq", f"{num} ACK")]
                 uri = call.invite_uri if call.state == "inviting" else call.ruri
                 if call.state != "inviting":
                     hdrs[1:1] = call.route_lines
@@ -547,10 +545,9 @@ class _Driver:
                                    f"answered {msg.status} {msg.reason}")
                 return
             if call.state == "inviting":
-                call.to_value = msg.one("to")
-                contact = msg.values("contact")
-                target = header_uri(contact[0]) if contact else call.invite_uri
-                route_set = list(reversed(msg.values("record-route")))
+                call.to_value = msg.header("To", "")
+                target = msg.contact_uri or call.invite_uri
+                route_set = list(reversed(msg.headers("Record-Route")))
                 if route_set and ";lr" in route_set[0]:
                     call.ruri, routes = target, route_set     # loose routing (12.2.1.1)
                 else:
@@ -572,22 +569,22 @@ class _Driver:
         if method == "BYE" and call.state == "bye_sent":
             self._finish(call, "ok" if msg.status == 200 else f"failed: BYE answered {msg.status} {msg.reason}")
 
-    def _respond(self, c: _Conn, req: LeanMessage, status: int, reason: str, extra=(),
+    def _respond(self, c: _Conn, req: SipMessage, status: int, reason: str, extra=(),
                  body: bytes = b"") -> None:
-        hdrs = req.raw_lines("via") + [("From", req.one("from")), ("To", req.one("to")),
-                                       ("Call-ID", req.call_id), ("CSeq", req.one("cseq"))]
+        hdrs = req.header_lines("Via") + [("From", req.header("From", "")), ("To", req.header("To", "")),
+                                          ("Call-ID", req.call_id), ("CSeq", req.header("CSeq", ""))]
         hdrs += list(extra)
         if body:
             hdrs.append(("Content-Type", "application/sdp"))
         self.send_sip(c, encode(f"SIP/2.0 {status} {reason}", hdrs, body))
 
-    def _on_request(self, c: _Conn, req: LeanMessage) -> None:
+    def _on_request(self, c: _Conn, req: SipMessage) -> None:
         method = req.method
         self.counters[f"rx {method}"] += 1
         if method == "ACK":
             return
         call = self.by_call_id.get(req.call_id)
-        mine = call is not None and call.conn is c and header_tag(req.one("to")) == call.from_tag
+        mine = call is not None and call.conn is c and req.to_tag == call.from_tag
         if method == "BYE":
             if not mine:
                 self._respond(c, req, 481, "Call/Transaction Does Not Exist")
