@@ -42,11 +42,11 @@ from dataclasses import dataclass
 from kamleak.harness import knowledge
 from kamleak.harness.errors import ScenarioError, UsageError
 from kamleak.harness.judging.verdict import MemoryVerdict
-from kamleak.harness.judging.wait import WaitTimeout, poll
 from kamleak.harness.probes import memstats
 from kamleak.harness.reporting.plot import PlotHints
 from kamleak.harness.sip import UAError
 from kamleak.harness.stack.kamailio import Kamailio
+from kamleak.harness.wait import WaitTimeout, poll
 from kamleak.scenarios import story
 
 ISSUE = 3236

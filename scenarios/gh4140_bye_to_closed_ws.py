@@ -44,11 +44,11 @@ from kamleak.harness import knowledge, progress
 from kamleak.harness.errors import ScenarioError, UsageError
 from kamleak.harness.judging import oracle
 from kamleak.harness.judging.verdict import TransactionVerdict
-from kamleak.harness.judging.wait import WaitTimeout, poll
 from kamleak.harness.probes import counters, pbx_trace, ws_connections
 from kamleak.harness.probes.sampler import StatsSampler
 from kamleak.harness.sip import UAError
 from kamleak.harness.stack.kamailio import Kamailio, TmTimers
+from kamleak.harness.wait import WaitTimeout, poll
 from kamleak.scenarios import story
 from kamleak.scenarios.story import Run
 

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 from kamleak.harness.judging import oracle
-from kamleak.harness.judging.wait import WaitTimeout, poll
 from kamleak.harness.probes import ws_connections
 from kamleak.harness.stack.runner import Stack
 from kamleak.harness.stack.targets import Target
+from kamleak.harness.wait import WaitTimeout, poll
 from kamleak.scenarios import gh4140_bye_to_closed_ws as g
 from kamleak.scenarios import story
 

@@ -16,11 +16,11 @@ from typing import ClassVar, Protocol
 from kamleak.harness.errors import NotApplicable, ScenarioError, ServerError, UsageError
 from kamleak.harness.judging import oracle
 from kamleak.harness.judging.verdict import Reply, TransactionVerdict, Verdict, classify_reason
-from kamleak.harness.judging.wait import WaitTimeout, poll
 from kamleak.harness.probes import pbx_trace
 from kamleak.harness.sip.message import SipParseError
 from kamleak.harness.sip.udp import UdpClient
 from kamleak.harness.stack.kamailio import Kamailio, TmTimers
+from kamleak.harness.wait import WaitTimeout, poll
 
 
 class Variant(Protocol):

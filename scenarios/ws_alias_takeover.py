@@ -44,8 +44,8 @@ from __future__ import annotations
 from kamleak.harness import knowledge
 from kamleak.harness.errors import ScenarioError, UsageError
 from kamleak.harness.judging.verdict import TransactionVerdict
-from kamleak.harness.judging.wait import WaitTimeout
 from kamleak.harness.probes import ws_connections
+from kamleak.harness.wait import WaitTimeout
 from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
 from kamleak.scenarios import story
 

@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass
 
 from kamleak.harness.errors import RPCError, ScenarioError
-from kamleak.harness.judging.wait import WaitTimeout, poll
 from kamleak.harness.probes.rpc import KamailioRPC, TmCell
 from kamleak.harness.stack.kamailio.timers import DEFAULTS, NAMES, Timer, default_source, from_config
+from kamleak.harness.wait import WaitTimeout, poll
 
 # The margin over a transaction's longest life: tm's timers run in ticks of
 # 1/16 s on a timer process that may lag under load, the wait timer on the

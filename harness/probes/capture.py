@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from kamleak.harness.judging.wait import poll, stop_process
+from kamleak.harness.wait import poll, stop_process
 
 
 def available() -> str | None:

@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 
 from kamleak.harness.errors import RPCError
-from kamleak.harness.judging.wait import poll
 from kamleak.harness.probes.rpc import _plain
+from kamleak.harness.wait import poll
 
 # "ws:127.0.0.1:40000 -> ws:127.0.0.1:8080 ..." in a ws.dump connection line: proto, source port
 _SOURCE = re.compile(r"(wss?):[\d.]+:(\d+) ->")
@@ -62,7 +62,7 @@ def wait_gone(rpc, port: int, *, proto: str | None = None, timeout: float = 10.0
     """Poll until Kamailio no longer lists the WebSocket connection from client PORT
     (only its PROTO one, "ws" or "wss", when two share the port); return the seconds
     waited.  ABORT (e.g. `kamailio.death`) stops the wait with its reason;
-    raises judging.wait.WaitTimeout after TIMEOUT seconds."""
+    raises wait.WaitTimeout after TIMEOUT seconds."""
     t0 = time.monotonic()
     conns = WsConnections(rpc)
 

@@ -37,7 +37,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kamleak.harness.judging.wait import poll
 from kamleak.harness.sip.message import (
     ALLOW,
     SipMessage,
@@ -53,6 +52,7 @@ from kamleak.harness.sip.message import (
     sdp,
 )
 from kamleak.harness.stack import ports
+from kamleak.harness.wait import poll
 
 HOST = "127.0.0.1"
 MIN_SE = 90

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from kamleak.harness.errors import ServerError
-from kamleak.harness.judging.wait import AbortedWait, WaitTimeout, poll
 from kamleak.harness.stack import containers, images, ports
+from kamleak.harness.wait import AbortedWait, WaitTimeout, poll
 
 TEMPLATES = images.DOCKER_DIR / "asterisk"
 

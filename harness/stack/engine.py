@@ -17,7 +17,7 @@ import docker
 import docker.errors
 
 from kamleak.harness.errors import DockerUnavailable
-from kamleak.harness.judging.wait import WaitTimeout, poll
+from kamleak.harness.wait import WaitTimeout, poll
 
 STATE_DIR = os.environ.get("KAMLEAK_STATE_DIR", "/var/lib/kamleak" if os.geteuid() == 0 else
                            os.path.expanduser("~/.cache/kamleak"))

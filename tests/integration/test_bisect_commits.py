@@ -27,8 +27,8 @@ import sys
 import pytest
 
 from kamleak.harness import knowledge
-from kamleak.harness.judging.wait import poll
 from kamleak.harness.stack import source_build
+from kamleak.harness.wait import poll
 from tests.unit.test_source_build import ROOT, offline_source
 
 SOURCE = offline_source()

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from kamleak.harness.judging.wait import poll
+from kamleak.harness.wait import poll
 
 pytestmark = [pytest.mark.kamailio, pytest.mark.asterisk]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from kamleak.harness.judging.wait import poll
 from kamleak.harness.stack import containers
+from kamleak.harness.wait import poll
 
 # These tests look at every container and builder on the engine: not beside xdist workers.
 pytestmark = pytest.mark.serial

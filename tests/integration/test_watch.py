@@ -26,13 +26,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from kamleak.harness.judging.wait import poll, stop_process
 from kamleak.harness.plugin import state
 from kamleak.harness.sip.peer import UdpPeer
 from kamleak.harness.stack import ports
 from kamleak.harness.stack.kamailio import TmTimers
 from kamleak.harness.stack.runner import launch_kamailio
 from kamleak.harness.stack.targets import Target
+from kamleak.harness.wait import poll, stop_process
 from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
 
 pytestmark = [pytest.mark.kamailio]

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from kamleak.harness.errors import RPCError, ServerError
-from kamleak.harness.judging.wait import AbortedWait, WaitTimeout, poll, stop_process
 from kamleak.harness.probes.rpc import KamailioRPC
 from kamleak.harness.stack import containers
 from kamleak.harness.stack.kamailio.config import HOST, KamailioConfig
+from kamleak.harness.wait import AbortedWait, WaitTimeout, poll, stop_process
 
 CONTAINER_DIR = "/etc/kamleak"
 

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kamleak.harness.errors import RPCError, ScenarioError
-from kamleak.harness.judging.wait import Deadline
 from kamleak.harness.probes.ws_connections import WsConnections
 from kamleak.harness.sip.message import (
     ALLOW,
@@ -40,6 +39,7 @@ from kamleak.harness.sip.message import (
 from kamleak.harness.sip.peer import UdpPeer
 from kamleak.harness.sip.websocket import WebSocket, WebSocketError
 from kamleak.harness.tools.soak.plan import dead_path_reply
+from kamleak.harness.wait import Deadline
 
 HOST = "127.0.0.1"
 

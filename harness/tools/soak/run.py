@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kamleak.harness.errors import RPCError, ScenarioError, UsageError
-from kamleak.harness.judging.wait import WaitTimeout, poll
 from kamleak.harness.probes.counters import Counters
 from kamleak.harness.probes.sampler import Sampler
 from kamleak.harness.sip.peer import UdpPeer
@@ -19,6 +18,7 @@ from kamleak.harness.tools.soak.driver import _Call, _Driver
 from kamleak.harness.tools.soak.plan import dead_path_reply, plan_kinds
 from kamleak.harness.tools.soak.plot import render_plot
 from kamleak.harness.tools.soak.stats import ols
+from kamleak.harness.wait import WaitTimeout, poll
 
 
 @dataclass
