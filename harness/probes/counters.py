@@ -8,6 +8,7 @@ and, where the build has `mod.mem_stats`, tm's and websocket's shm).
 from __future__ import annotations
 
 from kamleak.harness.errors import RPCError
+from kamleak.harness.probes import memstats
 
 
 def tm(rpc) -> dict:
@@ -32,21 +33,6 @@ def tm_and_shm(rpc) -> dict:
             "freed": t["freed"], "shm_used": s.get("real_used", s.get("used", 0))}
 
 
-def module_total(res) -> int | None:
-    """`Total` in mod.mem_stats' answer: ["Module: tm", [[site, bytes]..., ["Total", n]], ""]."""
-    stack = [res]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, (list, tuple)):
-            if len(v) == 2 and v[0] == "Total":
-                try:
-                    return int(v[1])
-                except (TypeError, ValueError):
-                    return None
-            stack.extend(v)
-    return None
-
-
 class Counters:
     """tm.stats, core.shmmem and, where the build has it (memdbg), `mod.mem_stats`
     for tm and websocket (the latter keeps a closed connection's 64 KiB frame buffer
@@ -67,7 +53,8 @@ class Counters:
         except RPCError:
             self.mod_ok[module] = False
             return None
-        total = module_total(res)
+        # mod.mem_stats (alias mod.stats) answers "Module: tm" and a struct ending in Total
+        total = memstats.module_totals(res).get(module)
         self.mod_ok[module] = total is not None
         return total
 
@@ -83,15 +70,7 @@ class Counters:
         except RPCError:
             self.mod_ok["all"] = False
             return None
-        out: dict[str, int] = {}
-        name = None
-        for item in res if isinstance(res, list) else []:
-            if isinstance(item, str) and item.startswith("Module: "):
-                name = item[len("Module: "):].strip()
-            elif name and isinstance(item, (list, tuple)):
-                total = module_total(item)
-                if total is not None:
-                    out[name] = total
+        out = memstats.module_totals(res)
         self.mod_ok["all"] = bool(out)
         return out or None
 

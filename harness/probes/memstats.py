@@ -18,8 +18,11 @@ from typing import Any
 Sites = dict[str, int]     # "tm: build_uac_req(1618)" -> bytes
 
 
-def parse_mod_stats(result: Any) -> Sites:
-    sites: Sites = {}
+def per_module(result: Any) -> dict[str, Sites]:
+    """The one reader of Kamailio's per-module accounting answers (`mod.stats`,
+    `mod.mem_stats`): ["Module: tm", [[site, bytes]..., ["Total", n]], ...] ->
+    {"tm": {site: bytes, ..., "Total": n}}."""
+    out: dict[str, Sites] = {}
     module = ""
     for item in result if isinstance(result, list) else []:
         if isinstance(item, str):
@@ -31,12 +34,23 @@ def parse_mod_stats(result: Any) -> Sites:
         if not isinstance(item, list):
             continue
         for entry in item:
-            if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[0] != "Total":
+            if isinstance(entry, (list, tuple)) and len(entry) == 2:
                 try:
-                    sites[f"{module}: {entry[0]}"] = int(entry[1])
+                    out.setdefault(module, {})[str(entry[0])] = int(entry[1])
                 except (TypeError, ValueError):
                     continue
-    return sites
+    return out
+
+
+def parse_mod_stats(result: Any) -> Sites:
+    """`mod.stats all shm` as {"tm: build_uac_req(1618)": bytes}, totals left out."""
+    return {f"{module}: {site}": n for module, sites in per_module(result).items()
+            for site, n in sites.items() if site != "Total"}
+
+
+def module_totals(result: Any) -> dict[str, int]:
+    """{module: its `Total`} from a `mod.mem_stats` (or `mod.stats`) answer."""
+    return {module: sites["Total"] for module, sites in per_module(result).items() if "Total" in sites}
 
 
 def growth(before: Sites, after: Sites) -> Sites:

@@ -1,4 +1,4 @@
-"""Human-readable renderings of what happened (SIP traces, for now)."""
+"""What happened, in text: SIP traces (the UA's, the PBX's, a pcap's), ladders, side by side."""
 
 from __future__ import annotations
 

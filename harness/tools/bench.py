@@ -289,12 +289,6 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 DESCRIPTION = "Gate time by phase against its floor, and soak throughput (make bench)."
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kamleak bench", description=DESCRIPTION)
-    _arguments(p)
-    return p
-
-
 def add_subparser(sub) -> argparse.ArgumentParser:
     """Add `bench` to an argparse subparsers object (for harness/tools/cli.py)."""
     p = sub.add_parser("bench", help="gate time by phase vs its floor, soak throughput",
@@ -307,20 +301,6 @@ def add_subparser(sub) -> argparse.ArgumentParser:
 def _run_args(args) -> int:
     try:
         return _main(args)
-    finally:
-        containers.remove_all_live()
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return _main(args)
-    except KeyboardInterrupt:
-        _say("interrupted; everything removed")
-        return 130
-    except KamleakError as exc:
-        _say(exc.line())
-        return exc.exit_code
     finally:
         containers.remove_all_live()
 
@@ -383,6 +363,3 @@ def _main(args) -> int:
     print(f"kamleak bench: results in {out / 'bench.json'}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

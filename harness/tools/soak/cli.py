@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from kamleak.harness.errors import KamleakError, NotApplicable, ScenarioError, UsageError
+from kamleak.harness.errors import NotApplicable, ScenarioError, UsageError
 from kamleak.harness.sip.peer import UdpPeer
 from kamleak.harness.tools.soak.run import run_soak
 
@@ -44,12 +44,6 @@ DESCRIPTION = ("Drive many calls through one Kamailio (a fraction of them the is
                "measure the tm cells and shm each leaves: exit 0 clean, 1 leak, 2 could not run.")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kamleak soak", description=DESCRIPTION)
-    _arguments(p)
-    return p
-
-
 def add_subparser(sub) -> argparse.ArgumentParser:
     """Add `soak` to an argparse subparsers object (for harness/tools/cli.py)."""
     p = sub.add_parser("soak", help="many calls through one Kamailio: leaked cells and shm per call",
@@ -57,18 +51,6 @@ def add_subparser(sub) -> argparse.ArgumentParser:
     _arguments(p)
     p.set_defaults(func=_main)
     return p
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return _main(args)
-    except KeyboardInterrupt:
-        print("kamleak soak: interrupted; everything removed", file=sys.stderr)
-        return 130
-    except KamleakError as exc:
-        print(f"kamleak soak: {exc.line()}", file=sys.stderr)
-        return exc.exit_code
 
 
 def _main(args) -> int:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kamleak.harness.errors import RPCError, ScenarioError, UsageError
+from kamleak.harness.probes import pbx_trace
 from kamleak.harness.probes.counters import Counters
 from kamleak.harness.probes.sampler import Sampler
 from kamleak.harness.sip.peer import UdpPeer
@@ -351,17 +352,15 @@ def _shm_exhausted(rpc, rate: float, timers) -> ScenarioError | None:
 
 
 def _replies_from_asterisk(pbx, log_start: int, calls: list[_Call]) -> None:
-    from kamleak.harness.probes.pbx_trace import parse_pjsip_log, responses_to
-    msgs = parse_pjsip_log(pbx.log()[log_start:])
+    msgs = pbx_trace.parse_pjsip_log(pbx.log()[log_start:])
     for c in calls:
         if c.kind != "4140" or c.outcome != "sent":
             continue
-        finals = [m for m in responses_to(msgs, c.call_id, "BYE")
-                  if m.message is not None and (m.message.status or 0) >= 200]
+        finals = pbx_trace.final_replies(msgs, c.call_id, "BYE")
         if not finals:
             c.outcome = "missed: no reply to Asterisk's BYE in its log"
             continue
-        code, reason = finals[0].message.status, finals[0].message.reason
+        code, reason = finals[0].code, finals[0].reason
         c.bye_reply = (code, reason)
         c.outcome = "hit" if dead_path_reply(code, reason) else \
             f"missed: the PBX's BYE was answered {code} {reason}"
