@@ -38,9 +38,8 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
 
-from kamleak.harness import knowledge, progress
+from kamleak.harness import progress
 from kamleak.harness.errors import ScenarioError, UsageError
 from kamleak.harness.judging import oracle
 from kamleak.harness.judging.verdict import TransactionVerdict
@@ -52,24 +51,14 @@ from kamleak.harness.wait import WaitTimeout, poll
 from kamleak.scenarios import story
 from kamleak.scenarios.story import Run
 
+# 4140's variants, and which builds leak with which, are the shared trigger rules.
+from kamleak.scenarios.triggers import TRIGGERS as TRIGGERS
+from kamleak.scenarios.triggers import Variant as Variant
+from kamleak.scenarios.triggers import applicable as applicable
+from kamleak.scenarios.triggers import expected as expected
+
 ISSUE = 4140
 TITLE = "BYE to a closed WebSocket connection stays in tm.list"
-
-# What creates a local tm request while the BYE is handled.
-TRIGGERS = {
-    "none": (),
-    "dialog": ("WITH_DIALOG",),                                   # dialog module alone
-    "uac_req_send": ("WITH_TRIGGER_UAC_REQ_SEND",),               # MESSAGE via uac
-    "t_uac_send": ("WITH_TRIGGER_T_UAC_SEND",),                   # MESSAGE via tm
-    "pua_dialoginfo": ("WITH_TRIGGER_PUA_DIALOGINFO",),           # BLF: PUBLISH terminated
-}
-# How the config answers when t_relay() fails.
-REPLY_STYLES = {
-    "sl_reply_error": (),                                         # stock kamailio.cfg
-    "send_reply_error": ("WITH_REPLY_SEND_REPLY_ERROR",),         # sl, 130dc00c17 (5.8.0)
-    "t_reply_error": ("WITH_REPLY_T_REPLY_ERROR",),               # tm, ae0b671c30 (5.8.0)
-}
-DELAYED_REPLY_OFF = ("WITH_DELAYED_REPLY_OFF",)                   # tm param, a705e601d9 (6.1.0)
 
 DEFAULT_VARIANT = "pua_dialoginfo"  # the realistic trigger, stock reply style
 DISCONNECTS = ("rst", "fin", "close", "rst+advertise")
@@ -88,88 +77,6 @@ SESSION_TIMER_SE = 90          # Session-Expires = Min-SE: Asterisk's floor
 
 def disconnect_defines(disconnect: str) -> tuple[str, ...]:
     return DISCONNECT_DEFINES.get(disconnect, ())
-
-
-@dataclass(frozen=True)
-class Variant:
-    """`trigger[+reply_style][+delayed_reply_off]`, e.g. `uac_req_send+t_reply_error`."""
-
-    trigger: str = "pua_dialoginfo"
-    reply: str = "sl_reply_error"
-    delayed_reply_off: bool = False
-
-    @classmethod
-    def parse(cls, name: str) -> Variant:
-        parts = [p.strip() for p in name.strip().split("+") if p.strip()]
-        if not parts:
-            raise UsageError("empty variant name", f"use e.g. {DEFAULT_VARIANT}")
-        trigger, reply, off = parts[0], "sl_reply_error", False
-        for p in parts[1:]:
-            if p in REPLY_STYLES:
-                reply = p
-            elif p in ("delayed_reply_off", "delayed_reply=0"):
-                off = True
-            else:
-                raise UsageError(f"unknown variant part '{p}' in '{name}'",
-                                 f"after the trigger use {', '.join(REPLY_STYLES)} or delayed_reply_off")
-        if trigger not in TRIGGERS:
-            raise UsageError(f"unknown trigger '{trigger}' in variant '{name}'",
-                             f"use one of {', '.join(TRIGGERS)}")
-        return cls(trigger, reply, off)
-
-    @property
-    def name(self) -> str:
-        parts = [self.trigger]
-        if self.reply != "sl_reply_error":
-            parts.append(self.reply)
-        if self.delayed_reply_off:
-            parts.append("delayed_reply_off")
-        return "+".join(parts)
-
-    @property
-    def defines(self) -> tuple[str, ...]:
-        d = TRIGGERS[self.trigger] + REPLY_STYLES[self.reply]
-        return d + (DELAYED_REPLY_OFF if self.delayed_reply_off else ())
-
-    @property
-    def creates_local_request(self) -> bool:
-        return self.trigger in ("uac_req_send", "t_uac_send", "pua_dialoginfo")
-
-    @property
-    def features(self) -> tuple[str, ...]:
-        """What a build may lack to run this variant (kamleak.harness.knowledge keys)."""
-        reply = (self.reply,) if self.reply in knowledge.ERROR_REPLY_FUNCTIONS else ()
-        return reply + (("delayed_reply",) if self.delayed_reply_off else ())
-
-
-def applicable(build, variant: Variant) -> str | None:
-    """Why VARIANT cannot run on BUILD (Kamailio would refuse the config), or None.
-
-    BUILD: a Target, a `knowledge.Provenance`, or a version string naming one
-    of Debian's builds.  Whether the build has a feature comes from
-    kamleak.harness.knowledge (git for upstream builds, observations for Debian's);
-    where that is unknown, nothing is ruled out: the run says.
-    """
-    return knowledge.lacking(variant.features, build)
-
-
-def expected(build, variant: Variant) -> str:
-    """"leak", "clean", "n/a", or "unknown" where kamleak cannot know.
-
-    A leak needs a trigger (a local tm request in the same worker), the stock
-    stateless error reply and a tm whose t_unref() still tests the kill
-    reason for equality: bd0aaf89b8 (upstream master only; Debian's 6.1.5
-    carries it as a backport) drops such orphaned transactions.
-    """
-    if applicable(build, variant):
-        return "n/a"
-    if any(knowledge.has(key, build).value is None for key in variant.features):
-        return "unknown"          # refused (n/a) or clean: only a run can tell
-    if not (variant.creates_local_request and variant.reply == "sl_reply_error"
-            and not variant.delayed_reply_off):
-        return "clean"
-    fixed = knowledge.has("t_unref_orphans", build).value
-    return "unknown" if fixed is None else "clean" if fixed else "leak"
 
 
 # ---------------------------------------------------------------------------

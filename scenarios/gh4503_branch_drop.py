@@ -33,8 +33,7 @@ from __future__ import annotations
 
 from kamleak.harness.judging.verdict import TransactionVerdict
 from kamleak.harness.stack.kamailio import Kamailio, TmTimers
-from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
-from kamleak.scenarios import story
+from kamleak.scenarios import story, triggers
 from kamleak.scenarios.story import run_single_request
 
 ISSUE = 4503
@@ -53,7 +52,7 @@ TIMERS = TmTimers(fr_timer=3000, fr_inv_timer=3000, wt_timer=1000, max_inv_lifet
 class Variant(story.FlaggedVariant):
     """An issue-4140 variant, plus `+no_internal_reply` for path B."""
 
-    BASE = gh4140.Variant
+    BASE = triggers.Variant
     FLAG = NO_INTERNAL_REPLY
     DEFINE = "WITH_NO_INTERNAL_REPLY"
 
@@ -80,7 +79,7 @@ def expected(build, variant: Variant) -> str:
     Upstream, that fix is bd0aaf89b8 (knowledge key t_unref_orphans, master
     only): knowledge answers it from git for source builds.
     """
-    return gh4140.expected(build, variant.base)
+    return triggers.expected(build, variant.base)
 
 
 def start_kamailio(kamailio_factory, variant: Variant) -> Kamailio:

@@ -36,8 +36,7 @@ from __future__ import annotations
 from kamleak.harness.errors import UsageError
 from kamleak.harness.judging.verdict import TransactionVerdict
 from kamleak.harness.stack.kamailio import Kamailio
-from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
-from kamleak.scenarios import story
+from kamleak.scenarios import story, triggers
 from kamleak.scenarios.story import run_single_request
 
 ISSUE = 4919
@@ -47,7 +46,7 @@ TRIGGERS = ("none", "uac_req_send", "t_uac_send")
 DEFAULT_VARIANT = "uac_req_send"
 METHOD = "MESSAGE"
 
-Variant = gh4140.Variant
+Variant = triggers.Variant
 
 
 def parse_variant(name: str) -> Variant:
@@ -61,7 +60,7 @@ def parse_variant(name: str) -> Variant:
 def expected(build, variant: Variant) -> str:
     """Same mechanism, same expectations as issue 4140 (see its module): from
     kamleak.harness.knowledge, so for upstream builds too."""
-    return gh4140.expected(build, variant)
+    return triggers.expected(build, variant)
 
 
 def start_kamailio(kamailio_factory, variant: Variant) -> Kamailio:

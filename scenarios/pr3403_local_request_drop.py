@@ -34,8 +34,7 @@ from kamleak.harness.judging.verdict import MemoryVerdict
 from kamleak.harness.reporting.plot import PlotHints
 from kamleak.harness.sip.udp import UdpClient
 from kamleak.harness.stack.kamailio import Kamailio
-from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
-from kamleak.scenarios import story
+from kamleak.scenarios import story, triggers
 
 ISSUE = 3403          # a pull request: the report is its description
 TITLE = "a local request dropped in event_route[tm:local-request] leaks shm"
@@ -70,7 +69,7 @@ class Variant:
 
     @property
     def defines(self) -> tuple[str, ...]:
-        d = gh4140.TRIGGERS[self.trigger] + ("WITH_LOCAL_REQUEST_ROUTE",)
+        d = triggers.TRIGGERS[self.trigger] + ("WITH_LOCAL_REQUEST_ROUTE",)
         return d + (("WITH_LOCAL_REQUEST_DROP",) if self.drop else ())
 
 

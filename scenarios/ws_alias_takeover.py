@@ -47,7 +47,7 @@ from kamleak.harness.judging.verdict import TransactionVerdict
 from kamleak.harness.probes import ws_connections
 from kamleak.harness.wait import WaitTimeout
 from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
-from kamleak.scenarios import story
+from kamleak.scenarios import story, triggers
 
 ISSUE = None
 TITLE = "a second connection from a live WebSocket client's ip:port takes over its alias"
@@ -59,13 +59,13 @@ DEFAULT_VARIANT = "uac_req_send"
 class Variant(story.FlaggedVariant):
     """A 4140 config variant, optionally with tcp_connection_match=1."""
 
-    BASE = gh4140.Variant
+    BASE = triggers.Variant
     FLAG = CONNECTION_MATCH
     DEFINE = "WITH_TCP_CONNECTION_MATCH"
 
 
 def applicable(build, variant: Variant) -> str | None:
-    return gh4140.applicable(build, variant.base)
+    return triggers.applicable(build, variant.base)
 
 
 # Measured on Debian's builds (tests/gate/test_ws_alias_takeover.py).  No
@@ -90,7 +90,7 @@ def expected(build, variant: Variant) -> str:
         return "unknown"
     if not lost:
         return "clean"
-    return gh4140.expected(build, variant.base)
+    return triggers.expected(build, variant.base)
 
 
 def takeover(r, ua, ua_factory, transport: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 from kamleak.harness import knowledge
 from kamleak.harness.stack.kamailio import KamailioConfig
 from kamleak.harness.tools.lint import Finding, lint, lint_file, main, parse_version, resolve_build
-from kamleak.scenarios.gh4140_bye_to_closed_ws import REPLY_STYLES, TRIGGERS, Variant, expected
+from kamleak.scenarios.triggers import REPLY_STYLES, TRIGGERS, Variant, expected
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Debian's builds (observed) and upstream releases (answered from the first tags
