@@ -77,6 +77,7 @@ import re
 import sys
 from dataclasses import dataclass
 
+from kamleak.harness import knowledge
 from kamleak.harness.stack.kamailio.cfg import (
     Call,
     Config,
@@ -117,17 +118,14 @@ class Build:
         return self.prov.version if self.prov.kind == "release" else None
 
     def has(self, key: str):
-        from kamleak.harness import knowledge
         return knowledge.has(key, self.prov)
 
     def note(self) -> str:
-        from kamleak.harness import knowledge
         return f"about {self.label}: {self.how}; {knowledge.BACKPORTS_NOTE}"
 
     @classmethod
     def of(cls, build) -> Build:
         """A Build from a Target, a knowledge.Provenance or a version string."""
-        from kamleak.harness import knowledge
         if isinstance(build, Build):
             return build
         if isinstance(build, str):
@@ -137,7 +135,6 @@ class Build:
 
 
 def _how(prov) -> str:
-    from kamleak.harness import knowledge
     if prov.kind == "upstream":
         return f"answered from git (ancestry of {prov.commit[:10]} in {prov.repo})"
     if prov.kind == "debian":
@@ -155,7 +152,6 @@ def resolve_build(*, version: str | None = None, ref: str | None = None, image: 
     (--kamailio-source, $KAMLEAK_KAMAILIO_SOURCE, or a mirror kamleak already
     cached); for a release number with none at hand, from the recorded first
     tags, and the Build says so.  A ref needs the repository (UsageError)."""
-    from kamleak.harness import knowledge
     from kamleak.harness.errors import KamleakError
     from kamleak.harness.stack import source_build
     if image:
@@ -209,7 +205,7 @@ _REPLY_PRIORITY = ("sl_reply_error", "stateless", "send_reply_error", "t_reply_e
 _ROUTE_CALLS = {"route": 0, "route_if_exists": 0, "async_route": 0, "async_ms_route": 0,
                 "async_task_route": 0, "async_task_group_route": 0, "async_task_data": 0}
 # Reply functions a build may lack (kamleak.harness.knowledge keys) -> their module.
-from kamleak.harness.knowledge import ERROR_REPLY_FUNCTIONS as _NEEDS_FIX  # noqa: E402
+_NEEDS_FIX = knowledge.ERROR_REPLY_FUNCTIONS
 
 
 @dataclass

@@ -74,7 +74,10 @@ def _main(args) -> int:
     out = Path(args.out or Path("artifacts") / time.strftime("soak-%Y%m%d-%H%M%S"))
     workdir = containers.workdir()
     far = kam = None
-    say = lambda m: print(f"kamleak soak: {m}", file=sys.stderr, flush=True)  # noqa: E731
+
+    def say(m: str) -> None:
+        print(f"kamleak soak: {m}", file=sys.stderr, flush=True)
+
     try:
         client = engine.client()
         containers.reap_leftovers(client, log=say)
