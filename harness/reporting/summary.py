@@ -65,18 +65,21 @@ def table(records: list[dict]) -> str:
     return "\n".join(out)
 
 
-def add_subparser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("summary", help="merge the verdict summaries of sharded runs into one table")
-    ssub = p.add_subparsers(dest="summary_cmd", required=True)
+NAME = "summary"
+HELP = "merge the verdict summaries of sharded runs into one table"
+DESCRIPTION = "kamleak summary merge SUMMARY.json...: one verdict table from sharded runs."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    ssub = p.add_subparsers(dest="summary_cmd", required=True, metavar="merge")
     m = ssub.add_parser("merge", help="merge --kamleak-summary files (one per shard)")
     m.add_argument("summaries", nargs="+", metavar="SUMMARY.json")
     m.add_argument("--out", default=None, metavar="PATH", help="also write the merged JSON there")
     m.add_argument("--table", action="store_true", help="print the Markdown table (default: yes)")
-    m.set_defaults(func=run_merge)
-    return p
 
 
-def run_merge(args) -> int:
+def run(args) -> int:
+    """`merge`, the one subcommand."""
     try:
         records = load(args.summaries)
     except UsageError as exc:

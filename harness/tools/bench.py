@@ -271,7 +271,11 @@ def table(floor: dict, gate: dict, soak: list[dict], build: dict | None = None) 
     return "\n".join(lines)
 
 
-def _arguments(p: argparse.ArgumentParser) -> None:
+NAME = "bench"
+HELP = "gate time by phase vs its floor, soak throughput"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=5, help="gate runs per case (median; default 5)")
     p.add_argument("--soak-calls", type=int, default=3000)
     p.add_argument("--soak-concurrency", type=int, default=50)
@@ -289,16 +293,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 DESCRIPTION = "Gate time by phase against its floor, and soak throughput (make bench)."
 
 
-def add_subparser(sub) -> argparse.ArgumentParser:
-    """Add `bench` to an argparse subparsers object (for harness/tools/cli.py)."""
-    p = sub.add_parser("bench", help="gate time by phase vs its floor, soak throughput",
-                       description=DESCRIPTION)
-    _arguments(p)
-    p.set_defaults(func=_run_args)
-    return p
-
-
-def _run_args(args) -> int:
+def run(args) -> int:
     try:
         return _main(args)
     finally:

@@ -12,17 +12,19 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Protocol
 
 from kamleak.harness import progress
 from kamleak.harness.errors import KamleakError, UsageError
 from kamleak.harness.judging.verdict import TransactionVerdict, timers_text
+from kamleak.harness.reporting import summary as summary_cmd
 from kamleak.harness.stack import containers, engine, images, source_build
 from kamleak.harness.stack.runner import Stack
 from kamleak.harness.stack.targets import Target, add_option, parse_targets
 from kamleak.harness.tools import bench as bench_cmd
 from kamleak.harness.tools import lint as lint_cmd
-from kamleak.harness.tools import soak as soak_cmd
 from kamleak.harness.tools import watch as watch_cmd
+from kamleak.harness.tools.soak import cli as soak_cmd
 
 _say = progress.say
 
@@ -640,6 +642,24 @@ class Parser(argparse.ArgumentParser):
         self.exit(self.usage_exit, f"{self.prog}: {message}; see `{self.prog} --help`\n")
 
 
+
+class Command(Protocol):
+    """A subcommand kept in a module of its own (lint, summary, soak, bench, watch):
+    what `kamleak` asks of it.  A module may also set USAGE_EXIT, its exit code
+    for bad usage."""
+
+    NAME: str
+    HELP: str
+    DESCRIPTION: str
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+COMMANDS: tuple[Command, ...] = (lint_cmd, summary_cmd, soak_cmd, bench_cmd, watch_cmd)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="kamleak",
                                 description="Leak-detection harness for real Kamailio: tm issue 4140 and a "
@@ -713,12 +733,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config variant (default: the scenario's; gh4140: pua_dialoginfo)")
     b.add_argument("--transport", default="ws", choices=("ws", "wss"))
     b.set_defaults(func=cmd_bisect, usage_exit=EXIT_ABORT)
-    lint_cmd.add_subparser(sub)
-    from kamleak.harness.reporting import summary as summary_cmd
-    summary_cmd.add_subparser(sub)
-    soak_cmd.add_subparser(sub)
-    bench_cmd.add_subparser(sub)
-    watch_cmd.add_subparser(sub)
+    for command in COMMANDS:
+        usage_exit = getattr(command, "USAGE_EXIT", None)
+        extra = {"usage_exit": usage_exit} if usage_exit is not None else {}
+        p_cmd = sub.add_parser(command.NAME, help=command.HELP, description=command.DESCRIPTION, **extra)
+        command.add_arguments(p_cmd)
+        p_cmd.set_defaults(func=command.run, **extra)
     k = sub.add_parser("cleanup", help="remove containers left by killed runs")
     k.add_argument("--check", action="store_true",
                    help="exit 1 if any kamleak container exists (run after a test suite)")

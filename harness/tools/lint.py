@@ -93,7 +93,7 @@ from kamleak.harness.stack.kamailio.cfg import (
     read_config,
 )
 
-__all__ = ["Finding", "lint", "lint_file", "main", "parse_version", "add_subparser"]
+__all__ = ["Finding", "lint", "lint_file", "main", "parse_version", "add_arguments", "run"]
 
 LEVELS = ("leak", "error", "warning", "info")
 
@@ -706,18 +706,14 @@ def lint_file(path: str, *, defines: set[str] | frozenset[str] = frozenset(),
     return lint(read_config(path), defines=defines, version=version, path=path)
 
 
-def add_subparser(sub) -> argparse.ArgumentParser:
-    """Add `lint` to an argparse subparsers object (used by harness/tools/cli.py)."""
-    p = sub.add_parser("lint", help="static check of a Kamailio config for the issue-4140 pattern",
-                       description="Static advisor for Kamailio configs (issue 4140): exit 1 if a "
-                                   "leak pattern is found, 0 otherwise, 2 if the config is unreadable "
-                                   "or (with --contract or -A KAMLEAK) kamleak cannot gate it as is.")
-    _arguments(p)
-    p.set_defaults(func=run_args)
-    return p
+NAME = "lint"
+HELP = "static check of a Kamailio config for the issue-4140 pattern"
+DESCRIPTION = ("Static advisor for Kamailio configs (issue 4140): exit 1 if a leak pattern is found, "
+               "0 otherwise, 2 if the config is unreadable or (with --contract or -A KAMLEAK) "
+               "kamleak cannot gate it as is.")
 
 
-def _arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", metavar="CONFIG", help="the Kamailio config file (kamailio.cfg)")
     p.add_argument("--define", "-A", action="append", default=[], metavar="NAME[=VALUE]",
                    help="a preprocessor define, as kamailio -A (repeatable)")
@@ -739,7 +735,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                         "-A KAMLEAK); exit 2 if anything is listed and no leak pattern is found")
 
 
-def run_args(args) -> int:
+def run(args) -> int:
     try:
         parse_version(args.kamailio_version)
     except ValueError as exc:
@@ -781,13 +777,13 @@ def run_args(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="kamleak lint")
-    _arguments(p)
+    p = argparse.ArgumentParser(prog="kamleak lint", description=DESCRIPTION)
+    add_arguments(p)
     try:
         args = p.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    return run_args(args)
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -464,14 +464,16 @@ def _positive(text: str) -> float:
     return v
 
 
-def add_subparser(sub) -> argparse.ArgumentParser:
+NAME = "watch"
+HELP = "follow tm.list of a running Kamailio and report stuck transactions"
+DESCRIPTION = ("Poll a running Kamailio's tm.list (JSON-RPC over HTTP or ctl's BINRPC socket) and "
+               "report every transaction seen for longer than its tm timers allow. Never calls "
+               "tm.clean. One-shot exit codes: 0 OK, 1 warning, 2 critical, 3 unknown.")
+USAGE_EXIT = EXIT_UNKNOWN
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     from kamleak.harness.stack.targets import add_option
-    p = sub.add_parser(
-        "watch", help="follow tm.list of a running Kamailio and report stuck transactions",
-        description="Poll a running Kamailio's tm.list (JSON-RPC over HTTP or ctl's BINRPC "
-                    "socket) and report every transaction seen for longer than its tm timers "
-                    "allow. Never calls tm.clean. One-shot exit codes: 0 OK, 1 warning, "
-                    "2 critical, 3 unknown.", usage_exit=EXIT_UNKNOWN)
     p.add_argument("--kamailio-rpc", required=True, metavar="ADDRESS",
                    help="http://HOST:PORT/RPC (jsonrpcs) or tcp:HOST:PORT / unixs:/path "
                         "(ctl's binrpc socket, what kamcmd uses)")
@@ -504,11 +506,10 @@ def add_subparser(sub) -> argparse.ArgumentParser:
                         "issue-4140 signature counts as CRITICAL too)")
     p.add_argument("--duration", type=_positive, default=None, metavar="SECONDS",
                    help="stop after SECONDS (default: run until interrupted)")
-    p.set_defaults(func=main_args, usage_exit=EXIT_UNKNOWN)
-    return p
 
 
-def main_args(args) -> int:
+
+def run(args) -> int:
     from kamleak.harness.probes.transport import connect
 
     if args.state and not args.once:

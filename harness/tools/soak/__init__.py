@@ -39,11 +39,10 @@ plot, cli (`kamleak soak`).
 """
 from __future__ import annotations
 
-from kamleak.harness.tools.soak.cli import add_subparser
 from kamleak.harness.tools.soak.plan import KINDS, dead_path_reply, plan_kinds
 from kamleak.harness.tools.soak.plot import render_plot
 from kamleak.harness.tools.soak.run import SoakResult, _container_cpu, run_soak
 from kamleak.harness.tools.soak.stats import Fit, ols
 
-__all__ = ["KINDS", "Fit", "SoakResult", "_container_cpu", "add_subparser",
+__all__ = ["KINDS", "Fit", "SoakResult", "_container_cpu",
            "dead_path_reply", "ols", "plan_kinds", "render_plot", "run_soak"]

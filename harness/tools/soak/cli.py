@@ -12,8 +12,11 @@ from kamleak.harness.errors import NotApplicable, ScenarioError, UsageError
 from kamleak.harness.sip.peer import UdpPeer
 from kamleak.harness.tools.soak.run import run_soak
 
+NAME = "soak"
+HELP = "many calls through one Kamailio: leaked cells and shm per call"
 
-def _arguments(p: argparse.ArgumentParser) -> None:
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     from kamleak.harness.stack.targets import add_option
 
     g = p.add_mutually_exclusive_group()
@@ -44,16 +47,7 @@ DESCRIPTION = ("Drive many calls through one Kamailio (a fraction of them the is
                "measure the tm cells and shm each leaves: exit 0 clean, 1 leak, 2 could not run.")
 
 
-def add_subparser(sub) -> argparse.ArgumentParser:
-    """Add `soak` to an argparse subparsers object (for harness/tools/cli.py)."""
-    p = sub.add_parser("soak", help="many calls through one Kamailio: leaked cells and shm per call",
-                       description=DESCRIPTION)
-    _arguments(p)
-    p.set_defaults(func=_main)
-    return p
-
-
-def _main(args) -> int:
+def run(args) -> int:
     from kamleak.harness import registry
     from kamleak.harness.stack import containers, engine, images
     from kamleak.harness.stack.asterisk import AsteriskPBX
