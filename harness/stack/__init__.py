@@ -1,0 +1,1 @@
+"""What runs: the Docker engine, images, loopback containers and ports, Kamailio and Asterisk."""
