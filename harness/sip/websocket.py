@@ -33,7 +33,6 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 NORMAL_CLOSURE = 1000
-GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"   # RFC 6455 1.3
 
 
 class WebSocketError(Exception):
