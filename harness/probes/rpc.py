@@ -281,9 +281,6 @@ class KamailioRPC:
     def tm_stats(self) -> dict[str, int]:
         return _numbers(_plain(_one(self.call("tm.stats"))))
 
-    def sl_stats(self) -> dict[str, int]:
-        return _numbers(_plain(_one(self.call("sl.stats"))))
-
     def shmmem(self) -> dict[str, int]:
         return _numbers(_plain(_one(self.call("core.shmmem"))))
 

@@ -512,10 +512,6 @@ class UdpPeer:
                     return r or ByeResult(call_id, None, "", None, [])
                 self._cond.wait(left)
 
-    def wait_dialogs(self, count: int, timeout: float = 10.0) -> int:
-        """Until COUNT dialogs were answered in all (for tests)."""
-        return poll(lambda: self.counters["dialogs"] >= count and self.counters["dialogs"],
-                    timeout=timeout, what=f"{count} dialogs at the peer", interval=0.01)
 
 
 def _next_hop(route_value: str) -> tuple[str, int]:

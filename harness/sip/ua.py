@@ -771,10 +771,6 @@ class WebSocketUA:
         except UAError as exc:
             log.debug("%s", exc)
 
-    def send_raw(self, data: bytes | str) -> None:
-        """Send arbitrary bytes as one text frame (for negative tests)."""
-        self._send(data)
-
     def send(self, msg: SipMessage) -> None:
         """Send a SipMessage as-is (no transaction is created)."""
         self._send(msg)

@@ -625,9 +625,3 @@ def _run_version(client, tag: str) -> str | None:
                                 labels={"org.kamleak.run": "probe"})
     return _version_of(out.decode("utf-8", "replace"))
 
-
-def image_info(client, tag: str) -> dict:
-    """The labels of a source-built image (commit, describe, modules, source, version)."""
-    img = client.images.get(tag)
-    lab = img.labels or {}
-    return {k.rsplit(".", 1)[-1]: v for k, v in lab.items() if k.startswith("org.kamleak.")}

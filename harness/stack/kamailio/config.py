@@ -140,10 +140,6 @@ class KamailioConfig:
         body = self.user_config.body() if self.user_config is not None else BODY.read_text()
         return self.header() + body
 
-    @property
-    def has_wss(self) -> bool:
-        return self.user_config is None or self.user_config.uses_tls
-
     def write(self, directory: str | os.PathLike) -> Path:
         """Write kamailio.cfg, tls.cfg, a self-signed certificate, dbtext/."""
         directory = Path(directory)
