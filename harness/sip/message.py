@@ -159,6 +159,14 @@ _BRANCH_RE = re.compile(r";\s*branch\s*=\s*([^;,\s]+)", re.I)
 _MANDATORY = ("via", "from", "to", "call-id", "cseq")  # RFC 3261 8.1.1
 
 
+def missing_mandatory(msg: SipMessage) -> str | None:
+    """The first header of RFC 3261 8.1.1 (Via, From, To, Call-ID, CSeq) MSG lacks, or None."""
+    for key in _MANDATORY:
+        if key not in msg._index:
+            return _CANONICAL[key]
+    return None
+
+
 def reason_phrase(status: int) -> str:
     """Default reason phrase for a status code."""
     return _REASONS.get(status, "Unknown")
@@ -645,10 +653,8 @@ class SipMessage:
             # RFC 3261 8.1.1.5: the CSeq method matches the request method.
             if msg.method is not None and parts[1].upper() != msg.method:
                 raise SipParseError(f"CSeq method {parts[1]!r} does not match request method {msg.method!r}")
-        if mandatory:
-            for need in _MANDATORY:
-                if need not in index:
-                    raise SipParseError(f"missing mandatory header {_CANONICAL[need]}")
+        if mandatory and (missing := missing_mandatory(msg)):
+            raise SipParseError(f"missing mandatory header {missing}")
         return msg
 
     def encode(self) -> bytes:

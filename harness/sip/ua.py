@@ -41,6 +41,7 @@ from kamleak.harness.sip.message import (
     build_request,
     build_response,
     format_name_addr,
+    missing_mandatory,
     new_branch,
     new_call_id,
     new_tag,
@@ -993,9 +994,8 @@ class WebSocketUA:
 
 def _check_mandatory(msg: SipMessage) -> None:
     """Headers without which we cannot match or answer (RFC 3261 8.1.1)."""
-    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
-        if not msg.has_header(name):
-            raise SipParseError(f"missing mandatory header {name} in {msg.summary()}")
+    if missing := missing_mandatory(msg):
+        raise SipParseError(f"missing mandatory header {missing} in {msg.summary()}")
     _ = msg.cseq  # raises SipParseError if malformed
     for name in ("From", "To"):
         parse_name_addr(msg.header(name) or "")
