@@ -42,7 +42,7 @@ from kamleak.harness.plugin.fixtures import (
 )
 from kamleak.harness.reporting.artifacts import ArtifactStore
 from kamleak.harness.stack import containers, images
-from kamleak.harness.stack.targets import parse_targets
+from kamleak.harness.stack.targets import add_source_option, parse_targets
 
 TRANSPORTS = ("ws", "wss")
 
@@ -58,9 +58,7 @@ def pytest_addoption(parser):
     g.addoption("--kamailio-ref", action="append", default=[], metavar="REF",
                 help="build Kamailio from upstream source at a tag, branch or commit (e.g. 5.8.5, "
                      "master) and test it; repeat or comma-separate")
-    g.addoption("--kamailio-source", default=None, metavar="URL|PATH",
-                help="where --kamailio-ref builds come from: a git URL, a local clone or a .tar.gz "
-                     "of one (default: $KAMLEAK_KAMAILIO_SOURCE, else github.com/kamailio/kamailio)")
+    add_source_option(g.addoption)
     g.addoption("--kamailio-bin", action="append", default=[], metavar="PATH",
                 help="test a local kamailio binary (runs on this host, loopback only)")
     g.addoption("--kamailio-modules", default=None, metavar="DIR",

@@ -156,3 +156,13 @@ def add_option(p, names: tuple[str, ...], **kw) -> None:
         p.add_argument(alias, dest=kw.get("dest") or name.lstrip("-").replace("-", "_"),
                        **{k: v for k, v in kw.items() if k in ("action", "type", "choices")},
                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def add_source_option(add, what: str = "where --kamailio-ref builds come from") -> None:
+    """--kamailio-source, one definition for the CLI's parsers (ADD: `p.add_argument`)
+    and pytest's (ADD: `group.addoption`, the same signature)."""
+    from kamleak.harness.stack.source_build import DEFAULT_SOURCE, SOURCE_ENV
+
+    add("--kamailio-source", default=None, metavar="URL|PATH",
+        help=f"{what}: a git URL, a local clone or a .tar.gz of one (default: ${SOURCE_ENV}, "
+             f"else {DEFAULT_SOURCE.removeprefix('https://').removesuffix('.git')})")

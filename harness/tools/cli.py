@@ -20,7 +20,7 @@ from kamleak.harness.judging.verdict import TransactionVerdict, timers_text
 from kamleak.harness.reporting import summary as summary_cmd
 from kamleak.harness.stack import containers, engine, images, source_build
 from kamleak.harness.stack.runner import Stack
-from kamleak.harness.stack.targets import Target, add_option, parse_targets
+from kamleak.harness.stack.targets import Target, add_option, add_source_option, parse_targets
 from kamleak.harness.tools import bench as bench_cmd
 from kamleak.harness.tools import lint as lint_cmd
 from kamleak.harness.tools import watch as watch_cmd
@@ -328,9 +328,7 @@ def _add_source_args(p) -> None:
     """--kamailio-ref/--kamailio-source: Kamailio built from upstream source."""
     p.add_argument("--kamailio-ref", default=None, metavar="REF",
                    help="build Kamailio from source at a tag, branch or commit (e.g. 5.8.5, master)")
-    p.add_argument("--kamailio-source", default=None, metavar="URL|PATH",
-                   help="git URL, local clone or .tar.gz for --kamailio-ref (default: "
-                        "$KAMLEAK_KAMAILIO_SOURCE, else github.com/kamailio/kamailio)")
+    add_source_option(p.add_argument)
 
 
 def _add_scenario_arg(p) -> None:
@@ -722,9 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "list of builds oldest first: versions (5.6.3 6.0.1 6.1.5), src:REF, "
                         "images, binaries. The two ends must disagree")
     _add_scenario_arg(b)
-    b.add_argument("--kamailio-source", default=None, metavar="URL|PATH",
-                   help="the git source of a range and of src:REF builds (default: "
-                        "$KAMLEAK_KAMAILIO_SOURCE, else github.com/kamailio/kamailio)")
+    add_source_option(b.add_argument, "the git source of a range and of src:REF builds")
     add_option(b, ("--kamailio-config", "--config"), dest="config", default=None,
                metavar="KAMAILIO_CFG", help="your kamailio.cfg (a commit range only; its modules "
                                             "are built too)")

@@ -17,7 +17,7 @@ HELP = "many calls through one Kamailio: leaked cells and shm per call"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from kamleak.harness.stack.targets import add_option
+    from kamleak.harness.stack.targets import add_option, add_source_option
 
     g = p.add_mutually_exclusive_group()
     add_option(g, ("--kamailio-version", "--version"), dest="version", default=None, metavar="V",
@@ -26,9 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                help="any image with a kamailio binary (never pulled)")
     g.add_argument("--kamailio-ref", default=None, metavar="REF",
                    help="Kamailio built from source at a tag, branch or commit (e.g. 5.8.5)")
-    p.add_argument("--kamailio-source", default=None, metavar="URL|PATH",
-                   help="git URL, clone or .tar.gz for --kamailio-ref (default: "
-                        "$KAMLEAK_KAMAILIO_SOURCE, else github.com/kamailio/kamailio)")
+    add_source_option(p.add_argument)
     p.add_argument("--variant", default=None, help="config variant (default: the gate's, pua_dialoginfo)")
     p.add_argument("--calls", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=50, help="calls in flight at most (and clients)")
