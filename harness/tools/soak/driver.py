@@ -46,7 +46,7 @@ HOST = "127.0.0.1"
 
 class _Conn:
     __slots__ = ("n", "sock", "state", "rbuf", "wbuf", "ws", "user", "via_host", "contact",
-                 "local_port", "call", "opened_at", "events", "calls", "queued")
+                 "local_port", "call", "queued")
 
     def __init__(self, n: int):
         self.n = n
@@ -60,9 +60,6 @@ class _Conn:
         self.contact = ""
         self.local_port = 0
         self.call: _Call | None = None
-        self.opened_at = time.monotonic()
-        self.events = 0
-        self.calls = 0
         self.queued = False
 
 
@@ -77,7 +74,6 @@ class _Call:
     state: str = "new"
     cseq: int = 1
     branch: str = ""
-    invite_branch: str = ""
     invite_uri: str = ""
     to_value: str = ""
     route_lines: list = field(default_factory=list)
@@ -91,9 +87,7 @@ class _Call:
     client_answered: bool = False
     peer_result: tuple[int, str] | None = None
     bye_reply: tuple[int, str] | None = None   # 4140: Kamailio's final reply to the PBX's BYE
-    bye_after: float | None = None
     local_port: int = 0
-    gone_after: float | None = None
 
 
 class _GoneWatcher:
@@ -105,7 +99,6 @@ class _GoneWatcher:
         self.interval = interval
         self.pending: set[int] = set()
         self.conns = WsConnections(rpc)
-        self.polls = 0
         self._cond = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="kamleak-soak-ws-gone", daemon=True)
@@ -132,7 +125,6 @@ class _GoneWatcher:
                 wanted = set(self.pending)
             try:
                 present = self.conns.ports()
-                self.polls += 1
             except RPCError:
                 time.sleep(self.interval)
                 continue
@@ -287,7 +279,6 @@ class _Driver:
             self._conn_lost(c, f"WebSocket handshake: subprotocol {subprotocol!r}, not sip")
             return
         c.state = "open"
-        c.opened_at = time.monotonic()
         self.connecting -= 1
         self.connect_failures = 0
         self.idle.append(c)
@@ -466,13 +457,12 @@ class _Driver:
         call = _Call(idx=i, kind=kind, ext=str(self.ext_base + i), call_id=new_call_id(),
                      from_tag=new_tag(), conn=c, t_start=now, local_port=c.local_port)
         c.call = call
-        c.calls += 1
         self.started += 1
         self.calls.append(call)
         self.by_call_id[call.call_id] = call
         self.inflight.add(call)
         call.invite_uri = f"sip:{call.ext}@{HOST}"
-        call.branch = call.invite_branch = new_branch()
+        call.branch = new_branch()
         self.by_branch[call.branch] = call
         call.state = "inviting"
         call.deadline = now + self.call_timeout
@@ -644,7 +634,6 @@ class _Driver:
         c = call.conn
         call.state = "await_gone"
         call.deadline = time.monotonic() + self.call_timeout
-        call.gone_after = time.monotonic()
         self.by_port[c.local_port] = call
         self.rst(c)
         self.watcher.add(c.local_port)
@@ -684,9 +673,7 @@ class _Driver:
         if kind == "peer_result":
             code, reason = ev[2], ev[3]
             if call.kind == "4140":
-                res = self.far_end.bye_result(call.call_id)
                 call.bye_reply = (code, reason)
-                call.bye_after = res.after if res else None
                 if dead_path_reply(code, reason):
                     self._finish(call, "hit")
                 else:
