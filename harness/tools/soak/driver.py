@@ -642,7 +642,6 @@ class _Driver:
         call = self.by_port.pop(port, None)
         if call is None or call.state != "await_gone":
             return
-        call.gone_after = time.monotonic() - call.gone_after
         call.state = "await_result"
         call.deadline = time.monotonic() + self.call_timeout
         self._far_end_hangup(call)
