@@ -167,15 +167,17 @@ def _ladder(r: Run, ua_factory, transport, variant, disconnect, target, *,
         mark("BYE (Asterisk hangs up)")
 
     # 4. The oracle: watch the BYE transaction until it is gone or the deadline.
-    watch = oracle.watch_transaction(rpc, call_id, "BYE", deadline=deadline, started=bye_sent,
-                                     alive=kamailio.death, appear_within=deadline,
-                                     tick=progress.countdown("watching the BYE cell", deadline))
+    watch = oracle.watch_cell(kamailio, timers, r.stats_before, call_id, "BYE", deadline=deadline,
+                              started=bye_sent,
+                              tick=progress.countdown("watching the BYE cell", deadline))
     at_bye = bye_sent - t0
     if watch.first_seen is not None:
         timeline.append((round(at_bye + watch.first_seen, 3), "BYE cell in tm.list"))
+    if watch.orphan is not None:
+        timeline.append((round(at_bye + watch.orphan.at, 3), f"BYE cell orphaned ({watch.orphan.rule})"))
     if watch.gone_after is not None:
         timeline.append((round(at_bye + watch.gone_after, 3), "BYE cell gone"))
-    else:
+    elif watch.orphan is None or watch.confirmed:
         mark("deadline: BYE cell still there" if watch.seen else "watch ended")
 
     # Kamailio's replies, as Asterisk received them (evidence, not timing).
@@ -210,7 +212,7 @@ def _ladder(r: Run, ua_factory, transport, variant, disconnect, target, *,
         target=target, kamailio_version=kamailio.version or "", build_id=kamailio.build_id(),
         variant=variant.name,
         transport=transport, timeline=timeline, samples=watch.samples, started_at=r.t0_epoch,
-        snapshots=snapshots)
+        snapshots=snapshots, **oracle.early_fields(watch))
 
 
 def _register_at_pbx(r: Run, ext: str) -> None:

@@ -188,8 +188,10 @@ def run_single_request(*, kamailio: Kamailio, variant, method: str, target: str 
                              classify_reason(r.message.reason)))
         timeline.append((round(at_sent + r.at, 3), f"Kamailio replies {r.message.status}"))
 
-    watch = oracle.watch_transaction(rpc, call_id, method, deadline=deadline, started=sent,
-                                     alive=kamailio.death, appear_within=deadline)
+    watch = oracle.watch_cell(kamailio, timers, stats_before, call_id, method, deadline=deadline,
+                              started=sent)
+    if watch.orphan is not None:
+        timeline.append((round(at_sent + watch.orphan.at, 3), f"{method} cell orphaned ({watch.orphan.rule})"))
     if watch.gone_after is not None:
         timeline.append((round(at_sent + watch.gone_after, 3), f"{method} cell gone"))
     stats_after, note = oracle.post_condition(rpc, stats_before, watch.cells, method, timers,
@@ -206,7 +208,8 @@ def run_single_request(*, kamailio: Kamailio, variant, method: str, target: str 
         build_id=kamailio.build_id(), variant=variant.name, transport="udp",
         timeline=sorted(timeline), samples=watch.samples, started_at=t0_epoch,
         snapshots={"tm.stats before": stats_before, "tm.stats after": stats_after,
-                   "tm.list at verdict": [c.raw for c in watch.cells]})
+                   "tm.list at verdict": [c.raw for c in watch.cells]},
+        **oracle.early_fields(watch))
 
 
 def own_config_gate(start: Callable, run: Callable) -> Callable:

@@ -102,7 +102,19 @@ class TransactionVerdict(Verdict):
     stats_note: str
     timers: dict
     samples: list[dict] = field(default_factory=list)
+    # The early verdict (kamleak.harness.judging.orphan): when and how the cell
+    # was proven orphaned ({"at", "rule", "evidence", "cell"}), None if it was not;
+    # `early` says how the verdict was reached, or why the bound was waited out.
+    orphan: dict | None = None
+    early: str = ""
+    confirmed: bool = False             # the bound was waited out too, and agreed
     kind: ClassVar[str] = "transaction"
+
+    def orphan_after_reply(self) -> float | None:
+        """Seconds from Kamailio's first reply to the orphan proof (both on the request's clock)."""
+        if not self.orphan or not self.replies:
+            return None
+        return self.orphan["at"] - self.replies[0].at
 
     def sentence(self) -> str:
         replied = "; Kamailio replied " + ", then ".join(r.describe() for r in self.replies) \
@@ -112,15 +124,22 @@ class TransactionVerdict(Verdict):
         short = self.call_id if len(self.call_id) <= 24 else self.call_id[:20] + "…"
         if self.leaked:
             cell = self.cells[0]
+            state = f"outgoings {cell.outgoings}, ref_count {cell.ref_count}"
+            if self.orphan and not self.confirmed:
+                after = self.orphan_after_reply()
+                when = f", {after:.1f} s after the reply" if after is not None and after >= 0 else ""
+                return (f"{self.method} Call-ID {short} orphaned in tm.list {self.orphan['at']:.1f} s "
+                        f"after the {self.method} ({state}; still in tm.list, no timer or process "
+                        f"left to free it{when}){replied}")
             return (f"{self.method} Call-ID {short} still in tm.list {self.watched_for:.1f} s after "
-                    f"the {self.method} (outgoings {cell.outgoings}, ref_count {cell.ref_count})"
-                    f"{replied}")
+                    f"the {self.method} ({state}){replied}")
         gone = f"left tm.list {self.gone_after:.1f} s after the {self.method}" \
             if self.gone_after is not None else "never lingered in tm.list"
         return f"{self.method} Call-ID {short} {gone}{replied}"
 
     def _details(self) -> list[str]:
-        return ([f"  leaked: {c.describe()}" for c in self.cells]
+        early = [f"  early verdict: {self.early}"] if self.early and (self.leaked or self.orphan) else []
+        return ([f"  leaked: {c.describe()}" for c in self.cells] + early
                 + [f"  tm.stats: {self.stats_note}",
                    f"{self._where()}; deadline {self.deadline:.1f} s from tm timers "
                    f"({timers_text(self.timers, self.method)})"])

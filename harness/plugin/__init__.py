@@ -93,6 +93,11 @@ def pytest_addoption(parser):
                 help="run only shard I of N (1-based) of the collected tests, split round-robin "
                      "over their sorted ids: a CI job matrix runs every shard, `kamleak summary "
                      "merge` joins their --kamleak-summary files")
+    g.addoption("--kamleak-confirm", action="store_true",
+                help="after an early LEAK (the cell proven orphaned) also wait out tm's lifetime "
+                     "bound; a disagreement is a test error")
+    g.addoption("--kamleak-no-early", action="store_true",
+                help="no early verdict: a LEAK only once the cell outlived its lifetime bound")
     g.addoption("--kamleak-html", action="store_true",
                 help="write a self-contained report.html into the run's artifact directory")
 
@@ -112,6 +117,9 @@ MARKERS = (
 def pytest_configure(config):
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
+    from kamleak.harness.judging import oracle
+    oracle.configure(early=not config.getoption("kamleak_no_early"),
+                     confirm=config.getoption("kamleak_confirm"))
     try:
         config.stash[state.TARGETS] = parse_targets(
             config.getoption("kamailio_version"), config.getoption("kamailio_image"),

@@ -32,6 +32,7 @@ def launch_kamailio(target: Target, client, pbx_port: int, workdir, defines=(),
         run_dir = tempfile.mkdtemp(prefix=f"kamailio-{attempt}-", dir=workdir)
         hint = target.id.replace(":", "_").replace("/", "_")
         k = target.kamailio(client, cfg, run_dir, name_hint=hint)
+        k.target = target          # what the oracle asks knowledge about (the orphan proof)
         if on_start:
             on_start(k)
         try:

@@ -324,6 +324,15 @@ def _add_target_args(p, config: str | None = None) -> None:
         p.set_defaults(config_required=config == "required")
 
 
+def _add_verdict_args(p) -> None:
+    """--confirm/--no-early: how a transaction verdict ends (harness/judging/orphan.py)."""
+    p.add_argument("--confirm", action="store_true",
+                   help="after the early LEAK (the cell proven orphaned) also wait out tm's "
+                        "lifetime bound; the two must agree, else exit 125")
+    p.add_argument("--no-early", dest="no_early", action="store_true",
+                   help="no early verdict: a LEAK only once the cell outlived its lifetime bound")
+
+
 def _add_source_args(p) -> None:
     """--kamailio-ref/--kamailio-source: Kamailio built from upstream source."""
     p.add_argument("--kamailio-ref", default=None, metavar="REF",
@@ -348,7 +357,7 @@ def gate_once(target: Target, variant, transport: str = "ws", disconnect: str = 
               user_config=None, scenario=None):
     """One gate run: ("leak" | "clean" | "skip", note, verdict or None)."""
     from kamleak.harness import registry
-    from kamleak.harness.errors import ImageError, NotApplicable, ScenarioError, ServerError
+    from kamleak.harness.errors import ImageError, NotApplicable, RPCError, ScenarioError, ServerError
     from kamleak.harness.reporting.text import run_label
 
     sc = scenario or registry.scenario(registry.DEFAULT)
@@ -361,7 +370,7 @@ def gate_once(target: Target, variant, transport: str = "ws", disconnect: str = 
                 return "skip", f"not applicable: {exc}", None
             verdict.variant = run_label(verdict.variant, user_config)
             return verdict.outcome, verdict.sentence(), verdict
-    except (ServerError, ImageError, ScenarioError) as exc:
+    except (ServerError, ImageError, ScenarioError, RPCError) as exc:
         return "skip", f"cannot test: {exc.cause}", None
 
 
@@ -687,6 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "WSS, rst+advertise, Asterisk's session-timer BYE), each beside what Kamailio did")
     r.add_argument("--artifacts", default=None, metavar="DIR",
                    help="also save each run's evidence (verdict, timeline.png, SIP trace, logs) in DIR")
+    _add_verdict_args(r)
     r.set_defaults(func=cmd_repro)
     c = sub.add_parser("check", help="one gate run; exit 0 clean, 1 leak, 125 cannot test, "
                                      "128 bad input (for `git bisect run`)", usage_exit=EXIT_ABORT)
@@ -701,6 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--disconnect", default="rst", choices=DISCONNECT_CHOICES)
     c.add_argument("--invert", action="store_true",
                    help="exit 0 on a leak and 1 when clean: for bisecting the commit that FIXED it")
+    _add_verdict_args(c)
     c.set_defaults(func=cmd_check, usage_exit=EXIT_ABORT)
     g = sub.add_parser("gate", help="the issue-4140 gate on your own kamailio.cfg: exit 0 clean, "
                                     "1 leak, 2 bad input")
@@ -710,6 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--transport", default="ws", choices=("ws", "wss"))
     g.add_argument("--disconnect", default="rst", choices=DISCONNECT_CHOICES)
     g.add_argument("--invert", action="store_true", help=argparse.SUPPRESS)
+    _add_verdict_args(g)
     g.set_defaults(scenario="gh4140")
     g.set_defaults(func=cmd_check)
     b = sub.add_parser("bisect", help="find the first build in an ordered list where the verdict flips",
@@ -728,6 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--variant", default=None,
                    help="config variant (default: the scenario's; gh4140: pua_dialoginfo)")
     b.add_argument("--transport", default="ws", choices=("ws", "wss"))
+    _add_verdict_args(b)
     b.set_defaults(func=cmd_bisect, usage_exit=EXIT_ABORT)
     for command in COMMANDS:
         usage_exit = getattr(command, "USAGE_EXIT", None)
@@ -760,6 +773,9 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if hasattr(args, "confirm"):
+        from kamleak.harness.judging import oracle
+        oracle.configure(early=not args.no_early, confirm=args.confirm)
     try:
         return args.func(args)
     except KamleakError as exc:

@@ -72,6 +72,7 @@ class Kamailio:
     """Common behaviour; subclasses say how the process runs."""
 
     kind = "kamailio"
+    target = None       # the harness.stack.targets.Target it was started from, if any
 
     def __init__(self, config: KamailioConfig, run_dir: str | os.PathLike):
         self.config = config
