@@ -68,6 +68,11 @@ TIME_MARGIN_S = 0.5
 _UNWAITED_DELETE = re.compile(r"(ERROR|CRITICAL|BUG)\b.*\btm \[(uac|t_cancel)\.c:")
 
 
+def time_needed(wt_ms: int) -> float:
+    """Seconds a cell must stay idle, without a break, to be proven off the wait timer."""
+    return wt_ms / 1000.0 * TIME_FACTOR + TIME_MARGIN_S
+
+
 def idle(cell: TmCell) -> bool:
     """No process, no branch and no reply timer holds this cell (see the module doc)."""
     return (cell.method != "INVITE" and cell.outgoings == 0 and cell.ref_count == 1
@@ -148,7 +153,7 @@ class Prover:
 
     @property
     def time_needed(self) -> float:
-        return self.wt_ms / 1000.0 * TIME_FACTOR + TIME_MARGIN_S
+        return time_needed(self.wt_ms)
 
     def observe(self, now: float, listed: list[TmCell], watched: list[TmCell]) -> Proof | None:
         if not self.applicable.decisive:
