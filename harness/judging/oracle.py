@@ -268,7 +268,8 @@ def watch_transaction(rpc: KamailioRPC, call_id: str, method: str, *, deadline: 
                  f"({deadline:.1f} s) " + ("was waited out too and agrees" if confirmed
                                          else "was not waited out"))
     elif current and seen:
-        early = "not proven orphaned before the bound" + (f" ({early_note})" if early_note else "") \
+        why = [n for n in (early_note, prover.last_reason if prover is not None else "") if n]
+        early = "not proven orphaned before the bound" + (f" ({'; '.join(why)})" if why else "") \
             + (f"; {'; '.join(prover.notes)}" if prover is not None and prover.notes else "")
     else:
         early = early_note

@@ -150,6 +150,7 @@ class Prover:
         self.applicable, self.log = applicable, log
         self.idle_since: dict[str, float] = {}     # cell -> first time seen idle, without a break
         self.notes: list[str] = []                 # why the count did not decide, once each
+        self.last_reason = ""                      # why the last read proved nothing
 
     @property
     def time_needed(self) -> float:
@@ -163,7 +164,10 @@ class Prover:
             if key not in {c.cell for c in cells}:
                 del self.idle_since[key]
         if not cells or len(cells) != len(watched):
+            busy = next((c for c in watched if not idle(c)), None)
+            self.last_reason = why_not_idle(busy) if busy is not None else ""
             return None
+        self.last_reason = "idle, not yet proven off the wait timer"
         for c in cells:
             self.idle_since.setdefault(c.cell, now)
         cell = cells[0]

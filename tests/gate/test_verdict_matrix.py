@@ -52,7 +52,7 @@ def test_verdict_matches_real_kamailio(kamailio_factory, pbx, ua_factory, transp
                          variant=gate_variant, target=kamailio_target.id)
     record_verdict(verdict)
 
-    assert_expected(verdict, expect)
+    assert_expected(verdict, expect, kamailio_target)
     # lint is checked against the gate: its static verdict for this build is
     # the one real Kamailio just gave (issue 13).
     assert lint_verdict(kamailio, kamailio_target) == verdict.outcome, verdict.report()
@@ -80,4 +80,4 @@ def test_every_disconnect_mode_reaches_the_dead_connection_path(
     verdict = gh4140.run(kamailio=kamailio, pbx=pbx, ua_factory=ua_factory, transport="ws",
                          variant=gate_variant, disconnect=disconnect, target=kamailio_target.id)
     record_verdict(verdict)
-    assert_expected(verdict, gh4140.expected(kamailio_target, gate_variant))
+    assert_expected(verdict, gh4140.expected(kamailio_target, gate_variant), kamailio_target)

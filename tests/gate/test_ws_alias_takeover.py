@@ -27,7 +27,7 @@ def test_takeover_verdict_matches_real_kamailio(kamailio_factory, pbx, ua_factor
     verdict = takeover.run(kamailio=kamailio, pbx=pbx, ua_factory=ua_factory, transport=transport,
                            variant=variant, target=kamailio_target.id)
     record_verdict(verdict)
-    assert_expected(verdict, takeover.expected(kamailio_target, variant))
+    assert_expected(verdict, takeover.expected(kamailio_target, variant), kamailio_target)
     codes = [r.code for r in verdict.replies]
     lost = takeover.client_lost(kamailio_target)
     if lost is None:
