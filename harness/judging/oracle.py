@@ -175,26 +175,31 @@ def prover_for(kamailio, timers: Timers, baseline: dict, policy: Policy | None =
     target = getattr(kamailio, "target", None)
     prov = knowledge.provenance(target) if target is not None else knowledge.Provenance.unknown(
         "a Kamailio kamleak did not start")
-    applicable = orphan.applicability(prov, local_request_route=_local_request_route(kamailio),
+    route, sets_lifetime = _config_facts(kamailio)
+    applicable = orphan.applicability(prov, local_request_route=route, sets_lifetime=sets_lifetime,
                                       baseline=baseline)
     if not applicable.decisive:
         return None, applicable.fallback or ""
     return (orphan.Prover(kamailio.rpc, wt_ms=timers.wt_timer, baseline=baseline,
-                          applicable=applicable, log=getattr(kamailio, "log", None)),
+                          applicable=applicable, log=getattr(kamailio, "log", None),
+                          max_noninv_ms=timers.max_noninv_lifetime),
             "" if applicable.count is None else f"count proof off: {applicable.count}")
 
 
-def _local_request_route(kamailio) -> bool:
-    """Whether the config Kamailio runs has an active event_route[tm:local-request]
-    (read with the one config reader; a config it cannot read counts as having one)."""
+def _config_facts(kamailio) -> tuple[bool, bool]:
+    """Whether the config Kamailio runs has an active event_route[tm:local-request],
+    and whether it calls t_set_max_lifetime() (read with the one config reader;
+    a config it cannot read counts as having both)."""
     from kamleak.harness.stack.kamailio import cfg
     user = kamailio.config.user_config
     try:
         parsed, _ = cfg.parse(kamailio.config.render(),
                               path=str(user.path) if user is not None else "kamailio.cfg")
     except Exception:  # noqa: BLE001 - unreadable: no count proof, not a crash
-        return True
-    return any(kind == "event" and name == "tm:local-request" for kind, name in parsed.routes)
+        return True, True
+    route = any(kind == "event" and name == "tm:local-request" for kind, name in parsed.routes)
+    lifetime = any(c.name == "t_set_max_lifetime" for r in parsed.routes.values() for c in r.calls())
+    return route, lifetime
 
 
 def watch_transaction(rpc: KamailioRPC, call_id: str, method: str, *, deadline: float,

@@ -44,6 +44,20 @@ not on the wait timer:
   became idle, and an idle cell cannot be put on it later (no process and no
   timer holds it).
 
+A cell whose branch failed to send keeps `outgoings 1` (t_fwd.c
+t_send_branch(): the branch is disabled with last_received 408 and no timer
+started; the report's 477 path, `advertise` sockets), and tm.list cannot
+tell that branch from a live one.  One more proof covers it:
+
+* **life** (at the cell's end of life): every branch's FR timer is clipped to
+  the cell's end_of_life, creation + max_noninv_lifetime (timer.h:196-200
+  at 5.8.5, _set_fr_retr(); its expiry makes the 408 and puts the cell on
+  the wait timer, timer.c final_response_handler()).  A non-INVITE cell
+  with ref_count 1 watched for longer than max_noninv_lifetime x 1.25 +
+  0.5 s and still not on the wait timer by the count has no timer left.
+  A config that moves end_of_life at run time (t_set_max_lifetime())
+  disables it.
+
 Where neither rests on knowledge (an image or a binary kamleak did not
 build), the oracle falls back to the bound and says so.
 """
@@ -71,6 +85,12 @@ _UNWAITED_DELETE = re.compile(r"(ERROR|CRITICAL|BUG)\b.*\btm \[(uac|t_cancel)\.c
 def time_needed(wt_ms: int) -> float:
     """Seconds a cell must stay idle, without a break, to be proven off the wait timer."""
     return wt_ms / 1000.0 * TIME_FACTOR + TIME_MARGIN_S
+
+
+def held_by_branches(cell: TmCell) -> bool:
+    """Non-INVITE, ref_count 1, branches only (their FR timers end at end_of_life)."""
+    return (cell.method != "INVITE" and cell.outgoings > 0 and cell.ref_count == 1
+            and not cell.tflags & (T_IN_AGONY | T_ASYNC_SUSPENDED))
 
 
 def idle(cell: TmCell) -> bool:
@@ -108,6 +128,7 @@ class Applicability:
 
     time: str | None = None     # None: the time proof holds
     count: str | None = None    # None: the count proof holds
+    life: str | None = None     # None: the life proof holds (it needs the count too)
 
     @property
     def decisive(self) -> bool:
@@ -119,7 +140,7 @@ class Applicability:
         return None if self.decisive else (self.time or self.count)
 
 
-def applicability(provenance, *, local_request_route: bool = False,
+def applicability(provenance, *, local_request_route: bool = False, sets_lifetime: bool = False,
                   baseline: dict | None = None) -> Applicability:
     """What PROVENANCE (knowledge.Provenance), the config (whether it has an
     active event_route[tm:local-request]) and the tm.stats BASELINE allow."""
@@ -128,14 +149,17 @@ def applicability(provenance, *, local_request_route: bool = False,
         label = getattr(provenance, "label", "") or "this build"
         why = (f"no early verdict for {label}: kamleak read tm's rules in upstream's source and "
                "measured them on the builds it makes, not on this one; waiting out the bound")
-        return Applicability(time=why, count=why)
+        return Applicability(time=why, count=why, life=why)
     count = None
     if local_request_route:
         count = ("the config has event_route[tm:local-request]: a request dropped there leaves tm "
                  "without passing the wait timer (uac.c), so tm.stats waiting cannot prove it")
     elif baseline is not None and baseline.get("current", 0) != 0:
         count = f"tm.list was not empty before the call (current {baseline.get('current')})"
-    return Applicability(time=None, count=count)
+    life = count
+    if life is None and sets_lifetime:
+        life = "the config calls t_set_max_lifetime(): a cell's end of life is not the timers'"
+    return Applicability(time=None, count=count, life=life)
 
 
 class Prover:
@@ -145,8 +169,11 @@ class Prover:
     the call; `log()` Kamailio's log (read once, when the count would decide).
     """
 
-    def __init__(self, rpc, *, wt_ms: int, baseline: dict, applicable: Applicability, log=None):
+    def __init__(self, rpc, *, wt_ms: int, baseline: dict, applicable: Applicability, log=None,
+                 max_noninv_ms: int | None = None):
         self.rpc, self.wt_ms, self.baseline = rpc, wt_ms, baseline
+        self.max_noninv_ms = max_noninv_ms
+        self.first_seen: dict[str, float] = {}      # cell -> first time listed
         self.applicable, self.log = applicable, log
         self.idle_since: dict[str, float] = {}     # cell -> first time seen idle, without a break
         self.notes: list[str] = []                 # why the count did not decide, once each
@@ -159,6 +186,11 @@ class Prover:
     def observe(self, now: float, listed: list[TmCell], watched: list[TmCell]) -> Proof | None:
         if not self.applicable.decisive:
             return None
+        for c in watched:
+            self.first_seen.setdefault(c.cell, now)
+        life = self._life(now, listed, watched)
+        if life is not None:
+            return life
         cells = [c for c in watched if idle(c)]
         for key in list(self.idle_since):
             if key not in {c.cell for c in cells}:
@@ -182,6 +214,31 @@ class Prover:
                     f"outgoings 0, ref_count 1, idle for {now - since:.1f} s: longer than wt_timer "
                     f"{self.wt_ms} ms x{TIME_FACTOR:g} + {TIME_MARGIN_S:g} s, so not on the wait timer"))
         return None
+
+    def life_needed(self) -> float | None:
+        if self.max_noninv_ms is None:
+            return None
+        return self.max_noninv_ms / 1000.0 * TIME_FACTOR + TIME_MARGIN_S
+
+    def _life(self, now: float, listed: list[TmCell], watched: list[TmCell]) -> Proof | None:
+        """Past its end of life, a branch-held cell off the wait timer has no timer left."""
+        need = self.life_needed()
+        if need is None or self.applicable.life is not None or self.applicable.count is not None:
+            return None
+        cell = watched[0]
+        if len(watched) != 1 or not held_by_branches(cell):
+            return None
+        age = now - self.first_seen[cell.cell]
+        if age < need:
+            return None
+        count = self._count(now, listed, cell)
+        if count is None:
+            return None
+        return Proof(at=now, rule="life", cell=cell.cell, evidence=(
+            f"outgoings {cell.outgoings} (a branch whose send failed keeps no timer), ref_count 1, "
+            f"watched {age:.1f} s: past its end of life (max_noninv_lifetime {self.max_noninv_ms} ms "
+            f"x{TIME_FACTOR:g} + {TIME_MARGIN_S:g} s, where every branch's FR timer ends) and "
+            f"still not on the wait timer ({count.evidence.split(': ', 1)[-1]})"))
 
     def _count(self, now: float, listed: list[TmCell], cell: TmCell) -> Proof | None:
         stats = self.rpc.tm_stats()

@@ -160,3 +160,21 @@ def test_an_invite_falls_back_to_the_bound_and_says_why():
 def _now() -> float:
     import time
     return time.monotonic()
+
+
+def test_life_proves_a_branch_held_cell_past_its_end_of_life():
+    """The 477 path (advertise): the failed branch keeps outgoings 1, with no timer."""
+    bye = cell(outgoings=1)
+    rpc = Answers([{"current": 1, "waiting": 0}], [[bye]])
+    p = orphan.Prover(rpc, wt_ms=1000, baseline=BASE, max_noninv_ms=3000,
+                      applicable=orphan.applicability(DEBIAN, baseline=BASE))
+    assert p.observe(0.05, [bye], [bye]) is None
+    assert p.observe(4.20, [bye], [bye]) is None          # 3000 ms x1.25 + 0.5 s = 4.25 s
+    proof = p.observe(4.30, [bye], [bye])
+    assert proof is not None and proof.rule == "life" and "end of life" in proof.evidence
+    on_wait = Answers([{"current": 1, "waiting": 1}], [[bye]])
+    p = orphan.Prover(on_wait, wt_ms=1000, baseline=BASE, max_noninv_ms=3000,
+                      applicable=orphan.applicability(DEBIAN, baseline=BASE))
+    assert p.observe(0.05, [bye], [bye]) is None and p.observe(9.0, [bye], [bye]) is None
+    moved = orphan.applicability(DEBIAN, baseline=BASE, sets_lifetime=True)
+    assert moved.life and "t_set_max_lifetime" in moved.life and moved.count is None
