@@ -12,6 +12,20 @@ lower bound (the cell may be up to one interval older), so a healthy cell is
 never called stuck early; a stuck one is reported at the first poll after
 its bound.  It never calls `tm.clean`.
 
+A cell is **orphaned** much earlier, by the orphan proof's time rule
+(kamleak.harness.judging.orphan): a non-INVITE cell with `outgoings 0`,
+`ref_count 1`, neither suspended nor in agony, seen so at every poll for
+longer than wt_timer x1.25 + 0.5 s, is not on tm's wait timer, and nothing
+but `tm.clean` will ever free it.  "Every poll": its idle time counts from
+the first poll that saw it idle and restarts at any poll that sees it
+otherwise, so with an interval longer than that wait it takes two polls.
+The rule was read in upstream tm's source, 5.8.0 .. master, and measured on
+Debian's 5.6.3, 6.0.1 and 6.1.5; on another build (a production server's)
+it rests on that reading, and on wt_timer being the one the server runs:
+each report says where wt_timer came from.  (orphan.py's count proof needs
+an otherwise idle server; watch never uses it.)  An orphaned cell is
+reported STUCK too, once past its bound.
+
 The issue-4140 signature (shared README, section 1): a cell left by the
 stateless error reply keeps `outgoings 0`, `tflags 0`, `ref_count 1`.
 
@@ -32,10 +46,11 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kamleak.harness.errors import RPCError, UsageError
+from kamleak.harness.judging import orphan
 from kamleak.harness.judging.oracle import MARGIN_FACTOR, MARGIN_S, Timers, read_timers
 from kamleak.harness.probes.rpc import Pairs, TmCell, parse_tm_list
 from kamleak.harness.sip.message import parse_name_addr
@@ -74,6 +89,9 @@ class Seen:
     ref_count: int
     tflags: int
     stuck: bool = False
+    idle_mono: float | None = None    # first poll of the current idle run (orphan.idle)
+    idle_wall: float | None = None
+    orphaned: bool = False
 
 
 @dataclass
@@ -106,6 +124,47 @@ class Stuck:
                 f"first seen {when}, age {self.age:.1f} s, past its bound of {self.bound:.1f} s{sig}")
 
 
+@dataclass
+class Orphaned:
+    method: str
+    callid: str
+    cseq: str
+    from_tag: str
+    to_tag: str
+    outgoings: int
+    ref_count: int
+    tflags: int
+    tindex: int
+    tlabel: int
+    first_seen: float       # epoch
+    idle_since: float       # epoch: the first poll of the idle run
+    idle: float             # seconds idle, without a break, at this poll
+    wt_timer_ms: int
+    wt_timer_source: str
+    needed: float           # orphan.time_needed(wt_timer_ms)
+    signature_4140: bool
+
+    @property
+    def evidence(self) -> str:
+        return (f"outgoings {self.outgoings}, ref_count {self.ref_count}, idle {self.idle:.1f} s > "
+                f"wt_timer {self.wt_timer_ms} ms x{orphan.TIME_FACTOR:g} + "
+                f"{orphan.TIME_MARGIN_S:g} s")
+
+    def as_dict(self) -> dict:
+        d = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in vars(self).items()}
+        return {**d, "evidence": self.evidence}
+
+    def line(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.first_seen))
+        sig = "; issue-4140 signature (outgoings 0, tflags 0, ref_count 1)" \
+            if self.signature_4140 else ""
+        return (f"ORPHANED {self.method} Call-ID {self.callid} CSeq {self.cseq} "
+                f"from-tag {self.from_tag or '-'} to-tag {self.to_tag or '-'}: "
+                f"orphaned: {self.evidence}, so not on tm's wait timer and never freed "
+                f"(wt_timer from {self.wt_timer_source}); tflags {self.tflags}, "
+                f"first seen {when}{sig}")
+
+
 class Bounds:
     """Seconds a healthy METHOD transaction may live, margin included."""
 
@@ -121,6 +180,11 @@ class Bounds:
     def longest(self) -> float:
         return max(self("INVITE"), self("BYE"))
 
+    @property
+    def wt_timer(self):
+        """wt_timer (kamleak.harness.stack.kamailio.timers.Timer: ms and source), for the orphan proof."""
+        return self.timers.values["wt_timer"]
+
     def describe(self) -> str:
         if self.max_life is not None:
             return (f"--max-life {self.max_life:g} s x{MARGIN_FACTOR:g} + {MARGIN_S:g} s = "
@@ -130,21 +194,41 @@ class Bounds:
         return (f"INVITE: {t.rule('INVITE')}; others: {t.rule('BYE')} (timers from "
                 f"{', '.join(src)})")
 
+    def describe_orphan(self) -> str:
+        wt = self.wt_timer
+        return (f"orphaned (non-INVITE, outgoings 0, ref_count 1) after idle > wt_timer {wt.ms} ms "
+                f"x{orphan.TIME_FACTOR:g} + {orphan.TIME_MARGIN_S:g} s = "
+                f"{orphan.time_needed(wt.ms):.2f} s (wt_timer from {wt.source}; the rule as read "
+                "in upstream tm 5.8.0..master and measured on Debian's 5.6.3, 6.0.1, 6.1.5)")
+
+
+@dataclass
+class Update:
+    """What one tm.list changed in the follower."""
+
+    new_stuck: list
+    stuck: list
+    gone: list               # keys of stuck or orphaned cells that left tm.list
+    oldest: float
+    new_orphaned: list
+    orphaned: list
+
 
 class Follower:
-    """The cells seen across polls (state machine: new -> followed -> stuck -> gone)."""
+    """The cells seen across polls (new -> followed [-> orphaned] -> stuck -> gone)."""
 
     def __init__(self, bounds: Bounds, max_cells: int = DEFAULT_MAX_CELLS):
         self.bounds = bounds
         self.max_cells = max_cells
         self.cells: dict[Key, Seen] = {}
 
-    def update(self, cells: list[TmCell], now_mono: float, now_wall: float):
-        """-> (newly stuck, all stuck, gone stuck keys, oldest age)."""
+    def update(self, cells: list[TmCell], now_mono: float, now_wall: float) -> Update:
         present: dict[Key, TmCell] = {key_of(c): c for c in cells}
-        gone = [k for k, s in self.cells.items() if k not in present and s.stuck]
+        gone = [k for k, s in self.cells.items() if k not in present and (s.stuck or s.orphaned)]
         self.cells = {k: s for k, s in self.cells.items() if k in present}
-        new_stuck, stuck = [], []
+        wt = self.bounds.wt_timer
+        needed = orphan.time_needed(wt.ms)
+        new_stuck, stuck, new_orphaned, orphaned = [], [], [], []
         oldest = 0.0
         for k, c in present.items():
             s = self.cells.get(k)
@@ -154,6 +238,22 @@ class Follower:
                 s.outgoings, s.ref_count, s.tflags = c.outgoings, c.ref_count, c.tflags
             age = now_mono - s.first_mono
             oldest = max(oldest, age)
+            # The time proof: idle at every poll since idle_mono (a poll that saw it
+            # otherwise restarts the run; the first idle sighting starts it).
+            if not orphan.idle(c):
+                s.idle_mono = s.idle_wall = None
+                s.orphaned = False
+            elif s.idle_mono is None:
+                s.idle_mono, s.idle_wall = now_mono, now_wall
+            idle_for = now_mono - s.idle_mono if s.idle_mono is not None else 0.0
+            if s.idle_mono is not None and idle_for > needed:
+                r = Orphaned(c.method, c.callid, c.cseq, _tag(c.from_), _tag(c.to), c.outgoings,
+                             c.ref_count, c.tflags, c.tindex, c.tlabel, s.first_wall, s.idle_wall,
+                             idle_for, wt.ms, wt.source, needed, signature_4140(c))
+                orphaned.append(r)
+                if not s.orphaned:
+                    s.orphaned = True
+                    new_orphaned.append(r)
             bound = self.bounds(c.method)
             if age > bound:
                 r = Stuck(c.method, c.callid, c.cseq, _tag(c.from_), _tag(c.to), c.outgoings,
@@ -163,7 +263,7 @@ class Follower:
                 if not s.stuck:
                     s.stuck = True
                     new_stuck.append(r)
-        return new_stuck, stuck, gone, oldest
+        return Update(new_stuck, stuck, gone, oldest, new_orphaned, orphaned)
 
     def forget(self) -> None:
         self.cells.clear()
@@ -207,16 +307,31 @@ class Poll:
     list_seconds: float | None
     fallback_reason: str | None = None
     fallback_started: bool = False
+    orphaned: list = field(default_factory=list)
+    new_orphaned: list = field(default_factory=list)
 
     @property
     def stuck_count(self) -> int | None:
         return len(self.stuck) if self.mode == "tm.list" else None
+
+    @property
+    def orphaned_count(self) -> int | None:
+        return len(self.orphaned) if self.mode == "tm.list" else None
+
+    @property
+    def leaked_count(self) -> int | None:
+        """Cells stuck or orphaned (an orphaned cell becomes stuck later: counted once)."""
+        if self.mode != "tm.list":
+            return None
+        return len({(r.tindex, r.tlabel, r.callid, r.cseq, r.method)
+                    for r in (*self.stuck, *self.orphaned)})
 
     def as_dict(self) -> dict:
         return {"event": "poll", "t": round(self.t, 3), "mode": self.mode, "cells": self.cells,
                 "stuck": self.stuck_count,
                 "stuck_4140": sum(s.signature_4140 for s in self.stuck)
                 if self.mode == "tm.list" else None,
+                "orphaned": self.orphaned_count,
                 "oldest_age": None if self.oldest_age is None else round(self.oldest_age, 3),
                 "current": self.stats.get("current"), "waiting": self.stats.get("waiting"),
                 "created_minus_freed": self.drift, "drift_floor": self.drift_floor,
@@ -278,9 +393,9 @@ class Watcher:
         self._polled = True
         if cells is not None:
             self.mode, self.fallback_reason = "tm.list", None
-            new, stuck, gone, oldest = self.follower.update(cells, now, wall)
-            return Poll(wall, "tm.list", len(cells), stuck, new, gone, oldest, stats, shm, drift,
-                        None, took)
+            u = self.follower.update(cells, now, wall)
+            return Poll(wall, "tm.list", len(cells), u.stuck, u.new_stuck, u.gone, u.oldest, stats,
+                        shm, drift, None, took, orphaned=u.orphaned, new_orphaned=u.new_orphaned)
         floor = min(self._drift) if len(self._drift) == self._drift.maxlen else None
         return Poll(wall, "tm.stats", None, [], [], [], None, stats, shm, drift, floor, None,
                     fallback_reason=self.fallback_reason, fallback_started=started)
@@ -301,6 +416,8 @@ class HumanOut:
         self._say(describe)
 
     def poll(self, p: Poll) -> None:
+        for o in p.new_orphaned:
+            self._say(o.line())
         for s in p.new_stuck:
             self._say(s.line())
         for k in p.gone:
@@ -318,7 +435,8 @@ class HumanOut:
 def summary(p: Poll) -> str:
     if p.mode == "tm.list":
         sig = sum(s.signature_4140 for s in p.stuck)
-        return (f"{p.cells} cell(s), {len(p.stuck)} stuck ({sig} with the issue-4140 signature), "
+        return (f"{p.cells} cell(s), {len(p.orphaned)} orphaned, {len(p.stuck)} stuck ({sig} with "
+                f"the issue-4140 signature), "
                 f"oldest {p.oldest_age or 0:.1f} s; tm.stats current {p.stats.get('current')} "
                 f"waiting {p.stats.get('waiting')}, created-freed {p.drift}")
     floor = "n/a yet" if p.drift_floor is None else p.drift_floor
@@ -338,6 +456,8 @@ class JsonOut:
         self._emit({"event": "start", "t": round(time.time(), 3), "bounds": describe})
 
     def poll(self, p: Poll) -> None:
+        for o in p.new_orphaned:
+            self._emit({"event": "orphaned", "t": round(p.t, 3), **o.as_dict()})
         for s in p.new_stuck:
             self._emit({"event": "stuck", "t": round(p.t, 3), **s.as_dict()})
         for k in p.gone:
@@ -371,6 +491,9 @@ class PromOut:
                        "(NaN while tm.list is unavailable)")
         self.stuck_4140 = g("kamleak_stuck_cells_4140_signature",
                             "stuck cells with outgoings 0, tflags 0, ref_count 1 (issue 4140)")
+        self.orphaned = g("kamleak_orphaned_cells", "non-INVITE cells with outgoings 0, ref_count 1 "
+                          "seen idle longer than wt_timer x1.25 + 0.5 s: off tm's wait timer, "
+                          "never freed (NaN while tm.list is unavailable)")
         self.oldest = g("kamleak_oldest_cell_age_seconds", "age of the oldest cell in tm.list "
                         "(from the first poll that saw it)")
         self.cells = g("kamleak_tm_list_cells", "cells in the last tm.list")
@@ -403,6 +526,7 @@ class PromOut:
         listed = p.mode == "tm.list"
         self.stuck.set(len(p.stuck) if listed else nan)
         self.stuck_4140.set(sum(s.signature_4140 for s in p.stuck) if listed else nan)
+        self.orphaned.set(len(p.orphaned) if listed else nan)
         self.oldest.set(p.oldest_age if p.oldest_age is not None else nan)
         self.cells.set(p.cells if p.cells is not None else nan)
         self.current.set(p.stats.get("current", nan))
@@ -465,9 +589,14 @@ def _positive(text: str) -> float:
 
 
 NAME = "watch"
-HELP = "follow tm.list of a running Kamailio and report stuck transactions"
+HELP = "follow tm.list of a running Kamailio and report orphaned and stuck transactions"
 DESCRIPTION = ("Poll a running Kamailio's tm.list (JSON-RPC over HTTP or ctl's BINRPC socket) and "
-               "report every transaction seen for longer than its tm timers allow. Never calls "
+               "report every transaction seen for longer than its tm timers allow (STUCK), and, "
+               "earlier, every non-INVITE one seen idle (outgoings 0, ref_count 1) at every poll "
+               "for longer than wt_timer x1.25 + 0.5 s: off tm's wait timer, nothing will free it "
+               "(ORPHANED). That rule was read in upstream tm's source, 5.8.0..master, and "
+               "measured on Debian's 5.6.3, 6.0.1 and 6.1.5; on other builds it rests on that "
+               "reading and on the wt_timer given (each report names its source). Never calls "
                "tm.clean. One-shot exit codes: 0 OK, 1 warning, 2 critical, 3 unknown.")
 USAGE_EXIT = EXIT_UNKNOWN
 
@@ -498,12 +627,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="monitoring-plugin mode: watch for the longest bound plus one interval "
                         "(or, with --state, poll once), print one line, exit 0/1/2/3")
     p.add_argument("--state", default=None, metavar="FILE",
-                   help="--once: keep first sightings in FILE between runs (cron, Nagios)")
+                   help="--once: keep first sightings (and idle runs) in FILE between runs "
+                        "(cron, Nagios)")
     p.add_argument("--warning", type=int, default=1, metavar="N",
-                   help="--once: stuck cells for WARNING (default 1)")
+                   help="--once: stuck or orphaned cells for WARNING (default 1)")
     p.add_argument("--critical", type=int, default=10, metavar="N",
-                   help="--once: stuck cells for CRITICAL (default 10; any cell with the "
-                        "issue-4140 signature counts as CRITICAL too)")
+                   help="--once: stuck or orphaned cells for CRITICAL (default 10; any such cell "
+                        "with the issue-4140 signature counts as CRITICAL too)")
     p.add_argument("--duration", type=_positive, default=None, metavar="SECONDS",
                    help="stop after SECONDS (default: run until interrupted)")
 
@@ -535,7 +665,7 @@ def run(args) -> int:
         prom.set_bound(bounds("BYE"))
         outs.append(prom)
     desc = (f"watching {version} at {rpc.url} every {args.interval:g} s; stuck after "
-            f"{bounds.describe()}" + (f"; metrics on http://{args.prometheus}/metrics"
+            f"{bounds.describe()}; {bounds.describe_orphan()}" + (f"; metrics on http://{args.prometheus}/metrics"
                                       if args.prometheus else ""))
     for o in outs:
         o.start(desc)
@@ -579,32 +709,48 @@ def _once(args, watcher: Watcher, version: str) -> int:
             if p.mode != "tm.list" or time.monotonic() >= limit:
                 break
             time.sleep(args.interval)
-    stuck = p.stuck_count
+    stuck, orphans, leaked = p.stuck_count, p.orphaned_count, p.leaked_count
     perf = (f"stuck={'' if stuck is None else stuck};{args.warning};{args.critical} "
+            f"orphaned={'' if orphans is None else orphans};{args.warning};{args.critical} "
             f"current={p.stats.get('current')} waiting={p.stats.get('waiting')} "
             f"drift={p.drift}" + (f" oldest={p.oldest_age:.1f}s" if p.oldest_age is not None else ""))
-    if stuck is None:
+    if leaked is None:
         code = EXIT_WARNING if (p.drift_floor or 0) >= args.warning else EXIT_UNKNOWN
         text = (f"tm.list unavailable ({p.fallback_reason}); tm.stats created-freed floor "
                 f"{p.drift_floor if p.drift_floor is not None else 'n/a'}")
     else:
-        sig = sum(s.signature_4140 for s in p.stuck)
-        code = EXIT_CRITICAL if stuck >= args.critical or sig else \
-            EXIT_WARNING if stuck >= args.warning else EXIT_OK
-        text = f"{stuck} stuck transaction(s) of {p.cells} ({sig} with the issue-4140 signature)"
+        sig = sum(s.signature_4140 for s in p.stuck) + sum(
+            o.signature_4140 for o in p.orphaned if not _stuck_too(o, p.stuck))
+        code = EXIT_CRITICAL if leaked >= args.critical or sig else \
+            EXIT_WARNING if leaked >= args.warning else EXIT_OK
+        text = (f"{stuck} stuck transaction(s) of {p.cells}, {orphans} orphaned ({sig} stuck or "
+                f"orphaned with the issue-4140 signature)")
         if p.stuck:
             worst = max(p.stuck, key=lambda s: s.age)
             text += f"; oldest: {worst.method} Call-ID {worst.callid} age {worst.age:.0f} s"
+        young = [o for o in p.orphaned if not _stuck_too(o, p.stuck)]
+        if young:
+            o = max(young, key=lambda o: o.idle)
+            text += (f"; orphaned before its bound: {o.method} Call-ID {o.callid} ({o.evidence}; "
+                     f"wt_timer from {o.wt_timer_source})")
     label = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}[code]
     print(f"KAMLEAK {label} - {text} | {perf}", flush=True)
     if args.json:
+        for o in p.orphaned:
+            print(json.dumps({"event": "orphaned", **o.as_dict()}), flush=True)
         for s in p.stuck:
             print(json.dumps({"event": "stuck", **s.as_dict()}), flush=True)
     return code
 
 
+def _stuck_too(o: Orphaned, stuck: list) -> bool:
+    return any((s.tindex, s.tlabel, s.callid, s.cseq, s.method) ==
+               (o.tindex, o.tlabel, o.callid, o.cseq, o.method) for s in stuck)
+
+
 def _once_with_state(args, watcher: Watcher) -> Poll:
-    """One poll; first sightings (epoch) live in the state file between runs."""
+    """One poll; first sightings and the start of idle runs (epoch) live in the state file
+    between runs: {key: [first_seen, idle_since or null]} (a bare first_seen: an older file)."""
     path = Path(args.state)
     saved: dict = {}
     if path.exists():
@@ -616,16 +762,21 @@ def _once_with_state(args, watcher: Watcher) -> Poll:
             raise UsageError(f"--state {path} is not a kamleak watch state file",
                              "remove it; the next run starts afresh") from None
     now_mono, now_wall = time.monotonic(), time.time()
-    for k, first_wall in saved.items():
+    for k, value in saved.items():
         try:
             key = tuple(json.loads(k))
-            watcher.follower.cells[key] = Seen(now_mono - (now_wall - float(first_wall)),
-                                               float(first_wall), 0, 0, 0)
+            first_wall, idle_wall = value if isinstance(value, list) else (value, None)
+            seen = Seen(now_mono - (now_wall - float(first_wall)), float(first_wall), 0, 0, 0)
+            if idle_wall is not None:
+                seen.idle_wall = float(idle_wall)
+                seen.idle_mono = now_mono - (now_wall - seen.idle_wall)
+            watcher.follower.cells[key] = seen
         except (ValueError, TypeError):
             continue
     p = watcher.poll()
     if p.mode == "tm.list":
-        state = {json.dumps(list(k)): s.first_wall for k, s in watcher.follower.cells.items()}
+        state = {json.dumps(list(k)): [s.first_wall, s.idle_wall]
+                 for k, s in watcher.follower.cells.items()}
         try:
             tmp = path.with_suffix(path.suffix + ".tmp")
             tmp.write_text(json.dumps(state))
