@@ -23,7 +23,8 @@ ifneq ($(KAMAILIO_SOURCE),)
 export KAMLEAK_KAMAILIO_SOURCE ?= $(KAMAILIO_SOURCE)
 endif
 
-.PHONY: setup venv host-packages images test unit lint-code repro bench soak clean matrix
+.PHONY: setup venv host-packages images test unit lint-code repro bench soak clean matrix agreement
+comma := ,
 
 setup: venv host-packages images
 
@@ -96,6 +97,19 @@ matrix: setup
 	@rc=0; $(PY) -m pytest $(MATRIX_TESTS) -m "not gate" --kamailio-ref $(MATRIX_REFS) \
 	  $(if $(SHARD),--kamleak-shard $(SHARD)) --kamleak-summary=$(MATRIX_SUMMARY) $(PYTEST_ARGS) || rc=$$?; \
 	$(KAMLEAK) summary merge $(MATRIX_SUMMARY) --table; exit $$rc
+
+# The early verdict against the lifetime bound (docs: the agreement table):
+# RUNS confirmed gate runs per target x variant x transport x disconnect mode.
+# make agreement [AGREE_TARGETS=debian:6.0.1,src:5.8.5] [RUNS=20] [AGREE_CONFIG=my.cfg]
+AGREE_TARGETS ?= debian:5.6.3,debian:6.0.1,debian:6.1.5,src:5.8.5,src:master
+AGREE_VARIANTS ?= pua_dialoginfo,uac_req_send,pua_dialoginfo+send_reply_error,none
+AGREE_DISCONNECTS ?= rst,fin,close,rst+advertise
+RUNS ?= 20
+agreement: setup
+	@mkdir -p artifacts
+	@$(PY) -m kamleak.scenarios.measure_early $(foreach t,$(subst $(comma), ,$(AGREE_TARGETS)),--target $(t)) \
+	  --variant $(if $(AGREE_CONFIG),none,$(AGREE_VARIANTS)) --transport ws,wss --disconnect $(AGREE_DISCONNECTS) \
+	  --runs $(RUNS) $(if $(AGREE_CONFIG),--config $(AGREE_CONFIG)) --out artifacts/agreement.json
 
 # make repro [VERSION=6.0.1 | IMAGE=ghcr.io/...] [VARIANT=pua_dialoginfo] [TRANSPORT=ws|wss]
 #            [DISCONNECT=rst|fin|close|rst+advertise] [HANGUP=command|session-timer]

@@ -278,6 +278,8 @@ class Running:
             return f"the {self.what} container was removed"
         if is_running(self.container):
             return None
+        if self.container.status == "paused":     # docker pause: frozen, not dead
+            return f"the {self.what} container was paused (docker pause): it answers nothing"
         return f"the {self.what} container exited with code {exit_code(self.container)}"
 
     def log(self) -> str:

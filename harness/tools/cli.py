@@ -156,6 +156,8 @@ def _repro_faithful(args) -> int:
               f"(deadline {v.deadline:.1f} s)")
         for c in v.cells:
             print(f"     {'':<36} |   {c.describe()}")
+        for line in report.early_lines(v):
+            print(f"     {'':<36} | {line}")
         print(f"\n  Verdict: {v.outcome.upper()}: {v.sentence()}", flush=True)
     return 1 if not v.leaked else 0
 
@@ -257,6 +259,9 @@ def cmd_repro(args) -> int:
             else:
                 print(f"    no cell for Call-ID {verdict.call_id} (gone after "
                       f"{verdict.gone_after:.1f} s)")
+            for line in report.early_lines(verdict):
+                hint = " (--confirm waits it out too)" if line.endswith("ended the watch") else ""
+                print(f"  {line}{hint}")
             print(f"  tm.stats before → after: {report.stats_delta(verdict.stats_before, verdict.stats_after)}")
             print(f"    {verdict.stats_note}")
             print("  Kamailio log for this call:")
@@ -353,11 +358,20 @@ def _add_scenario_arg(p) -> None:
 EXIT_CLEAN, EXIT_LEAK, EXIT_CANNOT_TEST, EXIT_ABORT = 0, 1, 125, 128
 
 
+def _cannot_test_errors() -> tuple[type[BaseException], ...]:
+    from kamleak.harness.errors import ImageError, RPCError, ScenarioError, ServerError
+    return ServerError, ImageError, ScenarioError, RPCError
+
+
+# What ends a gate run without a verdict: "cannot test" (125), never LEAK or CLEAN.
+CANNOT_TEST_ERRORS = _cannot_test_errors()
+
+
 def gate_once(target: Target, variant, transport: str = "ws", disconnect: str = "rst",
               user_config=None, scenario=None):
     """One gate run: ("leak" | "clean" | "skip", note, verdict or None)."""
     from kamleak.harness import registry
-    from kamleak.harness.errors import ImageError, NotApplicable, RPCError, ScenarioError, ServerError
+    from kamleak.harness.errors import NotApplicable
     from kamleak.harness.reporting.text import run_label
 
     sc = scenario or registry.scenario(registry.DEFAULT)
@@ -370,7 +384,7 @@ def gate_once(target: Target, variant, transport: str = "ws", disconnect: str = 
                 return "skip", f"not applicable: {exc}", None
             verdict.variant = run_label(verdict.variant, user_config)
             return verdict.outcome, verdict.sentence(), verdict
-    except (ServerError, ImageError, ScenarioError, RPCError) as exc:
+    except CANNOT_TEST_ERRORS as exc:
         return "skip", f"cannot test: {exc.cause}", None
 
 
