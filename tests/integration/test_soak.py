@@ -4,7 +4,8 @@
 Kamailio drops the connection, the PBX hangs up): with the `uac_req_send`
 trigger each of those BYE cells stays in tm.list, so the leak rate is the
 number of calls that really hit the dead-connection path; without a trigger
-(`none`) the same calls leave nothing behind.
+(`none`) the same calls leave nothing behind.  The drains prove each leaked
+BYE cell orphaned (the orphan proof's time rule) and record when.
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ def test_soak_leaks_one_cell_per_call_that_hit_the_dead_connection(soak_bench, t
     assert res.leaked_cells == res.hits
     assert res.created_minus_freed == res.hits
     assert len(res.leaked_in_tm_list) == res.hits, "the leaked cells are those calls' BYEs"
+    # Each of those BYE cells was proven orphaned by a drain (the time rule), with its evidence.
+    assert [o["call_id"] for o in res.orphaned] == res.leaked_in_tm_list, res.orphaned
+    assert all(o["proven_at"] is not None and o["evidence"].startswith("outgoings 0, ref_count 1")
+               for o in res.orphaned), res.orphaned
+    assert "wt_timer 1000 ms" in res.orphan_rule, res.orphan_rule
     fit = res.cells_per_call
     assert fit["slope"] > 0 and fit["ci95"][0] > 0, fit
     assert abs(fit["slope"] - res.hits / CALLS) < 0.01
@@ -90,6 +96,7 @@ def test_soak_without_a_trigger_leaves_nothing(soak_bench, tmp_path):
     assert all(r.endswith("/TM)") for r in res.bye_replies), res.bye_replies
     assert res.leaked_cells == 0 and res.created_minus_freed == 0
     assert res.leaked_in_tm_list == []
+    assert res.orphaned == []
     assert res.cells_per_call["slope"] == 0
     assert not any("tm cell" in f for f in res.flags), res.flags
     assert not res.leaked

@@ -28,7 +28,13 @@ with a 95 % confidence interval; a background sampler records the same
 counters during the run for the plot.  Cells still there after the last
 drain are the leak: they are matched against the 4140 calls whose BYE
 Kamailio answered with a 5xx (the calls that really hit the dead-connection
-path) and against `tm.list`.
+path) and against `tm.list`.  A drain also follows those calls' BYE cells in
+`tm.list` with the orphan proof's time rule (kamleak.harness.judging.orphan:
+idle, outgoings 0 and ref_count 1, at every read for longer than wt_timer
+x1.25 + 0.5 s): it ends as soon as every cell left is such a BYE proven
+orphaned, waits for an idle one to be proven or gone, and the record says per
+leaked call when its cell was proven (`orphaned`).  The count proof
+(tm.stats waiting) is never used: the soak's calls run concurrently.
 
 The WebSocket clients are the driver's lean multiplexed client, not
 `kamleak.harness.sip.WebSocketUA` (see driver.py for why).

@@ -7,12 +7,14 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kamleak.harness.errors import RPCError, ScenarioError, UsageError
+from kamleak.harness.judging import orphan
 from kamleak.harness.probes import pbx_trace
 from kamleak.harness.probes.counters import Counters
+from kamleak.harness.probes.rpc import TmCell
 from kamleak.harness.probes.sampler import Sampler
 from kamleak.harness.sip.peer import UdpPeer
 from kamleak.harness.tools.soak.driver import _Call, _Driver
@@ -73,6 +75,10 @@ class SoakResult:
     errors: list
     json_path: str | None = None
     png_path: str | None = None
+    # Per call of leaked_in_tm_list: when its BYE cell was proven orphaned (the orphan
+    # proof's time rule), or why not; and the rule as applied (or why it was off).
+    orphaned: list = field(default_factory=list)
+    orphan_rule: str = ""
 
     @property
     def leaked(self) -> bool:
@@ -89,8 +95,15 @@ class SoakResult:
         return (f"soak {verdict}: {self.kamailio} {self.variant} {self.transport.upper()}, "
                 f"{self.completed}/{self.calls} calls ({self.failed} failed) at {self.calls_per_s:.0f}/s, "
                 f"4140 {self.calls_4140} ({self.hits} hit the dead connection); "
-                f"{self.leaked_cells} cell(s) left after the drain; fit {cells}, {shm_s}; "
+                f"{self.leaked_cells} cell(s) left after the drain{self._proven()}; fit {cells}, "
+                f"{shm_s}; "
                 f"harness CPU {self.harness_cpu_share * 100:.0f}% of a core")
+
+    def _proven(self) -> str:
+        if not self.orphaned:
+            return ""
+        n = sum(1 for o in self.orphaned if o.get("proven_at") is not None)
+        return f" ({n} of {len(self.orphaned)} 4140 BYE(s) proven orphaned)"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -110,10 +123,86 @@ class SoakResult:
         return jp, png
 
 
+class ByeProofs:
+    """The orphan proof's time rule (kamleak.harness.judging.orphan) on the BYE cells
+    of the 4140 calls, followed across the drains' tm.list reads.
+
+    A drain may end once every cell tm.list holds beyond the baseline is such a
+    BYE proven orphaned (idle at every read for longer than wt_timer x1.25 +
+    0.5 s): nothing will free them, so waiting longer shows nothing more.
+    Traffic is over during a drain, but the count proof (tm.stats waiting)
+    is still not used: the soak's own calls deleted cells it cannot account for.
+    """
+
+    def __init__(self, wt_ms: int, t0: float):
+        self.wt_ms, self.t0 = wt_ms, t0
+        self.needed = orphan.time_needed(wt_ms)
+        self.baseline: set = set()                 # cells listed before the first call
+        self.idle_since: dict[tuple, float] = {}   # cell -> first read of its idle run
+        self.proven: dict[str, dict] = {}          # Call-ID -> the proof
+        self.last: dict[str, TmCell] = {}          # Call-ID -> its BYE cell, last read
+        self.pending = False                       # an idle watched BYE not proven yet
+        self.extra = 0                             # cells beyond the baseline, last read
+
+    @staticmethod
+    def key(c: TmCell) -> tuple:
+        return (c.cell, c.tindex, c.tlabel, c.callid, c.cseq, c.method)
+
+    def observe(self, now: float, cells: list[TmCell], watched: dict[str, float | None]) -> bool:
+        """Feed one tm.list read; WATCHED maps the 4140 calls' Call-IDs to when their
+        BYE was answered (monotonic).  True when every listed cell beyond the
+        baseline is a watched BYE proven orphaned."""
+        extra = [c for c in cells if self.key(c) not in self.baseline]
+        self.extra = len(extra)
+        mine = [c for c in extra if c.method == "BYE" and c.callid in watched]
+        for k in set(self.idle_since) - {self.key(c) for c in mine if orphan.idle(c)}:
+            del self.idle_since[k]                 # gone, or a read saw it busy: a break
+        self.pending = False
+        for c in mine:
+            self.last[c.callid] = c
+            if not orphan.idle(c):
+                self.proven.pop(c.callid, None)
+                continue
+            since = self.idle_since.setdefault(self.key(c), now)
+            if c.callid in self.proven:
+                continue
+            if now - since > self.needed:
+                answered = watched.get(c.callid)
+                self.proven[c.callid] = {
+                    "call_id": c.callid, "cell": c.cell, "tindex": c.tindex, "tlabel": c.tlabel,
+                    "idle_since": round(since - self.t0, 3), "proven_at": round(now - self.t0, 3),
+                    "after_bye": None if answered is None else round(now - answered, 3),
+                    "evidence": (f"outgoings {c.outgoings}, ref_count {c.ref_count}, idle "
+                                 f"{now - since:.1f} s > wt_timer {self.wt_ms} ms "
+                                 f"x{orphan.TIME_FACTOR:g} + {orphan.TIME_MARGIN_S:g} s")}
+            else:
+                self.pending = True
+        return bool(extra) and len(mine) == len(extra) and all(
+            c.callid in self.proven for c in mine)
+
+    def record(self, leaked_ids: list[str]) -> list[dict]:
+        """One row per leaked call: its proof, or why its BYE cell was not proven."""
+        rows = []
+        for cid in leaked_ids:
+            if cid in self.proven:
+                rows.append(self.proven[cid])
+                continue
+            c = self.last.get(cid)
+            why = ("not seen idle for long enough before the drain ended" if c is None
+                   or orphan.idle(c) else f"not idle: {orphan.why_not_idle(c)}")
+            rows.append({"call_id": cid, "proven_at": None, "why_not": why})
+        return rows
+
+
 def _drain(counters: Counters, deadline_s: float, *, ws_base: int | None = None,
-           ws_deadline_s: float = 15.0, interval: float = 0.1) -> tuple[dict, bool]:
+           ws_deadline_s: float = 15.0, interval: float = 0.1, proofs: ByeProofs | None = None,
+           watched: Callable[[], dict] | None = None, base_current: int = 0) -> tuple[dict, bool]:
     """Poll until tm has no cell waiting and `current` holds still for 0.3 s (or the deadline).
 
+    With PROOFS, the BYE cells of WATCHED() 4140 calls left in tm.list are
+    followed too: the drain ends at once when all cells beyond BASE_CURRENT
+    are such BYEs proven orphaned, and not before an idle one is proven or
+    gone (so each leaked call gets its proof).
     With WS_BASE, then also until the websocket module's shm is back to it:
     Kamailio frees a closed connection (and its 64 KiB buffer) only after
     the module's rm_delay_interval.
@@ -121,10 +210,28 @@ def _drain(counters: Counters, deadline_s: float, *, ws_base: int | None = None,
     last: dict = {}
     track = {"prev": None, "since": None}
 
+    def proven(s: dict, now: float) -> bool:
+        if proofs is None:
+            return False
+        calls = watched()
+        extra = s.get("current", 0) - base_current
+        # tm.list only once few cells are left: about as many as the 4140 calls may hold.
+        if extra <= 0 or extra > len(calls) + 50:
+            proofs.pending = False
+            return False
+        if not proofs.observe(now, counters.rpc.tm_list(), calls):
+            return False
+        # tm.stats agrees with that tm.list, before and after it: no cell came or went meanwhile.
+        return extra == proofs.extra == counters.rpc.tm_stats().get("current", 0) - base_current
+
     def tm_still() -> bool:
         s = last["tm"] = counters.rpc.tm_stats()
         cur, now = s.get("current", 0), time.monotonic()
-        if s.get("waiting", 0):
+        if proven(s, now):
+            return True
+        if proofs is not None and proofs.pending:
+            track["since"] = None               # an idle BYE to prove: not drained yet
+        elif s.get("waiting", 0):
             track["since"] = None
         elif track["prev"] != cur:
             track["since"] = now
@@ -190,6 +297,7 @@ def run_soak(kamailio, peer_or_pbx, *, calls: int, concurrency: int, rate: float
     counters = Counters(rpc)
     timers = oracle.read_timers(rpc, kamailio.config, kamailio.version)
     drain_limit = timers.deadline_for("BYE")
+    proofs, orphan_rule = _bye_proofs(kamailio, timers)
     builtin = isinstance(peer_or_pbx, UdpPeer)
     pbx_log_start = 0 if builtin else len(peer_or_pbx.log())
     t_wall0 = time.monotonic()
@@ -213,6 +321,13 @@ def run_soak(kamailio, peer_or_pbx, *, calls: int, concurrency: int, rate: float
         baseline.update(calls=0, t=0.0, settled=ok, hits=0)
         checkpoint_rows.append(baseline)
         t0 = time.monotonic()
+        if proofs is not None:
+            proofs.t0 = t0
+            proofs.baseline = {proofs.key(c) for c in rpc.tm_list()}
+
+        def watched() -> dict:
+            return {c.call_id: c.t_done for c in driver.calls
+                    if c.kind == "4140" and c.t_done is not None}
         sampler = Sampler(lambda: {**counters.read(), "calls": driver.done}, t0, sample_interval,
                           keep_going=True, name="kamleak-soak-sampler")
         sampler.tags["phase"] = "run"
@@ -230,7 +345,8 @@ def run_soak(kamailio, peer_or_pbx, *, calls: int, concurrency: int, rate: float
                 kam_cpu_phase += kc1 - kc0
             sampler.tags["phase"] = "drain"
             _, ok = _drain(counters, drain_limit,
-                           ws_base=ws_base if bound == bounds[-1] else None)
+                           ws_base=ws_base if bound == bounds[-1] else None, proofs=proofs,
+                           watched=watched, base_current=baseline["current"])
             settled_all &= ok
             row = counters.read(modules=True)
             snap = driver.snapshot()
@@ -310,6 +426,9 @@ def run_soak(kamailio, peer_or_pbx, *, calls: int, concurrency: int, rate: float
         failed=driver.failed, calls_4140=kinds_count.get("4140", 0), hits=hits, missed=missed,
         bye_replies=dict(replies), baseline=baseline, final=final, leaked_cells=leaked,
         created_minus_freed=cmf, leaked_in_tm_list=leaked_ids,
+        orphaned=proofs.record(leaked_ids) if proofs is not None else
+        [{"call_id": cid, "proven_at": None, "why_not": orphan_rule} for cid in leaked_ids],
+        orphan_rule=orphan_rule,
         cells_per_call=fit_cells.as_dict() if fit_cells else None,
         shm_per_call=fit_shm.as_dict() if fit_shm else None,
         tm_shm_per_call=fit_tm.as_dict() if fit_tm else None,
@@ -328,6 +447,26 @@ def run_soak(kamailio, peer_or_pbx, *, calls: int, concurrency: int, rate: float
         counters={**dict(driver.counters),
                   **({f"peer {k}": v for k, v in peer_or_pbx.counters.items()} if builtin else {})},
         errors=driver.errors[:50] + (peer_or_pbx.errors[:20] if builtin else []))
+
+
+def _bye_proofs(kamailio, timers) -> tuple[ByeProofs | None, str]:
+    """The time proof for this Kamailio (None where kamleak's reading of tm's rules does not
+    reach its build, or the policy is --no-early), and the rule as the record states it."""
+    from kamleak.harness import knowledge
+    from kamleak.harness.judging import oracle
+    if not oracle.POLICY.early:
+        return None, "early verdict off (--no-early): drains end on tm.stats alone"
+    target = getattr(kamailio, "target", None)
+    prov = knowledge.provenance(target) if target is not None else knowledge.Provenance.unknown(
+        "a Kamailio kamleak did not start")
+    why = orphan.applicability(prov).time
+    if why:
+        return None, why
+    wt = timers.values["wt_timer"]
+    return ByeProofs(wt.ms, time.monotonic()), (
+        f"time proof: a 4140 BYE cell idle (outgoings 0, ref_count 1) at every drain read for "
+        f"longer than wt_timer {wt.ms} ms x{orphan.TIME_FACTOR:g} + {orphan.TIME_MARGIN_S:g} s "
+        f"= {orphan.time_needed(wt.ms):.2f} s is orphaned (wt_timer from {wt.source})")
 
 
 def _shm_exhausted(rpc, rate: float, timers) -> ScenarioError | None:
