@@ -225,9 +225,12 @@ def pytest_runtest_makereport(item, call):
 
 def _records(config) -> list[dict]:
     """One JSON record per verdict: for dashboards, bisection, the HTML report."""
+    from kamleak.harness.reporting.summary import early_fields
+
     out = []
     for nodeid, v in config.stash.get(state.VERDICTS, []):
         rec = {"test": nodeid, **v.to_json()}
+        rec.update(early_fields(rec))           # flat for dashboards: orphan_at, orphan_rule, deadline
         where = None
         for item in config.stash.get(state.ITEMS, []):
             if item.nodeid == nodeid:

@@ -83,10 +83,33 @@ def _seconds(v, digits: int = 1):
     return f"{n:.{digits}f} s" if n is not None else v
 
 
+def _orphan(run: dict) -> dict | None:
+    """The early verdict's proof ({"at", "rule", "evidence", "cell"}), if the run has one."""
+    o = run.get("orphan")
+    return o if isinstance(o, dict) and _num(o.get("at")) is not None else None
+
+
+def _early_columns(run: dict) -> tuple[str, str, str]:
+    """The run table's orphan proven at / rule / bound: `1.0 s`, `count`, `7.0 s (not waited out)`."""
+    if run.get("kind") == "memory":
+        return "", "", _seconds(run.get("deadline")) or ""
+    o, deadline = _orphan(run), _num(run.get("deadline"))
+    bound = "" if deadline is None else f"{deadline:.1f} s"
+    if bound and _outcome(run) == "leak":
+        bound += " (not waited out)" if o and not run.get("confirmed") else " (waited out)"
+    if o is None:
+        return "-", "", bound
+    return f"{_num(o['at']):.1f} s", str(o.get("rule") or ""), bound
+
+
 def _fate(run: dict) -> str:
     method = run.get("method") or "BYE"
     outcome = _outcome(run)
     watched, deadline, gone = _num(run.get("watched_for")), _num(run.get("deadline")), _num(run.get("gone_after"))
+    o = _orphan(run)
+    if outcome == "leak" and o is not None:
+        return (f"{method} cell orphaned in tm.list {_num(o['at']):.1f} s after the {method} "
+                f"({o.get('rule')})")
     if outcome == "leak":
         s = f"{method} cell still in tm.list"
         if watched is not None:
@@ -148,8 +171,13 @@ def _section(run: dict, i: int, out_dir: Path) -> str:
     if memory is None:
         meta += [("Call-ID", run.get("call_id")), ("deadline", _seconds(run.get("deadline"))),
                  ("watched for", _seconds(run.get("watched_for"))),
-                 ("gone after", _seconds(run.get("gone_after"), 2)),
-                 ("tm.stats", run.get("stats_note"))]
+                 ("gone after", _seconds(run.get("gone_after"), 2))]
+        o = _orphan(run)
+        if o is not None:
+            meta += [("orphan proven", f"{_num(o['at']):.1f} s after the {run.get('method') or 'BYE'} "
+                                       f"({o.get('rule')})"),
+                     ("evidence", o.get("evidence"))]
+        meta += [("early verdict", run.get("early")), ("tm.stats", run.get("stats_note"))]
     else:
         meta += [(memory.get("unit", "request") + "s", memory.get("requests")),
                  ("batches", memory.get("batches")),
@@ -215,13 +243,15 @@ def render_html(runs: list[dict], out_dir: str | Path, title: str = "kamleak rep
     rows = []
     for i, r in enumerate(runs):
         o = _outcome(r)
+        at, rule, bound = _early_columns(r)
         rows.append(
             f'<tr class="run {o}" id="row-{i + 1}">'
             f'<td><a href="#run-{i + 1}">{_e(_test_id(r, i))}</a></td>'
             f"<td>{_e(r.get('kamailio_version'))}</td><td>{_e(r.get('target'))}</td>"
             f"<td>{_e(r.get('variant'))}</td><td>{_e(r.get('transport'))}</td>"
             f'<td class="verdict {o}">{o.upper()}</td>'
-            f"<td>{_replies(r)}</td><td>{_e(_fate(r))}</td></tr>")
+            f"<td>{_replies(r)}</td><td>{_e(_fate(r))}</td>"
+            f'<td class="t">{_e(at)}</td><td>{_e(rule)}</td><td>{_e(bound)}</td></tr>')
 
     doc = [
         "<!DOCTYPE html>",
@@ -233,7 +263,8 @@ def render_html(runs: list[dict], out_dir: str | Path, title: str = "kamleak rep
         + "".join(f'<span class="{k}">{v} {k}</span>' for k, v in counts.items())
         + f'<span class="meta">{len(runs)} run{"s" if len(runs) != 1 else ""}</span></p>',
         "<table><tr><th>test</th><th>Kamailio</th><th>target</th><th>variant</th>"
-        "<th>transport</th><th>verdict</th><th>Kamailio's replies</th><th>cell fate</th></tr>",
+        "<th>transport</th><th>verdict</th><th>Kamailio's replies</th><th>cell fate</th>"
+        "<th>orphan proven at</th><th>rule</th><th>bound</th></tr>",
         *rows,
         "</table>",
         *(_section(r, i, out_dir) for i, r in enumerate(runs)),

@@ -3,7 +3,8 @@
 `render_timeline(run, path)` takes a run record (`Verdict.to_json()` plus
 `stats_samples`) and draws what a person needs to *see* the leak: after the BYE,
 `current` and `created - freed` stay flat at 1 until the deadline (leak) or fall
-back to 0 (clean).
+back to 0 (clean).  An early verdict marks when the orphan was proven and where
+the lifetime bound would have ended, past the data when the watch stopped early.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ _OTHER = "#7f6000"
 _LABEL_FONT = 7
 _MERGE_WITHIN = 0.05         # steps closer than this share a label (if it stays short)
 _MERGED_MAX = 24             # ... and the merged text is at most this long
+_MARK_ROW = 0.78             # the orphan and bound labels: below the legend, above the data
+_LEGEND = dict(fontsize=8, ncol=3, frameon=True, framealpha=0.9)
+_BOUND_SPAN_MAX = 8.0        # draw the bound on the axis while it stretches it at most this much
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,43 @@ def _bye_and_deadline(run: dict, steps: list[tuple[float, str]]) -> tuple[float 
     return start, end
 
 
+@dataclass(frozen=True)
+class Marks:
+    """The early verdict on the plot's clock (seconds since the scenario started)."""
+
+    proof: float | None = None       # the orphan proven
+    rule: str = ""                   # how: "count" | "time"
+    watch_end: float | None = None   # the last look at tm.list
+    bound: float | None = None       # where the lifetime bound ends
+    deadline: float | None = None    # the bound, seconds after the request
+    waited_out: bool = True          # the watch ran to the bound (no proof, or --confirm)
+
+    @property
+    def orphan_label(self) -> str:
+        return f"orphan proven ({self.rule})" if self.proof is not None else ""
+
+    @property
+    def bound_label(self) -> str:
+        if self.deadline is None:
+            return ""
+        how = "" if self.proof is None else " (waited out, agrees)" if self.waited_out \
+            else " (not waited out)"
+        return f"bound: {self.deadline:.1f} s{how}"
+
+
+def early_marks(run: dict) -> Marks:
+    """Where the orphan proof, the watch's end and the bound fall on the timeline."""
+    bye, end = _bye_and_deadline(run, _steps(run))
+    orphan = run.get("orphan") if isinstance(run.get("orphan"), dict) else None
+    at = _num(orphan.get("at"), None) if orphan else None
+    watched = _num(run.get("watched_for"), None)
+    proof = bye + at if bye is not None and at is not None else None
+    return Marks(proof=proof, rule=str(orphan.get("rule") or "") if orphan else "",
+                 watch_end=bye + watched if bye is not None and watched is not None else None,
+                 bound=end, deadline=_num(run.get("deadline"), None),
+                 waited_out=proof is None or bool(run.get("confirmed")))
+
+
 def _group_steps(steps: list[tuple[float, str]]) -> list[tuple[float, str]]:
     """Steps within ~0.05 s share one label when the result stays short."""
     groups: list[tuple[float, list[str]]] = []
@@ -135,9 +176,9 @@ def _spread(desired: list[float], gaps: list[float], lo: float, hi: float) -> li
 
 
 def _special(text: str) -> bool:
-    """The steps that decide the verdict: the deadline, the cell leaving tm.list."""
+    """The steps that decide the verdict: the deadline, the cell leaving tm.list or proven orphaned."""
     low = text.lower()
-    return low.startswith("deadline") or bool(re.search(r"\bcell\b.*\b(gone|still)\b", low))
+    return low.startswith("deadline") or bool(re.search(r"\bcell\b.*\b(gone|still|orphaned)\b", low))
 
 
 def _fmt_t(t: float) -> str:
@@ -179,15 +220,80 @@ def _fit_label(txt, max_px: float, renderer) -> int:
     return len(lines)
 
 
+def _point_at_leak(ax, last: dict, cells: list[dict], method: str, marks: Marks,
+                   watched_to: float, bound_x: float, colour: str, span: float) -> None:
+    """Ring the leaked cell at the last sample and name it; after an early
+    verdict, carry its count dotted to the bound: what the proof says, not a sample."""
+    t, n = _num(last.get("t")), _num(last.get("current"))
+    ax.plot([t], [n], marker="o", ms=11, mfc="none", mec=colour, mew=1.8, zorder=5)
+    early = not marks.waited_out and bound_x > t
+    if early:
+        ax.hlines(n, t, bound_x, colors=colour, linestyles=":", lw=1.8, alpha=0.8, zorder=3)
+    c = cells[0]
+    what = f"{len(cells)} {method} cell{'s' if len(cells) > 1 else ''} left in tm.list"
+    detail = f"{c.get('cell')}: outgoings {c.get('outgoings')}, ref_count {c.get('ref_count')}"
+    tail = "\nproven orphaned: no timer or process frees it" if early else ""
+    if early and bound_x - watched_to > 0.3 * span:
+        x, ha = (watched_to + bound_x) / 2, "center"      # in the hatched part, under the labels
+    else:                                                  # left of the cell, off the proof's line
+        x, ha = min(t, bound_x) - 0.02 * span, "right"
+    ax.annotate(f"{what} ({detail}){tail}", xy=(t, n), xycoords="data", xytext=(x, 0.45),
+                textcoords=("data", "axes fraction"), ha=ha, va="center", fontsize=7.5,
+                color=colour, zorder=6, linespacing=1.2,
+                bbox=dict(facecolor="white", edgecolor=colour, lw=0.6, alpha=0.9, pad=2),
+                arrowprops=dict(arrowstyle="->", color=colour, lw=0.9, shrinkB=7))
+
+
+def _place_marks(fig, ax, orphan_text, bound_text, bound_short: str, proof: float | None,
+                 span: float) -> None:
+    """The orphan and bound labels share a row.  The orphan's goes left of its
+    line when it would run past the axis or into the bound's; the bound's
+    loses its "(not waited out)" rather than cross the proof's line, and
+    drops a row if the two still touch."""
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+
+    def ext(t):
+        return t.get_window_extent(renderer)
+
+    def touch(a, b):
+        return a.x1 + 4 > b.x0 and b.x1 + 4 > a.x0
+
+    if orphan_text is not None:
+        o = ext(orphan_text)
+        if o.x1 > box.x1 or (bound_text is not None and touch(o, ext(bound_text))):
+            if o.x0 - (o.x1 - o.x0) - 8 >= box.x0:
+                orphan_text.set_x(proof - 0.006 * span)
+                orphan_text.set_ha("right")
+    if orphan_text is not None and bound_text is not None:
+        line = ax.transData.transform((proof, 0))[0]
+        b = ext(bound_text)
+        if b.x0 - 4 < line < b.x1 + 4:        # across the proof's line: the short form
+            bound_text.set_text(bound_short)
+        if touch(ext(orphan_text), ext(bound_text)):
+            bound_text.set_y(_MARK_ROW - 0.12)
+
+
 def render_timeline(run: dict, path: str | Path, hints: PlotHints | None = None) -> Path:
     """Draw one run's tm counters, shm and scenario steps into a PNG at `path`."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = draw_timeline(run, hints)
+    try:
+        fig.savefig(path, dpi=_DPI, facecolor="white")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def draw_timeline(run: dict, hints: PlotHints | None = None):
+    """The timeline as a matplotlib Figure (Agg); the caller closes it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator, ScalarFormatter
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     hints = hints or PlotHints()
     outcome = str(run.get("outcome") or "error").lower()
@@ -196,9 +302,18 @@ def render_timeline(run: dict, path: str | Path, hints: PlotHints | None = None)
     steps = _steps(run)
     bye, end = _bye_and_deadline(run, steps)
 
+    marks = early_marks(run) if run.get("kind") != "memory" else Marks()
+    method = str(run.get("method") or "BYE")
+
     times = [_num(s.get("t")) for s in samples] + [t for t, _ in steps]
+    # A LEAK rests on the bound (or on a proof that ended the watch before it):
+    # show where the bound ends, past the data, unless that would squash the data.
+    bound_on_axis = False
     if end is not None and (outcome == "leak" or any(t >= end for t, _ in steps)):
-        times.append(end)
+        x0, data_hi = min([0.0] + times), max(times + [0.5])
+        if end - x0 <= _BOUND_SPAN_MAX * (data_hi - x0) or any(t >= end for t, _ in steps):
+            times.append(end)
+            bound_on_axis = True
     x_lo = min([0.0] + times)
     x_hi = max(times) if times else 1.0
     if x_hi - x_lo < 0.5:
@@ -225,17 +340,52 @@ def render_timeline(run: dict, path: str | Path, hints: PlotHints | None = None)
         strip_top = _SUB_TOP - len(lines) * line_frac - 0.012
         ax_s = fig.add_axes((_LEFT, _STRIP_BOTTOM, width, strip_top - _STRIP_BOTTOM))
 
-        # --- the watch window band -------------------------------------------------
+        # --- the watch window band: watched, then the bound not waited out -----------
+        watched_text = None
+        bound_x = (min(end, x_hi) if bound_on_axis else x_hi) if end is not None else x_hi
+        watched_to = bound_x
+        if not marks.waited_out and marks.watch_end is not None:
+            watched_to = min(marks.watch_end, bound_x)
         if bye is not None:
-            band_end = min(end, x_hi) if end is not None else x_hi
-            if band_end > bye:
+            if watched_to > bye:
                 for ax in (ax_c, ax_m):
-                    ax.axvspan(bye, band_end, color=colour, alpha=0.07, lw=0)
-                dl = f"deadline {_num(run.get('deadline')):.1f} s" if run.get("deadline") is not None else ""
+                    ax.axvspan(bye, watched_to, color=colour, alpha=0.07, lw=0)
+                # A transaction's bound has its own label (below); a drain's deadline goes here.
+                dl = f" (deadline {_num(run.get('deadline')):.1f} s)" if run.get("kind") == "memory" \
+                    and run.get("deadline") is not None else ""
                 near = [t for t, _ in steps if bye <= t <= bye + 0.04 * span]
-                ax_c.text(max([bye] + near) + 0.006 * span, 0.96, f"watched after the {run.get('method') or 'BYE'}"
-                          + (f" ({dl})" if dl else ""), transform=ax_c.get_xaxis_transform(),
-                          fontsize=7.5, color=colour, va="top", ha="left", alpha=0.9)
+                watched_text = ax_c.text(
+                    max([bye] + near) + 0.006 * span, 0.96, f"watched after the {method}{dl}",
+                    transform=ax_c.get_xaxis_transform(),
+                    fontsize=7.5, color=colour, va="top", ha="left", alpha=0.9)
+            if watched_to < bound_x:
+                # The proof ended the watch: hatched, not shaded, so it is not read as data.
+                for ax in (ax_c, ax_m):
+                    ax.axvspan(watched_to, bound_x, facecolor="none", edgecolor=colour, hatch="///",
+                               alpha=0.18, lw=0)
+
+        # --- the orphan proof and the bound ------------------------------------------
+        orphan_text = bound_text = None
+        if marks.proof is not None:
+            for ax in (ax_c, ax_m):
+                ax.axvline(marks.proof, color=colour, lw=1.8, zorder=4)
+            orphan_text = ax_c.text(
+                marks.proof + 0.006 * span, _MARK_ROW,
+                f"{marks.orphan_label}: {_fmt_t(marks.proof - bye)} s after the {method}" if bye is not None
+                else marks.orphan_label, ha="left", va="center",
+                transform=ax_c.get_xaxis_transform(), fontsize=8, fontweight="bold", color=colour,
+                zorder=6, bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=1))
+        if end is not None and marks.bound_label:
+            if bound_on_axis:
+                for ax in (ax_c, ax_m):
+                    ax.axvline(end, color=colour, ls=(0, (5, 3)), lw=1.4, alpha=0.9, zorder=4)
+                x, label = end - 0.006 * span, marks.bound_label
+            else:                     # beyond the axis: say so at its edge
+                x, label = x_hi - 0.006 * span, marks.bound_label + " →"
+            bound_text = ax_c.text(
+                x, _MARK_ROW, label, ha="right", va="center", transform=ax_c.get_xaxis_transform(),
+                fontsize=8, color=colour, zorder=6,
+                bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=1))
 
         # --- step lines ------------------------------------------------------------
         for t, text in steps:
@@ -264,11 +414,24 @@ def render_timeline(run: dict, path: str | Path, hints: PlotHints | None = None)
                     ax_c.step(ts, ys, where="post", color=c, lw=lw, ls=ls, label=name, zorder=3)
                 top = max([top] + ys)
             ax_c.set_ylim(-0.25, max(2.0, top) * 1.45 + 0.3)
-            ax_c.legend(loc="upper right", fontsize=8, ncol=3, frameon=True, framealpha=0.9)
+            ax_c.legend(loc="upper right", **_LEGEND)
         else:
             ax_c.set_ylim(-0.25, 2.5)
             ax_c.text(0.5, 0.5, "no tm.stats samples", transform=ax_c.transAxes,
                       ha="center", va="center", color="#888888", fontsize=10)
+        cells = [c for c in run.get("cells") or [] if isinstance(c, dict)]
+        if outcome == "leak" and cells and samples:
+            _point_at_leak(ax_c, samples[-1], cells, method, marks, watched_to, bound_x, colour, span)
+        ax_c.set_xlim(x_lo, x_hi)      # the labels are placed in pixels: fix the axis first
+        legend = ax_c.get_legend()
+        if legend is not None and watched_text is not None:
+            # A watch that starts late in the plot puts its label under the legend: swap sides.
+            renderer = fig.canvas.get_renderer()
+            if watched_text.get_window_extent(renderer).overlaps(legend.get_window_extent(renderer)):
+                ax_c.legend(loc="upper left", **_LEGEND)      # Legend.set_loc is matplotlib 3.8
+        _place_marks(fig, ax_c, orphan_text, bound_text,
+                     f"bound: {marks.deadline or 0:.1f} s" + ("" if bound_on_axis else " →"),
+                     marks.proof, span)
         ax_c.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
         ax_c.set_ylabel(hints.counts_label)
         ax_c.grid(axis="y", color="#dddddd", lw=0.6)
@@ -338,8 +501,7 @@ def render_timeline(run: dict, path: str | Path, hints: PlotHints | None = None)
                 txt.set_x(x1)
                 ax_s.plot([x0, x0, x1], [0, rise * 0.35, rise], color="#999999", lw=0.6,
                           clip_on=False)
-
-        fig.savefig(path, dpi=_DPI, facecolor="white")
-    finally:
+    except BaseException:
         plt.close(fig)
-    return path
+        raise
+    return fig

@@ -35,6 +35,17 @@ def load(paths: list[str]) -> list[dict]:
     return records
 
 
+def early_fields(record: dict) -> dict:
+    """A summary line's early verdict, flat for dashboards: when the orphan was
+    proven (seconds after the request; None: not proven), by which rule, and
+    the lifetime bound (seconds after the request) it did not have to wait out."""
+    o = record.get("orphan") if isinstance(record.get("orphan"), dict) else None
+    at = o.get("at") if o else None
+    return {"orphan_at": round(at, 3) if isinstance(at, (int, float)) else None,
+            "orphan_rule": o.get("rule") if o else None,
+            "deadline": record.get("deadline")}
+
+
 def _scenario(test: str) -> str:
     m = re.search(r"test_(gh\d+|pr\d+|ws_alias_takeover|verdict_matrix)", test)
     name = m.group(1) if m else test.split("::")[0]

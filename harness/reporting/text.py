@@ -86,15 +86,45 @@ def stats_delta(before: dict, after: dict, keys=("current", "waiting", "created"
     return ", ".join(f"{k} {before.get(k, 0)}→{after.get(k, 0)}" for k in keys)
 
 
+def early_lines(v) -> list[str]:
+    """How a transaction verdict's LEAK was reached: when the orphan was proven,
+    by which rule, on what evidence, and whether the lifetime bound was waited
+    out (kamleak.harness.judging.orphan).  None for a cell that left tm.list."""
+    if not v.leaked:
+        return []
+    bound = f"bound {v.deadline:.1f} s"
+    if v.orphan:
+        return [f"orphan proven {v.orphan['at']:.1f} s after the {v.method} ({v.orphan['rule']}):",
+                f"  {v.orphan['evidence']}",
+                f"{bound} waited out too: the cell was still there, the two agree"
+                if v.confirmed else f"{bound} not waited out: the proof ended the watch"]
+    why = f": {v.early}" if v.early else ""
+    return [f"not proven orphaned; {bound} waited out{why}"]
+
+
+def fate(v) -> str:
+    """The BYE transaction's fate in a few words: `orphaned 1.0 s after the BYE (bound 7.0 s)`."""
+    if v.leaked and v.orphan:
+        waited = " waited out" if v.confirmed else ""
+        return f"orphaned {v.orphan['at']:.1f} s after the {v.method} (bound {v.deadline:.1f} s{waited})"
+    if v.leaked:
+        return f"still in tm.list after {v.watched_for:.1f} s (bound {v.deadline:.1f} s)"
+    return f"gone after {v.gone_after:.1f} s" if v.gone_after is not None else "never seen"
+
+
+def decided_by(v) -> str:
+    """What ended the watch: the orphan proof (its rule), the bound, or the cell leaving."""
+    if v.leaked and v.orphan:
+        return f"orphan proof ({v.orphan['rule']})" + (", bound agrees" if v.confirmed else "")
+    if v.leaked:
+        return "bound waited out"
+    return "cell left tm.list" if v.gone_after is not None else "cell never seen"
+
+
 def side_by_side(left_title: str, left, right_title: str, right) -> list[str]:
     """Two verdicts as a small comparison table."""
     def reply(v):
         return ", ".join(r.describe() for r in v.replies) or "-"
-
-    def cell(v):
-        if v.leaked:
-            return f"still in tm.list after {v.watched_for:.1f} s"
-        return f"gone after {v.gone_after:.1f} s" if v.gone_after is not None else "never seen"
 
     def stat(v, k):
         return f"{v.stats_before.get(k, 0)} → {v.stats_after.get(k, 0)}"
@@ -106,9 +136,10 @@ def side_by_side(left_title: str, left, right_title: str, right) -> list[str]:
 
     rows = [("", left_title, right_title),
             ("reply to the BYE", reply(left), reply(right)),
-            ("BYE transaction", cell(left), cell(right)),
+            ("BYE transaction", fate(left), fate(right)),
             ("tm.stats current", stat(left, "current"), stat(right, "current")),
             ("created - freed", live(left), live(right)),
+            ("decided by", decided_by(left), decided_by(right)),
             ("verdict", left.outcome.upper(), right.outcome.upper())]
     w1 = max(len(r[1]) for r in rows) + 3
     return [f"  {a:18} {b:{w1}} {c}" for a, b, c in rows]

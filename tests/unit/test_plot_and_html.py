@@ -12,7 +12,8 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from kamleak.harness.reporting.html import render_html
-from kamleak.harness.reporting.plot import PlotHints, render_timeline
+from kamleak.harness.reporting.plot import PlotHints, draw_timeline, early_marks, render_timeline
+from kamleak.harness.reporting.summary import early_fields
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SHM0 = 3441968
@@ -88,6 +89,26 @@ def clean_run() -> dict:
     }
 
 
+EVIDENCE = ("outgoings 0, ref_count 1, not on the wait timer: tm.stats current-waiting +1 since "
+            "the call began = the 1 cell(s) tm.list holds")
+
+
+def early_run(at: float = 1.0, rule: str = "count", confirmed: bool = False) -> dict:
+    """The leak, proven orphaned AT s after the BYE (at 0.32): the watch stopped
+    there unless CONFIRMED, which waits out the 7.0 s bound too."""
+    run = leak_run()
+    proof_t = round(0.32 + at, 3)
+    until = 7.4 if confirmed else proof_t + 0.1      # the sampler's last read follows the proof
+    run.update(orphan={"at": at, "rule": rule, "evidence": EVIDENCE, "cell": "0x7f3a1c2b9e40"},
+               confirmed=confirmed, watched_for=7.04 if confirmed else at + 0.01,
+               early=f"orphaned {at:.1f} s after the BYE: {EVIDENCE}; the bound (7.0 s) was not waited out",
+               sentence="BYE Call-ID f7b1c44a16c9e82680210b34 orphaned in tm.list 1.0 s after the BYE",
+               timeline=BASE_TIMELINE + [[proof_t, f"BYE cell orphaned ({rule})"]]
+               + ([[7.36, "deadline: BYE cell still there"]] if confirmed else []),
+               stats_samples=_samples(until, bye=0.32, drain_at=None))
+    return run
+
+
 def _assert_png(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == PNG_SIGNATURE
@@ -126,6 +147,103 @@ def test_png_without_timeline(tmp_path):
     run = clean_run()
     del run["timeline"]
     _assert_png(render_timeline(run, tmp_path / "notl.png"))
+
+
+# --- the early verdict on the PNG ---------------------------------------------------
+
+def test_early_marks_put_the_proof_and_the_bound_on_the_scenarios_clock():
+    m = early_marks(early_run())
+    assert m.proof == pytest.approx(1.32) and m.rule == "count"
+    assert m.bound == pytest.approx(7.32) and m.watch_end == pytest.approx(1.33)
+    assert not m.waited_out
+    assert m.orphan_label == "orphan proven (count)"
+    assert m.bound_label == "bound: 7.0 s (not waited out)"
+    assert early_marks(early_run(confirmed=True)).bound_label == "bound: 7.0 s (waited out, agrees)"
+    plain = early_marks(leak_run())
+    assert plain.proof is None and plain.orphan_label == "" and plain.bound_label == "bound: 7.0 s"
+
+
+def _texts(fig) -> dict[str, object]:
+    """The counts panel's texts (first axes), by their content."""
+    return {t.get_text(): t for t in fig.axes[0].texts if t.get_text()}
+
+
+def _assert_apart(fig) -> None:
+    """No two texts of the counts panel (nor the legend) overlap, and all stay inside it."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    inside = ax.get_window_extent(renderer)
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts if t.get_text()]
+    boxes.append(("legend", ax.get_legend().get_window_extent(renderer)))
+    for name, b in boxes:
+        assert inside.x0 - 1 <= b.x0 and b.x1 <= inside.x1 + 1, f"{name!r} leaves the panel"
+    for i, (a, ba) in enumerate(boxes):
+        for b, bb in boxes[i + 1:]:
+            assert not ba.overlaps(bb), f"{a!r} overlaps {b!r}"
+
+
+def test_png_marks_the_orphan_proof_and_the_bound_past_the_data(tmp_path):
+    import matplotlib.pyplot as plt
+    fig = draw_timeline(early_run())
+    try:
+        ax = fig.axes[0]
+        texts = _texts(fig)
+        orphan = texts["orphan proven (count): 1.00 s after the BYE"]
+        assert orphan.get_position()[0] == pytest.approx(1.32, abs=0.1)
+        bound = texts["bound: 7.0 s (not waited out)"]
+        assert bound.get_position()[0] == pytest.approx(7.32, abs=0.1)
+        # the bound is on the axis, past the last sample, as a dashed line
+        assert ax.get_xlim()[1] > 7.32 > max(s["t"] for s in early_run()["stats_samples"]) + 5
+        dashed = [ln for ln in ax.get_lines() if ln.get_xdata()[0] == pytest.approx(7.32)
+                  and ln.get_linestyle() not in ("-", "None")]
+        assert dashed, "no dashed line at the bound"
+        # the leaked cell is named where the data end
+        leaked = next(t for t in texts if t.startswith("1 BYE cell left in tm.list"))
+        assert "0x7f3a1c2b9e40" in leaked and "proven orphaned" in leaked
+        _assert_apart(fig)
+    finally:
+        plt.close(fig)
+    _assert_png(render_timeline(early_run(), tmp_path / "early.png"))
+
+
+@pytest.mark.parametrize("run", [early_run(at=5.9, rule="time"), early_run(confirmed=True),
+                                 early_run(at=0.05)], ids=["time-near-bound", "confirmed", "at-once"])
+def test_png_early_labels_stay_apart(run):
+    import matplotlib.pyplot as plt
+    fig = draw_timeline(run)
+    try:
+        texts = _texts(fig)
+        assert any(t.startswith(f"orphan proven ({run['orphan']['rule']})") for t in texts), texts
+        assert any(t.startswith("bound: 7.0 s") for t in texts), texts
+        _assert_apart(fig)
+    finally:
+        plt.close(fig)
+
+
+def test_png_a_far_bound_is_named_at_the_axis_edge():
+    """A bound that would squash the data to a sliver stays off the axis, said with an arrow."""
+    import matplotlib.pyplot as plt
+    run = early_run()
+    run["deadline"] = 37.0
+    fig = draw_timeline(run)
+    try:
+        assert fig.axes[0].get_xlim()[1] < 5
+        assert any(t.startswith("bound: 37.0 s") and t.endswith("→") for t in _texts(fig))
+        _assert_apart(fig)
+    finally:
+        plt.close(fig)
+
+
+def test_png_clean_run_names_the_bound_without_stretching_the_axis():
+    import matplotlib.pyplot as plt
+    fig = draw_timeline(clean_run())
+    try:
+        texts = _texts(fig)
+        assert "bound: 7.0 s →" in texts and not any(t.startswith("orphan") for t in texts)
+        assert fig.axes[0].get_xlim()[1] < 2
+    finally:
+        plt.close(fig)
 
 
 # --- HTML ----------------------------------------------------------------------------
@@ -222,3 +340,51 @@ def test_memory_verdict_in_html_and_png(tmp_path):
     assert "Call-ID" not in html and "batches <code>2</code>" in html
     png = render_timeline(run, tmp_path / "memory.png", PlotHints(shm_label="tm shm (KiB)"))
     assert png.stat().st_size > 10_000
+
+
+def test_html_run_table_shows_orphan_proven_at_rule_and_bound(tmp_path):
+    html = render_html([early_run(), leak_run(), clean_run(), early_run(confirmed=True)],
+                       tmp_path).read_text(encoding="utf-8")
+    head = re.search(r"<table><tr><th>test</th>(.*?)</tr>", html, re.S).group(1)
+    assert "<th>orphan proven at</th><th>rule</th><th>bound</th>" in head
+    rows = re.findall(r'<tr class="run [a-z]+"[^>]*>(.*?)</tr>', html, re.S)
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", r, re.S)[-3:] for r in rows]
+    assert cells == [["1.0 s", "count", "7.0 s (not waited out)"],
+                     ["-", "", "7.0 s (waited out)"],
+                     ["-", "", "7.0 s"],
+                     ["1.0 s", "count", "7.0 s (waited out)"]]
+    assert "BYE cell orphaned in tm.list 1.0 s after the BYE (count)" in rows[0]
+    # the run's section names the proof and its evidence
+    assert "orphan proven <code>1.0 s after the BYE (count)</code>" in html
+    assert "evidence <code>outgoings 0, ref_count 1, not on the wait timer" in html
+
+
+# --- summary.json --------------------------------------------------------------------
+
+def test_summary_line_carries_orphan_at_rule_and_deadline():
+    assert early_fields(early_run(at=1.00484)) == {"orphan_at": 1.005, "orphan_rule": "count",
+                                                   "deadline": 7.0}
+    assert early_fields(leak_run()) == {"orphan_at": None, "orphan_rule": None, "deadline": 7.0}
+    assert early_fields({"outcome": "error"}) == {"orphan_at": None, "orphan_rule": None,
+                                                  "deadline": None}
+
+
+def test_plugin_summary_records_carry_the_early_fields():
+    """The line pytest writes to summary.json (plugin._records), from a real verdict."""
+    from types import SimpleNamespace
+
+    from kamleak.harness.judging.verdict import TransactionVerdict
+    from kamleak.harness.plugin import _records, state
+    from kamleak.harness.probes.rpc import TmCell
+
+    cell = TmCell(cell="0x1", tindex=1, tlabel=2, method="BYE", from_="", to="", callid="c",
+                  cseq="1 BYE", uas_request="yes", tflags=0, outgoings=0, ref_count=1, lifetime=0,
+                  raw={})
+    v = TransactionVerdict(leaked=True, method="BYE", call_id="c", cells=[cell], replies=[],
+                           watched_for=1.01, deadline=7.0, gone_after=None, seen=True,
+                           stats_before={}, stats_after={}, stats_consistent=True, stats_note="",
+                           timers={}, orphan={"at": 1.0048, "rule": "time", "evidence": "e",
+                                              "cell": "0x1"})
+    config = SimpleNamespace(stash={state.VERDICTS: [("t::a", v)]})
+    rec = _records(config)[0]
+    assert (rec["orphan_at"], rec["orphan_rule"], rec["deadline"]) == (1.005, "time", 7.0)
