@@ -7,6 +7,7 @@ deployment (stock-config layout, BLF with pua_dialoginfo, the stock
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -141,3 +142,29 @@ def test_lint_on_a_binary_is_one_line():
     assert proc.returncode == 2
     assert proc.stderr == ("kamleak lint: /bin/true is not a Kamailio config (a binary file: it "
                            "contains NUL bytes); pass the path of your kamailio.cfg\n")
+
+
+# The WebRTC example with the 4140 trigger (a uac_req_send() in route[CALL_ENDED],
+# called for in-dialog BYEs) and its own tm timers: stock wt_timer 5 s,
+# max_noninv_lifetime 32 s, so the lifetime bound is (32 + 5) s x1.25 + 2 s = 48.25 s.
+TRIGGER = STOCK / "kamailio-default-websocket.trigger.cfg"
+
+
+@pytest.mark.parametrize("confirm", [False, True], ids=["early", "confirm"])
+def test_the_stock_webrtc_example_with_a_trigger_leaks_early_and_the_bound_agrees(
+        kamleak_images, confirm):
+    proc = kamleak("gate", "--config", str(TRIGGER), "--version", "6.0.1",
+                   *(["--confirm"] if confirm else []))
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
+    line = proc.stdout.strip()
+    if confirm:   # waited out: the bound from the config's own timers, and it agreed
+        waited = re.search(r"still in tm\.list (\d+\.\d) s after the BYE", line)
+        assert waited and float(waited.group(1)) >= 48.2, line
+    else:         # the orphan proven long before the bound
+        assert " orphaned in tm.list " in line and "(outgoings 0, ref_count 1;" in line, line
+
+
+def test_the_stock_webrtc_example_with_a_trigger_is_clean_where_tm_drops_orphans(kamleak_images):
+    proc = kamleak("gate", "--config", str(TRIGGER), "--version", "6.1.5")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert proc.stdout.startswith("kamleak gate: CLEAN: BYE Call-ID")
