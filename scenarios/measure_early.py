@@ -7,6 +7,7 @@ every orphan proof (`oracle.configure(confirm=True)`).  A run where the two
 disagree ends in the watch's ScenarioError and is counted as a disagreement;
 any other error is counted apart (no verdict, so nothing to compare).
 
+    .venv/bin/python -m kamleak.scenarios.measure_early --table artifacts/agreement*.json
     .venv/bin/python -m kamleak.scenarios.measure_early --target debian:6.0.1 \\
         --variant pua_dialoginfo,pua_dialoginfo+send_reply_error --transport ws,wss \\
         --disconnect rst,fin,close,rst+advertise --runs 20 --out artifacts/agreement.json
@@ -67,6 +68,25 @@ def row_of(runs: list[dict]) -> dict:
             "orphan_at_max": round(max(proven), 2) if proven else None}
 
 
+def markdown(rows: list[dict]) -> str:
+    """The agreement table, one line per target x variant x transport x disconnect mode."""
+    out = ["| build | config, variant | transport | disconnect | runs | LEAK | CLEAN | proven early "
+           "(rule) | early LEAK after the BYE, median / max | disagreements | errors |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["n/a"]:
+            out.append(f"| {r['target']} | {r['config']}, {r['variant']} | {r['transport']} | "
+                       f"{r['disconnect']} | n/a: the build refuses it | | | | | | |")
+            continue
+        rules = "/".join(r["rules"]) or "-"
+        times = (f"{r['orphan_at_median']:.2f} / {r['orphan_at_max']:.2f} s"
+                 if r["orphan_at_median"] is not None else "-")
+        out.append(f"| {r['target']} | {r['config']}, {r['variant']} | {r['transport']} | "
+                   f"{r['disconnect']} | {r['runs']} | {r['leak']} | {r['clean']} | "
+                   f"{r['proven_early']} ({rules}) | {times} | {r['disagree']} | {r['error']} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m kamleak.scenarios.measure_early",
                                 description=__doc__.split("\n\n")[0])
@@ -78,6 +98,16 @@ def main(argv=None) -> int:
     p.add_argument("--config", default=None, help="a user kamailio.cfg (README contract)")
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--out", default="artifacts/agreement.json")
+    p.add_argument("--table", nargs="+", metavar="JSON", default=None,
+                   help="print the markdown table of earlier --out files and exit")
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--table":
+        rows = [r for f in argv[1:] for r in json.loads(Path(f).read_text())]
+        print(markdown(rows))
+        print(f"\n{len(rows)} rows, {sum(r['runs'] for r in rows)} runs, "
+              f"{sum(r['disagree'] for r in rows)} disagreements")
+        return 0
     args = p.parse_args(argv)
     if args.runs < 1:
         p.error("--runs must be 1 or more")
