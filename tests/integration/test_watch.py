@@ -1,12 +1,15 @@
 """`kamleak watch` against real Kamailio 6.0.1 (Debian's, where the 4140 leak is observed).
 
 - a real leaked BYE (issue 4140, uac_req_send trigger, Asterisk hangs up on a
-  dead WebSocket client) is reported within one interval after its bound,
+  dead WebSocket client) is reported ORPHANED (outgoings 0, ref_count 1, idle
+  longer than wt_timer x1.25 + 0.5 s) before it is reported STUCK, within one
+  interval after its bound,
   over JSON-RPC/HTTP and over ctl's BINRPC socket, with the 4140 signature;
   a real Prometheus (Debian's package) scrapes the endpoint and its HTTP
   API returns the stuck count; the one-shot mode exits 2 (CRITICAL);
 - soaks: 10,000 calls at several hundred calls/s without a leak -> no stuck
-  cell; with a small 4140 mix -> as many stuck cells as the soak leaves;
+  and no orphaned cell; with a small 4140 mix -> as many stuck cells, and as
+  many orphaned ones (each before it is stuck), as the soak leaves;
 - bad input: one line, one-shot exit 3.
 """
 
@@ -145,7 +148,20 @@ def test_leaked_bye_is_reported_over_http_and_ctl_and_scraped(leaky_kamailio, pb
         bye_at = verdict.started_at + next(t for t, label in verdict.timeline
                                            if label.startswith("BYE (Asterisk hangs up)"))
         for name, w in (("http", http), ("ctl", ctl)):
+            orphaned = w.wait_for(lambda e: e["event"] == "orphaned"
+                                  and e["callid"] == verdict.call_id, 20)
+            assert orphaned["method"] == "BYE" and orphaned["signature_4140"], orphaned
+            assert (orphaned["outgoings"], orphaned["ref_count"]) == (0, 1), orphaned
+            # The harness's wt_timer, read from the config Kamailio runs: 1000 ms x1.25 + 0.5 s.
+            assert orphaned["wt_timer_ms"] == 1000 and "kamailio.cfg" in \
+                orphaned["wt_timer_source"], orphaned
+            assert orphaned["needed"] == pytest.approx(1.75) and \
+                orphaned["idle"] > orphaned["needed"], orphaned
+            assert orphaned["evidence"].startswith("outgoings 0, ref_count 1, idle "), orphaned
             ev = w.wait_for(lambda e: e["event"] == "stuck" and e["callid"] == verdict.call_id, 20)
+            # ORPHANED came first: it is in the stream before the STUCK of the same cell.
+            assert w.all.index(orphaned) < w.all.index(ev), (orphaned, ev)
+            assert (orphaned["tindex"], orphaned["tlabel"]) == (ev["tindex"], ev["tlabel"])
             assert ev["method"] == "BYE" and ev["signature_4140"], ev
             assert (ev["outgoings"], ev["tflags"], ev["ref_count"]) == (0, 0, 1), ev
             # The harness's timers: (max_noninv 3000 + wt 1000) x1.25 + 2 s.
@@ -154,17 +170,19 @@ def test_leaked_bye_is_reported_over_http_and_ctl_and_scraped(leaky_kamailio, pb
             assert 0 <= late <= INTERVAL + 0.5, f"{name}: reported {late:.2f} s after the bound"
             seen_after_bye = ev["first_seen"] - bye_at
             assert -0.5 <= seen_after_bye <= INTERVAL + 0.5, seen_after_bye
-            print(f"{name}: first seen {seen_after_bye:.2f} s after the BYE, reported "
+            print(f"{name}: first seen {seen_after_bye:.2f} s after the BYE, orphaned "
+                  f"{orphaned['t'] - bye_at:.2f} s after it ({orphaned['evidence']}), stuck "
                   f"{late:.2f} s after its bound ({ev['t'] - bye_at:.2f} s after the BYE)")
-        others = [e for w in (http, ctl) for e in w.all if e["event"] == "stuck"
+        others = [e for w in (http, ctl) for e in w.all if e["event"] in ("stuck", "orphaned")
                   and e["callid"] != verdict.call_id]
-        assert others == [], "only the leaked BYE is stuck"
+        assert others == [], "only the leaked BYE is orphaned and stuck"
         # Prometheus scrapes the endpoint; its API gives the stuck count.
         got = poll(lambda: prom.query("kamleak_stuck_cells") == 1.0 or None, timeout=20,
                    what="Prometheus reporting kamleak_stuck_cells 1",
                    retry_on=(requests.RequestException, ValueError, KeyError))
         assert got
         assert prom.query("kamleak_stuck_cells_4140_signature") == 1.0
+        assert prom.query("kamleak_orphaned_cells") == 1.0
         # One-shot (monitoring-plugin) mode with a state file: first sighting, then CRITICAL.
         state = tmp_path / "watch.state"
         args = [*KAMLEAK, "watch", "--kamailio-rpc", f"tcp:127.0.0.1:{k.config.ctl_port}",
@@ -176,6 +194,7 @@ def test_leaked_bye_is_reported_over_http_and_ctl_and_scraped(leaky_kamailio, pb
         assert second.returncode == 2, second
         assert second.stdout.startswith("KAMLEAK CRITICAL - 1 stuck") and verdict.call_id in \
             second.stdout, second.stdout
+        assert ", 1 orphaned" in second.stdout and "orphaned=1;" in second.stdout, second.stdout
         print(second.stdout.strip())
     finally:
         err = http.stop() + ctl.stop()
@@ -299,34 +318,46 @@ def _soak_watched(k, peer, *, calls, rate, mix, variant):
     assert "Traceback" not in err, err
     polls = [e for e in w.all if e["event"] == "poll"]
     stuck = {e["callid"] for e in w.all if e["event"] == "stuck"}
+    orphaned = {e["callid"] for e in w.all if e["event"] == "orphaned"}
     print(res.summary_line())
     print(f"watch: {len(polls)} polls, tm.list up to {max(p['cells'] or 0 for p in polls)} cells, "
-          f"max {max(p['tm_list_seconds'] or 0 for p in polls):.3f} s; {len(stuck)} stuck")
+          f"max {max(p['tm_list_seconds'] or 0 for p in polls):.3f} s; {len(orphaned)} orphaned, "
+          f"{len(stuck)} stuck")
     assert all(p["mode"] == "tm.list" for p in polls), [p for p in polls if p["mode"] != "tm.list"]
-    return res, stuck, polls[-1]
+    # A cell is reported orphaned before it is reported stuck, never after.
+    first = {}
+    for i, e in enumerate(w.all):
+        if e["event"] in ("orphaned", "stuck"):
+            first.setdefault((e["callid"], e["event"]), i)
+    late = [cid for cid in orphaned & stuck if first[(cid, "orphaned")] > first[(cid, "stuck")]]
+    assert late == [], f"stuck before orphaned: {late}"
+    return res, stuck, orphaned, polls[-1]
 
 
 def test_soak_without_leaks_reports_no_stuck_cell(soak_bench):
     peer, start = soak_bench
     k = start("none")
-    res, stuck, last = _soak_watched(k, peer, calls=10_000, rate=400, mix=0.0, variant="none")
+    res, stuck, orphaned, last = _soak_watched(k, peer, calls=10_000, rate=400, mix=0.0,
+                                               variant="none")
     assert res.failed == 0, res.errors[:5]
     assert res.calls_per_s >= 200, res.summary_line()
     assert res.leaked_cells == 0
     assert stuck == set(), f"false positives: {stuck}"
-    assert last["stuck"] == 0
+    assert orphaned == set(), f"healthy cells called orphaned: {orphaned}"
+    assert last["stuck"] == 0 and last["orphaned"] == 0
 
 
 def test_soak_with_a_leak_mix_reports_the_cells_it_leaves(soak_bench):
     peer, start = soak_bench
     k = start("uac_req_send")
-    res, stuck, last = _soak_watched(k, peer, calls=2000, rate=400, mix=0.005,
-                                     variant="uac_req_send")
+    res, stuck, orphaned, last = _soak_watched(k, peer, calls=2000, rate=400, mix=0.005,
+                                               variant="uac_req_send")
     assert res.failed == 0, res.errors[:5]
     assert res.hits >= 1, res.outcomes
     assert res.leaked_cells == res.hits
     assert stuck == set(res.leaked_in_tm_list), (stuck, res.leaked_in_tm_list)
-    assert last["stuck"] == res.leaked_cells == last["stuck_4140"]
+    assert orphaned == stuck, (orphaned, stuck)
+    assert last["stuck"] == res.leaked_cells == last["stuck_4140"] == last["orphaned"]
 
 
 # ---------------------------------------------------------------------------

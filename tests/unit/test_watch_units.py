@@ -1,4 +1,5 @@
-"""BINRPC codec (upstream binrpc.h's own examples) and the watcher's cell follower: stuck past the bound, orphaned by the time proof."""
+"""BINRPC codec (upstream binrpc.h's own examples) and the watcher's cell follower:
+stuck past the bound, orphaned by the orphan proof's time rule."""
 from __future__ import annotations
 
 import argparse
