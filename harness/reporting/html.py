@@ -176,8 +176,11 @@ def _section(run: dict, i: int, out_dir: Path) -> str:
         if o is not None:
             meta += [("orphan proven", f"{_num(o['at']):.1f} s after the {run.get('method') or 'BYE'} "
                                        f"({o.get('rule')})"),
-                     ("evidence", o.get("evidence"))]
-        meta += [("early verdict", run.get("early")), ("tm.stats", run.get("stats_note"))]
+                     ("evidence", o.get("evidence")),
+                     ("bound", "waited out too, agrees" if run.get("confirmed") else "not waited out")]
+        else:                       # why the bound was waited out (an unknown build, a config)
+            meta.append(("early verdict", run.get("early")))
+        meta.append(("tm.stats", run.get("stats_note")))
     else:
         meta += [(memory.get("unit", "request") + "s", memory.get("requests")),
                  ("batches", memory.get("batches")),

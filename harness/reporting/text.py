@@ -98,8 +98,8 @@ def early_lines(v) -> list[str]:
                 f"  {v.orphan['evidence']}",
                 f"{bound} waited out too: the cell was still there, the two agree"
                 if v.confirmed else f"{bound} not waited out: the proof ended the watch"]
-    why = f": {v.early}" if v.early else ""
-    return [f"not proven orphaned; {bound} waited out{why}"]
+    # The watch's own words: "not proven orphaned before the bound (...)" or the fallback's reason.
+    return [f"{bound} waited out: {v.early or 'not proven orphaned'}"]
 
 
 def fate(v) -> str:

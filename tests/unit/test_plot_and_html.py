@@ -357,6 +357,12 @@ def test_html_run_table_shows_orphan_proven_at_rule_and_bound(tmp_path):
     # the run's section names the proof and its evidence
     assert "orphan proven <code>1.0 s after the BYE (count)</code>" in html
     assert "evidence <code>outgoings 0, ref_count 1, not on the wait timer" in html
+    assert "bound <code>not waited out</code>" in html and "bound <code>waited out too, agrees</code>" in html
+    # without a proof, the section says why the bound was waited out
+    waited = leak_run()
+    waited["early"] = "no early verdict for this build: waiting out the bound"
+    assert "early verdict <code>no early verdict for this build" in \
+        render_html([waited], tmp_path / "w").read_text(encoding="utf-8")
 
 
 # --- summary.json --------------------------------------------------------------------
