@@ -160,7 +160,8 @@ class Orphaned:
             if self.signature_4140 else ""
         return (f"ORPHANED {self.method} Call-ID {self.callid} CSeq {self.cseq} "
                 f"from-tag {self.from_tag or '-'} to-tag {self.to_tag or '-'}: "
-                f"orphaned: {self.evidence}, so not on tm's wait timer and never freed "
+                f"orphaned: {self.evidence}, so not on tm's wait timer: only tm.clean or a restart "
+                f"frees it "
                 f"(wt_timer from {self.wt_timer_source}); tflags {self.tflags}, "
                 f"first seen {when}{sig}")
 
