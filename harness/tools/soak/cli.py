@@ -106,6 +106,16 @@ def run(args) -> int:
         print(res.summary_line())
         for f in res.flags:
             print(f"  flag: {f}")
+        for o in res.orphaned[:10]:
+            if o.get("proven_at") is None:
+                print(f"  BYE of {o['call_id']}: not proven orphaned ({o['why_not']})")
+            else:
+                after = "" if o["after_bye"] is None else \
+                    f", {o['after_bye']:.1f} s after Kamailio answered the BYE"
+                print(f"  BYE of {o['call_id']}: proven orphaned at {o['proven_at']:.1f} s{after} "
+                      f"({o['evidence']})")
+        if len(res.orphaned) > 10:
+            print(f"  ... {len(res.orphaned) - 10} more in the record")
         print(f"  record: {jp}" + (f"  plot: {png}" if png else ""))
         if res.leaked:
             return 1
