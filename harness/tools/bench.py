@@ -670,15 +670,15 @@ def run(args) -> int:
 
 
 def _main(args) -> int:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    client = engine.client()
-    containers.reap_leftovers(client, log=_say)
     if args.early_verdict_only:
         if args.no_early_verdict:
             raise UsageError("--early-verdict-only and --no-early-verdict leave nothing to run",
                              "drop one of them")
         args.no_gate = args.no_soak = args.no_profile = args.no_build = True
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    client = engine.client()
+    containers.reap_leftovers(client, log=_say)
     versions = {v for v, _ in GATE_CASES} | {"6.1.5", EARLY_VERSION}
     images.build_all(client, [images.asterisk_spec()] +
                      [images.kamailio_spec(v) for v in sorted(versions)])
