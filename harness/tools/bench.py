@@ -344,7 +344,8 @@ def early_cases(stock_config: str | None, scratch: Path) -> tuple[list[dict], li
     clean_path = _mitigated_copy(path, scratch)
     short = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
     case = {"name": f"user config {short}", "short": short, "path": str(path),
-            "version": EARLY_VERSION, "leak": ("none", leak_cfg), "clean": None,
+            "version": EARLY_VERSION, "leak": ("none", leak_cfg), "leak_is": "its BLF trigger",
+            "clean": None,
             "clean_is": "the same config, sl_reply_error() -> send_reply_error()"}
     if clean_path is None:
         missing.append(f"{path}: no clean counterpart (not exactly one `sl_reply_error();` to "
@@ -414,7 +415,7 @@ def early_verdict(cases: list[dict], runs: int, floor: dict) -> dict:
                       for p in PHASES}
         out["cases"][case["name"]] = {
             "config": case.get("path", "kamleak's kamailio.cfg"), "short": case["short"],
-            "leak": case["leak"][0],
+            "leak": case.get("leak_is", case["leak"][0]),
             "clean": case["clean_is"] if case["clean"] is not None else None,
             "runs": rows, "median": summary, "clean_phases": phases}
     out["targets"] = targets(out["cases"])
