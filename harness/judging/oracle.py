@@ -272,6 +272,8 @@ def watch_transaction(rpc: KamailioRPC, call_id: str, method: str, *, deadline: 
         early = (f"orphaned {proof.at:.1f} s after the {method}: {proof.evidence}; the bound "
                  f"({deadline:.1f} s) " + ("was waited out too and agrees" if confirmed
                                          else "was not waited out"))
+    elif current and seen and prover is None:
+        early = early_note or "no early verdict: waited out the bound"
     elif current and seen:
         why = [n for n in (early_note, prover.last_reason if prover is not None else "") if n]
         early = "not proven orphaned before the bound" + (f" ({'; '.join(why)})" if why else "") \

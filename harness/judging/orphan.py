@@ -210,7 +210,7 @@ class Prover:
         if self.applicable.time is None:
             since = self.idle_since[cell.cell]
             if now - since >= self.time_needed:
-                return Proof(at=now, rule="time", cell=cell.cell, evidence=(
+                return Proof(at=round(now, 3), rule="time", cell=cell.cell, evidence=(
                     f"outgoings 0, ref_count 1, idle for {now - since:.1f} s: longer than wt_timer "
                     f"{self.wt_ms} ms x{TIME_FACTOR:g} + {TIME_MARGIN_S:g} s, so not on the wait timer"))
         return None
@@ -234,7 +234,7 @@ class Prover:
         count = self._count(now, listed, cell)
         if count is None:
             return None
-        return Proof(at=now, rule="life", cell=cell.cell, evidence=(
+        return Proof(at=round(now, 3), rule="life", cell=cell.cell, evidence=(
             f"outgoings {cell.outgoings} (a branch whose send failed keeps no timer), ref_count 1, "
             f"watched {age:.1f} s: past its end of life (max_noninv_lifetime {self.max_noninv_ms} ms "
             f"x{TIME_FACTOR:g} + {TIME_MARGIN_S:g} s, where every branch's FR timer ends) and "
@@ -260,6 +260,6 @@ class Prover:
                     self.notes.append(note)
                 self.applicable = Applicability(time=self.applicable.time, count=note)
                 return None
-        return Proof(at=now, rule="count", cell=cell.cell, evidence=(
+        return Proof(at=round(now, 3), rule="count", cell=cell.cell, evidence=(
             f"outgoings 0, ref_count 1, not on the wait timer: tm.stats current-waiting "
             f"{unwaited:+d} since the call began = the {len(listed)} cell(s) tm.list holds"))

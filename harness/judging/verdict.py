@@ -131,8 +131,10 @@ class TransactionVerdict(Verdict):
                 return (f"{self.method} Call-ID {short} orphaned in tm.list {self.orphan['at']:.1f} s "
                         f"after the {self.method} ({state}; still in tm.list, no timer or process "
                         f"left to free it{when}){replied}")
+            proven = (f"; orphan proven at {self.orphan['at']:.1f} s, the bound agrees"
+                      if self.orphan else "")
             return (f"{self.method} Call-ID {short} still in tm.list {self.watched_for:.1f} s after "
-                    f"the {self.method} ({state}){replied}")
+                    f"the {self.method} ({state}{proven}){replied}")
         gone = f"left tm.list {self.gone_after:.1f} s after the {self.method}" \
             if self.gone_after is not None else "never lingered in tm.list"
         return f"{self.method} Call-ID {short} {gone}{replied}"

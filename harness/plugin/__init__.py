@@ -312,6 +312,15 @@ def _memory_cell(m: dict) -> str:
     return f"{leaked[0].split('(')[0]} +{per:.0f} B/{m.get('unit', 'request')}"
 
 
+def _leaked_cell(r: dict) -> str:
+    """`orphaned 1.0s (count)`, or `still there 7.0s` when no proof ended the watch."""
+    orphan = r.get("orphan") or {}
+    if orphan and not r.get("confirmed"):
+        return f"orphaned {orphan['at']:.1f}s ({orphan.get('rule')})"
+    agreed = f", orphaned {orphan['at']:.1f}s" if orphan else ""
+    return f"still there {r['watched_for']:.1f}s{agreed}"
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if hasattr(config, "workerinput"):
         return  # xdist workers run this too, silenced: the controller reports
@@ -325,7 +334,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         reply = ", ".join(_reply(x) for x in r.get("replies", [])) or "-"
         cell = (_memory_cell(r.get("memory") or {}) if r.get("kind") == "memory"
                 else f"gone {r['gone_after']:.1f}s" if r.get("gone_after") is not None
-                else f"still there {r['watched_for']:.1f}s" if r.get("leaked") else "never seen")
+                else _leaked_cell(r) if r.get("leaked") else "never seen")
         tr.write_line(f"{r.get('kamailio_version', '')[:30]:30} {r.get('variant', '')[:34]:34} "
                       f"{r.get('transport', ''):4} {r.get('outcome', ''):7} {reply[:44]:44} {cell}")
     _repeat_counts(tr, config, records)
