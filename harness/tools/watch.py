@@ -213,6 +213,9 @@ class Update:
     oldest: float
     new_orphaned: list
     orphaned: list
+    # Cells reported orphaned that a later poll saw busy, or gone: evidence
+    # against the orphan rule on this build (unless tm.clean freed them).
+    contradicted: list = field(default_factory=list)
 
 
 class Follower:
@@ -226,6 +229,8 @@ class Follower:
     def update(self, cells: list[TmCell], now_mono: float, now_wall: float) -> Update:
         present: dict[Key, TmCell] = {key_of(c): c for c in cells}
         gone = [k for k, s in self.cells.items() if k not in present and (s.stuck or s.orphaned)]
+        contradicted = [f"{k[4]} Call-ID {k[2]} CSeq {k[3]} left tm.list after it was reported "
+                        "orphaned (did tm.clean free it?)" for k in gone if self.cells[k].orphaned]
         self.cells = {k: s for k, s in self.cells.items() if k in present}
         wt = self.bounds.wt_timer
         needed = orphan.time_needed(wt.ms)
@@ -242,6 +247,9 @@ class Follower:
             # The time proof: idle at every poll since idle_mono (a poll that saw it
             # otherwise restarts the run; the first idle sighting starts it).
             if not orphan.idle(c):
+                if s.orphaned:
+                    contradicted.append(f"{c.method} Call-ID {c.callid} CSeq {c.cseq} reported "
+                                        f"orphaned is busy again ({orphan.why_not_idle(c)})")
                 s.idle_mono = s.idle_wall = None
                 s.orphaned = False
             elif s.idle_mono is None:
@@ -264,7 +272,7 @@ class Follower:
                 if not s.stuck:
                     s.stuck = True
                     new_stuck.append(r)
-        return Update(new_stuck, stuck, gone, oldest, new_orphaned, orphaned)
+        return Update(new_stuck, stuck, gone, oldest, new_orphaned, orphaned, contradicted)
 
     def forget(self) -> None:
         self.cells.clear()
@@ -310,6 +318,7 @@ class Poll:
     fallback_started: bool = False
     orphaned: list = field(default_factory=list)
     new_orphaned: list = field(default_factory=list)
+    contradicted: list = field(default_factory=list)
 
     @property
     def stuck_count(self) -> int | None:
@@ -396,7 +405,8 @@ class Watcher:
             self.mode, self.fallback_reason = "tm.list", None
             u = self.follower.update(cells, now, wall)
             return Poll(wall, "tm.list", len(cells), u.stuck, u.new_stuck, u.gone, u.oldest, stats,
-                        shm, drift, None, took, orphaned=u.orphaned, new_orphaned=u.new_orphaned)
+                        shm, drift, None, took, orphaned=u.orphaned, new_orphaned=u.new_orphaned,
+                        contradicted=u.contradicted)
         floor = min(self._drift) if len(self._drift) == self._drift.maxlen else None
         return Poll(wall, "tm.stats", None, [], [], [], None, stats, shm, drift, floor, None,
                     fallback_reason=self.fallback_reason, fallback_started=started)
@@ -417,6 +427,9 @@ class HumanOut:
         self._say(describe)
 
     def poll(self, p: Poll) -> None:
+        for why in p.contradicted:
+            self._say(f"WARNING: {why}: the orphan rule does not hold here; please report it "
+                      "with this build's `kamailio -v`")
         for o in p.new_orphaned:
             self._say(o.line())
         for s in p.new_stuck:
@@ -457,6 +470,8 @@ class JsonOut:
         self._emit({"event": "start", "t": round(time.time(), 3), "bounds": describe})
 
     def poll(self, p: Poll) -> None:
+        for why in p.contradicted:
+            self._emit({"event": "contradicted", "t": round(p.t, 3), "why": why})
         for o in p.new_orphaned:
             self._emit({"event": "orphaned", "t": round(p.t, 3), **o.as_dict()})
         for s in p.new_stuck:

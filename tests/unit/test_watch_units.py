@@ -134,7 +134,8 @@ def test_a_poll_that_sees_it_busy_restarts_the_idle_run():
     assert f.update(bye, 3.2, 3.2).orphaned == []         # 1.7 s since 1.5: not yet
     u = f.update(bye, 3.3, 3.3)
     assert len(u.new_orphaned) == 1 and u.new_orphaned[0].idle_since == 1.5
-    f.update(_answer(LEAKED_BYE, outgoings=1), 4.0, 4.0)  # a branch again: no longer orphaned
+    u = f.update(_answer(LEAKED_BYE, outgoings=1), 4.0, 4.0)  # a branch again: no longer orphaned
+    assert len(u.contradicted) == 1 and "busy again (outgoings 1" in u.contradicted[0]  # said loudly
     assert f.update(bye, 4.5, 4.5).orphaned == []
     assert len(f.update(bye, 6.3, 6.3).new_orphaned) == 1  # proven again, reported again
 
@@ -225,3 +226,12 @@ def test_once_with_state_keeps_the_idle_run_between_runs(tmp_path, capsys):
     state.write_text(json.dumps({key: first - 10}))
     code, out = once()
     assert code == 0 and "0 orphaned" in out, out
+
+
+def test_an_orphaned_cell_that_leaves_tm_list_contradicts_the_rule():
+    f = Follower(_bounds(1000))
+    bye = _answer(LEAKED_BYE)
+    f.update(bye, 0.0, 0.0)
+    assert len(f.update(bye, 2.0, 2.0).new_orphaned) == 1
+    u = f.update([], 3.0, 3.0)
+    assert u.gone and len(u.contradicted) == 1 and "tm.clean" in u.contradicted[0]
