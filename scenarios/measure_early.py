@@ -46,6 +46,8 @@ def one(bench, variant, transport: str, disconnect: str) -> dict:
     except KamleakError as exc:
         kind = "disagree" if "disagree" in exc.cause else "error"
         return {"result": kind, "why": exc.line()[:300], "wall": round(time.monotonic() - t0, 2)}
+    finally:
+        bench.release()          # this run's Kamailio: hundreds of runs share one Stack
     reply_at = v.replies[0].at if v.replies else None
     return {"result": v.outcome, "orphan_rule": (v.orphan or {}).get("rule"),
             "orphan_at": round(v.orphan["at"], 3) if v.orphan else None,

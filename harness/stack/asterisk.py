@@ -97,11 +97,26 @@ class AsteriskPBX:
                     timeout=timeout, what=f"an Asterisk channel for extension {extension}",
                     abort=self.death)
 
+    # Find the call's channel and hang it up in one `docker exec` (each costs ~0.1 s):
+    # prints the channel, or nothing while Asterisk has none for the extension yet.
+    _HANGUP = ('ch=$(asterisk -rx "core show channels concise" | awk -F! -v e="$1" '
+               "'$3 == e { print $1; exit }'); "
+               '[ -n "$ch" ] || exit 0; asterisk -rx "channel request hangup $ch" >/dev/null && echo "$ch"')
+
     def hangup(self, extension: str, timeout: float = 10.0) -> str:
         """Hang up the call to EXTENSION: Asterisk sends its BYE now."""
-        channel = self.channel_for(extension, timeout)
-        self.cli(f"channel request hangup {channel}")
-        return channel
+        if not extension.isalnum():
+            raise ServerError(f"not an extension kamleak dials: {extension!r}")
+
+        def hung_up() -> str | None:
+            rc, out = self.running.exec(["sh", "-c", self._HANGUP, "hangup", extension], timeout=5)
+            if rc != 0:
+                raise ServerError(f"Asterisk CLI hangup of {extension} failed ({rc}): "
+                                  f"{out.strip()[:200]}", "see the Asterisk log", log=self.log())
+            return out.strip() or None
+
+        return poll(hung_up, timeout=timeout, what=f"an Asterisk channel for extension {extension}",
+                    abort=self.death)
 
     def death(self) -> str | None:
         return self.running.death() if self.running else "Asterisk was never started"

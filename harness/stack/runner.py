@@ -86,6 +86,19 @@ class Stack:
         ua.connect()
         return ua
 
+    def release(self) -> None:
+        """Stop the Kamailios and user agents started so far, keep Asterisk: a long
+        series of gates on one Stack (each gate starts a Kamailio of its own)."""
+        for ua in self.uas:
+            try:
+                ua.close()
+            except Exception:  # noqa: BLE001 - closing must go on
+                pass
+        for k in self.kamailios:
+            k.stop()
+        self.uas.clear()
+        self.kamailios.clear()
+
     def close(self) -> None:
         for ua in self.uas:
             try:
