@@ -71,6 +71,9 @@ lint-code: venv
 # (3) the 4140 verdict matrix (WS, WSS; lint checked against each verdict) on
 # upstream builds from source (UPSTREAM_REFS): built once, at their first test,
 # and reused (labelled images, ccache volume kamleak-ccache).
+# The suite waits out tm's lifetime bound after every early LEAK too: the two
+# must agree (tests/gate/matrix.assert_early), else the test errors.
+CONFIRM ?= --kamleak-confirm
 JUNIT ?= artifacts/junit.xml
 UPSTREAM_REFS ?= 5.8.5,master
 XDIST ?= 3
@@ -78,11 +81,11 @@ PARALLEL := $(if $(filter-out 0 1,$(XDIST)),-n $(XDIST))
 test: lint-code setup
 	@mkdir -p $(dir $(JUNIT))
 	@rc=0; \
-	$(PY) -m pytest tests -m "not gate and not serial" $(PARALLEL) --junitxml=$(JUNIT) \
+	$(PY) -m pytest tests -m "not gate and not serial" $(PARALLEL) $(CONFIRM) --junitxml=$(JUNIT) \
 	  --kamleak-summary=artifacts/verdicts.json $(PYTEST_ARGS) || rc=$$?; \
-	$(PY) -m pytest tests -m "not gate and serial" --junitxml=$(basename $(JUNIT))-serial.xml \
+	$(PY) -m pytest tests -m "not gate and serial" $(CONFIRM) --junitxml=$(basename $(JUNIT))-serial.xml \
 	  --kamleak-summary=artifacts/verdicts-serial.json $(PYTEST_ARGS) || rc=$$?; \
-	$(PY) -m pytest tests/gate/test_verdict_matrix.py -m "not gate" --kamailio-ref $(UPSTREAM_REFS) $(PARALLEL) \
+	$(PY) -m pytest tests/gate/test_verdict_matrix.py -m "not gate" --kamailio-ref $(UPSTREAM_REFS) $(PARALLEL) $(CONFIRM) \
 	  --junitxml=$(basename $(JUNIT))-upstream.xml --kamleak-summary=artifacts/verdicts-upstream.json $(PYTEST_ARGS) || rc=$$?; \
 	$(KAMLEAK) cleanup --check || rc=$$?; exit $$rc
 
@@ -94,7 +97,7 @@ MATRIX_TESTS := $(filter-out %/test_gate_as_ci.py %/test_foreign_image.py,$(wild
 MATRIX_SUMMARY = artifacts/matrix$(if $(SHARD),-$(subst /,of,$(SHARD))).json
 matrix: setup
 	@mkdir -p artifacts
-	@rc=0; $(PY) -m pytest $(MATRIX_TESTS) -m "not gate" --kamailio-ref $(MATRIX_REFS) \
+	@rc=0; $(PY) -m pytest $(MATRIX_TESTS) -m "not gate" --kamailio-ref $(MATRIX_REFS) $(CONFIRM) \
 	  $(if $(SHARD),--kamleak-shard $(SHARD)) --kamleak-summary=$(MATRIX_SUMMARY) $(PYTEST_ARGS) || rc=$$?; \
 	$(KAMLEAK) summary merge $(MATRIX_SUMMARY) --table; exit $$rc
 
