@@ -4,7 +4,9 @@ chan_pjsip listens on a loopback UDP port allocated for the run; the
 run-time part of its config (`docker/asterisk/*.in`) is rendered here and
 mounted read-only.  Asterisk answers any numeric extension and keeps the call
 up until the harness hangs it up by command: session-timer BYEs would take
-minutes, and a timer would be luck, not a test.
+minutes, and a timer would be luck, not a test.  A word before the digits
+(`RING + "12345678"`) picks another behaviour of the called party
+(docker/asterisk/etc/extensions.conf).
 """
 
 from __future__ import annotations
@@ -19,6 +21,15 @@ from kamleak.harness.stack import containers, images, ports
 from kamleak.harness.wait import AbortedWait, WaitTimeout, poll
 
 TEMPLATES = images.DOCKER_DIR / "asterisk"
+
+# Extension prefixes, each followed by digits (the dialplan's [kamleak] context):
+ANSWER = ""              # 200 OK at once, up until hung up
+RING = "ring"            # 180 Ringing, 200 OK 1 s later, up until hung up
+BUSY = "busy"            # 486 Busy Here
+NOANSWER = "noanswer"    # 180 Ringing, no final until CANCEL or a CLI hangup
+DECLINE = "decline"      # 603 Decline
+BEHAVIOURS = {"answer": ANSWER, "ring": RING, "busy": BUSY, "noanswer": NOANSWER,
+              "decline": DECLINE}
 
 
 class AsteriskPBX:
