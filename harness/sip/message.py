@@ -30,6 +30,7 @@ __all__ = [
     "build_request",
     "build_response",
     "build_ack",
+    "build_cancel",
     "route_set_from_record_route",
     "apply_route_set",
     "reason_phrase",
@@ -1043,3 +1044,25 @@ def build_ack(
         via = str(top)
     headers = [("Via", via)] + [("Route", r) for r in routes] + common + list(extra_headers)
     return SipMessage(method="ACK", uri=ruri, headers=headers)
+
+
+def build_cancel(invite: SipMessage, extra_headers: HeaderList = ()) -> SipMessage:
+    """CANCEL for a pending ``invite`` (RFC 3261 9.1): Request-URI, Call-ID,
+    To, From (tags included: the To has none yet) and the CSeq number are the
+    INVITE's, the method CANCEL; one Via, the INVITE's top Via (same branch:
+    the CANCEL is matched to the INVITE by it, 9.2); the INVITE's Route
+    values, so the CANCEL takes the INVITE's path; no body."""
+    if not invite.is_request or invite.method != "INVITE":
+        raise ValueError("build_cancel needs an INVITE (RFC 3261 9.1: never cancel another method)")
+    cseq_num = invite.cseq[0] if invite.cseq else 1
+    headers: list[tuple[str, str]] = [("Via", invite.headers("Via")[0])]
+    headers += [("Route", r) for r in invite.headers("Route")]
+    headers += [
+        ("Max-Forwards", invite.header("Max-Forwards") or "70"),
+        ("From", invite.header("From") or ""),
+        ("To", invite.header("To") or ""),
+        ("Call-ID", invite.header("Call-ID") or ""),
+        ("CSeq", f"{cseq_num} CANCEL"),
+    ]
+    headers += list(extra_headers)
+    return SipMessage(method="CANCEL", uri=invite.uri, headers=headers)

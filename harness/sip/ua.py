@@ -6,8 +6,15 @@ Built so a test reads like a call ladder::
         ua.connect()
         dialog = ua.invite("sip:600123@127.0.0.1", session_expires=1800, refresher="uac")
         dialog.reinvite()
+        dialog.update(session_expires=1800)             # RFC 3311 / RFC 4028 7.4 refresh
         ua.wait_for_request("BYE", timeout=30)
         ua.disconnect("rst")
+
+    ua.register("sip:alice@127.0.0.1", expires=600)     # REGISTER; again: re-REGISTER
+    pending = ua.invite_start("sip:600123@127.0.0.1")    # INVITE, not waiting
+    pending.wait_provisional(180)
+    pending.cancel()                                     # CANCEL (RFC 3261 9.1)
+    pending.wait_final()                                 # 487, or the 200 that won: ACK + BYE
 
 A background reader thread receives frames, matches responses to client
 transactions (top Via branch + CSeq method, RFC 3261 17.1.3), auto-answers
@@ -36,8 +43,10 @@ from kamleak.harness.sip.message import (
     ALLOW,
     SipMessage,
     SipParseError,
+    SipUri,
     apply_route_set,
     build_ack,
+    build_cancel,
     build_request,
     build_response,
     format_name_addr,
@@ -55,6 +64,8 @@ from kamleak.harness.sip.websocket import WebSocket, WebSocketError
 __all__ = [
     "WebSocketUA",
     "Dialog",
+    "PendingInvite",
+    "Registration",
     "ClientTransaction",
     "TraceEntry",
     "ReceivedError",
@@ -246,6 +257,9 @@ class Dialog:
         req = self.build_request(method, extra_headers, body, content_type)
         tx = self.ua._start_transaction(req)
         final = self.ua._wait_final(tx, timeout)
+        if req.method == "UPDATE" and 200 <= final.status < 300:
+            self._refresh_target(final)  # UPDATE is a target refresh request (RFC 3311 5.1)
+            self._apply_session_timer(final, we_are_uac=True)  # RFC 4028 7.4
         if req.method == "INVITE":
             if 200 <= final.status < 300:
                 self._refresh_target(final)  # 2xx to re-INVITE is a target refresh (12.2.1.2)
@@ -288,6 +302,40 @@ class Dialog:
             check=check,
         )
 
+    def update(
+        self,
+        session_expires: int | None = None,
+        min_se: int | None = None,
+        refresher: str | None = None,
+        *,
+        with_sdp: bool = False,
+        timeout: float = 10.0,
+        extra_headers: Iterable[tuple[str, str]] = (),
+        check: bool = False,
+    ) -> SipMessage:
+        """In-dialog UPDATE (RFC 3311) as a session refresh (RFC 4028 7.4):
+        Session-Expires/Min-SE default to the negotiated values, Supported:
+        timer (RFC 4028 7.1), our Contact (a target refresh, RFC 3311 5.1).
+        Without ``with_sdp`` no body (RFC 4028 7.4 recommends a refresh
+        UPDATE without an offer); with it, our SDP, version + 1, as an offer.
+        A 2xx refreshes the remote target and the session timer."""
+        headers = self.ua._timer_headers(
+            session_expires if session_expires is not None else self.session_expires,
+            min_se if min_se is not None else self.min_se,
+            refresher if refresher is not None else {"local": "uac", "remote": "uas"}.get(self.refresher or ""),
+        )
+        headers = [("Supported", "timer")] + headers + [("Allow", ALLOW)] + list(extra_headers)
+        if with_sdp:
+            self.sdp_version += 1
+        return self.request(
+            "UPDATE",
+            extra_headers=headers,
+            body=self.sdp() if with_sdp else b"",
+            content_type="application/sdp" if with_sdp else None,
+            timeout=timeout,
+            check=check,
+        )
+
     def bye(self, *, timeout: float = 10.0, extra_headers: Iterable[tuple[str, str]] = (),
             check: bool = False) -> SipMessage:
         """UA-initiated BYE; returns the final response."""
@@ -299,6 +347,181 @@ class Dialog:
                 self.state = "terminated"
                 self.terminated_by = by
             self.ua._cond.notify_all()
+
+
+class PendingInvite:
+    """An initial INVITE sent and not yet finished (``WebSocketUA.invite_start``).
+
+    Responses are taken in wire order by whichever wait runs:
+    `wait_provisional`, `cancel` (which waits for a provisional first, RFC
+    3261 9.1) and `wait_final`.  A 1xx with a To tag makes an early dialog
+    (12.1.2); the final response is ACKed as `invite()` does (17.1.1.3 for
+    >= 300, 13.2.2.4 for 2xx).  `provisionals` are the 1xx the reader has
+    matched so far, read or not.
+    """
+
+    def __init__(self, ua: WebSocketUA, request: SipMessage, sdp_port: int, sdp_session_id: int,
+                 min_se: int | None) -> None:
+        self.ua = ua
+        self.request = request
+        self.uri = request.uri or ""
+        self.sdp_port = sdp_port
+        self.sdp_session_id = sdp_session_id
+        self.min_se = min_se
+        self.early: dict[str, Dialog] = {}
+        self.final: SipMessage | None = None
+        self.dialog: Dialog | None = None  # the confirmed dialog of a 2xx
+        self.cancel_request: SipMessage | None = None
+        self.cancel_response: SipMessage | None = None
+        self.bye_response: SipMessage | None = None  # the BYE of a 2xx that won the race with our CANCEL
+        self.tx = ua._start_transaction(request)
+
+    def __repr__(self) -> str:
+        state = f"final {self.final.status}" if self.final is not None else "pending"
+        return f"<PendingInvite {self.uri} {state}{' cancelled' if self.cancel_request else ''}>"
+
+    @property
+    def call_id(self) -> str:
+        return self.request.call_id or ""
+
+    @property
+    def provisionals(self) -> list[SipMessage]:
+        """Every 1xx received so far (including ones no wait has taken yet)."""
+        with self.ua._cond:
+            return [r for r in self.tx.responses if r.status < 200]
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_request is not None
+
+    def _new_dialog(self, resp: SipMessage) -> Dialog:
+        d = Dialog(self.ua, self.request, resp, self.sdp_port)
+        d.sdp_session_id = self.sdp_session_id
+        d.min_se = self.min_se
+        with self.ua._cond:
+            self.ua._dialogs[d.key] = d
+        return d
+
+    def _take(self, resp: SipMessage) -> None:
+        """Process the next response of the INVITE (in wire order)."""
+        if resp.status < 200:
+            tag = resp.to_tag
+            if tag and resp.status > 100:
+                if tag in self.early:
+                    self.early[tag]._update_from_response(resp)
+                else:
+                    self.early[tag] = self._new_dialog(resp)
+            return
+        if self.final is not None:
+            return  # a retransmitted final: the reader ACKs it again
+        self.final = resp
+        req, ua = self.request, self.ua
+        if resp.status >= 300:
+            ua._send_ack(self.tx, build_ack(req, resp))
+            for d in self.early.values():
+                d._terminate("remote")
+            return
+        dialog = self.early.get(resp.to_tag or "")
+        if dialog is not None:
+            dialog._update_from_response(resp)
+        else:
+            dialog = self._new_dialog(resp)
+        for d in self.early.values():
+            if d is not dialog:
+                d._terminate("remote")  # other early dialogs end with the 2xx (13.2.2.4)
+        if not resp.header("Contact"):
+            ua._record_error(f"2xx to INVITE without Contact (RFC 3261 13.3.1.4): {resp.summary()}", resp.encode())
+        # No Session-Expires in the 2xx means no session timer (RFC 4028 7.2).
+        dialog._apply_session_timer(resp, we_are_uac=True)
+        self.dialog = dialog
+        ua._send_ack(self.tx, build_ack(req, resp, route_set=dialog.route_set,
+                                        remote_target=dialog.remote_target, via=ua._new_via()))
+
+    def _next(self, deadline: float, timeout: float, what: str) -> SipMessage:
+        resp = self.ua._wait(self.tx._next_response, deadline, timeout, what)
+        self._take(resp)
+        return resp
+
+    def wait_provisional(self, status: int | None = None, timeout: float = 10.0) -> SipMessage:
+        """The next provisional response (of STATUS, if given; earlier other
+        1xx are processed and skipped).  A final response first raises
+        CallFailed (>= 300) or UAError (2xx), having ACKed it."""
+        if self.final is not None:
+            raise UAError(f"INVITE {self.uri} already has its final response {self.final.status}")
+        deadline = time.monotonic() + timeout
+        what = f"{status or 'provisional'} response to INVITE"
+        while True:
+            resp = self._next(deadline, timeout, what)
+            if resp.status >= 200:
+                if resp.status >= 300:
+                    raise CallFailed(resp, f"INVITE {self.uri}: {resp.status} {resp.reason} before {what}")
+                raise UAError(f"INVITE {self.uri}: {resp.status} {resp.reason} before {what}")
+            if status is None or resp.status == status:
+                return resp
+
+    def wait_final(self, timeout: float = 10.0, *, bye_after_cancel: bool = True) -> SipMessage:
+        """The final response, ACKed; a 2xx sets `dialog`.  If we sent a
+        CANCEL and the 2xx won the race (RFC 3261 9.1: the CANCEL has no
+        effect on a transaction already answered), the call is up: with
+        BYE_AFTER_CANCEL it is ended at once with a BYE (RFC 3261 15), its
+        final response in `bye_response`."""
+        deadline = time.monotonic() + timeout
+        while self.final is None:
+            self._next(deadline, timeout, "final response to INVITE")
+        if (bye_after_cancel and self.cancelled and self.dialog is not None
+                and self.dialog.state == "confirmed" and self.bye_response is None):
+            self.bye_response = self.dialog.bye(timeout=max(0.5, deadline - time.monotonic()))
+        return self.final
+
+    def wait_dialog(self, timeout: float = 10.0) -> Dialog:
+        """The confirmed dialog; a final >= 300 raises CallFailed (what `invite()` does)."""
+        final = self.wait_final(timeout, bye_after_cancel=False)
+        if final.status >= 300:
+            raise CallFailed(final, f"INVITE {self.uri} failed: {final.status} {final.reason}")
+        assert self.dialog is not None
+        return self.dialog
+
+    def cancel(self, *, timeout: float = 10.0, require_provisional: bool = True,
+               extra_headers: Iterable[tuple[str, str]] = ()) -> SipMessage | None:
+        """CANCEL the INVITE (RFC 3261 9.1) and return the CANCEL's final response.
+
+        RFC 3261 9.1: a CANCEL MUST NOT be sent before a provisional response
+        has been received, and SHOULD NOT once a final one has.  So by default
+        this first waits (within TIMEOUT) for a provisional response, and
+        sends nothing (returns None) if the final response comes first or was
+        already here.  ``require_provisional=False`` sends it at once whatever
+        has or has not arrived: the CANCEL before any response, or racing the
+        200, as a UA breaking the rule would.  The INVITE's outcome (487, or a
+        2xx that won) is `wait_final()`'s.
+        """
+        if self.cancel_request is not None:
+            raise UAError(f"INVITE {self.uri} was already cancelled")
+        deadline = time.monotonic() + timeout
+        if require_provisional:
+            if self.final is not None:
+                return None
+            while not any(r.status < 200 for r in self.tx.responses[: self.tx._consumed]):
+                resp = self._next(deadline, timeout, "provisional response to INVITE (before CANCEL)")
+                if resp.status >= 200:
+                    return None
+        req = build_cancel(self.request, [("User-Agent", self.ua.user_agent)] + list(extra_headers))
+        self.cancel_request = req
+        tx = self.ua._start_transaction(req)
+        self.cancel_response = self.ua._wait_final(tx, max(0.001, deadline - time.monotonic()))
+        return self.cancel_response
+
+
+@dataclass
+class Registration:
+    """This UA's registration binding (RFC 3261 10.2): one Call-ID for all
+    REGISTERs to the registrar, CSeq + 1 each time."""
+
+    aor: str
+    registrar: str  # the REGISTER's Request-URI
+    call_id: str
+    cseq: int = 0
+    expires: int | None = None  # what the last 2xx granted (our Contact's expires, else Expires)
+    response: SipMessage | None = None  # the last final response
 
 
 class WebSocketUA:
@@ -368,6 +591,7 @@ class WebSocketUA:
         self._dialogs: dict[tuple[str, str, str], Dialog] = {}
         self._requests: list[SipMessage] = []
         self._errors_reported = 0
+        self.registration: Registration | None = None
 
     # -- connection ----------------------------------------------------------
 
@@ -877,23 +1101,18 @@ class WebSocketUA:
     def _target_uri(self, target: str) -> str:
         return target if target.lower().startswith(("sip:", "sips:")) else f"sip:{target}@{self.domain}"
 
-    def invite(
+    def invite_start(
         self,
         target: str,
         *,
         session_expires: int | None = None,
         min_se: int | None = None,
         refresher: str | None = None,
-        timeout: float = 10.0,
         supported: str | None = "timer",
         extra_headers: Iterable[tuple[str, str]] = (),
-    ) -> Dialog:
-        """Place a call and return the confirmed dialog.
-
-        1xx with a To tag creates an early dialog (RFC 3261 12.1.2); 2xx
-        confirms it and is ACKed end-to-end (13.2.2.4); >= 300 gets the
-        hop-by-hop ACK (17.1.1.3) and raises CallFailed.
-        """
+    ) -> PendingInvite:
+        """Send an initial INVITE and return at once: a `PendingInvite` to
+        wait on (`wait_provisional`, `wait_final`, `wait_dialog`) or cancel."""
         uri = self._target_uri(target)
         sdp_port = random.randrange(10000, 60000, 2)  # RTP on an even port (RFC 3550 11)
         headers: list[tuple[str, str]] = [("Allow", ALLOW)]
@@ -916,46 +1135,98 @@ class WebSocketUA:
         sdp_session_id = random.randint(10**6, 10**9)
         req.body = sdp(sdp_session_id, 1, sdp_port, self.sdp_ip)
         req.add_header("Content-Type", "application/sdp")
-        early: dict[str, Dialog] = {}
+        return PendingInvite(self, req, sdp_port, sdp_session_id, min_se)
 
-        def new_dialog(resp: SipMessage) -> Dialog:
-            d = Dialog(self, req, resp, sdp_port)
-            d.sdp_session_id = sdp_session_id
-            d.min_se = min_se
-            with self._cond:
-                self._dialogs[d.key] = d
-            return d
+    def invite(
+        self,
+        target: str,
+        *,
+        session_expires: int | None = None,
+        min_se: int | None = None,
+        refresher: str | None = None,
+        timeout: float = 10.0,
+        supported: str | None = "timer",
+        extra_headers: Iterable[tuple[str, str]] = (),
+    ) -> Dialog:
+        """Place a call and return the confirmed dialog.
 
-        def on_provisional(resp: SipMessage) -> None:
-            tag = resp.to_tag
-            if tag and resp.status > 100:
-                if tag in early:
-                    early[tag]._update_from_response(resp)
-                else:
-                    early[tag] = new_dialog(resp)
+        1xx with a To tag creates an early dialog (RFC 3261 12.1.2); 2xx
+        confirms it and is ACKed end-to-end (13.2.2.4); >= 300 gets the
+        hop-by-hop ACK (17.1.1.3) and raises CallFailed.
+        """
+        pending = self.invite_start(target, session_expires=session_expires, min_se=min_se,
+                                    refresher=refresher, supported=supported, extra_headers=extra_headers)
+        return pending.wait_dialog(timeout)
 
+    def register(
+        self,
+        aor_uri: str | None = None,
+        *,
+        expires: int = 3600,
+        registrar: str | None = None,
+        timeout: float = 10.0,
+        extra_headers: Iterable[tuple[str, str]] = (),
+        check: bool = False,
+    ) -> SipMessage:
+        """REGISTER our Contact for AOR_URI (default ``sip:user@domain``) and
+        return the final response (RFC 3261 10.2).
+
+        The Request-URI is the registrar's domain, without user part
+        (10.2: ``sip:<aor host>`` unless REGISTRAR is given); To is the AOR,
+        From the AOR with a new tag.  Every REGISTER of this UA shares one
+        Call-ID with CSeq + 1 each time (10.2), so calling it again is the
+        re-REGISTER (refresh) and ``expires=0`` the unREGISTER of our
+        Contact (10.2.2).  Expires is said both ways: the Contact's
+        ``expires`` parameter and an Expires header.  The state is
+        `self.registration`.  With ``check`` a final >= 300 raises CallFailed.
+        """
+        aor = self._target_uri(aor_uri or f"sip:{self.user}@{self.domain}")
+        if registrar is None:
+            parsed = SipUri.parse(aor)
+            registrar = f"{parsed.scheme}:{parsed.hostport}"
+        reg = self.registration
+        if reg is None or reg.aor != aor or reg.registrar != registrar:
+            reg = self.registration = Registration(aor=aor, registrar=registrar, call_id=new_call_id())
+        reg.cseq += 1
+        req = build_request(
+            "REGISTER", registrar,
+            from_=format_name_addr(aor, self.display_name, {"tag": new_tag()}),
+            to=format_name_addr(aor),
+            call_id=reg.call_id,
+            cseq=reg.cseq,
+            via=self._new_via(),
+            contact=f"{self.contact};expires={int(expires)}",
+            extra_headers=[("Expires", str(int(expires))), ("User-Agent", self.user_agent)] + list(extra_headers),
+        )
         tx = self._start_transaction(req)
-        final = self._wait_final(tx, timeout, on_provisional)
-        if final.status >= 300:
-            self._send_ack(tx, build_ack(req, final))
-            for d in early.values():
-                d._terminate("remote")
-            raise CallFailed(final, f"INVITE {uri} failed: {final.status} {final.reason}")
-        dialog = early.get(final.to_tag or "")
-        if dialog is not None:
-            dialog._update_from_response(final)
-        else:
-            dialog = new_dialog(final)
-        for d in early.values():
-            if d is not dialog:
-                d._terminate("remote")  # other early dialogs end with the 2xx (13.2.2.4)
-        if not final.header("Contact"):
-            self._record_error(f"2xx to INVITE without Contact (RFC 3261 13.3.1.4): {final.summary()}", final.encode())
-        # No Session-Expires in the 2xx means no session timer (RFC 4028 7.2).
-        dialog._apply_session_timer(final, we_are_uac=True)
-        self._send_ack(tx, build_ack(req, final, route_set=dialog.route_set, remote_target=dialog.remote_target,
-                                     via=self._new_via()))
-        return dialog
+        final = self._wait_final(tx, timeout)
+        reg.response = final
+        if 200 <= final.status < 300:
+            reg.expires = self._granted_expires(final)
+        if check and final.status >= 300:
+            raise CallFailed(final, f"REGISTER {aor} failed: {final.status} {final.reason}")
+        return final
+
+    def unregister(self, *, timeout: float = 10.0, check: bool = False) -> SipMessage:
+        """unREGISTER the binding of the last `register()` (expires=0, 10.2.2)."""
+        reg = self.registration
+        if reg is None:
+            raise UAError("unregister() before register()")
+        return self.register(reg.aor, expires=0, registrar=reg.registrar, timeout=timeout, check=check)
+
+    def _granted_expires(self, response: SipMessage) -> int | None:
+        """Our binding's expiry in a 2xx to REGISTER: our Contact's expires
+        parameter, else the Expires header (RFC 3261 10.2.4)."""
+        ours = parse_name_addr(self.contact)[1]
+        for value in response.headers("Contact"):
+            try:
+                _, uri, params = parse_name_addr(value)
+            except SipParseError:
+                continue
+            if uri == ours and (params.get("expires") or "").isdigit():
+                return int(params["expires"])
+        header = (response.header("Expires") or "").strip()
+        return int(header) if header.isdigit() else None
 
     def request(
         self,

@@ -499,3 +499,223 @@ def test_wss_call_and_rst(ua_factory, tls_ctx):
     assert dialog.state == "confirmed" and ua.trace[0].transport == "wss"
     ua.disconnect("rst")
     peer.join()
+
+
+# -- REGISTER, CANCEL, UPDATE ---------------------------------------------------
+
+
+def test_register_reregister_unregister(ua_factory):
+    def script(peer):
+        regs = []
+        for expires in ("600", "600", "0"):
+            reg = peer.recv_sip()
+            regs.append(reg)
+            assert reg.method == "REGISTER" and reg.header("Expires") == expires
+            contact = reg.header("Contact")
+            assert parse_name_addr(contact)[2]["expires"] == expires
+            extra = [("Contact", contact)] if expires != "0" else []
+            peer.send_sip(build_response(reg, 200, to_tag=f"reg{len(regs)}", extra_headers=extra))
+        peer.result["regs"] = regs
+
+    peer = WsPeer(script)
+    ua = ua_factory(peer.url)
+    ua.connect(timeout=2)
+    assert ua.registration is None
+    assert ua.register(expires=600, timeout=2).status == 200
+    reg = ua.registration
+    assert reg.aor == "sip:alice@127.0.0.1" and reg.registrar == "sip:127.0.0.1"
+    assert reg.cseq == 1 and reg.expires == 600
+    assert ua.register("sip:alice@127.0.0.1", expires=600, timeout=2).status == 200  # re-REGISTER
+    assert ua.registration is reg and reg.cseq == 2
+    assert ua.unregister(timeout=2).status == 200
+    assert reg.cseq == 3 and reg.expires is None and reg.response.status == 200
+    peer.join()
+
+    first, again, unreg = peer.result["regs"]
+    # RFC 3261 10.2: R-URI is the registrar's domain (no user part); To = the AOR, From = AOR + tag
+    for r in (first, again, unreg):
+        assert r.uri == "sip:127.0.0.1"
+        assert parse_name_addr(r.header("To"))[1] == "sip:alice@127.0.0.1" and r.to_tag is None
+        assert parse_name_addr(r.header("From"))[1] == "sip:alice@127.0.0.1" and r.from_tag
+        contact = SipUri.parse(parse_name_addr(r.header("Contact"))[1])
+        assert contact.user == "alice" and contact.host.endswith(".invalid") and "ob" in contact.params
+        assert "+sip.instance" not in r.header("Contact") and not r.has_header("Require")
+    # One Call-ID for all REGISTERs to a registrar, CSeq + 1 each time (10.2)
+    assert first.call_id == again.call_id == unreg.call_id
+    assert [r.cseq for r in (first, again, unreg)] == [(1, "REGISTER"), (2, "REGISTER"), (3, "REGISTER")]
+    assert len({r.top_via_branch for r in (first, again, unreg)}) == 3  # new transactions
+
+
+def test_register_rejected_keeps_state_and_check_raises(ua_factory):
+    def script(peer):
+        for _ in range(2):
+            reg = peer.recv_sip()
+            peer.send_sip(build_response(reg, 403, to_tag="r"))
+
+    peer = WsPeer(script)
+    ua = ua_factory(peer.url)
+    ua.connect(timeout=2)
+    assert ua.register(timeout=2).status == 403
+    with pytest.raises(CallFailed, match="403"):
+        ua.register(timeout=2, check=True)
+    assert ua.registration.cseq == 2 and ua.registration.expires is None
+    peer.join()
+
+
+def _assert_cancel_matches(cancel, inv):
+    """RFC 3261 9.1: what a CANCEL copies from the INVITE it cancels."""
+    assert cancel.method == "CANCEL" and cancel.uri == inv.uri
+    assert cancel.headers("Via") == [inv.headers("Via")[0]]  # one Via: the INVITE's top Via
+    assert cancel.top_via_branch == inv.top_via_branch
+    assert cancel.cseq == (inv.cseq[0], "CANCEL")
+    assert cancel.call_id == inv.call_id
+    assert cancel.header("From") == inv.header("From") and cancel.header("To") == inv.header("To")
+    assert cancel.headers("Route") == inv.headers("Route")
+    assert cancel.has_header("Max-Forwards") and not cancel.body and not cancel.has_header("Contact")
+
+
+def test_cancel_after_180_gets_487_acked_hop_by_hop(ua_factory):
+    def script(peer):
+        inv = peer.recv_sip()
+        peer.send_sip(build_response(inv, 100))
+        peer.send_sip(build_response(inv, 180, to_tag="t1", extra_headers=[("Contact", BOB_CONTACT)]))
+        cancel = peer.recv_sip()
+        _assert_cancel_matches(cancel, inv)
+        peer.send_sip(build_response(cancel, 200, to_tag="t1"))
+        peer.send_sip(build_response(inv, 487, to_tag="t1"))
+        ack = peer.recv_sip()
+        assert ack.method == "ACK" and ack.top_via_branch == inv.top_via_branch and ack.cseq == (1, "ACK")
+        assert ack.uri == inv.uri and ack.to_tag == "t1"   # RFC 3261 17.1.1.3
+
+    peer = WsPeer(script)
+    ua = ua_factory(peer.url)
+    ua.connect(timeout=2)
+    pending = ua.invite_start("sip:600123@127.0.0.1")
+    assert pending.wait_provisional(180, timeout=2).status == 180
+    assert [r.status for r in pending.provisionals] == [100, 180]
+    (early,) = pending.early.values()
+    assert early.state == "early"
+    resp = pending.cancel(timeout=2)
+    assert resp.status == 200 and resp.cseq[1] == "CANCEL" and pending.cancelled
+    final = pending.wait_final(timeout=2)
+    assert final.status == 487 and pending.dialog is None and pending.bye_response is None
+    assert early.state == "terminated"
+    peer.join()
+    ladder = [(e.direction, e.message.summary().split(" sip:")[0]) for e in ua.trace]
+    assert ladder == [
+        ("out", "INVITE"), ("in", "100 Trying (INVITE)"), ("in", "180 Ringing (INVITE)"),
+        ("out", "CANCEL"), ("in", "200 OK (CANCEL)"), ("in", "487 Request Terminated (INVITE)"), ("out", "ACK"),
+    ]
+    assert ua.errors == []
+
+
+def test_cancel_waits_for_a_provisional_response(ua_factory):
+    """RFC 3261 9.1: no CANCEL before a provisional response has been received."""
+    def script(peer):
+        inv = peer.recv_sip()
+        with pytest.raises(TimeoutError):   # nothing comes while no provisional was sent
+            peer.recv_frame(timeout=0.3)
+        peer.send_sip(build_response(inv, 100))
+        cancel = peer.recv_sip()
+        _assert_cancel_matches(cancel, inv)
+        peer.send_sip(build_response(cancel, 200))
+        peer.send_sip(build_response(inv, 487, to_tag="t9"))
+        assert peer.recv_sip().method == "ACK"
+
+    peer = WsPeer(script)
+    ua = ua_factory(peer.url)
+    ua.connect(timeout=2)
+    pending = ua.invite_start("sip:600123@127.0.0.1")
+    assert pending.cancel(timeout=2).status == 200
+    assert pending.wait_final(timeout=2).status == 487
+    peer.join()
+    directions = [(e.direction, e.message.method or e.message.status) for e in ua.trace]
+    assert directions[:3] == [("out", "INVITE"), ("in", 100), ("out", "CANCEL")]
+
+
+def test_cancel_after_final_sends_nothing(ua_factory):
+    def script(peer):
+        inv = peer.recv_sip()
+        peer.send_sip(build_response(inv, 486, to_tag="b"))
+        assert peer.recv_sip().method == "ACK"
+        with pytest.raises(TimeoutError):   # no CANCEL (RFC 3261 9.1: SHOULD NOT once final)
+            peer.recv_frame(timeout=0.3)
+
+    peer = WsPeer(script)
+    ua = ua_factory(peer.url)
+    ua.connect(timeout=2)
+    pending = ua.invite_start("sip:600123@127.0.0.1")
+    assert pending.cancel(timeout=2) is None and not pending.cancelled
+    assert pending.final.status == 486
+    assert pending.wait_final(timeout=2).status == 486
+    with pytest.raises(CallFailed, match="486"):
+        pending.wait_dialog(timeout=2)
+    peer.join()
+
+
+def test_cancel_races_the_200_which_wins_ack_then_bye(ua_factory):
+    def script(peer):
+        inv = peer.recv_sip()
+        cancel = peer.recv_sip()   # sent at once: before any response (require_provisional=False)
+        _assert_cancel_matches(cancel, inv)
+        ok = build_response(inv, 200, to_tag="won", extra_headers=[("Record-Route", RR), ("Contact", BOB_CONTACT)],
+                            body=b"v=0\r\n", content_type="application/sdp")
+        peer.send_sip(ok)                               # the 200 crossed the CANCEL
+        peer.send_sip(build_response(cancel, 200))      # the CANCEL itself is answered (RFC 3261 9.2)
+        ack = peer.recv_sip()
+        assert ack.method == "ACK" and ack.cseq == (1, "ACK") and ack.top_via_branch != inv.top_via_branch
+        bye = peer.recv_sip()
+        assert bye.method == "BYE" and bye.cseq == (2, "BYE") and bye.to_tag == "won"
+        assert bye.uri == "sip:bob@127.0.2.9:5080"
+        assert bye.headers("Route") == ["<sip:p1.example;lr>", "<sip:p2.example;lr>"]
+        peer.send_sip(build_response(bye, 200))
+
+    peer = WsPeer(script)
+    ua = ua_factory(peer.url)
+    ua.connect(timeout=2)
+    pending = ua.invite_start("sip:600123@127.0.0.1")
+    assert pending.cancel(timeout=2, require_provisional=False).status == 200
+    final = pending.wait_final(timeout=2)
+    assert final.status == 200
+    assert pending.dialog.state == "terminated" and pending.dialog.terminated_by == "local"
+    assert pending.bye_response.status == 200
+    peer.join()
+    assert ua.errors == []
+
+
+def test_update_refresh_without_and_with_sdp(ua_factory):
+    def script(peer):
+        inv, ok, _ = answer_invite(peer)
+        upd = peer.recv_sip()
+        assert upd.method == "UPDATE" and upd.uri == "sip:bob@127.0.2.9:5080"
+        assert upd.cseq == (2, "UPDATE") and upd.call_id == inv.call_id
+        assert upd.from_tag == inv.from_tag and upd.to_tag == "bobtag"
+        assert upd.headers("Route") == ["<sip:p1.example;lr>", "<sip:p2.example;lr>"]
+        assert upd.header("Contact") == inv.header("Contact")   # a target refresh (RFC 3311 5.1)
+        assert upd.header("Session-Expires") == "900;refresher=uac" and upd.header("Min-SE") == "90"
+        assert "timer" in upd.headers("Supported")
+        assert upd.body == b"" and not upd.has_header("Content-Type")
+        peer.send_sip(build_response(upd, 200, extra_headers=[("Contact", "<sip:bob@127.0.2.9:5090>"),
+                                                              ("Require", "timer"),
+                                                              ("Session-Expires", "900;refresher=uas")]))
+        upd2 = peer.recv_sip()
+        assert upd2.method == "UPDATE" and upd2.cseq == (3, "UPDATE") and upd2.uri == "sip:bob@127.0.2.9:5090"
+        assert upd2.header("Session-Expires") == "900;refresher=uas"  # the negotiated values by default
+        assert upd2.content_type == "application/sdp" and sdp_version(upd2) == sdp_version(inv) + 1
+        peer.send_sip(build_response(upd2, 200, extra_headers=[("Contact", "<sip:bob@127.0.2.9:5090>")],
+                                     body=b"v=0\r\n", content_type="application/sdp"))
+        with pytest.raises(TimeoutError):   # no ACK follows an UPDATE
+            peer.recv_frame(timeout=0.3)
+
+    peer = WsPeer(script)
+    ua = ua_factory(peer.url)
+    ua.connect(timeout=2)
+    dialog = ua.invite("sip:600123@127.0.0.1", session_expires=1800, min_se=90, refresher="uac", timeout=2)
+    resp = dialog.update(session_expires=900, timeout=2)
+    assert resp.status == 200 and resp.cseq == (2, "UPDATE")
+    assert dialog.remote_target == "sip:bob@127.0.2.9:5090"
+    assert dialog.session_expires == 900 and dialog.refresher == "remote"
+    assert dialog.update(with_sdp=True, timeout=2).status == 200
+    assert dialog.state == "confirmed" and dialog.local_cseq == 3
+    peer.join()
+    assert ua.errors == []
