@@ -24,6 +24,7 @@ from kamleak.harness.stack.targets import Target, add_option, add_source_option,
 from kamleak.harness.tools import bench as bench_cmd
 from kamleak.harness.tools import lint as lint_cmd
 from kamleak.harness.tools import watch as watch_cmd
+from kamleak.harness.tools.explore import cli as explore_cmd
 from kamleak.harness.tools.soak import cli as soak_cmd
 
 _say = progress.say
@@ -678,7 +679,7 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-COMMANDS: tuple[Command, ...] = (lint_cmd, summary_cmd, soak_cmd, bench_cmd, watch_cmd)
+COMMANDS: tuple[Command, ...] = (lint_cmd, summary_cmd, soak_cmd, bench_cmd, watch_cmd, explore_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

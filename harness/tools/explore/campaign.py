@@ -1,0 +1,155 @@
+"""A campaign: Hypothesis generates batches of flows, each batch runs on a fresh
+Kamailio, a leak fails the example, Hypothesis shrinks it, kamleak confirms it.
+
+Hypothesis is the engine, as its stateful testing is for programs: an
+example is a batch of flows run at once through one Kamailio (throughput:
+flows are independent and judged by their own Call-IDs); a batch in which a
+flow leaks raises `LeakFound`; Hypothesis then shrinks the batch (toward one
+flow) and the flow (toward fewer, plainer steps) on its recorded choices,
+replaying each candidate on a fresh Kamailio.  Its example database keeps
+the failing choices, so a rerun with the same database starts from the
+finding.  The minimal flow is then replayed alone N times: a finding that
+leaks k < N times is reported as flaky with its rate, never as a sure one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from kamleak.harness.judging import oracle
+from kamleak.harness.tools.explore.flow import Flow
+from kamleak.harness.tools.explore.run import Judgement, run_batch
+
+
+class LeakFound(Exception):
+    """A batch left a flow's cells behind (raised inside Hypothesis's test body)."""
+
+    def __init__(self, judgement: Judgement):
+        super().__init__(judgement.signature())
+        self.judgement = judgement
+
+
+@dataclass
+class Finding:
+    flow: Flow
+    signature: str
+    evidence: list[str]
+    steps: list[str]                  # what each step got, in the minimal run
+    confirmed: int = 0                # replays that leaked the same way
+    replays: int = 0
+    found_after_flows: int = 0
+    found_after_s: float = 0.0
+    shrink_runs: int = 0
+
+    @property
+    def sure(self) -> bool:
+        return self.replays > 0 and self.confirmed == self.replays
+
+    def as_dict(self) -> dict:
+        return {"flow": self.flow.to_json(), "signature": self.signature, "evidence": self.evidence,
+                "steps": self.steps, "confirmed": self.confirmed, "replays": self.replays,
+                "sure": self.sure, "found_after_flows": self.found_after_flows,
+                "found_after_s": round(self.found_after_s, 1), "shrink_runs": self.shrink_runs}
+
+
+@dataclass
+class Result:
+    flows: int = 0
+    batches: int = 0
+    harness_errors: int = 0
+    elapsed: float = 0.0
+    findings: list[Finding] = field(default_factory=list)
+    stopped: str = ""                 # why it ended: budget, max flows, a finding, Ctrl-C
+
+
+class Campaign:
+    """START() -> a fresh running Kamailio; PBX: the running Asterisk."""
+
+    def __init__(self, start, pbx, strategy, *, batch: int = 10, budget_s: float = 600.0,
+                 max_flows: int | None = None, seed: int | None = None, database=None,
+                 replays: int = 3, say=print):
+        self.start, self.pbx, self.strategy = start, pbx, strategy
+        self.batch, self.budget_s, self.max_flows = batch, budget_s, max_flows
+        self.seed, self.database, self.replays, self.say = seed, database, replays, say
+        self.result = Result()
+        self.t0 = 0.0
+        self.first_failure: tuple[int, float] | None = None
+        self.failing_runs = 0
+
+    def over(self) -> str:
+        if time.monotonic() - self.t0 > self.budget_s:
+            return "budget"
+        if self.max_flows is not None and self.result.flows >= self.max_flows:
+            return "max flows"
+        return ""
+
+    def run_flows(self, flows: list[Flow]) -> list[Judgement]:
+        kamailio = self.start()
+        try:
+            timers = oracle.read_timers(kamailio.rpc, kamailio.config, kamailio.version)
+            judged = run_batch(kamailio, self.pbx, flows, timers)
+        finally:
+            kamailio.stop()
+            try:
+                self.pbx.cli("channel request hangup all")    # calls a flow left up
+            except Exception:  # noqa: BLE001 - the next batch starts anyway
+                pass
+        self.result.flows += len(flows)
+        self.result.batches += 1
+        self.result.harness_errors += sum(1 for j in judged if j.run.error)
+        return judged
+
+    def _body(self, batch: list[Flow]) -> None:
+        if self.over():
+            return
+        judged = self.run_flows(batch)
+        leaks = [j for j in judged if j.leaked and j.run.error is None]
+        self.say(f"[explore] {self.result.flows} flows in {time.monotonic() - self.t0:.0f} s, "
+                 f"{len(leaks)} leaked in this batch of {len(batch)}")
+        if leaks:
+            self.failing_runs += 1
+            if self.first_failure is None:
+                self.first_failure = (self.result.flows, time.monotonic() - self.t0)
+            raise LeakFound(leaks[0])
+
+    def run(self) -> Result:
+        from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+        from hypothesis import seed as hseed
+        from hypothesis import strategies as st
+        from hypothesis.errors import Flaky
+
+        self.t0 = time.monotonic()
+        examples = 10**6 if self.max_flows is None else max(1, -(-self.max_flows // self.batch)) + 1000
+        test = given(st.lists(self.strategy, min_size=1, max_size=self.batch))(self._body)
+        test = settings(max_examples=examples, deadline=None, database=self.database,
+                        phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink),
+                        suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
+                        print_blob=False, verbosity=Verbosity.quiet)(test)
+        if self.seed is not None:
+            test = hseed(self.seed)(test)
+        try:
+            test()
+            self.result.stopped = self.over() or "examples"
+        except LeakFound as exc:
+            self.result.findings.append(self._confirm(exc.judgement))
+            self.result.stopped = "a finding"
+        except Flaky as exc:
+            self.say(f"[explore] Hypothesis could not replay the failing batch: {str(exc)[:200]}")
+            self.result.stopped = "flaky"
+        self.result.elapsed = time.monotonic() - self.t0
+        return self.result
+
+    def _confirm(self, judgement: Judgement) -> Finding:
+        flows_at, secs_at = self.first_failure or (self.result.flows, time.monotonic() - self.t0)
+        finding = Finding(judgement.run.flow, judgement.signature(), judgement.proofs,
+                          judgement.run.steps, found_after_flows=flows_at, found_after_s=secs_at,
+                          shrink_runs=self.failing_runs)
+        self.say(f"[explore] shrunk to {judgement.run.flow.text()}; replaying it alone "
+                 f"{self.replays} times on a fresh Kamailio")
+        for _ in range(self.replays):
+            again = self.run_flows([judgement.run.flow])[0]
+            finding.replays += 1
+            if again.leaked and again.run.error is None and again.signature() == finding.signature:
+                finding.confirmed += 1
+        return finding

@@ -1,0 +1,193 @@
+"""`kamleak explore`: the command (cli.Command) over campaign, flow and run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+from kamleak.harness.errors import KamleakError, NotApplicable, UsageError
+
+NAME = "explore"
+HELP = "generate call flows, run them on real Kamailio and Asterisk, report the leaks they find"
+DESCRIPTION = ("Generate call flows (Hypothesis), run them in batches through a fresh real Kamailio to "
+               "a real Asterisk, judge each flow's cells by its Call-IDs, shrink a leaking flow to "
+               "its minimal steps and replay it to confirm. Exit 0 nothing found within the budget, "
+               "1 a confirmed finding, 125 cannot test, 128 bad input.")
+USAGE_EXIT = 128
+EXIT_NONE, EXIT_FOUND, EXIT_CANNOT_TEST = 0, 1, 125
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from kamleak.harness.stack.targets import add_option, add_source_option
+
+    g = p.add_mutually_exclusive_group()
+    add_option(g, ("--kamailio-version", "--version"), dest="version", default=None, metavar="V",
+               help="a Kamailio version kamleak builds (default 6.0.1)")
+    add_option(g, ("--kamailio-image", "--image"), dest="image", default=None, metavar="IMAGE",
+               help="any image with a kamailio binary (never pulled)")
+    g.add_argument("--kamailio-ref", default=None, metavar="REF",
+                   help="Kamailio built from source at a tag, branch or commit (e.g. 5.8.5)")
+    add_source_option(p.add_argument)
+    add_option(p, ("--kamailio-config", "--config"), dest="config", default=None, metavar="KAMAILIO_CFG",
+               help="your kamailio.cfg (README: the contract) instead of kamleak's with a variant")
+    p.add_argument("--variant", default=None,
+                   help="kamleak's config variant (default: none, the plain config)")
+    p.add_argument("--budget", default="10m", help="how long to generate flows: 90s, 10m, 1h (default 10m)")
+    p.add_argument("--max-flows", type=int, default=None, metavar="N", help="stop after N flows")
+    p.add_argument("--seed", type=int, default=None, help="Hypothesis's seed (a rerun draws the same flows)")
+    p.add_argument("--jobs", type=int, default=10, metavar="N",
+                   help="flows at once through one Kamailio, per batch (default 10)")
+    p.add_argument("--steps", default=None, metavar="A,B,...",
+                   help="the steps flows may take (default: all; see `flow.STEPS`)")
+    p.add_argument("--answers", default=None, metavar="A,B,...",
+                   help="how Asterisk may answer: answer, ring_answer, busy, no_answer (default: all)")
+    p.add_argument("--transport", default="ws,wss", help="client transports (default ws,wss)")
+    p.add_argument("--max-steps", type=int, default=8, help="steps in a flow at most (default 8)")
+    p.add_argument("--replays", type=int, default=3, help="replays that confirm a finding (default 3)")
+    p.add_argument("--db", default=None, metavar="DIR",
+                   help="Hypothesis example database directory (default: under --out); a rerun with it "
+                        "starts from earlier findings")
+    p.add_argument("--out", default=None, metavar="DIR", help="default artifacts/explore-<time>")
+    p.add_argument("--replay", default=None, metavar="FLOW_JSON",
+                   help="run one flow.json that explore wrote, judged, and exit 1 if it leaks")
+
+
+def parse_budget(text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*", text or "")
+    if not m:
+        raise UsageError(f"not a budget: '{text}'", "write e.g. 90s, 10m or 1h")
+    secs = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    if secs <= 0:
+        raise UsageError(f"a budget of {text} explores nothing", "give a budget above 0, e.g. 10m")
+    return secs
+
+
+def run(args) -> int:
+    from kamleak.harness.tools.explore import flow as fl
+
+    budget = parse_budget(args.budget)
+    if args.max_flows is not None and args.max_flows < 1:
+        raise UsageError(f"--max-flows {args.max_flows} explores nothing", "give 1 or more")
+    if args.jobs < 1 or args.replays < 1 or args.max_steps < 1:
+        raise UsageError("--jobs, --replays and --max-steps must be 1 or more")
+    transports = tuple(t.strip() for t in args.transport.split(",") if t.strip())
+    bad = [t for t in transports if t not in fl.TRANSPORTS]
+    if bad or not transports:
+        raise UsageError(f"unknown transport '{','.join(bad) or '(none)'}'", "use ws, wss or ws,wss")
+    steps = [s.strip() for s in args.steps.split(",")] if args.steps else None
+    answers = [a.strip() for a in args.answers.split(",")] if args.answers else None
+    fl.check_vocabulary(steps, answers)
+    replay_flow = None
+    if args.replay:
+        try:
+            replay_flow = fl.Flow.from_json(json.loads(Path(args.replay).read_text()))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read the flow {args.replay}: {exc}",
+                             "pass the flow.json of a finding") from None
+    out = Path(args.out or Path("artifacts") / time.strftime("explore-%Y%m%d-%H%M%S"))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".writable").write_text("")
+        (out / ".writable").unlink()
+    except OSError as exc:
+        raise UsageError(f"cannot write to {out}: {exc.strerror}", "pass --out DIR where you can write") from None
+    return _explore(args, out, budget, transports, steps, answers, replay_flow)
+
+
+def _say(m: str) -> None:
+    print(f"kamleak explore: {m}", file=sys.stderr, flush=True)
+
+
+def _explore(args, out: Path, budget, transports, steps, answers, replay_flow) -> int:
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    from kamleak.harness import registry
+    from kamleak.harness.stack import images
+    from kamleak.harness.stack.kamailio.user_config import UserConfig
+    from kamleak.harness.stack.runner import Stack
+    from kamleak.harness.stack.targets import Target
+    from kamleak.harness.tools.explore import flow as fl
+    from kamleak.harness.tools.explore.campaign import Campaign
+    from kamleak.harness.tools.explore.run import replay
+
+    target = Target("image", args.image) if args.image else \
+        Target("source", args.kamailio_ref, source=args.kamailio_source) if args.kamailio_ref else \
+        Target("version", images.canonical_version(args.version or "6.0.1"))
+    user_config = UserConfig.load(args.config) if args.config else None
+    defines: tuple[str, ...] = ()
+    if args.variant and args.variant != "none":
+        if user_config is not None:
+            raise UsageError("--variant is for kamleak's own config", "drop it with --kamailio-config")
+        defines = tuple(registry.scenario("gh4140").parse_variant(args.variant).defines)
+    label = f"config {Path(args.config).name}" if args.config else f"variant {args.variant or 'none'}"
+    try:
+        with Stack(target, log=_say, user_config=user_config) as bench:
+            def start():
+                return bench.kamailio(defines)
+
+            try:
+                probe = start()
+            except NotApplicable as exc:
+                raise UsageError(f"{label} cannot run on {target.id}: {exc}") from None
+            version = probe.version or target.id
+            probe.stop()
+            if replay_flow is not None:
+                kam = start()
+                try:
+                    j = replay(kam, bench.pbx, replay_flow)
+                finally:
+                    kam.stop()
+                print(f"kamleak explore: {'LEAK' if j.leaked else 'CLEAN'}: {replay_flow.text()} on "
+                      f"{version}, {label}" + (f": {'; '.join(j.proofs)}" if j.leaked else ""))
+                if j.run.error:
+                    print(f"  the flow could not be driven to its end: {j.run.error}")
+                    return EXIT_CANNOT_TEST
+                return EXIT_FOUND if j.leaked else EXIT_NONE
+            strategy = fl.flows(max_steps=args.max_steps, transports=transports, steps=steps,
+                                answers=answers)
+            db = DirectoryBasedExampleDatabase(str(Path(args.db) if args.db else out / "examples"))
+            campaign = Campaign(start, bench.pbx, strategy, batch=args.jobs, budget_s=budget,
+                                max_flows=args.max_flows, seed=args.seed, database=db,
+                                replays=args.replays, say=_say)
+            _say(f"{version}, {label}, {'/'.join(transports).upper()}: batches of {args.jobs} flows, "
+                 f"budget {budget:.0f} s" + (f", at most {args.max_flows} flows" if args.max_flows else ""))
+            try:
+                result = campaign.run()
+            except KeyboardInterrupt:
+                result = campaign.result
+                result.stopped = "Ctrl-C"
+                _write(out, result, version, label, defines, args)
+                raise
+    except KamleakError as exc:
+        if isinstance(exc, UsageError):
+            raise
+        _say(f"cannot test: {exc.line()}")
+        return EXIT_CANNOT_TEST
+    _write(out, result, version, label, defines, args)
+    rate = result.flows / max(result.elapsed, 1e-9) * 60
+    print(f"kamleak explore: {result.flows} flows in {result.batches} batches, {result.elapsed:.0f} s "
+          f"({rate:.0f} flows/min), {result.harness_errors} not driven to their end; stopped: "
+          f"{result.stopped}")
+    for i, f in enumerate(result.findings, 1):
+        kind = "LEAK" if f.sure else f"FLAKY ({f.confirmed}/{f.replays} replays)"
+        print(f"  {kind}: {f.flow.text()}  [{f.signature}]\n    " + "\n    ".join(f.evidence)
+              + f"\n    replay: kamleak explore --replay {out / f'finding-{i}' / 'flow.json'}")
+    print(f"  evidence: {out}")
+    return EXIT_FOUND if any(f.sure for f in result.findings) else EXIT_NONE
+
+
+def _write(out: Path, result, version: str, label: str, defines, args) -> None:
+    from kamleak.harness.tools.explore.emit import write_finding
+
+    summary = {"kamailio": version, "config": label, "flows": result.flows, "batches": result.batches,
+               "elapsed_s": round(result.elapsed, 1), "stopped": result.stopped,
+               "harness_errors": result.harness_errors, "seed": args.seed,
+               "findings": [f.as_dict() for f in result.findings]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    for i, f in enumerate(result.findings, 1):
+        write_finding(out / f"finding-{i}", f, version=version, label=label, defines=defines,
+                      config=args.config)

@@ -1,0 +1,238 @@
+"""Drive flows through a real Kamailio to a real Asterisk, and judge what they leave.
+
+One flow is one client (its own WebSocket connection and extension) and one
+call.  Many flows run at once through one Kamailio (a thread each); each is
+judged by its own Call-IDs in `tm.list`: clean once its cells are gone, a
+LEAK once every cell it left is proven orphaned (the orphan proof's time
+rule, which holds under concurrent traffic: kamleak.harness.judging.orphan)
+or has outlived its lifetime bound.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+from kamleak.harness.errors import KamleakError
+from kamleak.harness.judging import oracle, orphan
+from kamleak.harness.probes import pbx_trace, ws_connections
+from kamleak.harness.probes.rpc import TmCell
+from kamleak.harness.sip import UAError, WebSocketUA
+from kamleak.harness.tools.explore.flow import DISCONNECTS, Flow
+from kamleak.harness.wait import WaitTimeout, poll
+
+# Extensions by how the PBX answers (docker/asterisk/etc/extensions.conf).
+EXTENSION_PREFIX = {"answer": "", "ring_answer": "ring", "busy": "busy", "no_answer": "noanswer"}
+
+
+@dataclass
+class FlowRun:
+    """What driving one flow did: its Call-IDs, what each step got, what broke."""
+
+    flow: Flow
+    extension: str
+    call_ids: set[str] = field(default_factory=set)
+    steps: list[str] = field(default_factory=list)     # per step: "200", "486", "sent", ...
+    error: str | None = None                            # the harness could not drive it
+    ended_at: float = 0.0                               # monotonic, after the last step
+
+
+def new_extension() -> str:
+    return str(random.randrange(10_000_000, 99_999_999))
+
+
+class _Driver:
+    def __init__(self, kamailio, pbx, flow: Flow, run: FlowRun):
+        self.kamailio, self.pbx, self.flow, self.run = kamailio, pbx, flow, run
+        self.ua: WebSocketUA | None = None
+        self.dialog = None
+        self.pending = None
+        self.dialed = run.extension          # the extension Asterisk's channel carries
+
+    def target(self, answer: str) -> str:
+        return f"sip:{EXTENSION_PREFIX[answer]}{self.run.extension}@127.0.0.1"
+
+    def drive(self) -> None:
+        self.ua = WebSocketUA(self.kamailio.url(self.flow.transport), user=f"u{self.run.extension}")
+        self.ua.connect()
+        for step in self.flow.steps:
+            self.run.steps.append(self.step(step.name, step.arg))
+
+    def step(self, name: str, arg) -> str:
+        ua = self.ua
+        if name in ("register", "unregister"):
+            aor = f"sip:u{self.run.extension}@127.0.0.1"
+            resp = ua.register(aor, expires=0 if name == "unregister" else 600, timeout=10)
+            self.run.call_ids.add(resp.call_id)
+            return str(resp.status)
+        if name in ("invite", "invite_se"):
+            self.dialed = EXTENSION_PREFIX[arg] + self.run.extension
+            se = {"session_expires": 1800, "min_se": 90, "refresher": "uac"} if name == "invite_se" else {}
+            if arg == "no_answer":
+                self.pending = ua.invite_start(self.target(arg), **se)
+                self.run.call_ids.add(self.pending.call_id)
+                self.pending.wait_provisional(timeout=10)
+                return "180"
+            try:
+                self.dialog = ua.invite(self.target(arg), timeout=15, **se)
+            except UAError as exc:
+                response = getattr(exc, "response", None)
+                if response is None:
+                    raise
+                self.run.call_ids.add(response.call_id)
+                return str(response.status)
+            self.run.call_ids.add(self.dialog.call_id)
+            return "200"
+        if name == "cancel":
+            final = self.pending.cancel(timeout=10)
+            return str(final.status)
+        if name == "cancel_race":
+            pending = ua.invite_start(self.target("answer"))
+            self.run.call_ids.add(pending.call_id)
+            final = pending.cancel(timeout=10)
+            return str(final.status)
+        if name == "reinvite":
+            return str(self.dialog.reinvite(timeout=10).status)
+        if name == "update":
+            return str(self.dialog.update(timeout=10).status)
+        if name in ("message", "info", "options"):
+            body = "kamleak" if name == "message" else ""
+            return str(self.dialog.request(name.upper(), body=body,
+                                           content_type="text/plain" if body else None,
+                                           timeout=10).status)
+        if name == "bye":
+            return str(self.dialog.bye(timeout=10).status)
+        if name == "pbx_bye":
+            mark = len(self.pbx.log())
+            self.pbx.hangup(self.dialed)
+            call_id = self.dialog.call_id if self.dialog is not None else ""
+            # The step is over when Kamailio has answered Asterisk's BYE (relayed or not).
+            try:
+                finals = poll(lambda: pbx_trace.final_replies(
+                    pbx_trace.parse_pjsip_log(self.pbx.log()[mark:]), call_id), timeout=10,
+                    interval=0.05, what="Kamailio's reply to Asterisk's BYE")
+            except WaitTimeout:
+                return "no reply"
+            return str(finals[0].code)
+        if name in DISCONNECTS:
+            port = int(ua.local_addr.rsplit(":", 1)[1])
+            ua.disconnect(name)
+            try:
+                ws_connections.wait_gone(self.kamailio.rpc, port, timeout=10, abort=self.kamailio.death)
+            except WaitTimeout:
+                return "still listed"
+            return "gone"
+        if name == "pause":
+            time.sleep(int(arg or 0) / 1000.0)
+            return "ok"
+        raise KamleakError(f"explore cannot drive step '{name}' yet")
+
+
+def drive(kamailio, pbx, flow: Flow, extension: str | None = None) -> FlowRun:
+    """Run FLOW's steps; never raises for what Kamailio or Asterisk answered."""
+    run = FlowRun(flow, extension or new_extension())
+    d = _Driver(kamailio, pbx, flow, run)
+    try:
+        d.drive()
+    except (UAError, KamleakError, OSError, AttributeError) as exc:
+        run.error = f"{type(exc).__name__}: {exc}"[:300]
+    finally:
+        run.ended_at = time.monotonic()
+        if d.ua is not None and d.ua.connected and not any(s.name in DISCONNECTS for s in flow.steps):
+            try:
+                d.ua.close()
+            except Exception:  # noqa: BLE001 - closing must go on
+                pass
+    return run
+
+
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Judgement:
+    """One flow's verdict: its cells gone, or what it left and why that is a leak."""
+
+    run: FlowRun
+    leaked: bool
+    cells: list[TmCell]
+    proofs: list[str]
+    gone_after: float | None
+
+    def signature(self) -> str:
+        """What a leak is deduplicated by: the stuck method and state, the steps' answers' shape."""
+        if not self.leaked:
+            return ""
+        cells = ",".join(sorted({f"{c.method}/out{c.outgoings}/ref{c.ref_count}/t{c.tflags}"
+                                 for c in self.cells}))
+        return cells
+
+
+def judge(kamailio, runs: list[FlowRun], timers: oracle.Timers, *, interval: float = 0.1) -> list[Judgement]:
+    """Watch every run's Call-IDs in tm.list until each is gone or proven orphaned."""
+    wt_need = orphan.time_needed(timers.wt_timer)
+    idle_since: dict[str, float] = {}
+    proofs: dict[int, list[str]] = {}
+    done: dict[int, Judgement] = {}
+    start = time.monotonic()
+
+    def look() -> bool:
+        now = time.monotonic()
+        listed = kamailio.rpc.tm_list()
+        for i, run in enumerate(runs):
+            if i in done:
+                continue
+            mine = [c for c in listed if c.callid in run.call_ids]
+            for c in mine:
+                if orphan.idle(c):
+                    idle_since.setdefault(c.cell, now)
+                else:
+                    idle_since.pop(c.cell, None)
+            if not mine:
+                done[i] = Judgement(run, False, [], [], round(now - run.ended_at, 3))
+                continue
+            bound = max(timers.deadline_for(c.method) for c in mine)
+            proven = [c for c in mine if c.cell in idle_since and now - idle_since[c.cell] >= wt_need]
+            if len(proven) == len(mine):
+                proofs[i] = [f"{c.method} cell {c.cell}: outgoings 0, ref_count 1, idle "
+                             f"{now - idle_since[c.cell]:.1f} s > wt_timer {timers.wt_timer} ms "
+                             f"x{orphan.TIME_FACTOR:g} + {orphan.TIME_MARGIN_S:g} s" for c in mine]
+                done[i] = Judgement(run, True, mine, proofs[i], None)
+            elif now - run.ended_at > bound:
+                done[i] = Judgement(run, True, mine, [f"{c.method} cell {c.cell} outlived its bound "
+                                                      f"{bound:.1f} s" for c in mine], None)
+        return len(done) == len(runs)
+
+    longest = max((timers.deadline_for("INVITE"), timers.deadline_for("BYE")))
+    try:
+        poll(look, timeout=longest + 5, what="the flows' cells leaving tm.list",
+             interval=interval, max_interval=interval, abort=kamailio.death)
+    except WaitTimeout:
+        pass
+    del start
+    return [done.get(i) or Judgement(run, True, [], ["not judged before the deadline"], None)
+            for i, run in enumerate(runs)]
+
+
+def run_batch(kamailio, pbx, flows: list[Flow], timers: oracle.Timers) -> list[Judgement]:
+    """All FLOWS at once through KAMAILIO, then each judged by its Call-IDs."""
+    runs: list[FlowRun | None] = [None] * len(flows)
+
+    def one(i: int, f: Flow) -> None:
+        runs[i] = drive(kamailio, pbx, f)
+
+    threads = [threading.Thread(target=one, args=(i, f), daemon=True) for i, f in enumerate(flows)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    done = [r if r is not None else FlowRun(f, "", error="did not finish in 120 s")
+            for r, f in zip(runs, flows)]
+    return judge(kamailio, done, timers)
+
+
+def replay(kamailio, pbx, flow: Flow) -> Judgement:
+    """One flow alone on KAMAILIO, judged: what an emitted regression test runs."""
+    timers = oracle.read_timers(kamailio.rpc, kamailio.config, kamailio.version)
+    return run_batch(kamailio, pbx, [flow], timers)[0]

@@ -1,0 +1,98 @@
+"""explore's flows: the generator only yields flows a client could drive, and they round-trip."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kamleak.harness.errors import UsageError
+from kamleak.harness.tools.explore import flow as fl
+
+
+@settings(max_examples=300, deadline=None)
+@given(fl.flows())
+def test_every_generated_flow_is_valid_ends_the_call_and_round_trips(f):
+    states = f.states()
+    assert states[-1] in ("ended", "idle")
+    assert fl.Flow.from_json(f.to_json()) == f
+    gone = False
+    for state, step in zip(states, f.steps):
+        assert state in fl.STEPS[step.name]
+        if gone:   # nothing from the client once its connection is dead
+            assert step.name in ("pbx_bye", "pause", *fl.DISCONNECTS), f.text()
+        gone = gone or step.name in fl.DISCONNECTS
+
+
+def test_the_issue_4140_flow_reads_as_an_engineer_writes_it():
+    f = fl.parse("ws", ["invite_se:answer", "reinvite", "rst", "pbx_bye"])
+    assert f.states() == ["idle", "confirmed", "confirmed", "gone", "ended"]
+    assert f.text() == "ws: invite_se:answer, reinvite, rst, pbx_bye"
+    assert "[gone     ] PBX pbx_bye" in f.ladder()
+
+
+@pytest.mark.parametrize("steps, message", [
+    (["invite:answer", "dance"], "unknown step 'dance' (step 2)"),
+    (["invite:maybe"], "unknown PBX answer 'maybe' for invite (step 1)"),
+    (["bye"], "step 'bye' cannot come in state 'idle' (step 1)"),
+    (["invite:answer", "rst", "reinvite"], "step 'reinvite' cannot come in state 'gone' (step 3)"),
+    (["invite:no_answer", "bye"], "step 'bye' cannot come in state 'early' (step 2)"),
+    (["pause:soon"], "pause takes milliseconds, not 'soon' (step 1)"),
+    (["rst:hard"], "step 'rst' takes no argument"),
+])
+def test_a_flow_that_cannot_be_driven_is_one_line(steps, message):
+    with pytest.raises(UsageError) as exc:
+        fl.parse("ws", steps)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_unknown_transport_and_not_a_flow():
+    with pytest.raises(UsageError, match="unknown transport 'sctp'"):
+        fl.parse("sctp", ["invite:answer", "bye"])
+    with pytest.raises(UsageError, match="not a kamleak flow"):
+        fl.Flow.from_json({"transport": "ws"})
+
+
+def test_the_generator_reaches_the_4140_shape():
+    """Some generated flow disconnects in a confirmed call and then gets the PBX's BYE."""
+    from hypothesis import find
+    found = find(fl.flows(), lambda f: any(
+        a.name in fl.DISCONNECTS and b.name == "pbx_bye" and s == "confirmed"
+        for s, a, b in zip(f.states(), f.steps, f.steps[1:])), settings=settings(max_examples=2000))
+    assert [s.name for s in found.steps][-2:] in (["rst", "pbx_bye"], ["fin", "pbx_bye"],
+                                                  ["close", "pbx_bye"])
+    assert len(found.steps) <= 3         # shrunk: invite, the disconnect, the PBX's BYE
+
+
+def test_shrinking_only_tries_flows_the_state_machine_allows():
+    seen = []
+
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(st.data())
+    def check(data):
+        f = data.draw(fl.flows())
+        seen.append(f)
+        fl.parse(f.transport, [s.text() for s in f.steps])     # raises if not drivable
+        assert not any(s.name == "options" for s in f.steps)   # fails: Hypothesis shrinks it
+
+    with pytest.raises(AssertionError):
+        check()
+    assert len(seen) > 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(fl.flows(steps=["invite", "reinvite", "rst", "pbx_bye", "pause"], answers=["answer"]))
+def test_a_narrowed_vocabulary_is_all_the_generator_draws(f):
+    assert {s.name for s in f.steps} <= {"invite", "reinvite", "rst", "pbx_bye", "pause"}
+    assert all(s.arg == "answer" for s in f.steps if s.name == "invite")
+    fl.parse(f.transport, [s.text() for s in f.steps])
+
+
+@pytest.mark.parametrize("steps, answers, message", [
+    (["invite", "moonwalk"], None, "unknown step 'moonwalk'"),
+    (["bye", "rst"], None, "the steps place no call"),
+    (["invite"], ["maybe"], "unknown PBX answer 'maybe'"),
+])
+def test_a_bad_vocabulary_is_one_line(steps, answers, message):
+    with pytest.raises(UsageError, match=message):
+        fl.check_vocabulary(steps, answers)
