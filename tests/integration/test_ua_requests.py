@@ -13,6 +13,7 @@ import random
 
 import pytest
 
+from kamleak.harness.stack import asterisk
 from kamleak.harness.wait import poll
 
 pytestmark = [pytest.mark.kamailio, pytest.mark.asterisk]
@@ -106,11 +107,11 @@ def test_cancel_of_an_answered_extension(kamailio_factory, pbx, ua_factory, requ
 
 
 def test_cancel_after_180_of_noanswer(kamailio_factory, pbx, ua_factory):
-    if "noanswer" not in pbx.cli("dialplan show kamleak"):
-        pytest.skip("Asterisk's dialplan has no noanswer<digits> extension yet (docker/asterisk/etc/extensions.conf)")
+    ext = _ext(asterisk.NOANSWER)
+    if "Ringing" not in pbx.cli(f"dialplan show {ext}@kamleak"):
+        pytest.skip("Asterisk's dialplan has no noanswer<digits> extension (rebuild: kamleak setup)")
     kamailio = kamailio_factory()
     ua = ua_factory(kamailio.url("ws"))
-    ext = _ext("noanswer")
     try:
         pending = ua.invite_start(f"sip:{ext}@127.0.0.1")
         ringing = pending.wait_provisional(180, timeout=15)
