@@ -266,9 +266,8 @@ class Dialog:
                 self._apply_session_timer(final, we_are_uac=True)
                 ack = build_ack(req, final, route_set=self.route_set, remote_target=self.remote_target,
                                 via=self.ua._new_via())
-            else:
-                ack = build_ack(req, final)
-            self.ua._send_ack(tx, ack)
+                self.ua._send_ack(tx, ack)
+            # a non-2xx final was ACKed by the transaction (_on_response, 17.1.1.3)
         if req.method == "BYE" or final.status in (408, 481):
             self._terminate("local" if req.method == "BYE" else "remote")  # RFC 3261 12.2.1.2
         if check and final.status >= 300:
@@ -417,7 +416,7 @@ class PendingInvite:
         self.final = resp
         req, ua = self.request, self.ua
         if resp.status >= 300:
-            ua._send_ack(self.tx, build_ack(req, resp))
+            # the transaction ACKed it already (_on_response, RFC 3261 17.1.1.3)
             for d in self.early.values():
                 d._terminate("remote")
             return
@@ -897,6 +896,10 @@ class WebSocketUA:
                     resend = tx.ack
             elif resp.status >= 200:
                 tx.final = resp
+                if tx.method == "INVITE" and resp.status >= 300:
+                    # The INVITE client transaction ACKs a non-2xx final itself
+                    # (17.1.1.3), whether or not anyone waits for the response.
+                    tx.ack = resend = build_ack(tx.request, resp)
             tx.responses.append(resp)
             self._cond.notify_all()
         if resend is not None:

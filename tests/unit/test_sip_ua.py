@@ -719,3 +719,27 @@ def test_update_refresh_without_and_with_sdp(ua_factory):
     assert dialog.state == "confirmed" and dialog.local_cseq == 3
     peer.join()
     assert ua.errors == []
+
+
+def test_non_2xx_final_is_acked_by_the_transaction_unawaited(ua_factory):
+    """RFC 3261 17.1.1.3: the INVITE client transaction ACKs a 487 itself,
+    though the flow never calls wait_final()."""
+    def script(peer):
+        inv = peer.recv_sip()
+        peer.send_sip(build_response(inv, 180, to_tag="t2"))
+        cancel = peer.recv_sip()
+        peer.send_sip(build_response(cancel, 200))
+        peer.send_sip(build_response(inv, 487, to_tag="t2"))
+        ack = peer.recv_sip()
+        assert ack.method == "ACK" and ack.top_via_branch == inv.top_via_branch and ack.to_tag == "t2"
+        peer.send_sip(build_response(inv, 487, to_tag="t2"))   # a retransmission: the same ACK again
+        assert peer.recv_sip().encode() == ack.encode()
+
+    peer = WsPeer(script)
+    ua = ua_factory(peer.url)
+    ua.connect(timeout=2)
+    pending = ua.invite_start("sip:600123@127.0.0.1")
+    assert pending.cancel(timeout=2).status == 200
+    peer.join()
+    assert pending.wait_final(timeout=2).status == 487
+    assert [e.message.method for e in ua.trace if e.direction == "out"] == ["INVITE", "CANCEL", "ACK", "ACK"]
