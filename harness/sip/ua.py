@@ -488,7 +488,8 @@ class PendingInvite:
         has been received, and SHOULD NOT once a final one has.  So by default
         this first waits (within TIMEOUT) for a provisional response, and
         sends nothing (returns None) if the final response comes first or was
-        already here.  ``require_provisional=False`` sends it at once whatever
+        already here (a 2xx then is an established call: `dialog.bye()` it).
+        ``require_provisional=False`` sends it at once whatever
         has or has not arrived: the CANCEL before any response, or racing the
         200, as a UA breaking the rule would.  The INVITE's outcome (487, or a
         2xx that won) is `wait_final()`'s.
