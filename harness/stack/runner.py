@@ -100,13 +100,7 @@ class Stack:
         self.kamailios.clear()
 
     def close(self) -> None:
-        for ua in self.uas:
-            try:
-                ua.close()
-            except Exception:  # noqa: BLE001 - closing must go on
-                pass
-        for k in self.kamailios:
-            k.stop()
+        self.release()
         if self.pbx is not None:
             self.pbx.stop()
         containers.remove_all_live()

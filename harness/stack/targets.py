@@ -158,6 +158,29 @@ def add_option(p, names: tuple[str, ...], **kw) -> None:
                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
+def add_one_target_options(p) -> None:
+    """--kamailio-version | --kamailio-image | --kamailio-ref (one of them) and
+    --kamailio-source, for commands that run one Kamailio (soak, explore);
+    `one_target(args)` reads them back."""
+    g = p.add_mutually_exclusive_group()
+    add_option(g, ("--kamailio-version", "--version"), dest="version", default=None, metavar="V",
+               help="a Kamailio version kamleak builds (default 6.0.1)")
+    add_option(g, ("--kamailio-image", "--image"), dest="image", default=None, metavar="IMAGE",
+               help="any image with a kamailio binary (never pulled)")
+    g.add_argument("--kamailio-ref", default=None, metavar="REF",
+                   help="Kamailio built from source at a tag, branch or commit (e.g. 5.8.5)")
+    add_source_option(p.add_argument)
+
+
+def one_target(args, default_version: str = "6.0.1") -> Target:
+    """The Target `add_one_target_options` gave."""
+    if args.image:
+        return Target("image", args.image)
+    if args.kamailio_ref:
+        return Target("source", args.kamailio_ref, source=args.kamailio_source)
+    return Target("version", images.canonical_version(args.version or default_version))
+
+
 def add_source_option(add, what: str = "where --kamailio-ref builds come from") -> None:
     """--kamailio-source, one definition for the CLI's parsers (ADD: `p.add_argument`)
     and pytest's (ADD: `group.addoption`, the same signature)."""

@@ -95,7 +95,9 @@ class Seen:
 
 
 @dataclass
-class Stuck:
+class Flagged:
+    """A followed cell watch reports: which one, as tm.list shows it."""
+
     method: str
     callid: str
     cseq: str
@@ -107,12 +109,16 @@ class Stuck:
     tindex: int
     tlabel: int
     first_seen: float       # epoch
-    age: float
-    bound: float
-    signature_4140: bool
 
     def as_dict(self) -> dict:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in vars(self).items()}
+
+
+@dataclass
+class Stuck(Flagged):
+    age: float
+    bound: float
+    signature_4140: bool
 
     def line(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.first_seen))
@@ -125,18 +131,7 @@ class Stuck:
 
 
 @dataclass
-class Orphaned:
-    method: str
-    callid: str
-    cseq: str
-    from_tag: str
-    to_tag: str
-    outgoings: int
-    ref_count: int
-    tflags: int
-    tindex: int
-    tlabel: int
-    first_seen: float       # epoch
+class Orphaned(Flagged):
     idle_since: float       # epoch: the first poll of the idle run
     idle: float             # seconds idle, without a break, at this poll
     wt_timer_ms: int
@@ -151,8 +146,7 @@ class Orphaned:
                 f"{orphan.TIME_MARGIN_S:g} s")
 
     def as_dict(self) -> dict:
-        d = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in vars(self).items()}
-        return {**d, "evidence": self.evidence}
+        return {**super().as_dict(), "evidence": self.evidence}
 
     def line(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.first_seen))

@@ -22,16 +22,9 @@ EXIT_NONE, EXIT_FOUND, EXIT_CANNOT_TEST = 0, 1, 125
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from kamleak.harness.stack.targets import add_option, add_source_option
+    from kamleak.harness.stack.targets import add_one_target_options, add_option
 
-    g = p.add_mutually_exclusive_group()
-    add_option(g, ("--kamailio-version", "--version"), dest="version", default=None, metavar="V",
-               help="a Kamailio version kamleak builds (default 6.0.1)")
-    add_option(g, ("--kamailio-image", "--image"), dest="image", default=None, metavar="IMAGE",
-               help="any image with a kamailio binary (never pulled)")
-    g.add_argument("--kamailio-ref", default=None, metavar="REF",
-                   help="Kamailio built from source at a tag, branch or commit (e.g. 5.8.5)")
-    add_source_option(p.add_argument)
+    add_one_target_options(p)
     add_option(p, ("--kamailio-config", "--config"), dest="config", default=None, metavar="KAMAILIO_CFG",
                help="your kamailio.cfg (README: the contract) instead of kamleak's with a variant")
     p.add_argument("--variant", default=None,
@@ -106,17 +99,14 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow) -
     from hypothesis.database import DirectoryBasedExampleDatabase
 
     from kamleak.harness import registry
-    from kamleak.harness.stack import images
     from kamleak.harness.stack.kamailio.user_config import UserConfig
     from kamleak.harness.stack.runner import Stack
-    from kamleak.harness.stack.targets import Target
+    from kamleak.harness.stack.targets import one_target
     from kamleak.harness.tools.explore import flow as fl
     from kamleak.harness.tools.explore.campaign import Campaign
     from kamleak.harness.tools.explore.run import replay
 
-    target = Target("image", args.image) if args.image else \
-        Target("source", args.kamailio_ref, source=args.kamailio_source) if args.kamailio_ref else \
-        Target("version", images.canonical_version(args.version or "6.0.1"))
+    target = one_target(args)
     user_config = UserConfig.load(args.config) if args.config else None
     defines: tuple[str, ...] = ()
     if args.variant and args.variant != "none":

@@ -17,16 +17,9 @@ HELP = "many calls through one Kamailio: leaked cells and shm per call"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from kamleak.harness.stack.targets import add_option, add_source_option
+    from kamleak.harness.stack.targets import add_one_target_options
 
-    g = p.add_mutually_exclusive_group()
-    add_option(g, ("--kamailio-version", "--version"), dest="version", default=None, metavar="V",
-               help="a Kamailio version kamleak builds (default 6.0.1)")
-    add_option(g, ("--kamailio-image", "--image"), dest="image", default=None, metavar="IMAGE",
-               help="any image with a kamailio binary (never pulled)")
-    g.add_argument("--kamailio-ref", default=None, metavar="REF",
-                   help="Kamailio built from source at a tag, branch or commit (e.g. 5.8.5)")
-    add_source_option(p.add_argument)
+    add_one_target_options(p)
     p.add_argument("--variant", default=None, help="config variant (default: the gate's, pua_dialoginfo)")
     p.add_argument("--calls", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=50, help="calls in flight at most (and clients)")
@@ -51,13 +44,11 @@ def run(args) -> int:
     from kamleak.harness.stack.asterisk import AsteriskPBX
     from kamleak.harness.stack.kamailio import TmTimers
     from kamleak.harness.stack.runner import launch_kamailio
-    from kamleak.harness.stack.targets import Target
+    from kamleak.harness.stack.targets import one_target
 
     story = registry.scenario("gh4140")
 
-    target = Target("image", args.image) if args.image else \
-        Target("source", args.kamailio_ref, source=args.kamailio_source) if args.kamailio_ref else \
-        Target("version", images.canonical_version(args.version or "6.0.1"))
+    target = one_target(args)
     variant = story.parse_variant(args.variant or story.DEFAULT_VARIANT)
     if target.kind in ("version", "source"):
         why = story.applicable(target, variant)
