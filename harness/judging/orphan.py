@@ -6,7 +6,8 @@ orphaned.  The rules below were read in tm's source at upstream 5.8.0 ..
 master (line numbers at 5.8.5 / master; the functions they cite are
 unchanged across that range but for cosmetic commits: SPDX headers,
 flags made int, a NULL check in the FR handler) and measured on Debian's
-5.6.3, 6.0.1 and 6.1.5 by the agreement tests (tests/gate/test_early_verdict.py).
+5.6.3, 6.0.1 and 6.1.5 and upstream 5.8.5 and master (docs/early-verdict.md: `make
+agreement`; every gate test holds it too, tests/gate/matrix.assert_early).
 
 An *idle* cell: a non-INVITE cell with `outgoings 0`, `ref_count 1`, neither
 suspended nor in agony (tm.list: t_stats.c:290/292 prints nr_of_outgoings,
