@@ -17,8 +17,6 @@ import pytest
 
 from kamleak.harness.errors import KamleakError, RPCError
 from kamleak.harness.probes.rpc import KamailioRPC
-from kamleak.harness.stack.runner import Stack
-from kamleak.harness.stack.targets import Target
 from kamleak.harness.tools import cli
 from kamleak.harness.wait import poll
 from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
@@ -26,35 +24,39 @@ from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
 pytestmark = [pytest.mark.kamailio, pytest.mark.asterisk]
 
 
-def test_an_rpc_that_stops_answering_mid_proof_is_cannot_test(docker_client, kamleak_images):
+@pytest.mark.single_target
+def test_an_rpc_that_stops_answering_mid_proof_is_cannot_test(kamailio_factory, pbx, ua_factory):
+    # The session's fixtures, not a Stack: a Stack's close() removes every container of
+    # this process, the worker's Asterisk among them.
+    variant = gh4140.parse_variant("uac_req_send")
+    kam = gh4140.start_kamailio(kamailio_factory, variant)
     outcome: dict = {}
-    with Stack(Target("version", "6.0.1"), log=lambda *a: None) as bench:
-        def ladder():
-            try:
-                outcome["verdict"] = gh4140.gate(bench, gh4140.parse_variant("uac_req_send"))
-            except KamleakError as exc:
-                outcome["error"] = exc
 
-        runner = threading.Thread(target=ladder, daemon=True)
-        runner.start()
-        kam = poll(lambda: bench.kamailios[-1] if bench.kamailios else None, timeout=60,
-                   what="the gate's Kamailio")
-        poll(lambda: kam.rpc is not None and kam.version, timeout=60, what="Kamailio answering")
-        own = KamailioRPC(kam.rpc.url)
-        # The moment Asterisk's BYE has its cell, before any proof can hold (>= 0.6 s).
-        poll(lambda: any(c.method == "BYE" for c in own.tm_list()), timeout=60, interval=0.02,
-             max_interval=0.02, what="the BYE cell")
-        # Every process of it stopped (SIGSTOP from the host): the container still
-        # runs, Kamailio answers no RPC at all.
-        pids = [int(row[1]) for row in kam.running.container.top()["Processes"]]
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
+    def ladder():
         try:
-            runner.join(timeout=60)
-        finally:
-            for pid in pids:
-                os.kill(pid, signal.SIGCONT)
-        assert not runner.is_alive()
+            outcome["verdict"] = gh4140.run(kamailio=kam, pbx=pbx, ua_factory=ua_factory,
+                                            transport="ws", variant=variant)
+        except KamleakError as exc:
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=ladder, daemon=True)
+    runner.start()
+    own = KamailioRPC(kam.rpc.url)
+    # The moment Asterisk's BYE has its cell, before any proof can hold (>= 0.6 s).
+    poll(lambda: any(c.method == "BYE" for c in own.tm_list()), timeout=60, interval=0.02,
+         max_interval=0.02, what="the BYE cell")
+    # Every process of it stopped (SIGSTOP from the host): the container still
+    # runs, Kamailio answers no RPC at all.
+    pids = [int(row[1]) for row in kam.running.container.top()["Processes"]]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        runner.join(timeout=60)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+        pbx.cli("channel request hangup all")
+    assert not runner.is_alive()
     assert "verdict" not in outcome, outcome["verdict"].report()
     error = outcome["error"]
     # gate_once maps exactly these to "cannot test" (exit 125), never to a verdict.
