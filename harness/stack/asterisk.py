@@ -135,6 +135,13 @@ class AsteriskPBX:
     def log(self) -> str:
         return self.running.log() if self.running else ""
 
+    def log_since(self, epoch: float) -> str:
+        """Only what Asterisk logged from EPOCH on (whole seconds: a little before it):
+        a long campaign's log is large, and re-reading all of it per call adds up."""
+        if self.running is None or self.running.container is None:
+            return ""
+        return containers.logs(self.running.container, since=max(1, int(epoch) - 1))
+
     def stop(self) -> None:
         if self.running is not None:
             self.running.stop()

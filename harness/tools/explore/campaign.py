@@ -22,6 +22,11 @@ from kamleak.harness.tools.explore.flow import Flow
 from kamleak.harness.tools.explore.run import Judgement, run_batch
 
 
+class BudgetSpent(BaseException):
+    """The budget ran out: ends Hypothesis's run at once (a BaseException, like
+    KeyboardInterrupt, is not a failing example: nothing is shrunk on it)."""
+
+
 class LeakFound(Exception):
     """A batch left a flow's cells behind (raised inside Hypothesis's test body)."""
 
@@ -76,6 +81,7 @@ class Campaign:
         self.t0 = 0.0
         self.first_failure: tuple[int, float] | None = None
         self.failing_runs = 0
+        self.best: Judgement | None = None
 
     def over(self) -> str:
         if time.monotonic() - self.t0 > self.budget_s:
@@ -84,13 +90,21 @@ class Campaign:
             return "max flows"
         return ""
 
-    def run_flows(self, flows: list[Flow], confirm: bool = False) -> list[Judgement]:
-        kamailio = self.start()
+    def run_flows(self, flows: list[Flow], confirm: bool = False, fresh: bool = True) -> list[Judgement]:
+        """FLOWS at once, judged.  FRESH: on a Kamailio of their own (replays);
+        otherwise on the campaign's, restarted every REUSE batches (flows are
+        judged by their own Call-IDs, so earlier batches' leftovers do not count)."""
+        if fresh or self._kamailio is None or self._uses >= self.REUSE or self._kamailio.death():
+            self._retire()
+            self._kamailio = self.start()
+            self._timers = oracle.read_timers(self._kamailio.rpc, self._kamailio.config,
+                                              self._kamailio.version)
+        self._uses += 1
         try:
-            timers = oracle.read_timers(kamailio.rpc, kamailio.config, kamailio.version)
-            judged = run_batch(kamailio, self.pbx, flows, timers, confirm=confirm)
+            judged = run_batch(self._kamailio, self.pbx, flows, self._timers, confirm=confirm)
         finally:
-            kamailio.stop()
+            if fresh:
+                self._retire()
             try:
                 self.pbx.cli("channel request hangup all")    # calls a flow left up
             except Exception:  # noqa: BLE001 - the next batch starts anyway
@@ -100,10 +114,24 @@ class Campaign:
         self.result.harness_errors += sum(1 for j in judged if j.run.error)
         return judged
 
-    def _body(self, batch: list[Flow]) -> None:
+    REUSE = 10            # batches on one Kamailio while generating
+
+    _kamailio = None
+    _timers = None
+    _uses = 0
+
+    def _retire(self) -> None:
+        if self._kamailio is not None:
+            self._kamailio.stop()
+        self._kamailio, self._uses = None, 0
+
+    def _body(self, batch: list[Flow | None]) -> None:
+        batch = [f for f in batch if f is not None]
         if self.over():
+            raise BudgetSpent(self.over())
+        if not batch:
             return
-        judged = self.run_flows(batch)
+        judged = self.run_flows(batch, fresh=False)
         leaks = [j for j in judged if j.leaked and j.run.error is None]
         self.say(f"[explore] {self.result.flows} flows in {time.monotonic() - self.t0:.0f} s, "
                  f"{len(leaks)} leaked in this batch of {len(batch)}")
@@ -111,6 +139,10 @@ class Campaign:
             self.failing_runs += 1
             if self.first_failure is None:
                 self.first_failure = (self.result.flows, time.monotonic() - self.t0)
+            smallest = min(leaks, key=lambda j: len(j.run.flow.steps))
+            # The smallest failing flow so far: what is confirmed if the budget ends the shrink.
+            if self.best is None or len(smallest.run.flow.steps) < len(self.best.run.flow.steps):
+                self.best = smallest
             raise LeakFound(leaks[0])
 
     def run(self) -> Result:
@@ -120,8 +152,12 @@ class Campaign:
         from hypothesis.errors import Flaky
 
         self.t0 = time.monotonic()
-        examples = 10**6 if self.max_flows is None else max(1, -(-self.max_flows // self.batch)) + 1000
-        test = given(st.lists(self.strategy, min_size=1, max_size=self.batch))(self._body)
+        examples = 10**6
+        # A batch of exactly `batch` slots, each a flow or empty: generation fills
+        # about two in three, and shrinking empties slots (the first alternative)
+        # down to the one flow that leaks.
+        slot = st.one_of(st.none(), self.strategy, self.strategy)
+        test = given(st.lists(slot, min_size=self.batch, max_size=self.batch))(self._body)
         test = settings(max_examples=examples, deadline=None, database=self.database,
                         phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink),
                         suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
@@ -134,9 +170,16 @@ class Campaign:
         except LeakFound as exc:
             self.result.findings.append(self._confirm(exc.judgement))
             self.result.stopped = "a finding"
+        except BudgetSpent as exc:
+            self.result.stopped = str(exc)
+            if self.best is not None:       # the budget ended the shrink: the smallest so far
+                self.say("[explore] the budget ended the shrink; confirming the smallest leaking flow")
+                self.result.findings.append(self._confirm(self.best))
         except Flaky as exc:
             self.say(f"[explore] Hypothesis could not replay the failing batch: {str(exc)[:200]}")
             self.result.stopped = "flaky"
+        finally:
+            self._retire()
         self.result.elapsed = time.monotonic() - self.t0
         return self.result
 

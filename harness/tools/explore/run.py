@@ -106,13 +106,13 @@ class _Driver:
         if name == "bye":
             return str(self.dialog.bye(timeout=10).status)
         if name == "pbx_bye":
-            mark = len(self.pbx.log())
+            since = time.time()
             self.pbx.hangup(self.dialed)
             call_id = self.dialog.call_id if self.dialog is not None else ""
             # The step is over when Kamailio has answered Asterisk's BYE (relayed or not).
             try:
                 finals = poll(lambda: pbx_trace.final_replies(
-                    pbx_trace.parse_pjsip_log(self.pbx.log()[mark:]), call_id), timeout=10,
+                    pbx_trace.parse_pjsip_log(self.pbx.log_since(since)), call_id), timeout=10,
                     interval=0.05, what="Kamailio's reply to Asterisk's BYE")
             except WaitTimeout:
                 return "no reply"
