@@ -58,7 +58,7 @@ def test_the_generator_reaches_the_4140_shape():
     from hypothesis import find
     found = find(fl.flows(), lambda f: any(
         a.name in fl.DISCONNECTS and b.name == "pbx_bye" and s == "confirmed"
-        for s, a, b in zip(f.states(), f.steps, f.steps[1:])), settings=settings(max_examples=2000))
+        for s, a, b in zip(f.states(), f.steps, f.steps[1:])), settings=settings(max_examples=2000, derandomize=True))
     assert [s.name for s in found.steps][-2:] in (["rst", "pbx_bye"], ["fin", "pbx_bye"],
                                                   ["close", "pbx_bye"])
     assert len(found.steps) <= 3         # shrunk: invite, the disconnect, the PBX's BYE
@@ -67,13 +67,13 @@ def test_the_generator_reaches_the_4140_shape():
 def test_shrinking_only_tries_flows_the_state_machine_allows():
     seen = []
 
-    @settings(max_examples=200, deadline=None, database=None)
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True)
     @given(st.data())
     def check(data):
         f = data.draw(fl.flows())
         seen.append(f)
         fl.parse(f.transport, [s.text() for s in f.steps])     # raises if not drivable
-        assert not any(s.name == "options" for s in f.steps)   # fails: Hypothesis shrinks it
+        assert not any(s.name == "reinvite" for s in f.steps)  # fails: Hypothesis shrinks it
 
     with pytest.raises(AssertionError):
         check()
