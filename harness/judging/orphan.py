@@ -110,6 +110,35 @@ def why_not_idle(cell: TmCell) -> str:
     return f"tflags {cell.tflags} (suspended or in agony)"
 
 
+class IdleRuns:
+    """The time proof's clock: per cell, since when it has been seen idle without a
+    break.  `see()` is given every cell a watch follows at one read; a cell seen
+    busy, or no longer given, starts again."""
+
+    def __init__(self, wt_ms: int):
+        self.wt_ms = wt_ms
+        self.since: dict[str, float] = {}
+
+    def see(self, now: float, cells: list[TmCell]) -> None:
+        idle_now = {c.cell for c in cells if idle(c)}
+        for key in list(self.since):
+            if key not in idle_now:
+                del self.since[key]
+        for key in idle_now:
+            self.since.setdefault(key, now)
+
+    def idle_for(self, cell: TmCell, now: float) -> float:
+        return now - self.since[cell.cell] if cell.cell in self.since else 0.0
+
+    def proven(self, cell: TmCell, now: float) -> bool:
+        return cell.cell in self.since and self.idle_for(cell, now) >= time_needed(self.wt_ms)
+
+    def evidence(self, cell: TmCell, now: float) -> str:
+        return (f"outgoings 0, ref_count 1, idle for {self.idle_for(cell, now):.1f} s: longer than "
+                f"wt_timer {self.wt_ms} ms x{TIME_FACTOR:g} + {TIME_MARGIN_S:g} s, so not on the "
+                "wait timer")
+
+
 @dataclass
 class Proof:
     """When and how a cell was proven orphaned (seconds on the watch's clock)."""
@@ -176,7 +205,7 @@ class Prover:
         self.max_noninv_ms = max_noninv_ms
         self.first_seen: dict[str, float] = {}      # cell -> first time listed
         self.applicable, self.log = applicable, log
-        self.idle_since: dict[str, float] = {}     # cell -> first time seen idle, without a break
+        self.idle = IdleRuns(wt_ms)
         self.notes: list[str] = []                 # why the count did not decide, once each
         self.last_reason = ""                      # why the last read proved nothing
 
@@ -192,28 +221,21 @@ class Prover:
         life = self._life(now, listed, watched)
         if life is not None:
             return life
+        self.idle.see(now, watched)
         cells = [c for c in watched if idle(c)]
-        for key in list(self.idle_since):
-            if key not in {c.cell for c in cells}:
-                del self.idle_since[key]
         if not cells or len(cells) != len(watched):
             busy = next((c for c in watched if not idle(c)), None)
             self.last_reason = why_not_idle(busy) if busy is not None else ""
             return None
         self.last_reason = "idle, not yet proven off the wait timer"
-        for c in cells:
-            self.idle_since.setdefault(c.cell, now)
         cell = cells[0]
         if self.applicable.count is None:
             proof = self._count(now, listed, cell)
             if proof:
                 return proof
-        if self.applicable.time is None:
-            since = self.idle_since[cell.cell]
-            if now - since >= self.time_needed:
-                return Proof(at=round(now, 3), rule="time", cell=cell.cell, evidence=(
-                    f"outgoings 0, ref_count 1, idle for {now - since:.1f} s: longer than wt_timer "
-                    f"{self.wt_ms} ms x{TIME_FACTOR:g} + {TIME_MARGIN_S:g} s, so not on the wait timer"))
+        if self.applicable.time is None and self.idle.proven(cell, now):
+            return Proof(at=round(now, 3), rule="time", cell=cell.cell,
+                         evidence=self.idle.evidence(cell, now))
         return None
 
     def life_needed(self) -> float | None:

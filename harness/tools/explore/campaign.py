@@ -82,6 +82,9 @@ class Campaign:
         self.first_failure: tuple[int, float] | None = None
         self.failing_runs = 0
         self.best: Judgement | None = None
+        self._kamailio = None             # the Kamailio generation reuses, and for how many batches
+        self._timers = None
+        self._uses = 0
 
     def over(self) -> str:
         if time.monotonic() - self.t0 > self.budget_s:
@@ -115,10 +118,6 @@ class Campaign:
         return judged
 
     REUSE = 10            # batches on one Kamailio while generating
-
-    _kamailio = None
-    _timers = None
-    _uses = 0
 
     def _retire(self) -> None:
         if self._kamailio is not None:

@@ -176,24 +176,18 @@ def judge(kamailio, runs: list[FlowRun], timers: oracle.Timers, *, interval: flo
 
     With CONFIRM a proven flow is watched on until its lifetime bound: if its
     cells leave before, the proof was wrong and the judgement is an error."""
-    wt_need = orphan.time_needed(timers.wt_timer)
-    idle_since: dict[str, float] = {}
+    idle = orphan.IdleRuns(timers.wt_timer)
     proofs: dict[int, list[str]] = {}
     done: dict[int, Judgement] = {}
-    start = time.monotonic()
 
     def look() -> bool:
         now = time.monotonic()
         listed = kamailio.rpc.tm_list()
-        for i, run in enumerate(runs):
-            if i in done:
-                continue
-            mine = [c for c in listed if c.callid in run.call_ids]
-            for c in mine:
-                if orphan.idle(c):
-                    idle_since.setdefault(c.cell, now)
-                else:
-                    idle_since.pop(c.cell, None)
+        cells = {i: [c for c in listed if c.callid in run.call_ids]
+                 for i, run in enumerate(runs) if i not in done}
+        idle.see(now, [c for mine in cells.values() for c in mine])
+        for i, mine in cells.items():
+            run = runs[i]
             if not mine:
                 if i in proofs:
                     raise ScenarioError(f"explore's orphan proof and the bound disagree: the cells of "
@@ -202,20 +196,14 @@ def judge(kamailio, runs: list[FlowRun], timers: oracle.Timers, *, interval: flo
                 done[i] = Judgement(run, False, [], [], round(now - run.ended_at, 3))
                 continue
             bound = max(timers.deadline_for(c.method) for c in mine)
-            proven = [c for c in mine if c.cell in idle_since and now - idle_since[c.cell] >= wt_need]
             if confirm and i in proofs:
                 if now - run.ended_at > bound:
                     done[i] = Judgement(run, True, mine, proofs[i] + [
                         f"still there past the lifetime bound {bound:.1f} s: the bound agrees"], None)
-            elif len(proven) == len(mine) and confirm:
-                proofs[i] = [f"{c.method} cell {c.cell}: outgoings 0, ref_count 1, idle "
-                             f"{now - idle_since[c.cell]:.1f} s > wt_timer {timers.wt_timer} ms "
-                             f"x{orphan.TIME_FACTOR:g} + {orphan.TIME_MARGIN_S:g} s" for c in mine]
-            elif len(proven) == len(mine):
-                proofs[i] = [f"{c.method} cell {c.cell}: outgoings 0, ref_count 1, idle "
-                             f"{now - idle_since[c.cell]:.1f} s > wt_timer {timers.wt_timer} ms "
-                             f"x{orphan.TIME_FACTOR:g} + {orphan.TIME_MARGIN_S:g} s" for c in mine]
-                done[i] = Judgement(run, True, mine, proofs[i], None)
+            elif all(idle.proven(c, now) for c in mine):
+                proofs[i] = [f"{c.method} cell {c.cell}: {idle.evidence(c, now)}" for c in mine]
+                if not confirm:
+                    done[i] = Judgement(run, True, mine, proofs[i], None)
             elif now - run.ended_at > bound:
                 done[i] = Judgement(run, True, mine, [f"{c.method} cell {c.cell} outlived its bound "
                                                       f"{bound:.1f} s" for c in mine], None)
@@ -227,7 +215,6 @@ def judge(kamailio, runs: list[FlowRun], timers: oracle.Timers, *, interval: flo
              interval=interval, max_interval=interval, abort=kamailio.death)
     except WaitTimeout:
         pass
-    del start
     return [done.get(i) or Judgement(run, True, [], ["not judged before the deadline"], None)
             for i, run in enumerate(runs)]
 
