@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 from kamleak.harness.judging import oracle
 from kamleak.harness.tools.explore.flow import Flow
-from kamleak.harness.tools.explore.run import Judgement, run_batch
+from kamleak.harness.tools.explore.judge import Judgement
+from kamleak.harness.tools.explore.run import run_batch
 
 
 class BudgetSpent(BaseException):
