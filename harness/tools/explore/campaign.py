@@ -81,8 +81,10 @@ class Campaign:
         self.result = Result()
         self.t0 = 0.0
         self.first_failure: tuple[int, float] | None = None
-        self.failing_runs = 0
+        self.failing_runs = 0             # batches that leaked (run or answered from the cache)
+        self.shrink_runs = 0              # batches run after the first leak: the shrink's cost
         self.best: Judgement | None = None
+        self._verdicts: dict = {}         # _key(flow) -> its Judgement (errors are not kept)
         self._kamailio = None             # the Kamailio generation reuses, and for how many batches
         self._timers = None
         self._uses = 0
@@ -120,6 +122,10 @@ class Campaign:
 
     REUSE = 10            # batches on one Kamailio while generating
 
+    def _key(self, flow: Flow):
+        """What a cached verdict is for: the flow (and whatever else a batch's Kamailio ran with)."""
+        return flow
+
     def _retire(self) -> None:
         if self._kamailio is not None:
             self._kamailio.stop()
@@ -131,10 +137,23 @@ class Campaign:
             raise BudgetSpent(self.over())
         if not batch:
             return
-        judged = self.run_flows(batch, fresh=False)
-        leaks = [j for j in judged if j.leaked and j.run.error is None]
-        self.say(f"[explore] {self.result.flows} flows in {time.monotonic() - self.t0:.0f} s, "
-                 f"{len(leaks)} leaked in this batch of {len(batch)}")
+        # Flows are independent and judged alone, so a batch's verdict is its
+        # flows' verdicts: a flow judged before is not run again.  Shrinking
+        # mostly empties slots around the leaking flow: those candidates cost
+        # nothing, and the ones that change a flow run just the changed flow, on
+        # a fresh Kamailio once a leak was seen (the design: shrink replays are
+        # single flows on a fresh Kamailio).
+        new = list(dict.fromkeys(f for f in batch if self._key(f) not in self._verdicts))
+        if new:
+            self.shrink_runs += self.failing_runs > 0
+            for j in self.run_flows(new, fresh=self.failing_runs > 0):
+                if j.run.error is None:
+                    self._verdicts[self._key(j.run.flow)] = j
+        judged = [self._verdicts[self._key(f)] for f in batch if self._key(f) in self._verdicts]
+        leaks = [j for j in judged if j.leaked]
+        if new:
+            self.say(f"[explore] {self.result.flows} flows in {time.monotonic() - self.t0:.0f} s, "
+                     f"{len(leaks)} leaked in this batch of {len(batch)}")
         if leaks:
             self.failing_runs += 1
             if self.first_failure is None:
@@ -187,7 +206,7 @@ class Campaign:
         flows_at, secs_at = self.first_failure or (self.result.flows, time.monotonic() - self.t0)
         finding = Finding(judgement.run.flow, judgement.signature(), judgement.proofs,
                           judgement.run.steps, found_after_flows=flows_at, found_after_s=secs_at,
-                          shrink_runs=self.failing_runs)
+                          shrink_runs=self.shrink_runs)
         self.say(f"[explore] shrunk to {judgement.run.flow.text()}; replaying it alone "
                  f"{self.replays} times on a fresh Kamailio")
         for n in range(self.replays):
