@@ -1,90 +1,22 @@
-"""What makes tm keep a transaction: the local requests and reply styles the stories share.
+"""Which builds leak with which trigger and reply style: what the stories expect.
 
 Issue 4140's mechanism, which 4503, 4919, PR 3403 and the takeover reuse: a
-local tm request created in the same worker while a request is handled
-(uac_req_send(), t_uac_send(), pua_dialoginfo), the way the config answers
-when t_relay() fails, and which builds leak with which combination (read
-from kamleak.harness.knowledge, so from upstream history for source builds).
-A variant is `trigger[+reply_style][+delayed_reply_off]`; each part is a
-define of the harness's kamailio.cfg.
+local tm request created in the same worker while a request is handled, and
+the way the config answers when t_relay() fails.  The variants themselves
+(`trigger[+reply_style][+delayed_reply_off]`, each part a define of the
+harness's kamailio.cfg) are config facts: kamleak.harness.stack.kamailio.variants.
+Which builds leak with which is read from kamleak.harness.knowledge, so from
+upstream history for source builds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from kamleak.harness import knowledge
-from kamleak.harness.errors import UsageError
-
-# What creates a local tm request while the request (the BYE, in 4140) is handled.
-TRIGGERS = {
-    "none": (),
-    "dialog": ("WITH_DIALOG",),                                   # dialog module alone
-    "uac_req_send": ("WITH_TRIGGER_UAC_REQ_SEND",),               # MESSAGE via uac
-    "t_uac_send": ("WITH_TRIGGER_T_UAC_SEND",),                   # MESSAGE via tm
-    "pua_dialoginfo": ("WITH_TRIGGER_PUA_DIALOGINFO",),           # BLF: PUBLISH terminated
-}
-# How the config answers when t_relay() fails.
-REPLY_STYLES = {
-    "sl_reply_error": (),                                         # stock kamailio.cfg
-    "send_reply_error": ("WITH_REPLY_SEND_REPLY_ERROR",),         # sl, 130dc00c17 (5.8.0)
-    "t_reply_error": ("WITH_REPLY_T_REPLY_ERROR",),               # tm, ae0b671c30 (5.8.0)
-}
-DELAYED_REPLY_OFF = ("WITH_DELAYED_REPLY_OFF",)                   # tm param, a705e601d9 (6.1.0)
-
-DEFAULT_TRIGGER = "pua_dialoginfo"  # the realistic one (BLF), with the stock reply style
-
-
-@dataclass(frozen=True)
-class Variant:
-    """`trigger[+reply_style][+delayed_reply_off]`, e.g. `uac_req_send+t_reply_error`."""
-
-    trigger: str = "pua_dialoginfo"
-    reply: str = "sl_reply_error"
-    delayed_reply_off: bool = False
-
-    @classmethod
-    def parse(cls, name: str) -> Variant:
-        parts = [p.strip() for p in name.strip().split("+") if p.strip()]
-        if not parts:
-            raise UsageError("empty variant name", f"use e.g. {DEFAULT_TRIGGER}")
-        trigger, reply, off = parts[0], "sl_reply_error", False
-        for p in parts[1:]:
-            if p in REPLY_STYLES:
-                reply = p
-            elif p in ("delayed_reply_off", "delayed_reply=0"):
-                off = True
-            else:
-                raise UsageError(f"unknown variant part '{p}' in '{name}'",
-                                 f"after the trigger use {', '.join(REPLY_STYLES)} or delayed_reply_off")
-        if trigger not in TRIGGERS:
-            raise UsageError(f"unknown trigger '{trigger}' in variant '{name}'",
-                             f"use one of {', '.join(TRIGGERS)}")
-        return cls(trigger, reply, off)
-
-    @property
-    def name(self) -> str:
-        parts = [self.trigger]
-        if self.reply != "sl_reply_error":
-            parts.append(self.reply)
-        if self.delayed_reply_off:
-            parts.append("delayed_reply_off")
-        return "+".join(parts)
-
-    @property
-    def defines(self) -> tuple[str, ...]:
-        d = TRIGGERS[self.trigger] + REPLY_STYLES[self.reply]
-        return d + (DELAYED_REPLY_OFF if self.delayed_reply_off else ())
-
-    @property
-    def creates_local_request(self) -> bool:
-        return self.trigger in ("uac_req_send", "t_uac_send", "pua_dialoginfo")
-
-    @property
-    def features(self) -> tuple[str, ...]:
-        """What a build may lack to run this variant (kamleak.harness.knowledge keys)."""
-        reply = (self.reply,) if self.reply in knowledge.ERROR_REPLY_FUNCTIONS else ()
-        return reply + (("delayed_reply",) if self.delayed_reply_off else ())
+from kamleak.harness.stack.kamailio.variants import DEFAULT_TRIGGER as DEFAULT_TRIGGER
+from kamleak.harness.stack.kamailio.variants import DELAYED_REPLY_OFF as DELAYED_REPLY_OFF
+from kamleak.harness.stack.kamailio.variants import REPLY_STYLES as REPLY_STYLES
+from kamleak.harness.stack.kamailio.variants import TRIGGERS as TRIGGERS
+from kamleak.harness.stack.kamailio.variants import Variant as Variant
 
 
 def applicable(build, variant: Variant) -> str | None:

@@ -58,3 +58,13 @@ def test_refusal_line_prefers_kamailios_reason():
            "/etc/kamleak/kamailio.cfg, line 280, column 17: unknown command, missing loadmodule?\n")
     assert refusal_line(log).startswith("CRITICAL: <core> [core/cfg.y:3790]: yyerror_at(): parse error")
     assert refusal_line("all fine\n") is None
+
+
+def test_explore_defines_are_the_switches_kamleaks_config_tests():
+    from kamleak.harness.errors import UsageError
+    from kamleak.harness.stack.kamailio.variants import check_defines, config_switches
+    assert {"WITH_RELAY_NOCONNECT", "WITH_BRANCH_DROP", "WITH_LISTEN_ADVERTISE"} <= config_switches()
+    assert check_defines(["WITH_RELAY_NOCONNECT", " KAMLEAK_WT_TIMER=500"]) == (
+        "WITH_RELAY_NOCONNECT", "KAMLEAK_WT_TIMER=500")
+    with pytest.raises(UsageError, match="no switch 'WITH_MOONWALK'"):
+        check_defines(["WITH_MOONWALK"])

@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                help="your kamailio.cfg (README: the contract) instead of kamleak's with a variant")
     p.add_argument("--variant", default=None,
                    help="kamleak's config variant (default: none, the plain config)")
+    p.add_argument("--define", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="a switch of kamleak's config on top of the variant (its `#!ifdef`s, e.g. "
+                        "WITH_RELAY_NOCONNECT, WITH_BRANCH_DROP, WITH_LISTEN_ADVERTISE); repeatable")
     p.add_argument("--budget", default="10m", help="how long to generate flows: 90s, 10m, 1h (default 10m)")
     p.add_argument("--max-flows", type=int, default=None, metavar="N", help="stop after N flows")
     p.add_argument("--seed", type=int, default=None, help="Hypothesis's seed (a rerun draws the same flows)")
@@ -98,8 +101,8 @@ def _say(m: str) -> None:
 def _explore(args, out: Path, budget, transports, steps, answers, replay_flow) -> int:
     from hypothesis.database import DirectoryBasedExampleDatabase
 
-    from kamleak.harness import registry
     from kamleak.harness.stack.kamailio.user_config import UserConfig
+    from kamleak.harness.stack.kamailio.variants import Variant, check_defines
     from kamleak.harness.stack.runner import Stack
     from kamleak.harness.stack.targets import one_target
     from kamleak.harness.tools.explore import flow as fl
@@ -112,8 +115,14 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow) -
     if args.variant and args.variant != "none":
         if user_config is not None:
             raise UsageError("--variant is for kamleak's own config", "drop it with --kamailio-config")
-        defines = tuple(registry.scenario("gh4140").parse_variant(args.variant).defines)
+        defines = Variant.parse(args.variant).defines
+    if args.define:
+        if user_config is not None:
+            raise UsageError("--define is for kamleak's own config", "drop it with --kamailio-config")
+        defines += check_defines(args.define)
     label = f"config {Path(args.config).name}" if args.config else f"variant {args.variant or 'none'}"
+    if args.define:
+        label += " + " + " + ".join(args.define)
     try:
         with Stack(target, log=_say, user_config=user_config) as bench:
             def start():
