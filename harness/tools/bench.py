@@ -631,7 +631,7 @@ def table(floor: dict, gate: dict, soak: list[dict], build: dict | None = None,
 
 
 NAME = "bench"
-HELP = "gate time by phase vs its floor, how soon a LEAK is declared, soak throughput"
+HELP = "gate time by phase vs its floor, how soon a LEAK is declared, soak and explore throughput"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -656,6 +656,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--early-config", default=None, metavar="KAMAILIO_CFG",
                    help=f"the stock-timer user config with a 4140 trigger (default: the "
                         f"checkout's {STOCK_TIMER_CONFIG})")
+    p.add_argument("--no-explore", action="store_true",
+                   help="skip explore's figures (a campaign's flows/min against its floor on 6.1.5, "
+                        "the time to the first finding and its shrink on 6.0.1)")
+    p.add_argument("--explore-only", action="store_true", help="only the floor and explore's figures")
+    p.add_argument("--explore-budget", type=float, default=120.0, metavar="S",
+                   help="seconds of the clean explore campaign (default 120)")
     p.add_argument("--out", default="artifacts", help="directory for bench.json (default artifacts)")
 
 
@@ -676,6 +682,10 @@ def _main(args) -> int:
             raise UsageError("--early-verdict-only and --no-early-verdict leave nothing to run",
                              "drop one of them")
         args.no_gate = args.no_soak = args.no_profile = args.no_build = True
+    if args.explore_only:
+        if args.no_explore:
+            raise UsageError("--explore-only and --no-explore leave nothing to run", "drop one of them")
+        args.no_gate = args.no_soak = args.no_profile = args.no_build = args.no_early_verdict = True
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     client = engine.client()
@@ -741,8 +751,13 @@ def _main(args) -> int:
         except KamleakError as exc:
             build = {"error": exc.line()}
         record["build_step"] = build
+    explore_lines: list[str] = []
+    if not args.no_explore:
+        from kamleak.harness.tools.explore import measure as explore_measure
+        record["explore"] = explore_measure.measure(budget_s=args.explore_budget, say=_say)
+        explore_lines = ["", *explore_measure.table(record["explore"])]
     record["loadavg_after"] = os.getloadavg()
-    text = table(floor, gate, soak, build, early, early_missing)
+    text = "\n".join([table(floor, gate, soak, build, early, early_missing), *explore_lines])
     print(text)
     (out / "bench.json").write_text(json.dumps(record, indent=1, default=str))
     print(f"kamleak bench: results in {out / 'bench.json'}")

@@ -107,3 +107,18 @@ def test_only_and_none_of_the_early_verdict_section_is_a_usage_error():
         bench._main(args)
     args = p.parse_args([])
     assert (args.no_early_verdict, args.early_verdict_only, args.early_runs) == (False, False, 3)
+
+
+def test_explore_figures_read_against_their_floor_and_say_a_miss():
+    from kamleak.harness.tools.explore.measure import table
+    clean = {"version": "6.1.5", "variant": "pua_dialoginfo", "jobs": 20, "seed": 1, "flows": 300,
+             "elapsed_s": 120.0, "flows_per_min": 150.0, "floor_flows_per_min": 300.0,
+             "floor_batch_s": 4.0}
+    found = {"version": "6.0.1", "variant": "pua_dialoginfo", "elapsed_s": 80.0, "flows": 60,
+             "findings": [{"flow": "ws: invite:answer, rst, pbx_bye", "confirmed": "3/3", "steps": 3,
+                           "found_after_flows": 41, "found_after_s": 52.0, "shrink_runs": 4}]}
+    text = "\n".join(table({"clean": clean, "leaking": found}))
+    assert "150.0 flows/min; floor 300.0 flows/min" in text and "0.50 of the floor" in text
+    assert "first leak after 41 flows, 52.0 s; shrunk to 3 steps" in text
+    missed = "\n".join(table({"clean": clean, "leaking": dict(found, findings=[])}))
+    assert "NO finding" in missed
