@@ -325,7 +325,10 @@ def modules_for(config_path: str | None = None) -> list[str]:
     """The harness's config's modules, plus those of the user's config if any."""
     mods = config_modules(BODY.read_text(), str(BODY))
     if config_path:
-        mods |= config_modules(read_config(config_path), config_path)
+        # The user's config runs as it is, with its own #!defines: only the branches
+        # it takes (the stock config's WITH_MYSQL branch would need MySQL's headers).
+        cfg, _ = parse(read_config(config_path), defines={}, path=config_path)
+        mods |= {m for m in cfg.modules if re.fullmatch(r"[\w-]+", m)}
     return sorted(mods)
 
 

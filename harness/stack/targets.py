@@ -177,7 +177,9 @@ def one_target(args, default_version: str = "6.0.1") -> Target:
     if args.image:
         return Target("image", args.image)
     if args.kamailio_ref:
-        return Target("source", args.kamailio_ref, source=args.kamailio_source)
+        # The user's config's modules are built too (a source build has only what is asked for).
+        return Target("source", args.kamailio_ref, source=args.kamailio_source,
+                      config=getattr(args, "config", None))
     return Target("version", images.canonical_version(args.version or default_version))
 
 

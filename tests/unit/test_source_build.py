@@ -104,6 +104,14 @@ def test_modules_of_the_harness_config_across_all_branches():
     assert mods == sorted(set(mods))
 
 
+def test_a_users_config_adds_the_modules_of_the_branches_it_takes():
+    """The stock config names db_mysql under WITH_MYSQL, which it does not define: no MySQL build."""
+    stock = Path(__file__).resolve().parents[1] / "configs/stock/kamailio-default-websocket.trigger.cfg"
+    mods = source_build.modules_for(str(stock))
+    assert {"usrloc", "registrar", "websocket", "nathelper"} <= set(mods)
+    assert "db_mysql" not in mods
+
+
 def test_modules_of_ifdef_else_and_nested_defines():
     text = """
 #!ifdef WITH_A
