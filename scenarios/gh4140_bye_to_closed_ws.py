@@ -216,20 +216,10 @@ def _ladder(r: Run, ua_factory, transport, variant, disconnect, target, *,
 
 
 def _register_at_pbx(r: Run, ext: str) -> None:
-    """A user config that routes calls through its registrar: register the
-    extension with the PBX as its contact, as a phone would register itself."""
-    from kamleak.harness.sip.udp import UdpClient
+    """A user config that routes calls through its registrar: the extension registers first."""
+    from kamleak.harness.stack.kamailio.user_config import register_at_pbx
 
-    aor = f"sip:{ext}@127.0.0.1"
-    with UdpClient() as c:
-        finals = c.register(("127.0.0.1", r.kamailio.config.udp_port), aor,
-                            f"sip:{ext}@{r.pbx.address}")
-    if not finals or finals[-1].message.status != 200:
-        got = f"{finals[-1].message.status} {finals[-1].message.reason}" if finals else "no reply"
-        raise ScenarioError(f"your config answered kamleak's REGISTER of {aor} with {got}",
-                            'let it register under KAMLEAK, or set $du = "sip:KAMLEAK_PBX_HOSTPORT" '
-                            "for calls (README, 'Your own kamailio.cfg')")
-    r.mark(f"REGISTER {aor} -> PBX")
+    r.mark(f"REGISTER {register_at_pbx(r.kamailio, r.pbx.address, ext)} -> PBX")
 
 
 def _await_timer_bye(r: Run, call_id: str, session_expires: int) -> float:

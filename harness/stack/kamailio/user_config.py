@@ -195,3 +195,21 @@ class UserConfig:
     def siblings(self) -> list[Path]:
         """Files next to the config (includes), copied beside the rendered one."""
         return [f for f in self.path.parent.iterdir() if f.is_file() and f != self.path]
+
+
+def register_at_pbx(kamailio, pbx_address: str, ext: str) -> str:
+    """For a config that routes calls through its registrar (`pbx_by_registrar`):
+    register EXT with the PBX as its contact, as a phone registers itself, so the
+    config's own lookup takes a call to EXT to the PBX.  Returns the AOR."""
+    from kamleak.harness.errors import ScenarioError
+    from kamleak.harness.sip.udp import UdpClient
+
+    aor = f"sip:{ext}@127.0.0.1"
+    with UdpClient() as c:
+        finals = c.register(("127.0.0.1", kamailio.config.udp_port), aor, f"sip:{ext}@{pbx_address}")
+    if not finals or finals[-1].message.status != 200:
+        got = f"{finals[-1].message.status} {finals[-1].message.reason}" if finals else "no reply"
+        raise ScenarioError(f"your config answered kamleak's REGISTER of {aor} with {got}",
+                            'let it register under KAMLEAK, or set $du = "sip:KAMLEAK_PBX_HOSTPORT" '
+                            "for calls (README, 'Your own kamailio.cfg')")
+    return aor

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from kamleak.harness.errors import KamleakError
 from kamleak.harness.probes import pbx_trace, ws_connections
 from kamleak.harness.sip import UAError, WebSocketUA
+from kamleak.harness.stack.kamailio.user_config import register_at_pbx
 from kamleak.harness.tools.explore.flow import DISCONNECTS, Flow
 from kamleak.harness.wait import WaitTimeout, poll
 
@@ -51,6 +52,12 @@ class _Driver:
         for step in self.flow.steps:
             self.run.steps.append(self.step(step.name, step.arg))
 
+    def reach(self, dialed: str) -> None:
+        """A user config that routes calls through its registrar finds the PBX by lookup."""
+        user_config = self.kamailio.config.user_config
+        if user_config is not None and user_config.pbx_by_registrar:
+            register_at_pbx(self.kamailio, self.pbx.address, dialed)
+
     def step(self, name: str, arg) -> str:
         ua = self.ua
         if name in ("register", "unregister"):
@@ -60,6 +67,7 @@ class _Driver:
             return str(resp.status)
         if name in ("invite", "invite_se"):
             self.dialed = EXTENSION_PREFIX[arg] + self.run.extension
+            self.reach(self.dialed)
             se = {"session_expires": 1800, "min_se": 90, "refresher": "uac"} if name == "invite_se" else {}
             if arg == "no_answer":
                 self.pending = ua.invite_start(self.target(arg), **se)
@@ -81,6 +89,7 @@ class _Driver:
             return str(self.pending.wait_final(timeout=10).status)     # 487, or the 200 that won
         if name == "cancel_race":
             # RFC 3261 9.1 would wait for a provisional; the race is the point here.
+            self.reach(self.run.extension)
             pending = ua.invite_start(self.target("answer"))
             self.run.call_ids.add(pending.request.call_id)
             pending.cancel(timeout=10, require_provisional=False)
