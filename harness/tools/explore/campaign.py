@@ -23,6 +23,11 @@ from kamleak.harness.tools.explore.judge import Judgement
 from kamleak.harness.tools.explore.run import run_batch
 
 
+def _slot_key(flow):
+    """A batch's uniqueness key: the flow, or for an empty slot a key equal to no other."""
+    return flow if flow is not None else object()
+
+
 class BudgetSpent(BaseException):
     """The budget ran out: ends Hypothesis's run at once (a BaseException, like
     KeyboardInterrupt, is not a failing example: nothing is shrunk on it)."""
@@ -172,11 +177,16 @@ class Campaign:
 
         self.t0 = time.monotonic()
         examples = 10**6
-        # A batch of exactly `batch` slots, each a flow or empty: generation fills
-        # about two in three, and shrinking empties slots (the first alternative)
-        # down to the one flow that leaks.
+        # A batch of exactly `batch` slots, each a flow or empty: shrinking
+        # empties slots (the first alternative) down to the one flow that leaks.
+        # No flow twice in a batch (an empty slot is never equal to another):
+        # Hypothesis's generation repeats flows of earlier batches, and a batch
+        # of 30 slots then brought 1.1 flows not judged before; unique, 4.4, and
+        # the shrink still ends at one flow in as many runs (measured offline on
+        # 300 generated batches and 5 seeded shrinks: docs/explore.md).
         slot = st.one_of(st.none(), self.strategy, self.strategy)
-        test = given(st.lists(slot, min_size=self.batch, max_size=self.batch))(self._body)
+        test = given(st.lists(slot, min_size=self.batch, max_size=self.batch,
+                              unique_by=_slot_key))(self._body)
         test = settings(max_examples=examples, deadline=None, database=self.database,
                         phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink),
                         suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
