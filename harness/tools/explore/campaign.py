@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from kamleak.harness.judging import oracle
 from kamleak.harness.tools.explore.flow import Flow
 from kamleak.harness.tools.explore.judge import Judgement
+from kamleak.harness.tools.explore.mutate import NONE, Mutation
 from kamleak.harness.tools.explore.run import run_batch
 
 
@@ -36,9 +37,9 @@ class BudgetSpent(BaseException):
 class LeakFound(Exception):
     """A batch left a flow's cells behind (raised inside Hypothesis's test body)."""
 
-    def __init__(self, judgement: Judgement):
+    def __init__(self, judgement: Judgement, mutation: Mutation = NONE):
         super().__init__(judgement.signature())
-        self.judgement = judgement
+        self.judgement, self.mutation = judgement, mutation
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Finding:
     found_after_flows: int = 0
     found_after_s: float = 0.0
     shrink_runs: int = 0
+    mutation: Mutation = NONE         # the config mutation it leaked with (--mutate-config)
 
     @property
     def sure(self) -> bool:
@@ -61,7 +63,12 @@ class Finding:
         return {"flow": self.flow.to_json(), "signature": self.signature, "evidence": self.evidence,
                 "steps": self.steps, "confirmed": self.confirmed, "replays": self.replays,
                 "sure": self.sure, "found_after_flows": self.found_after_flows,
-                "found_after_s": round(self.found_after_s, 1), "shrink_runs": self.shrink_runs}
+                "found_after_s": round(self.found_after_s, 1), "shrink_runs": self.shrink_runs,
+                "config_mutation": self.mutation.text()}
+
+    def text(self) -> str:
+        """What leaked: the flow, and the config mutation when there is one."""
+        return (f"config mutation {self.mutation.text()} + flow " if self.mutation else "") + self.flow.text()
 
 
 @dataclass
@@ -72,27 +79,36 @@ class Result:
     elapsed: float = 0.0
     findings: list[Finding] = field(default_factory=list)
     stopped: str = ""                 # why it ended: budget, max flows, a finding, Ctrl-C
+    refused: dict = field(default_factory=dict)   # config mutation text -> the build's kamailio -c error
 
 
 class Campaign:
-    """START() -> a fresh running Kamailio; PBX: the running Asterisk."""
+    """START() -> a fresh running Kamailio; PBX: the running Asterisk.
+
+    MUTATIONS (--mutate-config): a strategy of config Mutations; an example is
+    then (mutation, batch), the mutation drawn first so shrinking takes it toward
+    none; START(mutation) starts Kamailio with it, and REFUSAL(mutation) (the
+    real `kamailio -c`: None or its error line) rejects one the build refuses."""
 
     def __init__(self, start, pbx, strategy, *, batch: int = 10, budget_s: float = 600.0,
                  max_flows: int | None = None, seed: int | None = None, database=None,
-                 replays: int = 3, say=print):
+                 replays: int = 3, say=print, mutations=None, refusal=None):
         self.start, self.pbx, self.strategy = start, pbx, strategy
         self.batch, self.budget_s, self.max_flows = batch, budget_s, max_flows
         self.seed, self.database, self.replays, self.say = seed, database, replays, say
+        self.mutations, self.refusal = mutations, refusal
         self.result = Result()
         self.t0 = 0.0
         self.first_failure: tuple[int, float] | None = None
         self.failing_runs = 0             # batches that leaked (run or answered from the cache)
         self.shrink_runs = 0              # batches run after the first leak: the shrink's cost
         self.best: Judgement | None = None
+        self.best_mutation = NONE
         self._verdicts: dict = {}         # _key(flow) -> its Judgement (errors are not kept)
         self._kamailio = None             # the Kamailio generation reuses, and for how many batches
         self._timers = None
         self._uses = 0
+        self._mutation = NONE       # what the reused Kamailio runs with
 
     def over(self) -> str:
         if time.monotonic() - self.t0 > self.budget_s:
@@ -101,13 +117,17 @@ class Campaign:
             return "max flows"
         return ""
 
-    def run_flows(self, flows: list[Flow], confirm: bool = False, fresh: bool = True) -> list[Judgement]:
-        """FLOWS at once, judged.  FRESH: on a Kamailio of their own (replays);
-        otherwise on the campaign's, restarted every REUSE batches (flows are
-        judged by their own Call-IDs, so earlier batches' leftovers do not count)."""
-        if fresh or self._kamailio is None or self._uses >= self.REUSE or self._kamailio.death():
+    def run_flows(self, flows: list[Flow], confirm: bool = False, fresh: bool = True,
+                  mutation: Mutation = NONE) -> list[Judgement]:
+        """FLOWS at once, judged, on kamleak's config with MUTATION.  FRESH: on a
+        Kamailio of their own (replays); otherwise on the campaign's, restarted
+        every REUSE batches and whenever the mutation changes (flows are judged by
+        their own Call-IDs, so earlier batches' leftovers do not count)."""
+        if fresh or self._kamailio is None or self._uses >= self.REUSE or self._kamailio.death() \
+                or mutation != self._mutation:
             self._retire()
-            self._kamailio = self.start()
+            self._kamailio = self.start(mutation) if self.mutations is not None else self.start()
+            self._mutation = mutation
             self._timers = oracle.read_timers(self._kamailio.rpc, self._kamailio.config,
                                               self._kamailio.version)
         self._uses += 1
@@ -127,19 +147,34 @@ class Campaign:
 
     REUSE = 10            # batches on one Kamailio while generating
 
-    def _key(self, flow: Flow):
-        """What a cached verdict is for: the flow (and whatever else a batch's Kamailio ran with)."""
-        return flow
+    def _key(self, flow: Flow, mutation: Mutation):
+        """What a cached verdict is for: the flow and the config mutation its Kamailio ran with."""
+        return mutation, flow
 
     def _retire(self) -> None:
         if self._kamailio is not None:
             self._kamailio.stop()
         self._kamailio, self._uses = None, 0
 
-    def _body(self, batch: list[Flow | None]) -> None:
+    def _plain(self, batch: list[Flow | None]) -> None:
+        self._body(batch)         # @given refuses a function with defaults (_body's mutation)
+
+    def _mutated(self, mutation: Mutation, batch: list[Flow | None]) -> None:
+        self._body(batch, mutation)
+
+    def _body(self, batch: list[Flow | None], mutation: Mutation = NONE) -> None:
         batch = [f for f in batch if f is not None]
         if self.over():
             raise BudgetSpent(self.over())
+        if mutation and self.refusal is not None:
+            why = self.refusal(mutation)
+            if why:
+                # The build refuses this config: no batch runs, Hypothesis draws another.
+                from hypothesis import reject
+                if mutation.text() not in self.result.refused:
+                    self.result.refused[mutation.text()] = why
+                    self.say(f"[explore] kamailio -c refuses config mutation {mutation.text()}: {why}")
+                reject()
         if not batch:
             return
         # Flows are independent and judged alone, so a batch's verdict is its
@@ -148,26 +183,29 @@ class Campaign:
         # nothing, and the ones that change a flow run just the changed flow, on
         # a fresh Kamailio once a leak was seen (the design: shrink replays are
         # single flows on a fresh Kamailio).
-        new = list(dict.fromkeys(f for f in batch if self._key(f) not in self._verdicts))
+        new = list(dict.fromkeys(f for f in batch if self._key(f, mutation) not in self._verdicts))
         if new:
             self.shrink_runs += self.failing_runs > 0
-            for j in self.run_flows(new, fresh=self.failing_runs > 0):
+            for j in self.run_flows(new, fresh=self.failing_runs > 0, mutation=mutation):
                 if j.run.error is None:
-                    self._verdicts[self._key(j.run.flow)] = j
-        judged = [self._verdicts[self._key(f)] for f in batch if self._key(f) in self._verdicts]
+                    self._verdicts[self._key(j.run.flow, mutation)] = j
+        judged = [self._verdicts[self._key(f, mutation)] for f in batch
+                  if self._key(f, mutation) in self._verdicts]
         leaks = [j for j in judged if j.leaked]
         if new:
             self.say(f"[explore] {self.result.flows} flows in {time.monotonic() - self.t0:.0f} s, "
-                     f"{len(leaks)} leaked in this batch of {len(batch)}")
+                     f"{len(leaks)} leaked in this batch of {len(batch)}"
+                     + (f" (config mutation {mutation.text()})" if self.mutations is not None else ""))
         if leaks:
             self.failing_runs += 1
             if self.first_failure is None:
                 self.first_failure = (self.result.flows, time.monotonic() - self.t0)
             smallest = min(leaks, key=lambda j: len(j.run.flow.steps))
             # The smallest failing flow so far: what is confirmed if the budget ends the shrink.
-            if self.best is None or len(smallest.run.flow.steps) < len(self.best.run.flow.steps):
-                self.best = smallest
-            raise LeakFound(leaks[0])
+            if self.best is None or (len(smallest.run.flow.steps), len(mutation.points)) < \
+                    (len(self.best.run.flow.steps), len(self.best_mutation.points)):
+                self.best, self.best_mutation = smallest, mutation
+            raise LeakFound(leaks[0], mutation)
 
     def run(self) -> Result:
         from hypothesis import HealthCheck, Phase, Verbosity, given, settings
@@ -185,8 +223,9 @@ class Campaign:
         # the shrink still ends at one flow in as many runs (measured offline on
         # 300 generated batches and 5 seeded shrinks: docs/explore.md).
         slot = st.one_of(st.none(), self.strategy, self.strategy)
-        test = given(st.lists(slot, min_size=self.batch, max_size=self.batch,
-                              unique_by=_slot_key))(self._body)
+        batches = st.lists(slot, min_size=self.batch, max_size=self.batch, unique_by=_slot_key)
+        test = given(batches)(self._plain) if self.mutations is None else \
+            given(self.mutations, batches)(self._mutated)
         test = settings(max_examples=examples, deadline=None, database=self.database,
                         phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink),
                         suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
@@ -197,13 +236,13 @@ class Campaign:
             test()
             self.result.stopped = self.over() or "examples"
         except LeakFound as exc:
-            self.result.findings.append(self._confirm(exc.judgement))
+            self.result.findings.append(self._confirm(exc.judgement, exc.mutation))
             self.result.stopped = "a finding"
         except BudgetSpent as exc:
             self.result.stopped = str(exc)
             if self.best is not None:       # the budget ended the shrink: the smallest so far
                 self.say("[explore] the budget ended the shrink; confirming the smallest leaking flow")
-                self.result.findings.append(self._confirm(self.best))
+                self.result.findings.append(self._confirm(self.best, self.best_mutation))
         except Flaky as exc:
             self.say(f"[explore] Hypothesis could not replay the failing batch: {str(exc)[:200]}")
             self.result.stopped = "flaky"
@@ -212,16 +251,16 @@ class Campaign:
         self.result.elapsed = time.monotonic() - self.t0
         return self.result
 
-    def _confirm(self, judgement: Judgement) -> Finding:
+    def _confirm(self, judgement: Judgement, mutation: Mutation = NONE) -> Finding:
         flows_at, secs_at = self.first_failure or (self.result.flows, time.monotonic() - self.t0)
         finding = Finding(judgement.run.flow, judgement.signature(), judgement.proofs,
                           judgement.run.steps, found_after_flows=flows_at, found_after_s=secs_at,
-                          shrink_runs=self.shrink_runs)
-        self.say(f"[explore] shrunk to {judgement.run.flow.text()}; replaying it alone "
+                          shrink_runs=self.shrink_runs, mutation=mutation)
+        self.say(f"[explore] shrunk to {finding.text()}; replaying it alone "
                  f"{self.replays} times on a fresh Kamailio")
         for n in range(self.replays):
             # The first replay also waits out the lifetime bound: the proof must agree with it.
-            again = self.run_flows([judgement.run.flow], confirm=n == 0)[0]
+            again = self.run_flows([judgement.run.flow], confirm=n == 0, mutation=mutation)[0]
             finding.replays += 1
             if again.leaked and again.run.error is None and again.signature() == finding.signature:
                 finding.confirmed += 1

@@ -32,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--define", action="append", default=[], metavar="NAME[=VALUE]",
                    help="a switch of kamleak's config on top of the variant (its `#!ifdef`s, e.g. "
                         "WITH_RELAY_NOCONNECT, WITH_BRANCH_DROP, WITH_LISTEN_ADVERTISE); repeatable")
+    p.add_argument("--mutate-config", action="store_true",
+                   help="also vary what kamleak's config does around the flows: local requests in "
+                        "other routes, drop, error replies, t_relay() flags (explore/mutate.py); each "
+                        "drawn mutation is checked with the build's `kamailio -c` first")
     p.add_argument("--budget", default="10m", help="how long to generate flows: 90s, 10m, 1h (default 10m)")
     p.add_argument("--max-flows", type=int, default=None, metavar="N", help="stop after N flows")
     p.add_argument("--seed", type=int, default=None, help="Hypothesis's seed (a rerun draws the same flows)")
@@ -64,7 +68,11 @@ def parse_budget(text: str) -> float:
 
 def run(args) -> int:
     from kamleak.harness.tools.explore import flow as fl
+    from kamleak.harness.tools.explore.mutate import Mutation
 
+    if args.mutate_config and args.config:
+        raise UsageError("--mutate-config mutates kamleak's own config, not --kamailio-config",
+                         "drop one of them")
     budget = parse_budget(args.budget)
     if args.max_flows is not None and args.max_flows < 1:
         raise UsageError(f"--max-flows {args.max_flows} explores nothing", "give 1 or more")
@@ -77,13 +85,16 @@ def run(args) -> int:
     steps = [s.strip() for s in args.steps.split(",")] if args.steps else None
     answers = [a.strip() for a in args.answers.split(",")] if args.answers else None
     fl.check_vocabulary(steps, answers)
-    replay_flow = None
+    replay_flow, replay_mutation = None, Mutation()
     if args.replay:
         try:
-            replay_flow = fl.Flow.from_json(json.loads(Path(args.replay).read_text()))
+            data = json.loads(Path(args.replay).read_text())
+            replay_flow = fl.Flow.from_json(data)
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read the flow {args.replay}: {exc}",
                              "pass the flow.json of a finding") from None
+        # A finding of --mutate-config replays on the config it leaked with.
+        replay_mutation = Mutation.parse(data.get("config_mutation", "none"))
     out = Path(args.out or Path("artifacts") / time.strftime("explore-%Y%m%d-%H%M%S"))
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -91,14 +102,14 @@ def run(args) -> int:
         (out / ".writable").unlink()
     except OSError as exc:
         raise UsageError(f"cannot write to {out}: {exc.strerror}", "pass --out DIR where you can write") from None
-    return _explore(args, out, budget, transports, steps, answers, replay_flow)
+    return _explore(args, out, budget, transports, steps, answers, replay_flow, replay_mutation)
 
 
 def _say(m: str) -> None:
     print(f"kamleak explore: {m}", file=sys.stderr, flush=True)
 
 
-def _explore(args, out: Path, budget, transports, steps, answers, replay_flow) -> int:
+def _explore(args, out: Path, budget, transports, steps, answers, replay_flow, replay_mutation) -> int:
     from hypothesis.database import DirectoryBasedExampleDatabase
 
     from kamleak.harness.stack.kamailio.user_config import UserConfig
@@ -106,6 +117,7 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow) -
     from kamleak.harness.stack.runner import Stack
     from kamleak.harness.stack.targets import one_target
     from kamleak.harness.tools.explore import flow as fl
+    from kamleak.harness.tools.explore import mutate
     from kamleak.harness.tools.explore.campaign import Campaign
     from kamleak.harness.tools.explore.run import replay
 
@@ -123,10 +135,12 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow) -
     label = f"config {Path(args.config).name}" if args.config else f"variant {args.variant or 'none'}"
     if args.define:
         label += " + " + " + ".join(args.define)
+    if args.mutate_config:
+        label += " + --mutate-config"
     try:
         with Stack(target, log=_say, user_config=user_config) as bench:
-            def start():
-                return bench.kamailio(defines)
+            def start(mutation=mutate.NONE):
+                return bench.kamailio(mutate.with_base(defines, mutation))
 
             try:
                 probe = start()
@@ -135,7 +149,9 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow) -
             version = probe.version or target.id
             probe.stop()
             if replay_flow is not None:
-                kam = start()
+                if replay_mutation:
+                    label += f" + config mutation {replay_mutation.text()}"
+                kam = start(replay_mutation)
                 try:
                     j = replay(kam, bench.pbx, replay_flow)
                 finally:
@@ -149,9 +165,14 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow) -
             strategy = fl.flows(max_steps=args.max_steps, transports=transports, steps=steps,
                                 answers=answers)
             db = DirectoryBasedExampleDatabase(str(Path(args.db) if args.db else out / "examples"))
+            mutating = {}
+            if args.mutate_config:
+                checker = mutate.Checker(bench.target, bench.client)
+                mutating = dict(mutations=mutate.mutations(exclude=defines),
+                                refusal=lambda m: checker.refusal(mutate.with_base(defines, m)))
             campaign = Campaign(start, bench.pbx, strategy, batch=args.jobs, budget_s=budget,
                                 max_flows=args.max_flows, seed=args.seed, database=db,
-                                replays=args.replays, say=_say)
+                                replays=args.replays, say=_say, **mutating)
             _say(f"{version}, {label}, {'/'.join(transports).upper()}: batches of {args.jobs} flows, "
                  f"budget {budget:.0f} s" + (f", at most {args.max_flows} flows" if args.max_flows else ""))
             try:
@@ -173,7 +194,7 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow) -
           f"{result.stopped}")
     for i, f in enumerate(result.findings, 1):
         kind = "LEAK" if f.sure else f"FLAKY ({f.confirmed}/{f.replays} replays)"
-        print(f"  {kind}: {f.flow.text()}  [{f.signature}]\n    " + "\n    ".join(f.evidence)
+        print(f"  {kind}: {f.text()}  [{f.signature}]\n    " + "\n    ".join(f.evidence)
               + f"\n    replay: kamleak explore --replay {out / f'finding-{i}' / 'flow.json'}")
     print(f"  evidence: {out}")
     return EXIT_FOUND if any(f.sure for f in result.findings) else EXIT_NONE
@@ -185,6 +206,7 @@ def _write(out: Path, result, version: str, label: str, defines, args) -> None:
     summary = {"kamailio": version, "config": label, "flows": result.flows, "batches": result.batches,
                "elapsed_s": round(result.elapsed, 1), "stopped": result.stopped,
                "harness_errors": result.harness_errors, "seed": args.seed,
+               "refused_config_mutations": result.refused,
                "findings": [f.as_dict() for f in result.findings]}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     for i, f in enumerate(result.findings, 1):

@@ -22,7 +22,7 @@ from kamleak.harness.tools.explore.flow import Flow
 from kamleak.harness.tools.explore.run import replay
 
 FLOW = Flow.from_json({flow})
-DEFINES = {defines!r}
+DEFINES = {defines!r}{mutation_note}
 
 
 def test_explore_finding(kamailio_factory, pbx):
@@ -33,8 +33,13 @@ def test_explore_finding(kamailio_factory, pbx):
 
 
 def write_finding(where: Path, finding, *, version: str, label: str, defines, config: str | None) -> Path:
+    from kamleak.harness.tools.explore.mutate import with_base
+
     where.mkdir(parents=True, exist_ok=True)
-    (where / "flow.json").write_text(json.dumps(finding.flow.to_json(), indent=1))
+    flow = finding.flow.to_json()
+    if finding.mutation:        # `explore --replay` runs it on the config it leaked with
+        flow["config_mutation"] = finding.mutation.text()
+    (where / "flow.json").write_text(json.dumps(flow, indent=1))
     (where / "finding.json").write_text(json.dumps({**finding.as_dict(), "kamailio": version,
                                                      "config": label}, indent=1))
     steps = "\n".join(f"{line}   -> {got}" for line, got in
@@ -42,11 +47,12 @@ def write_finding(where: Path, finding, *, version: str, label: str, defines, co
     (where / "ladder.txt").write_text(f"{finding.flow.ladder().splitlines()[0]}\n{steps}\n\n"
                                       + "\n".join(finding.evidence) + "\n")
     name = f"test_explore_{where.name.replace('-', '_')}.py"
-    text = TEST.format(text=finding.flow.text(), version=version, label=label,
+    text = TEST.format(text=finding.text(), version=version, label=label,
                        confirmed=finding.confirmed, replays=finding.replays,
                        signature=finding.signature, evidence="\n".join(finding.evidence),
                        name=name, flow=json.dumps(finding.flow.to_json()),
-                       defines=tuple(defines),
+                       defines=with_base(defines, finding.mutation),
+                       mutation_note=f"  # + config mutation {finding.mutation.text()}" if finding.mutation else "",
                        config_opt=f" --kamailio-config {config}" if config else "")
     (where / name).write_text(text)
     return where / name
