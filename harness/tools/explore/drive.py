@@ -29,6 +29,7 @@ class FlowRun:
     steps: list[str] = field(default_factory=list)     # per step: "200", "486", "sent", ...
     error: str | None = None                            # the harness could not drive it
     ended_at: float = 0.0                               # monotonic, after the last step
+    ports: list[int] = field(default_factory=list)     # the client's local port(s) (ws.dump names it by them)
 
 
 def new_extension() -> str:
@@ -49,6 +50,7 @@ class _Driver:
     def drive(self) -> None:
         self.ua = WebSocketUA(self.kamailio.url(self.flow.transport), user=f"u{self.run.extension}")
         self.ua.connect()
+        self.run.ports.append(int(self.ua.local_addr.rsplit(":", 1)[1]))
         for step in self.flow.steps:
             self.run.steps.append(self.step(step.name, step.arg))
 
