@@ -1,4 +1,4 @@
-"""SIP message layer and SIP-over-WebSocket user agent."""
+"""SIP message layer and the user agent (WebSocket, plain TCP, UDP)."""
 from __future__ import annotations
 
 from kamleak.harness.sip.message import (

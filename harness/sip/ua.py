@@ -1,4 +1,5 @@
-"""SIP-over-WebSocket user agent (RFC 7118, RFC 3261, RFC 4028 session timers).
+"""SIP user agent over WebSocket (RFC 7118), and over plain TCP or UDP (RFC 3261,
+RFC 4028 session timers).
 
 Built so a test reads like a call ladder::
 
@@ -16,11 +17,17 @@ Built so a test reads like a call ladder::
     pending.cancel()                                     # CANCEL (RFC 3261 9.1)
     pending.wait_final()                                 # 487, or the 200 that won: ACK + BYE
 
-A background reader thread receives frames, matches responses to client
+The URL's scheme picks the transport: ``ws://`` and ``wss://`` (WebSocket
+frames, websocket.py), ``tcp://`` (a SIP byte stream) and ``udp://`` (datagrams
+from the UA's own UDP socket; framing.py).  Over TCP and UDP, Via and Contact
+carry the UA's real ip:port, so requests can reach it back.
+
+A background reader thread receives messages, matches responses to client
 transactions (top Via branch + CSeq method, RFC 3261 17.1.3), auto-answers
 in-dialog requests and queues every request for ``wait_for_request``.
-Every wait has a deadline. Nothing is retransmitted: WebSocket is a reliable
-transport (RFC 3261 17.1.1.2 timers A/E are not used).
+Every wait has a deadline. Nothing is retransmitted: WebSocket and TCP are
+reliable, and loopback does not lose datagrams (RFC 3261 17.1.1.2 timers A/E
+are not used); the peer's retransmissions are answered like the first copy.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from kamleak.harness.sip.framing import DatagramFraming, FramingError, StreamFraming
 from kamleak.harness.sip.message import (
     ALLOW,
     SipMessage,
@@ -79,6 +87,9 @@ log = logging.getLogger(__name__)
 # Requests that refresh the remote target and so carry a Contact (RFC 3261 12.2.1.1).
 _TARGET_REFRESH = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"})
 _DISCONNECT_MODES = ("rst", "fin", "close", "silent", "drop", "close-frame")
+TRANSPORTS = ("ws", "wss", "tcp", "udp")
+# What a UDP client can do to "disconnect": fall silent (no connection to reset or close).
+_UDP_DISCONNECT_MODES = ("silent", "drop")
 
 T = TypeVar("T")
 
@@ -103,7 +114,7 @@ class CallFailed(UAError):
 class TraceEntry:
     ts: float  # time.time()
     direction: str  # "out" | "in"
-    transport: str  # "ws" | "wss"
+    transport: str  # "ws" | "wss" | "tcp" | "udp"
     local: str  # "ip:port"
     remote: str
     message: SipMessage | None  # None when the received bytes did not parse
@@ -525,7 +536,7 @@ class Registration:
 
 
 class WebSocketUA:
-    """A SIP UA on one WebSocket connection (RFC 7118).
+    """A SIP UA on one WebSocket connection (RFC 7118), or one TCP connection, or one UDP socket.
 
     ``auto_answer=False`` leaves incoming requests unanswered (answer them
     with :meth:`respond`); they are queued for :meth:`wait_for_request` either way.
@@ -550,10 +561,10 @@ class WebSocketUA:
         SO_REUSEADDR, so that a second connection (to another destination) may
         use the same ip:port, as a NAT mapping can; both sides must set it."""
         parts = urlsplit(url)
-        if parts.scheme not in ("ws", "wss"):
-            raise ValueError(f"WebSocket URL must be ws:// or wss://, got {url!r}")
+        if parts.scheme not in TRANSPORTS:
+            raise ValueError(f"UA URL must be ws://, wss://, tcp:// or udp://, got {url!r}")
         self.url = url
-        self.transport = parts.scheme  # "ws" | "wss"
+        self.transport = parts.scheme  # "ws" | "wss" | "tcp" | "udp"
         self.user = user
         self.domain = domain or parts.hostname or "invalid"
         self.display_name = display_name
@@ -566,6 +577,7 @@ class WebSocketUA:
         self.share_port = share_port or source is not None
         # RFC 7118 5.2: the UA has no reachable address, so Via/Contact use a
         # random .invalid host; ";ob" asks for flow reuse (RFC 5626 5.4).
+        # Over TCP/UDP they name the socket's own ip:port, known once it is bound (connect()).
         self.via_host = f"{secrets.token_hex(6)}.invalid"
         self.contact = f"<sip:{user}@{self.via_host};transport=ws;ob>"
 
@@ -613,30 +625,24 @@ class WebSocketUA:
         with self._cond:
             return list(self._dialogs.values())
 
+    @property
+    def websocket(self) -> bool:
+        return self.transport in ("ws", "wss")
+
     def connect(self, timeout: float = 5.0) -> WebSocketUA:
-        """Open the WebSocket with subprotocol "sip" (RFC 7118 4)."""
+        """Open the WebSocket with subprotocol "sip" (RFC 7118 4); over TCP the
+        connection, over UDP the UA's own socket (bound, and connected to the server)."""
         if self._ws is not None or self._closed:
             raise UAError("connect() called twice; use a new WebSocketUA per connection")
         parts = urlsplit(self.url)
-        ws = WebSocket(client=True)
+        ws = WebSocket(client=True) if self.websocket else \
+            StreamFraming() if self.transport == "tcp" else DatagramFraming()
         sock = None
+        events: list = []
         try:
             sock = self._open_socket(timeout)
-            sock.sendall(ws.connect(parts.netloc, parts.path or "/"))
-            deadline = time.monotonic() + timeout
-            events: list = []
-            while not ws.open:
-                sock.settimeout(max(0.001, deadline - time.monotonic()))
-                data = sock.recv(65536)
-                if not data:
-                    raise ConnectionError("the server closed the connection during the handshake")
-                events = ws.receive(data)
-                if events and events[0][0] == "refused":
-                    raise WebSocketError(f"the server answered the upgrade with HTTP {events[0][1]}")
-            agreed = ws.subprotocol
-            if (agreed or "").strip().lower() != "sip":
-                raise UAError(f"cannot connect to {self.url}: server did not accept WebSocket subprotocol 'sip' "
-                              f"(Sec-WebSocket-Protocol: {agreed!r})")
+            if self.websocket:
+                events = self._handshake(ws, sock, parts, timeout)
             local, remote = sock.getsockname(), sock.getpeername()
         except UAError:
             sock.close()
@@ -650,22 +656,49 @@ class WebSocketUA:
         self._ws, self._sock = ws, sock
         self._early = [ev for ev in events if ev[0] != "open"]   # frames that came with the 101
         self.local_addr, self.remote_addr = _fmt_addr(local), _fmt_addr(remote)
+        if not self.websocket:
+            # Reachable as it is: requests towards the UA go to this socket.
+            self.via_host = self.local_addr
+            param = ";transport=tcp" if self.transport == "tcp" else ""
+            self.contact = f"<sip:{self.user}@{self.local_addr}{param}>"
         self._open = True
         self._reader = threading.Thread(target=self._reader_loop, name=f"kamleak-ua-{self.user}", daemon=True)
         self._reader.start()
         log.debug("%s connected %s -> %s", self.user, self.local_addr, self.remote_addr)
         return self
 
+    def _handshake(self, ws: WebSocket, sock: socket.socket, parts, timeout: float) -> list:
+        """The WebSocket upgrade; the events that came with the 101."""
+        sock.sendall(ws.connect(parts.netloc, parts.path or "/"))
+        deadline = time.monotonic() + timeout
+        events: list = []
+        while not ws.open:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("the server closed the connection during the handshake")
+            events = ws.receive(data)
+            if events and events[0][0] == "refused":
+                raise WebSocketError(f"the server answered the upgrade with HTTP {events[0][1]}")
+        agreed = ws.subprotocol
+        if (agreed or "").strip().lower() != "sip":
+            raise UAError(f"cannot connect to {self.url}: server did not accept WebSocket subprotocol 'sip' "
+                          f"(Sec-WebSocket-Protocol: {agreed!r})")
+        return events
+
     def _open_socket(self, timeout: float) -> socket.socket:
-        """The TCP (and TLS) connection; bound first with SOURCE or SHARE_PORT."""
+        """The TCP (and TLS) connection, or the UDP socket connected to the server
+        (it then hears only the server); bound first with SOURCE or SHARE_PORT."""
         parts = urlsplit(self.url)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        udp = self.transport == "udp"
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+        default_port = {"wss": 443, "ws": 80}.get(self.transport, 5060)
         try:
             if self.share_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind(self.source or ("127.0.0.1", 0))
             sock.settimeout(timeout)
-            sock.connect((parts.hostname, parts.port or (443 if self.transport == "wss" else 80)))
+            sock.connect((parts.hostname, parts.port or default_port))
             if self.transport == "wss":
                 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
                 ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE   # self-signed test certs
@@ -674,6 +707,22 @@ class WebSocketUA:
             sock.close()
             raise
         return sock
+
+    def newcomer(self, url: str, timeout: float = 5.0) -> None:
+        """A second WebSocket connection from this UA's own ip:port to URL (another
+        listener: TCP needs the destinations to differ), opened and closed with a
+        close handshake, while this UA's connection stays open: what takes over
+        Kamailio's aliases of the first (scenarios/ws_alias_takeover.py).  Needs
+        SHARE_PORT here (both sockets set SO_REUSEADDR)."""
+        if not self.share_port or self.local_addr is None or self.transport == "udp":
+            raise UAError("newcomer() needs a connected TCP-based UA made with share_port=True")
+        ip, port = self.local_addr.rsplit(":", 1)
+        other = WebSocketUA(url, user="newcomer", source=(ip, int(port)), io_timeout=self.io_timeout)
+        try:
+            other.connect(timeout)
+            other.disconnect("close", timeout=timeout)
+        finally:
+            other.close()
 
     def disconnect(self, mode: str = "rst", timeout: float = 2.0) -> None:
         """Drop the connection.
@@ -693,12 +742,23 @@ class WebSocketUA:
         FIN or RST.  `close()` removes the rules, then resets the socket.
         "close-frame": a WebSocket close frame (RFC 6455 5.5.1), then
         "silent": the TCP connection is left to the server to close.
+        Over TCP "close" and "close-frame" do not exist (no close frame);
+        over UDP only "silent" and "drop" do, and both are "silent": no
+        connection to reset, and datagrams the UA never reads are as lost as
+        dropped ones (an unread UDP socket sends no ICMP).
         """
         if mode not in _DISCONNECT_MODES:
             raise ValueError(f"disconnect mode must be one of {_DISCONNECT_MODES}, got {mode!r}")
+        if self.transport == "udp" and mode not in _UDP_DISCONNECT_MODES:
+            raise ValueError(f"a UDP client has no connection to {mode}; it can only fall silent "
+                             f"({', '.join(_UDP_DISCONNECT_MODES)})")
+        if self.transport == "tcp" and mode in ("close", "close-frame"):
+            raise ValueError(f"'{mode}' is a WebSocket close frame; a TCP client has rst, fin, silent, drop")
         if self._sock is None:
             raise UAError("not connected")
         self._stop_reader()
+        if self.transport == "udp":
+            mode = "silent"
         if mode == "close-frame":
             with self._io_lock:
                 try:
@@ -747,32 +807,38 @@ class WebSocketUA:
         log.debug("%s disconnected (%s)", self.user, mode)
 
     def close(self) -> None:
-        """Idempotent cleanup: clean WebSocket close if still open."""
+        """Idempotent cleanup: clean WebSocket close if still open (TCP: FIN; UDP: the socket)."""
         if self._closed:
             return
         self._closed = True
         if self._sock is None:
             return
-        if self._silent:
+        if self._silent or self.transport == "udp":
+            if not self._silent:
+                self._stop_reader()
             self._drop_silent()
+            with self._cond:
+                self._open = False
+                self._cond.notify_all()
             return
         try:
-            self.disconnect("close" if self._open else "fin", timeout=1.0)
+            self.disconnect("close" if self._open and self.websocket else "fin", timeout=1.0)
         except UAError as exc:
             log.warning("%s: close: %s", self.user, exc)
 
     def _drop_silent(self) -> None:
-        """End a silent connection with an RST (the reader is already stopped)."""
+        """End a silent connection with an RST (the reader is already stopped); a UDP socket just closes."""
         if self._blackhole is not None:
             self._blackhole.stop()
             self._blackhole = None
         with self._io_lock:
             sock, self._sock = self._sock, None
             if sock is not None:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                except OSError:
-                    pass
+                if self.transport != "udp":
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    except OSError:
+                        pass
                 sock.close()
 
     def _stop_reader(self) -> None:
@@ -789,6 +855,7 @@ class WebSocketUA:
         ws, sock = self._ws, self._sock
         assert ws is not None and sock is not None
         events, self._early = self._early, []
+        udp = self.transport == "udp"
         while not self._stop.is_set():
             parsed: list[SipMessage] = []
             closed = None
@@ -805,6 +872,8 @@ class WebSocketUA:
                         break
                     if not events:
                         data = sock.recv(65536)
+                        if not data and udp:
+                            continue           # an empty datagram: nothing, not an EOF
                         if not data:
                             raise ConnectionResetError("the peer closed the connection")
                         events = ws.receive(data)
@@ -823,13 +892,20 @@ class WebSocketUA:
                     events = []
             except (TimeoutError, ssl.SSLWantReadError):
                 continue  # partial TLS record: try again
+            except ConnectionRefusedError:
+                if self.transport == "udp":
+                    continue  # an ICMP port unreachable for an earlier datagram: no connection to lose
+                if not self._stop.is_set():
+                    self._connection_lost("connection lost: ConnectionRefusedError")
+                return
             except OSError as exc:
                 if not self._stop.is_set():
                     self._connection_lost(f"connection lost: {type(exc).__name__}: {exc}")
                 return
-            except WebSocketError as exc:
-                self._record_error(f"WebSocket protocol error: {exc}", b"")
-                self._connection_lost(f"WebSocket protocol error: {exc}")
+            except (WebSocketError, FramingError) as exc:
+                what = "WebSocket" if self.websocket else "SIP framing"
+                self._record_error(f"{what} protocol error: {exc}", b"")
+                self._connection_lost(f"{what} protocol error: {exc}")
                 return
             for msg in parsed:
                 try:
@@ -961,8 +1037,7 @@ class WebSocketUA:
     # -- sending -------------------------------------------------------------
 
     def _new_via(self) -> str:
-        proto = "WSS" if self.transport == "wss" else "WS"
-        return f"SIP/2.0/{proto} {self.via_host};branch={new_branch()};rport"
+        return f"SIP/2.0/{self.transport.upper()} {self.via_host};branch={new_branch()};rport"
 
     def _send(self, msg: SipMessage | bytes | str) -> None:
         if isinstance(msg, SipMessage):

@@ -92,6 +92,12 @@ class Kamailio:
         return f"wss://{HOST}:{self.config.wss_port}/"
 
     def url(self, transport: str) -> str:
+        """The URL a client of TRANSPORT (ws, wss, tcp, udp: harness.sip's UA) connects to.
+        Plain SIP over TCP shares the WS port's listener (Kamailio tells HTTP from SIP)."""
+        if transport == "tcp":
+            return f"tcp://{HOST}:{self.config.ws_port}"
+        if transport == "udp":
+            return f"udp://{HOST}:{self.config.udp_port}"
         return self.wss_url if transport == "wss" else self.ws_url
 
     # -- lifecycle -------------------------------------------------------
