@@ -8,8 +8,9 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from kamleak.harness.errors import KamleakError
+from kamleak.harness.errors import KamleakError, RPCError
 from kamleak.harness.probes import pbx_trace, ws_connections
+from kamleak.harness.probes.rpc import _plain
 from kamleak.harness.sip import UAError, WebSocketUA
 from kamleak.harness.stack.kamailio.user_config import register_at_pbx
 from kamleak.harness.tools.explore.flow import DISCONNECTS, Flow
@@ -17,6 +18,10 @@ from kamleak.harness.wait import WaitTimeout, poll
 
 # Extensions by how the PBX answers (docker/asterisk/etc/extensions.conf).
 EXTENSION_PREFIX = {"answer": "", "ring_answer": "ring", "busy": "busy", "no_answer": "noanswer"}
+# invite_se's Session-Expires; in a flow that waits for Asterisk's session timer
+# (st_expire) the shortest it accepts (Min-SE 90, docker/asterisk/pjsip.conf.in), as
+# the 4140 report's: Asterisk, not refreshing, sends its BYE ~60 s after the last refresh.
+SESSION_EXPIRES, SESSION_EXPIRES_ST = 1800, 90
 
 
 @dataclass
@@ -43,16 +48,24 @@ class _Driver:
         self.dialog = None
         self.pending = None
         self.dialed = run.extension          # the extension Asterisk's channel carries
+        self.call_since = time.time()        # when the call was placed (Asterisk's log from then on)
 
     def target(self, answer: str) -> str:
         return f"sip:{EXTENSION_PREFIX[answer]}{self.run.extension}@127.0.0.1"
 
     def drive(self) -> None:
-        self.ua = WebSocketUA(self.kamailio.url(self.flow.transport), user=f"u{self.run.extension}")
+        # The takeover's newcomer binds the client's own ip:port: both sockets need SO_REUSEADDR.
+        share = any(s.name == "reconnect" for s in self.flow.steps)
+        self.ua = WebSocketUA(self.kamailio.url(self.flow.transport), user=f"u{self.run.extension}",
+                              share_port=share)
         self.ua.connect()
-        self.run.ports.append(int(self.ua.local_addr.rsplit(":", 1)[1]))
+        self.run.ports.append(self.port)
         for step in self.flow.steps:
             self.run.steps.append(self.step(step.name, step.arg))
+
+    @property
+    def port(self) -> int:
+        return int(self.ua.local_addr.rsplit(":", 1)[1])
 
     def reach(self, dialed: str) -> None:
         """A user config that routes calls through its registrar finds the PBX by lookup."""
@@ -70,7 +83,10 @@ class _Driver:
         if name in ("invite", "invite_se"):
             self.dialed = EXTENSION_PREFIX[arg] + self.run.extension
             self.reach(self.dialed)
-            se = {"session_expires": 1800, "min_se": 90, "refresher": "uac"} if name == "invite_se" else {}
+            short = any(s.name == "st_expire" for s in self.flow.steps)
+            se = {"session_expires": SESSION_EXPIRES_ST if short else SESSION_EXPIRES, "min_se": 90,
+                  "refresher": "uac"} if name == "invite_se" else {}
+            self.call_since = time.time()
             if arg == "no_answer":
                 self.pending = ua.invite_start(self.target(arg), **se)
                 self.run.call_ids.add(self.pending.request.call_id)
@@ -115,20 +131,38 @@ class _Driver:
                 # INVITE, not a BYE, so there is no reply of Kamailio's to wait for
                 # (the judge watches the INVITE's cell).  Waiting cost 10 s a flow.
                 return "hung up (early)"
-            call_id = self.dialog.call_id
-            # The step is over when Kamailio has answered Asterisk's BYE (relayed or not).
+            return self.bye_reply(since)
+        if name == "st_expire":
+            # Nobody refreshes: Asterisk's session timer ends the call (RFC 4028 10).
+            call_id, since = self.dialog.call_id, self.call_since
             try:
-                finals = poll(lambda: pbx_trace.final_replies(
-                    pbx_trace.parse_pjsip_log(self.pbx.log_since(since)), call_id), timeout=10,
-                    interval=0.05, what="Kamailio's reply to Asterisk's BYE")
+                poll(lambda: pbx_trace.requests_sent(pbx_trace.parse_pjsip_log(self.pbx.log_since(since)),
+                                                     call_id, "BYE") or None,
+                     timeout=SESSION_EXPIRES_ST + 15, interval=0.5, what="Asterisk's session-timer BYE",
+                     abort=self.pbx.death)
             except WaitTimeout:
-                return "no reply"
-            return str(finals[0].code)
+                return "no BYE"
+            return self.bye_reply(since)
+        if name == "message_ood":
+            resp = ua.request("MESSAGE", f"sip:u{self.run.extension}@127.0.0.1", body="kamleak",
+                              content_type="text/plain", timeout=10)
+            self.run.call_ids.add(resp.call_id)
+            return str(resp.status)
+        if name == "reconnect":
+            return self.takeover()
+        if name == "drop":
+            ua.disconnect("drop")       # silent both ways; drive() resets it at the flow's end
+            return "silent"
         if name in DISCONNECTS:
-            port = int(ua.local_addr.rsplit(":", 1)[1])
+            port = self.port
             ua.disconnect(name)
             try:
-                ws_connections.wait_gone(self.kamailio.rpc, port, timeout=10, abort=self.kamailio.death)
+                if self.flow.transport == "tcp":
+                    poll(lambda: not _tcp_listed(self.kamailio, port), timeout=10, interval=0.01,
+                         max_interval=0.05, what=f"Kamailio dropping the TCP connection from port {port}",
+                         abort=self.kamailio.death)
+                else:
+                    ws_connections.wait_gone(self.kamailio.rpc, port, timeout=10, abort=self.kamailio.death)
             except WaitTimeout:
                 return "still listed"
             return "gone"
@@ -136,6 +170,45 @@ class _Driver:
             time.sleep(int(arg or 0) / 1000.0)
             return "ok"
         raise KamleakError(f"explore cannot drive step '{name}' yet")
+
+    def bye_reply(self, since: float) -> str:
+        """Kamailio's final reply to Asterisk's BYE (relayed from the client or its own)."""
+        call_id = self.dialog.call_id
+        try:
+            finals = poll(lambda: pbx_trace.final_replies(
+                pbx_trace.parse_pjsip_log(self.pbx.log_since(since)), call_id), timeout=10,
+                interval=0.05, what="Kamailio's reply to Asterisk's BYE")
+        except WaitTimeout:
+            return "no reply"
+        return str(finals[0].code)
+
+    def takeover(self) -> str:
+        """A newcomer from the client's ip:port to the other WebSocket listener, then
+        gone from ws.dump, while the client's own connection stays
+        (scenarios/ws_alias_takeover.py has the mechanism and what it does to Kamailio)."""
+        other = "ws" if self.flow.transport == "wss" else "wss"
+        port = self.port
+        self.ua.newcomer(self.kamailio.url(other))
+        try:
+            ws_connections.wait_gone(self.kamailio.rpc, port, proto=other, timeout=10,
+                                     abort=self.kamailio.death)
+        except WaitTimeout:
+            return "newcomer still listed"
+        if not self.ua.connected:
+            return "own connection lost"
+        return "taken over"
+
+
+def _tcp_listed(kamailio, port: int) -> bool:
+    """Whether KAMAILIO still has a plain TCP connection from client PORT to its SIP
+    listener (core.tcp_list; ws.dump lists only WebSocket ones)."""
+    try:
+        rows = _plain(kamailio.rpc.call("core.tcp_list")) or []
+    except RPCError:
+        return False
+    key = (str(port), str(kamailio.config.ws_port))
+    return any(isinstance(r, dict) and str(r.get("type", "")).upper() == "TCP"
+               and (str(r.get("src_port")), str(r.get("dst_port"))) == key for r in rows)
 
 
 def drive(kamailio, pbx, flow: Flow, extension: str | None = None) -> FlowRun:
@@ -148,7 +221,9 @@ def drive(kamailio, pbx, flow: Flow, extension: str | None = None) -> FlowRun:
         run.error = f"{type(exc).__name__}: {exc}"[:300]
     finally:
         run.ended_at = time.monotonic()
-        if d.ua is not None and d.ua.connected and not any(s.name in DISCONNECTS for s in flow.steps):
+        # Idempotent: a connection still up is closed, a dropped one reset (and its
+        # iptables rules removed), one the flow already ended is left as it is.
+        if d.ua is not None:
             try:
                 d.ua.close()
             except Exception:  # noqa: BLE001 - closing must go on

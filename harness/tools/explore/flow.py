@@ -22,8 +22,11 @@ import json
 from dataclasses import dataclass, field
 
 from kamleak.harness.errors import UsageError
+from kamleak.harness.stack import netdrop
 
-TRANSPORTS = ("ws", "wss")
+# The client's transport: WebSocket (ws, wss), or plain SIP over TCP (on the WS
+# port's listener) or UDP (Kamailio's UDP socket, the one facing the PBX).
+TRANSPORTS = ("ws", "wss", "tcp", "udp")
 
 # How the PBX (Asterisk's dialplan, docker/asterisk/etc/extensions.conf) treats an INVITE.
 PBX_ANSWERS = ("answer", "ring_answer", "busy", "no_answer")
@@ -49,10 +52,23 @@ STEPS: dict[str, dict[str, str]] = {
     "rst":          {"idle": "ended", "early": "gone", "confirmed": "gone", "ended": "ended"},
     "fin":          {"idle": "ended", "early": "gone", "confirmed": "gone", "ended": "ended"},
     "close":        {"idle": "ended", "early": "gone", "confirmed": "gone", "ended": "ended"},
+    # The client vanishes without a word: its connection's packets dropped both
+    # ways (netdrop; needs root), a UDP client stops answering.  Reset at the flow's end.
+    "drop":         {"idle": "ended", "early": "gone", "confirmed": "gone", "ended": "ended"},
     "pause":        {"idle": "idle", "early": "early", "confirmed": "confirmed", "gone": "gone",
                      "ended": "ended"},             # arg: milliseconds (timing jitter)
+    # An out-of-dialog MESSAGE (issue 4919's request over UDP with WITH_RELAY_NOCONNECT).
+    "message_ood":  {"idle": "idle"},
+    # The alias takeover: a newcomer from the client's own ip:port to the other
+    # WebSocket listener, handshake, close; the client's connection stays up.
+    "reconnect":    {"idle": "idle", "early": "early", "confirmed": "confirmed"},
+    # Asterisk's session timer ends the call (no refresh: its BYE ~60 s after the
+    # last one); needs the call placed with invite_se.  Opt-in (OPT_IN): minutes a flow.
+    "st_expire":    {"confirmed": "ended", "gone": "ended"},
 }
-DISCONNECTS = ("rst", "fin", "close")
+DISCONNECTS = ("rst", "fin", "close", "drop")
+# Steps drawn only when --steps names them: st_expire waits a minute or more.
+OPT_IN = frozenset({"st_expire"})
 # A call that is still up when the flow must end: the steps that end it.
 ENDERS = {"idle": (), "early": ("cancel",), "confirmed": ("bye", "pbx_bye"), "gone": ("pbx_bye",),
           "ended": ()}
@@ -114,8 +130,8 @@ class Flow:
         """The flow as the three parties see it, one line a step."""
         rows = []
         for state, step in zip(self.states(), self.steps):
-            who = ("PBX" if step.name == "pbx_bye" else "net" if step.name in DISCONNECTS + ("pause",)
-                   else "UA")
+            who = ("PBX" if step.name in ("pbx_bye", "st_expire") else
+                   "net" if step.name in DISCONNECTS + ("pause", "reconnect") else "UA")
             rows.append(f"  [{state:9}] {who:3} {step.text()}")
         return "\n".join([f"flow over {self.transport.upper()}", *rows,
                           f"  [{self.states()[-1]:9}]"])
@@ -153,6 +169,8 @@ def parse(transport: str, steps) -> Flow:
         if state not in STEPS[name]:
             raise UsageError(f"step '{step.text()}' cannot come in state '{state}' (step {i})",
                              f"in '{state}' a flow may take: {', '.join(allowed(state))}")
+        if not _needs_met(name, parsed):
+            raise UsageError(f"step '{name}' needs {NEEDS[name][0]} (step {i})", NEEDS[name][1])
         state = _after(state, step)
         parsed.append(step)
     return Flow(transport, tuple(parsed))
@@ -162,22 +180,51 @@ def allowed(state: str) -> list[str]:
     return [name for name, moves in STEPS.items() if state in moves]
 
 
+# Steps that need more than the state: what, and the fix.
+NEEDS = {"st_expire": ("a call placed with invite_se (Asterisk's session timer)",
+                       "place the call with invite_se, e.g. invite_se:answer, st_expire")}
+
+
+def _needs_met(name: str, earlier) -> bool:
+    if name == "st_expire":
+        calls = [s.name for s in earlier if s.name in ("invite", "invite_se")]
+        return bool(calls) and calls[-1] == "invite_se"
+    return True
+
+
+def steps_for(transport: str, state: str, earlier=()) -> list[str]:
+    """The steps a flow over TRANSPORT may take next, in STATE, after the steps
+    EARLIER (Step objects): the state machine, the transport (NOT_ON) and what a
+    step needs from earlier ones (NEEDS).  What parse accepts, and all a generator
+    may draw."""
+    return [n for n in allowed(state) if on_transport(transport, n) and _needs_met(n, earlier)]
+
+
 # ---------------------------------------------------------------------------
 # The generator: Hypothesis draws each step among those the state allows.
 
 def check_vocabulary(steps=None, answers=None) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The step names and PBX answers a campaign may draw, checked: one line per mistake."""
-    names = tuple(steps) if steps else tuple(STEPS)
+    names = tuple(steps) if steps else default_steps()
     for n in names:
         if n not in STEPS:
             raise UsageError(f"unknown step '{n}'", f"use some of {', '.join(STEPS)}")
-    if not ({"invite", "invite_se", "cancel_race"} & set(names)):
-        raise UsageError("the steps place no call", "include invite or invite_se")
+    if not ({"invite", "invite_se", "cancel_race", "message_ood"} & set(names)):
+        raise UsageError("the steps place no call and send no request", "include invite, invite_se "
+                         "or message_ood")
+    if "drop" in names and steps:
+        if why := netdrop.available():
+            raise UsageError(f"step 'drop' cannot run here: {why}", "run as root, or leave drop out")
     pbx = tuple(answers) if answers else PBX_ANSWERS
     for a in pbx:
         if a not in PBX_ANSWERS:
             raise UsageError(f"unknown PBX answer '{a}'", f"use some of {', '.join(PBX_ANSWERS)}")
     return names, pbx
+
+
+def default_steps() -> tuple[str, ...]:
+    """The vocabulary without --steps: all but OPT_IN, and drop only where it can run (root, iptables)."""
+    return tuple(n for n in STEPS if n not in OPT_IN and (n != "drop" or netdrop.available() is None))
 
 
 def flows(max_steps: int = 8, transports: tuple[str, ...] = TRANSPORTS, steps=None, answers=None):
@@ -216,7 +263,8 @@ def build(transport: str, choices, ender: int = 0, *, names=None, answers=PBX_AN
     for which, arg_index in choices:
         if state == "ended" and out:
             break
-        options = {n for n in _ORDER[state] if n in names and on_transport(transport, n)}
+        possible = steps_for(transport, state, out)
+        options = {n for n in _ORDER[state] if n in names and n in possible}
         if not options:
             break
         # An index names a step, not a position among the state's choices: the
@@ -239,8 +287,12 @@ def build(transport: str, choices, ender: int = 0, *, names=None, answers=PBX_AN
     return Flow(transport, tuple(out))
 
 
-# Steps a transport cannot take (no connection to lose, no close frame): drawn never, refused by parse.
-NOT_ON: dict[str, frozenset[str]] = {}
+# Steps a transport cannot take: drawn never, refused by parse.  A close frame is
+# WebSocket's; UDP has no connection to reset, close or take over (its drop is silence).
+NOT_ON: dict[str, frozenset[str]] = {
+    "tcp": frozenset({"close"}),
+    "udp": frozenset({"rst", "fin", "close", "reconnect"}),
+}
 
 
 def on_transport(transport: str, name: str) -> bool:
@@ -249,11 +301,12 @@ def on_transport(transport: str, name: str) -> bool:
 
 # The draw order per state: what a plain call does first, the odd moves after.
 _ORDER = {
-    "idle": ["invite", "invite_se", "register", "unregister", "cancel_race", "pause", *DISCONNECTS],
-    "early": ["cancel", "pause", *DISCONNECTS],
+    "idle": ["invite", "invite_se", "register", "unregister", "cancel_race", "pause", *DISCONNECTS,
+             "message_ood", "reconnect"],
+    "early": ["cancel", "pause", *DISCONNECTS, "reconnect"],
     "confirmed": ["pbx_bye", "bye", "reinvite", "update", "message", "info", "options", "pause",
-                  *DISCONNECTS],
-    "gone": ["pbx_bye", "pause"],
+                  *DISCONNECTS, "reconnect", "st_expire"],
+    "gone": ["pbx_bye", "pause", "st_expire"],
     "ended": ["pause", *DISCONNECTS],
 }
 assert all(sorted(v) == sorted(allowed(k)) for k, v in _ORDER.items()), "every allowed step is drawn"
