@@ -25,9 +25,13 @@ carry the UA's real ip:port, so requests can reach it back.
 A background reader thread receives messages, matches responses to client
 transactions (top Via branch + CSeq method, RFC 3261 17.1.3), auto-answers
 in-dialog requests and queues every request for ``wait_for_request``.
-Every wait has a deadline. Nothing is retransmitted: WebSocket and TCP are
-reliable, and loopback does not lose datagrams (RFC 3261 17.1.1.2 timers A/E
-are not used); the peer's retransmissions are answered like the first copy.
+Every wait has a deadline. Over WebSocket and TCP nothing is retransmitted
+(reliable transports: RFC 3261 17.1.1.2 timers A/E are not used).  Over UDP a
+request is resent as 17.1.1.2/17.1.2.2 say (T1 doubling, up to T2 for a
+non-INVITE) until a response (INVITE) or a final one: loopback loses nothing,
+but Kamailio's UDP workers race (a CANCEL handled before its INVITE's
+transaction exists is dropped, and only its retransmission is relayed).  The
+peer's retransmissions are answered like the first copy.
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ _DISCONNECT_MODES = ("rst", "fin", "close", "silent", "drop", "close-frame")
 TRANSPORTS = ("ws", "wss", "tcp", "udp")
 # What a UDP client can do to "disconnect": fall silent (no connection to reset or close).
 _UDP_DISCONNECT_MODES = ("silent", "drop")
+T1, T2 = 0.5, 4.0   # RFC 3261 17.1.1.1: retransmission over UDP; a transaction gives up after 64*T1
 
 T = TypeVar("T")
 
@@ -600,6 +605,7 @@ class WebSocketUA:
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
         self._transactions: dict[tuple[str, str], ClientTransaction] = {}
+        self._resend: dict[tuple[str, str], list] = {}  # UDP: key -> [tx, next at, interval, give up at]
         self._dialogs: dict[tuple[str, str, str], Dialog] = {}
         self._requests: list[SipMessage] = []
         self._errors_reported = 0
@@ -857,6 +863,8 @@ class WebSocketUA:
         events, self._early = self._early, []
         udp = self.transport == "udp"
         while not self._stop.is_set():
+            if udp and self._resend:
+                self._resend_due()
             parsed: list[SipMessage] = []
             closed = None
             try:
@@ -978,6 +986,10 @@ class WebSocketUA:
                     # (17.1.1.3), whether or not anyone waits for the response.
                     tx.ack = resend = build_ack(tx.request, resp)
             tx.responses.append(resp)
+            if tx.method == "INVITE" or resp.status >= 200:
+                self._resend.pop(key, None)   # an INVITE's any response, a non-INVITE's final (17.1)
+            elif key in self._resend:
+                self._resend[key][2] = T2     # a non-INVITE's provisional: every T2 now (17.1.2.2)
             self._cond.notify_all()
         if resend is not None:
             self._send_quiet(resend)
@@ -1109,8 +1121,28 @@ class WebSocketUA:
         tx = ClientTransaction(req)
         with self._cond:
             self._transactions[tx.key] = tx
+            if self.transport == "udp":
+                now = time.monotonic()
+                self._resend[tx.key] = [tx, now + T1, T1, now + 64 * T1]
         self._send(req)
         return tx
+
+    def _resend_due(self) -> None:
+        """UDP: resend each request still unanswered (timers A and E), from the reader."""
+        now, send = time.monotonic(), []
+        with self._cond:
+            for key, e in list(self._resend.items()):
+                tx, at, interval, give_up = e
+                if at > now:
+                    continue
+                if now >= give_up:              # timer B/F: the wait's deadline reports it
+                    del self._resend[key]
+                    continue
+                e[2] = interval * 2 if tx.method == "INVITE" else min(interval * 2, T2)
+                e[1] = now + e[2]
+                send.append(tx.request)
+        for req in send:
+            self._send_quiet(req)
 
     def _send_ack(self, tx: ClientTransaction, ack: SipMessage) -> None:
         with self._cond:

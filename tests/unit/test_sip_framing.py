@@ -108,3 +108,25 @@ def test_the_ua_over_udp_is_reachable_on_its_socket_and_can_only_fall_silent():
     finally:
         ua.close()
         server.close()
+
+
+def test_over_udp_an_unanswered_request_is_resent_until_its_final_response():
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.settimeout(3)
+    with WebSocketUA(f"udp://127.0.0.1:{server.getsockname()[1]}") as ua:
+        ua.connect()
+        answered = {}
+        t = threading.Thread(target=lambda: answered.setdefault("r", ua.request("MESSAGE", timeout=5)),
+                             daemon=True)
+        t.start()
+        first, src = server.recvfrom(65535)           # unanswered: as a racing worker drops it
+        again, _ = server.recvfrom(65535)             # timer E: T1 later, the same request
+        assert again == first
+        server.sendto(_ok(SipMessage.parse(again)), src)
+        t.join(3)
+        assert answered["r"].status == 200
+        server.settimeout(1.5)                        # answered: no more copies
+        with pytest.raises(TimeoutError):
+            server.recvfrom(65535)
+    server.close()
