@@ -78,3 +78,25 @@ def snapshot(rpc) -> Sites:
                             "use a build with memory debugging (DBG_SR_MEMORY, on in Debian's "
                             "and upstream's packages)")
     return sites
+
+
+def process_key(entry: dict) -> str:
+    """A process as two Kamailios on one config both name it: its index and
+    description, addresses left out (`udp receiver child=0 sock=*`)."""
+    import re
+    desc = re.sub(r"\[?[\d.:a-fA-F]*\d\]?:\d+", "*", str(entry.get("desc", "")))
+    return f"{entry.get('entry', '?')}: {desc}"
+
+
+def parse_pkg_stats(result: Any) -> dict[str, int]:
+    """`pkg.stats` (one struct per process: entry, pid, rank, used, real_used,
+    ...) as {process_key: used bytes}: what each process holds privately."""
+    from kamleak.harness.probes.rpc import _plain
+    out = {}
+    for p in _plain(result) if isinstance(result, list) else []:
+        if isinstance(p, dict) and "used" in p:
+            try:
+                out[process_key(p)] = int(p["used"])
+            except (TypeError, ValueError):
+                continue
+    return out
