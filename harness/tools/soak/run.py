@@ -20,7 +20,7 @@ from kamleak.harness.sip.peer import UdpPeer
 from kamleak.harness.tools.soak.driver import _Call, _Driver
 from kamleak.harness.tools.soak.plan import dead_path_reply, plan_kinds
 from kamleak.harness.tools.soak.plot import render_plot
-from kamleak.harness.tools.soak.stats import ols
+from kamleak.harness.tools.soak.stats import ols, rises
 from kamleak.harness.wait import WaitTimeout, poll
 
 
@@ -402,7 +402,7 @@ def run_soak(kamailio, peer_or_pbx, *, calls: int, concurrency: int, rate: float
     if leaked > 0:
         flags.append(f"{leaked} tm cell(s) did not return after the drain "
                      f"({leaked / calls:.4g} per call; {hits} call(s) hit the dead-connection path)")
-    if fit_tm is not None and tm_growth and tm_growth > 0 and fit_tm.excludes_zero():
+    if rises(fit_tm, tm_growth or 0):
         flags.append(f"tm's shm grew by {tm_growth} B and did not return "
                      f"({fit_tm.describe(' B/call')})")
     by_module = {}
@@ -411,7 +411,7 @@ def run_soak(kamailio, peer_or_pbx, *, calls: int, concurrency: int, rate: float
             d = final["module_shm"].get(m, 0) - baseline["module_shm"].get(m, 0)
             if d:
                 by_module[m] = d
-    if fit_shm is not None and fit_shm.excludes_zero() and fit_shm.slope > 0 and shm_growth > 16384:
+    if rises(fit_shm, shm_growth, floor=16384):
         top = sorted(((d, m) for m, d in by_module.items() if d > 0 and m != "websocket"), reverse=True)[:3]
         where = ("; by module: " + ", ".join(f"{m} +{d} B" for d, m in top)) if top else ""
         flags.append(f"shm grew by {shm_growth} B and did not return ({fit_shm.describe(' B/call')})"
