@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from kamleak.harness.judging import oracle
+from kamleak.harness.tools.explore import trend
 from kamleak.harness.tools.explore.flow import Flow
 from kamleak.harness.tools.explore.judge import Judgement
 from kamleak.harness.tools.explore.mutate import NONE, Mutation
@@ -80,6 +81,8 @@ class Result:
     findings: list[Finding] = field(default_factory=list)
     stopped: str = ""                 # why it ended: budget, max flows, a finding, Ctrl-C
     refused: dict = field(default_factory=dict)   # config mutation text -> the build's kamailio -c error
+    trend: list = field(default_factory=list)     # trend.TrendFinding: tm, held objects, memory per Kamailio
+    trend_notes: list = field(default_factory=list)   # what the per-campaign checks could not decide
 
 
 class Campaign:
@@ -109,6 +112,7 @@ class Campaign:
         self._timers = None
         self._uses = 0
         self._mutation = NONE       # what the reused Kamailio runs with
+        self._series = None         # the reused Kamailio's trend.Series
 
     def over(self) -> str:
         if time.monotonic() - self.t0 > self.budget_s:
@@ -130,6 +134,8 @@ class Campaign:
             self._mutation = mutation
             self._timers = oracle.read_timers(self._kamailio.rpc, self._kamailio.config,
                                               self._kamailio.version)
+            # The per-campaign checks follow the Kamailio that is reused: a baseline now.
+            self._series = None if fresh else trend.Series(self._kamailio, self._timers, say=self.say)
         self._uses += 1
         try:
             judged = run_batch(self._kamailio, self.pbx, flows, self._timers, confirm=confirm)
@@ -140,6 +146,8 @@ class Campaign:
                 self.pbx.cli("channel request hangup all")    # calls a flow left up
             except Exception:  # noqa: BLE001 - the next batch starts anyway
                 pass
+        if not fresh and self._series is not None:
+            self.result.trend += self._series.after_batch(flows, judged)    # after the drain
         self.result.flows += len(flows)
         self.result.batches += 1
         self.result.harness_errors += sum(1 for j in judged if j.run.error)
@@ -155,6 +163,27 @@ class Campaign:
         if self._kamailio is not None:
             self._kamailio.stop()
         self._kamailio, self._uses = None, 0
+        self._close_series()
+
+    def _close_series(self) -> None:
+        """The retired Kamailio's memory trend: a site or process that kept rising
+        is replayed on a fresh Kamailio (budget left) before it counts as sure."""
+        series, self._series = self._series, None
+        if series is None:
+            return
+        memory = series.memory()
+        candidates = series.findings + memory          # tm and held objects were reported as seen
+        if candidates and not self.over():
+            mutation = self._mutation
+            self.say(f"[explore] {len(candidates)} per-campaign finding(s) on one Kamailio; replaying its "
+                     f"{len(series.batches)} batches on a fresh one")
+            trend.replay(lambda: self.start(mutation) if self.mutations is not None else self.start(),
+                         self.pbx, series.batches, candidates, say=self.say)
+        for c in candidates if self.over() else ():
+            if c.replay is None:
+                c.evidence.append("not replayed: the budget was spent")
+        self.result.trend += memory
+        self.result.trend_notes += [n for n in series.close() if n not in self.result.trend_notes]
 
     def _plain(self, batch: list[Flow | None]) -> None:
         self._body(batch)         # @given refuses a function with defaults (_body's mutation)
@@ -253,7 +282,7 @@ class Campaign:
 
     def _confirm(self, judgement: Judgement, mutation: Mutation = NONE) -> Finding:
         flows_at, secs_at = self.first_failure or (self.result.flows, time.monotonic() - self.t0)
-        finding = Finding(judgement.run.flow, judgement.signature(), judgement.proofs,
+        finding = Finding(judgement.run.flow, judgement.signature(), judgement.evidence(),
                           judgement.run.steps, found_after_flows=flows_at, found_after_s=secs_at,
                           shrink_runs=self.shrink_runs, mutation=mutation)
         self.say(f"[explore] shrunk to {finding.text()}; replaying it alone "
