@@ -170,7 +170,7 @@ def parse(transport: str, steps) -> Flow:
             raise UsageError(f"step '{step.text()}' cannot come in state '{state}' (step {i})",
                              f"in '{state}' a flow may take: {', '.join(allowed(state))}")
         if not _needs_met(name, parsed):
-            raise UsageError(f"step '{name}' needs {NEEDS[name][0]} (step {i})", NEEDS[name][1])
+            raise UsageError(f"step '{name}' needs {NEEDS[name][1]} (step {i})", NEEDS[name][2])
         state = _after(state, step)
         parsed.append(step)
     return Flow(transport, tuple(parsed))
@@ -180,16 +180,16 @@ def allowed(state: str) -> list[str]:
     return [name for name, moves in STEPS.items() if state in moves]
 
 
-# Steps that need more than the state: what, and the fix.
-NEEDS = {"st_expire": ("a call placed with invite_se (Asterisk's session timer)",
+# Steps that need the call placed a certain way: that INVITE step, what, and the fix.
+NEEDS = {"st_expire": ("invite_se", "a call placed with invite_se (Asterisk's session timer)",
                        "place the call with invite_se, e.g. invite_se:answer, st_expire")}
 
 
 def _needs_met(name: str, earlier) -> bool:
-    if name == "st_expire":
-        calls = [s.name for s in earlier if s.name in ("invite", "invite_se")]
-        return bool(calls) and calls[-1] == "invite_se"
-    return True
+    if name not in NEEDS:
+        return True
+    calls = [s.name for s in earlier if s.name in ("invite", "invite_se")]
+    return bool(calls) and calls[-1] == NEEDS[name][0]
 
 
 def steps_for(transport: str, state: str, earlier=()) -> list[str]:
@@ -235,8 +235,8 @@ def flows(max_steps: int = 8, transports: tuple[str, ...] = TRANSPORTS, steps=No
     state allows, which argument).  Hypothesis's shrinker deletes list elements
     outright, so a shrunk flow loses whole steps (a run of re-INVITEs goes in
     one pass, the steps after it keep their meaning where the state allows),
-    and each index shrinks toward 0: the state's first, plainest choice
-    (`_ORDER`).  Measured against drawing a count and then that many steps,
+    and each index shrinks toward 0: the plainest step the state allows
+    (`_DRAW`).  Measured against drawing a count and then that many steps,
     which shrank the 5.8.5 finding only to 7 steps before Hypothesis's
     shrinking time ran out."""
     from hypothesis import strategies as st
@@ -254,17 +254,16 @@ def flows(max_steps: int = 8, transports: tuple[str, ...] = TRANSPORTS, steps=No
 
 
 def build(transport: str, choices, ender: int = 0, *, names=None, answers=PBX_ANSWERS) -> Flow:
-    """The flow a list of (step, argument) indices stands for: each index picks
-    among what the call's state (and the transport) allows, modulo its length;
-    a choice past the call's end is ignored; ENDER picks the step that ends a
-    call still up."""
+    """The flow a list of (step, argument) indices stands for: each step index
+    names a step (below), the argument index picks modulo the arguments; a
+    choice past the call's end is ignored; ENDER picks the step that ends a call
+    still up."""
     names = tuple(names or STEPS)
     state, out = "idle", []
     for which, arg_index in choices:
         if state == "ended" and out:
             break
-        possible = steps_for(transport, state, out)
-        options = {n for n in _ORDER[state] if n in names and n in possible}
+        options = set(steps_for(transport, state, out)) & set(names)
         if not options:
             break
         # An index names a step, not a position among the state's choices: the
