@@ -33,7 +33,7 @@ from pathlib import Path
 from kamleak.harness import progress
 from kamleak.harness.errors import ImageError, UsageError
 from kamleak.harness.stack import containers, images
-from kamleak.harness.stack.kamailio.cfg import parse, read_config
+from kamleak.harness.stack.kamailio.cfg import parse, read_config, tested_defines
 from kamleak.harness.stack.kamailio.config import BODY
 
 DEFAULT_SOURCE = "https://github.com/kamailio/kamailio.git"
@@ -302,9 +302,6 @@ class Source:
 # --------------------------------------------------------------------------
 # Which modules to build: those the config under test loads.
 
-_IFDEF = re.compile(r"^\s*#!(?:ifdef|ifndef)\s+(\w+)", re.M)
-
-
 def config_modules(text: str, path: str = "kamailio.cfg") -> set[str]:
     """Every module a config loads, across all its #!ifdef branches.
 
@@ -312,7 +309,7 @@ def config_modules(text: str, path: str = "kamailio.cfg") -> set[str]:
     define, once with all, and once with each alone: the union covers every
     branch of configs like the harness's (flat #!ifdef blocks).
     """
-    names = sorted(set(_IFDEF.findall(text)))
+    names = sorted(tested_defines(text))
     combos = [set(), set(names)] + [{n} for n in names]
     mods: set[str] = set()
     for combo in combos:

@@ -667,6 +667,18 @@ def _split_args(toks: list[Tok]) -> list[list[Tok]]:
     return args
 
 
+def tested_defines(text: str) -> set[str]:
+    """The names a config tests with `#!ifdef`/`#!ifndef` (`!!` as well), in any branch."""
+    found = set()
+    for line in text.splitlines():
+        m = _DIRECTIVE.match(line)
+        if m and m.group(1) in ("ifdef", "ifndef"):
+            name = _ID.match(m.group(2).strip())
+            if name:
+                found.add(name.group(0))
+    return found
+
+
 def read_config(path: str) -> str:
     """The text of the config at PATH, as `lint` and `gate` both read it.
 

@@ -91,11 +91,11 @@ class Variant:
 def config_switches() -> set[str]:
     """The defines kamleak's kamailio.cfg tests (`#!ifdef NAME`), and the header's own
     (config.py: WITH_LISTEN_ADVERTISE puts `advertise` on the WebSocket sockets)."""
-    import re
     from pathlib import Path
 
-    text = (Path(__file__).parent / "kamailio.cfg").read_text()
-    return set(re.findall(r"^\s*#!ifn?def\s+(\w+)", text, re.M)) | {"WITH_LISTEN_ADVERTISE"}
+    from kamleak.harness.stack.kamailio.cfg import tested_defines
+
+    return tested_defines((Path(__file__).parent / "kamailio.cfg").read_text()) | {"WITH_LISTEN_ADVERTISE"}
 
 
 def check_defines(names) -> tuple[str, ...]:
