@@ -86,12 +86,13 @@ class Result:
 
 
 class Campaign:
-    """START() -> a fresh running Kamailio; PBX: the running Asterisk.
+    """START(mutation) -> a fresh running Kamailio on kamleak's config with the
+    config Mutation (NONE: as it is); PBX: the running Asterisk.
 
-    MUTATIONS (--mutate-config): a strategy of config Mutations; an example is
-    then (mutation, batch), the mutation drawn first so shrinking takes it toward
-    none; START(mutation) starts Kamailio with it, and REFUSAL(mutation) (the
-    real `kamailio -c`: None or its error line) rejects one the build refuses."""
+    An example is (mutation, batch), the mutation drawn first so shrinking takes
+    it toward none; without MUTATIONS (--mutate-config) it is always NONE.
+    REFUSAL(mutation) (the real `kamailio -c`: None or its error line) rejects
+    one the build refuses."""
 
     def __init__(self, start, pbx, strategy, *, batch: int = 10, budget_s: float = 600.0,
                  max_flows: int | None = None, seed: int | None = None, database=None,
@@ -130,7 +131,7 @@ class Campaign:
         if fresh or self._kamailio is None or self._uses >= self.REUSE or self._kamailio.death() \
                 or mutation != self._mutation:
             self._retire()
-            self._kamailio = self.start(mutation) if self.mutations is not None else self.start()
+            self._kamailio = self.start(mutation)
             self._mutation = mutation
             self._timers = oracle.read_timers(self._kamailio.rpc, self._kamailio.config,
                                               self._kamailio.version)
@@ -177,21 +178,14 @@ class Campaign:
             mutation = self._mutation
             self.say(f"[explore] {len(candidates)} per-campaign finding(s) on one Kamailio; replaying its "
                      f"{len(series.batches)} batches on a fresh one")
-            trend.replay(lambda: self.start(mutation) if self.mutations is not None else self.start(),
-                         self.pbx, series.batches, candidates, say=self.say)
+            trend.replay(lambda: self.start(mutation), self.pbx, series.batches, candidates, say=self.say)
         for c in candidates if self.over() else ():
             if c.replay is None:
                 c.evidence.append("not replayed: the budget was spent")
         self.result.trend += memory
         self.result.trend_notes += [n for n in series.close() if n not in self.result.trend_notes]
 
-    def _plain(self, batch: list[Flow | None]) -> None:
-        self._body(batch)         # @given refuses a function with defaults (_body's mutation)
-
-    def _mutated(self, mutation: Mutation, batch: list[Flow | None]) -> None:
-        self._body(batch, mutation)
-
-    def _body(self, batch: list[Flow | None], mutation: Mutation = NONE) -> None:
+    def _body(self, mutation: Mutation, batch: list[Flow | None]) -> None:
         batch = [f for f in batch if f is not None]
         if self.over():
             raise BudgetSpent(self.over())
@@ -253,8 +247,8 @@ class Campaign:
         # 300 generated batches and 5 seeded shrinks: docs/explore.md).
         slot = st.one_of(st.none(), self.strategy, self.strategy)
         batches = st.lists(slot, min_size=self.batch, max_size=self.batch, unique_by=_slot_key)
-        test = given(batches)(self._plain) if self.mutations is None else \
-            given(self.mutations, batches)(self._mutated)
+        mutations = self.mutations if self.mutations is not None else st.just(NONE)   # draws nothing
+        test = given(mutations, batches)(self._body)
         test = settings(max_examples=examples, deadline=None, database=self.database,
                         phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink),
                         suppress_health_check=list(HealthCheck), report_multiple_bugs=False,

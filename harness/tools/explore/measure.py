@@ -19,6 +19,7 @@ from kamleak.harness.stack.runner import Stack
 from kamleak.harness.stack.targets import Target
 from kamleak.harness.tools.explore import flow as fl
 from kamleak.harness.tools.explore.campaign import Campaign
+from kamleak.harness.tools.explore.mutate import with_base
 from kamleak.harness.tools.explore.run import run_batch
 
 CLEAN = ("6.1.5", "pua_dialoginfo")          # frees the orphan: a campaign's rate, nothing found
@@ -49,7 +50,8 @@ def _campaign(version: str, variant: str, *, jobs: int, budget_s: float, seed: i
     defines = Variant.parse(variant).defines
     with Stack(Target("version", version), log=say) as bench:
         floor_s = _floor(bench, defines, jobs) if floor else None
-        campaign = Campaign(lambda: bench.kamailio(defines), bench.pbx, fl.flows(), batch=jobs,
+        campaign = Campaign(lambda mutation: bench.kamailio(with_base(defines, mutation)), bench.pbx,
+                            fl.flows(), batch=jobs,
                             budget_s=budget_s, max_flows=max_flows, seed=seed, database=None,
                             say=say)
         r = campaign.run()
