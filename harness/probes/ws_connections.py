@@ -38,18 +38,12 @@ class WsConnections:
             self.truncated_seen = True
             if self.tcp_list_ok is not False:
                 try:
-                    conns = self.rpc.call("core.tcp_list")
+                    conns = tcp_list(self.rpc)
                     self.tcp_list_ok = True
                 except RPCError:
                     self.tcp_list_ok = False
                     return found
-                for c in _plain(conns) or []:
-                    proto = str(c.get("type", "")).lower() if isinstance(c, dict) else ""
-                    if proto in ("ws", "wss"):
-                        try:
-                            found.add((proto, int(c.get("src_port"))))
-                        except (TypeError, ValueError):
-                            pass
+                found |= {(proto, port) for proto, port in conns if proto in ("ws", "wss")}
         return found
 
     def ports(self) -> set[int]:
@@ -57,20 +51,35 @@ class WsConnections:
         return {port for _, port in self.listed()}
 
 
+def tcp_list(rpc) -> set[tuple[str, int]]:
+    """(type, client source port) of every connection Kamailio's TCP layer has
+    (`core.tcp_list`: tcp, tls, ws, wss), lower-case types."""
+    found = set()
+    for c in _plain(rpc.call("core.tcp_list")) or []:
+        if isinstance(c, dict):
+            try:
+                found.add((str(c.get("type", "")).lower(), int(c.get("src_port"))))
+            except (TypeError, ValueError):
+                pass
+    return found
+
+
 def wait_gone(rpc, port: int, *, proto: str | None = None, timeout: float = 10.0,
               abort: Callable[[], str | None] | None = None) -> float:
     """Poll until Kamailio no longer lists the WebSocket connection from client PORT
-    (only its PROTO one, "ws" or "wss", when two share the port); return the seconds
+    (only its PROTO one, "ws" or "wss", when two share the port; PROTO "tcp": the
+    plain SIP-over-TCP one, which only core.tcp_list names); return the seconds
     waited.  ABORT (e.g. `kamailio.death`) stops the wait with its reason;
     raises wait.WaitTimeout after TIMEOUT seconds."""
     t0 = time.monotonic()
     conns = WsConnections(rpc)
 
     def gone() -> bool:
-        listed = conns.listed()
+        listed = tcp_list(rpc) if proto == "tcp" else conns.listed()
         return (proto, port) not in listed if proto else all(p != port for _, p in listed)
 
     # Kamailio drops a connection a few ms after the RST: poll briskly.
-    poll(gone, timeout=timeout, what=f"Kamailio dropping the WebSocket connection from port {port}",
+    poll(gone, timeout=timeout, what=f"Kamailio dropping the {(proto or 'WebSocket').upper()} "
+                                     f"connection from port {port}",
          abort=abort, interval=0.01, max_interval=0.05)
     return time.monotonic() - t0

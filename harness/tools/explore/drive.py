@@ -8,9 +8,8 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from kamleak.harness.errors import KamleakError, RPCError
+from kamleak.harness.errors import KamleakError
 from kamleak.harness.probes import pbx_trace, ws_connections
-from kamleak.harness.probes.rpc import _plain
 from kamleak.harness.sip import UAError, WebSocketUA
 from kamleak.harness.stack.kamailio.user_config import register_at_pbx
 from kamleak.harness.tools.explore.flow import DISCONNECTS, Flow
@@ -157,12 +156,8 @@ class _Driver:
             port = self.port
             ua.disconnect(name)
             try:
-                if self.flow.transport == "tcp":
-                    poll(lambda: not _tcp_listed(self.kamailio, port), timeout=10, interval=0.01,
-                         max_interval=0.05, what=f"Kamailio dropping the TCP connection from port {port}",
-                         abort=self.kamailio.death)
-                else:
-                    ws_connections.wait_gone(self.kamailio.rpc, port, timeout=10, abort=self.kamailio.death)
+                ws_connections.wait_gone(self.kamailio.rpc, port, proto="tcp" if self.flow.transport == "tcp"
+                                         else None, timeout=10, abort=self.kamailio.death)
             except WaitTimeout:
                 return "still listed"
             return "gone"
@@ -197,18 +192,6 @@ class _Driver:
         if not self.ua.connected:
             return "own connection lost"
         return "taken over"
-
-
-def _tcp_listed(kamailio, port: int) -> bool:
-    """Whether KAMAILIO still has a plain TCP connection from client PORT to its SIP
-    listener (core.tcp_list; ws.dump lists only WebSocket ones)."""
-    try:
-        rows = _plain(kamailio.rpc.call("core.tcp_list")) or []
-    except RPCError:
-        return False
-    key = (str(port), str(kamailio.config.ws_port))
-    return any(isinstance(r, dict) and str(r.get("type", "")).upper() == "TCP"
-               and (str(r.get("src_port")), str(r.get("dst_port"))) == key for r in rows)
 
 
 def drive(kamailio, pbx, flow: Flow, extension: str | None = None) -> FlowRun:
