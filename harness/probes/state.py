@@ -18,12 +18,17 @@ DLG_STATES = {1: "unconfirmed", 2: "early", 3: "confirmed, not ACKed", 4: "confi
 DLG_DELETED = 5
 
 
+def not_served(exc: RPCCallError) -> bool:
+    """Whether EXC is Kamailio's answer to an RPC no loaded module registered."""
+    return "method not found" in exc.message.lower()
+
+
 def served_call(rpc, method: str, *params) -> Any | None:
     """METHOD's result, or None when no loaded module serves it."""
     try:
         return rpc.call(method, *params)
     except RPCCallError as exc:
-        if "method not found" in exc.message.lower():
+        if not_served(exc):
             return None
         raise
 

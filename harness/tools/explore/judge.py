@@ -167,7 +167,7 @@ class Objects:
         try:
             conns = ws_connections.WsConnections(self.rpc).listed()
         except RPCCallError as exc:
-            if "method not found" not in exc.message.lower():
+            if not state.not_served(exc):
                 raise
             conns = None
             self.notes.append("WebSocket connections not checked: no websocket module (ws.dump not served)")
@@ -186,10 +186,9 @@ class Objects:
                 at, why = self.bounds.dialog(d)
                 out.append(Held(DIALOG, d.key, d.describe(), f"{d.state_name}/ref{d.ref}",
                                 None if at is None else now + (at - wall), why, now))
-        ports = getattr(run, "ports", None) or []
-        if conns is not None and ports and run.flow.transport in ("ws", "wss"):
+        if conns is not None and run.flow.transport in ("ws", "wss"):
             proto = run.flow.transport
-            for port in ports:
+            for port in run.ports:
                 if (proto, port) in conns:
                     after, why = self.bounds.ws()
                     out.append(Held(WS, f"{proto}:{port}", f"{proto} connection from client port {port}",
