@@ -280,12 +280,8 @@ def memory_trend(samples: list[Sample], notes: list[str]) -> list[TrendFinding]:
         mine = settled if module == "websocket" or site.startswith("core: tcpconn") else points
         if len(mine) < trend.MIN_POINTS:
             continue
-        ys = [s.sites.get(site, 0) for s in mine]
-        fit = trend.keeps_rising(ys, floor=SITE_FLOOR_PER_BATCH * (len(mine) - 1))
-        if fit is not None:
-            found.append(TrendFinding("shm", site, [
-                f"shm site {site} kept rising over {len(mine)} samples after batches "
-                f"{[s.batch for s in mine]}: {ys} ({fit.describe(' B/batch')})"], ys))
+        found += _rising("shm", site, f"shm site {site}", mine, [s.sites.get(site, 0) for s in mine],
+                         SITE_FLOOR_PER_BATCH)
     if skipped:
         notes.append("shm sites of " + ", ".join(sorted(skipped)) + " not judged: state with "
                           "an expiry of its own, or a module kamleak has not read")
@@ -294,13 +290,19 @@ def memory_trend(samples: list[Sample], notes: list[str]) -> list[TrendFinding]:
             mine = settled if "tcp receiver" in proc or "tcp main" in proc else points
             if len(mine) < trend.MIN_POINTS:
                 continue
-            ys = [s.pkg.get(proc, 0) for s in mine]
-            fit = trend.keeps_rising(ys, floor=PKG_FLOOR_PER_BATCH * (len(mine) - 1))
-            if fit is not None:
-                found.append(TrendFinding("pkg", proc, [
-                    f"pkg of process {proc} kept rising over {len(mine)} samples after batches "
-                    f"{[s.batch for s in mine]}: {ys} ({fit.describe(' B/batch')})"], ys))
+            found += _rising("pkg", proc, f"pkg of process {proc}", mine, [s.pkg.get(proc, 0) for s in mine],
+                             PKG_FLOOR_PER_BATCH)
     return found
+
+
+def _rising(kind: str, key: str, what: str, samples: list[Sample], ys: list[int],
+            floor_per_batch: int) -> list[TrendFinding]:
+    """[the TrendFinding] if YS (one value a sample) kept rising by FLOOR_PER_BATCH a batch, else []."""
+    fit = trend.keeps_rising(ys, floor=floor_per_batch * (len(samples) - 1))
+    if fit is None:
+        return []
+    return [TrendFinding(kind, key, [f"{what} kept rising over {len(samples)} samples after batches "
+                                     f"{[s.batch for s in samples]}: {ys} ({fit.describe(' B/batch')})"], ys)]
 
 
 def replay(start, pbx, batches: list[list], candidates: list[TrendFinding], *, say=None) -> None:
