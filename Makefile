@@ -12,8 +12,9 @@ PYTEST_ARGS ?=
 # Kamailio on the host: the local-binary path (`--kamailio-bin`, `kamleak check`)
 # is tested against Debian's package, as a developer's build would be run.
 HOST_KAMAILIO := kamailio kamailio-websocket-modules kamailio-tls-modules kamailio-presence-modules
-# A real Prometheus server scrapes `kamleak watch --prometheus` in the tests.
-HOST_TEST := prometheus
+# A real Prometheus server scrapes `kamleak watch --prometheus` in the tests;
+# a real Redis server is the example database explore's shards share.
+HOST_TEST := prometheus redis-server
 
 # Kamailio built from upstream source (--kamailio-ref): the offline copy of
 # upstream's history beside the checkout when there is one (CI, these
