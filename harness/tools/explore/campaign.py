@@ -249,12 +249,14 @@ class Campaign:
         batches = st.lists(slot, min_size=self.batch, max_size=self.batch, unique_by=_slot_key)
         mutations = self.mutations if self.mutations is not None else st.just(NONE)   # draws nothing
         test = given(mutations, batches)(self._body)
+        # @seed under @settings: @seed alone sets database=None, and a seeded
+        # campaign (every --shard) then neither saved nor reused its examples.
+        if self.seed is not None:
+            test = hseed(self.seed)(test)
         test = settings(max_examples=examples, deadline=None, database=self.database,
                         phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink),
                         suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
                         print_blob=False, verbosity=Verbosity.quiet)(test)
-        if self.seed is not None:
-            test = hseed(self.seed)(test)
         try:
             test()
             self.result.stopped = self.over() or "examples"
