@@ -84,13 +84,15 @@ def _kept_apart(where: str):
 
 def _findings_shared(where: str, a, b):
     finding = {"signature": "tm cell: BYE out0/ref1", "flow": {"transport": "ws", "steps": ["invite:answer"]}}
-    a.publish({**finding, "shard": "1/2"})
-    a.publish({**finding, "shard": "2/2"})          # the same finding again: one entry
-    b.publish({**finding, "flow": {"transport": "wss", "steps": ["invite:answer"]}})
-    (mine,) = db.findings(where, a.namespace)
-    assert mine["signature"] == finding["signature"] and mine["campaign"] == CAMPAIGN
-    assert mine["namespace"] == a.namespace and mine["shard"] == "2/2"
-    assert sorted(f["campaign"]["kamailio"] for f in db.findings(where)) == ["6.0.1", "6.1.5"]
+    a.publish({**finding, "shard": "1/2", "seed": 1})
+    a.publish({**finding, "shard": "1/2", "seed": 2})    # a rerun of shard 1: its entry replaced
+    a.publish({**finding, "shard": "2/2", "seed": 1})    # another shard's: listed too
+    b.publish({**finding, "shard": "1/2"})
+    mine = db.findings(where, a.namespace)
+    assert sorted((f["shard"], f["seed"]) for f in mine) == [("1/2", 2), ("2/2", 1)]
+    assert all(f["signature"] == finding["signature"] and f["campaign"] == CAMPAIGN
+               and f["namespace"] == a.namespace for f in mine)
+    assert sorted(f["campaign"]["kamailio"] for f in db.findings(where)) == ["6.0.1", "6.0.1", "6.1.5"]
 
 
 def test_a_directory_db_keeps_campaigns_apart_and_shares_findings(tmp_path):
@@ -109,7 +111,7 @@ def test_a_redis_db_keeps_campaigns_apart_and_shares_findings(redis_server):
     assert f"kamleak-explore:{a.namespace}:key.secondary".encode() in keys
     assert not any(k.startswith(f"kamleak-explore:{b.namespace}:".encode()) for k in keys)
     _findings_shared(redis_server.url, a, b)
-    assert redis_server.client().hlen(f"kamleak-explore:{a.namespace}:findings") == 1
+    assert redis_server.client().hlen(f"kamleak-explore:{a.namespace}:findings") == 2
 
 
 def test_a_listener_hears_its_own_namespace_only(redis_server):

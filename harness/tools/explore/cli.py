@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import random
 import re
 import sys
 import time
@@ -50,9 +52,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transport", default="ws,wss", help="client transports (default ws,wss)")
     p.add_argument("--max-steps", type=int, default=8, help="steps in a flow at most (default 8)")
     p.add_argument("--replays", type=int, default=3, help="replays that confirm a finding (default 3)")
-    p.add_argument("--db", default=None, metavar="DIR",
-                   help="Hypothesis example database directory (default: under --out); a rerun with it "
-                        "starts from earlier findings")
+    p.add_argument("--db", default=None, metavar="DIR|redis://HOST:PORT[/DB]",
+                   help="where Hypothesis's examples and the findings are kept: a directory (default: "
+                        "under --out) or a Redis server the shards of a campaign share; a rerun with it "
+                        "starts from the earlier findings of the same campaign (Kamailio, config, steps)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run shard I of N of one campaign (CI jobs): its Hypothesis seed is derived from "
+                        "--seed (or a random base seed, printed) and I, so shards draw other flows; give "
+                        "them one --db (docs/explore.md: Beyond one machine)")
     p.add_argument("--out", default=None, metavar="DIR", help="default artifacts/explore-<time>")
     p.add_argument("--replay", default=None, metavar="FLOW_JSON",
                    help="run one flow.json that explore wrote, judged, and exit 1 if it leaks")
@@ -68,8 +75,25 @@ def parse_budget(text: str) -> float:
     return secs
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'I/N' -> (I, N), 1 <= I <= N; None without --shard."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise UsageError(f"not a shard: '{text}'", "write I/N with 1 <= I <= N, e.g. --shard 2/4")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_seed(base: int, index: int) -> int:
+    """Shard INDEX's Hypothesis seed: one per (base seed, shard), so shards draw other flows
+    (docs/explore.md: two shards share 25-32 % of their distinct flows, the short ones)."""
+    return int.from_bytes(hashlib.sha256(f"{base}/{index}".encode()).digest()[:8], "big")
+
+
 def run(args) -> int:
     from kamleak.harness.tools.explore import flow as fl
+    from kamleak.harness.tools.explore.db import open_database
     from kamleak.harness.tools.explore.mutate import Mutation
 
     if args.mutate_config and args.config:
@@ -97,6 +121,9 @@ def run(args) -> int:
                              "pass the flow.json of a finding") from None
         # A finding of --mutate-config replays on the config it leaked with.
         replay_mutation = Mutation.parse(data.get("config_mutation", "none"))
+    shard = parse_shard(args.shard)
+    # Checked before anything is written or started: an unreachable server is bad input.
+    database = open_database(args.db) if args.db and not args.replay else None
     out = Path(args.out or Path("artifacts") / time.strftime("explore-%Y%m%d-%H%M%S"))
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -104,16 +131,16 @@ def run(args) -> int:
         (out / ".writable").unlink()
     except OSError as exc:
         raise UsageError(f"cannot write to {out}: {exc.strerror}", "pass --out DIR where you can write") from None
-    return _explore(args, out, budget, transports, steps, answers, replay_flow, replay_mutation)
+    return _explore(args, out, budget, transports, steps, answers, replay_flow, replay_mutation,
+                    database=database, shard=shard)
 
 
 def _say(m: str) -> None:
     print(f"kamleak explore: {m}", file=sys.stderr, flush=True)
 
 
-def _explore(args, out: Path, budget, transports, steps, answers, replay_flow, replay_mutation) -> int:
-    from hypothesis.database import DirectoryBasedExampleDatabase
-
+def _explore(args, out: Path, budget, transports, steps, answers, replay_flow, replay_mutation, *,
+             database=None, shard=None) -> int:
     from kamleak.harness.stack.kamailio.user_config import UserConfig
     from kamleak.harness.stack.kamailio.variants import Variant, check_defines
     from kamleak.harness.stack.runner import Stack
@@ -121,6 +148,7 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow, r
     from kamleak.harness.tools.explore import flow as fl
     from kamleak.harness.tools.explore import mutate
     from kamleak.harness.tools.explore.campaign import Campaign
+    from kamleak.harness.tools.explore.db import Store, open_database
     from kamleak.harness.tools.explore.run import replay
 
     target = one_target(args)
@@ -166,14 +194,26 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow, r
                 return EXIT_FOUND if j.leaked else EXIT_NONE
             strategy = fl.flows(max_steps=args.max_steps, transports=transports, steps=steps,
                                 answers=answers)
-            db = DirectoryBasedExampleDatabase(str(Path(args.db) if args.db else out / "examples"))
+            # One campaign's examples and findings: what gives its choices their meaning.
+            names, pbx_answers = fl.check_vocabulary(steps, answers)
+            store = Store(database or open_database(str(out / "examples")),
+                          {"kamailio": target.id, "version": version, "config": label,
+                           "transports": list(transports), "steps": list(names), "answers": list(pbx_answers),
+                           "max_steps": args.max_steps, "jobs": args.jobs})
+            seed = args.seed
+            if shard:
+                if args.seed is None:
+                    args.seed = random.randrange(2**32)
+                seed = shard_seed(args.seed, shard[0])
+                _say(f"shard {shard[0]}/{shard[1]}: base seed {args.seed} (repeat it with --seed {args.seed} "
+                     f"--shard {shard[0]}/{shard[1]}), Hypothesis seed {seed}")
             mutating = {}
             if args.mutate_config:
                 checker = mutate.Checker(bench.target, bench.client)
                 mutating = dict(mutations=mutate.mutations(exclude=defines),
                                 refusal=lambda m: checker.refusal(mutate.with_base(defines, m)))
             campaign = Campaign(start, bench.pbx, strategy, batch=args.jobs, budget_s=budget,
-                                max_flows=args.max_flows, seed=args.seed, database=db,
+                                max_flows=args.max_flows, seed=seed, database=store.examples,
                                 replays=args.replays, say=_say, **mutating)
             _say(f"{version}, {label}, {'/'.join(transports).upper()}: batches of {args.jobs} flows, "
                  f"budget {budget:.0f} s" + (f", at most {args.max_flows} flows" if args.max_flows else ""))
@@ -190,6 +230,9 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow, r
         _say(f"cannot test: {exc.line()}")
         return EXIT_CANNOT_TEST
     _write(out, result, version, label, defines, args)
+    for f in result.findings:       # for the other shards and the merge of their reports
+        store.publish({**f.as_dict(), "kamailio": version, "config": label, "shard": args.shard,
+                       "seed": args.seed})
     rate = result.flows / max(result.elapsed, 1e-9) * 60
     print(f"kamleak explore: {result.flows} flows in {result.batches} batches, {result.elapsed:.0f} s "
           f"({rate:.0f} flows/min), {result.harness_errors} not driven to their end; stopped: "
@@ -207,7 +250,7 @@ def _write(out: Path, result, version: str, label: str, defines, args) -> None:
 
     summary = {"kamailio": version, "config": label, "flows": result.flows, "batches": result.batches,
                "elapsed_s": round(result.elapsed, 1), "stopped": result.stopped,
-               "harness_errors": result.harness_errors, "seed": args.seed,
+               "harness_errors": result.harness_errors, "seed": args.seed, "shard": args.shard,
                "refused_config_mutations": result.refused,
                "findings": [f.as_dict() for f in result.findings]}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -124,11 +124,12 @@ class Store:
         self._kind, self._where = _store_of(db)
 
     def publish(self, finding: dict) -> None:
-        """FINDING (Finding.as_dict() and what a report adds) for the other shards and the merge;
-        one entry per (signature, flow): two shards' findings of one leak are both kept."""
+        """FINDING (Finding.as_dict() and what a report adds: its "shard") for the other shards
+        and the merge; one entry per (signature, flow, shard): a rerun of a shard replaces its
+        entry, two shards that found one leak are both listed."""
         entry = {**finding, "campaign": self.campaign, "namespace": self.namespace}
         text = json.dumps(entry, sort_keys=True)
-        field = hashlib.sha256(json.dumps([finding.get("signature"), finding.get("flow")],
+        field = hashlib.sha256(json.dumps([finding.get(k) for k in ("signature", "flow", "shard")],
                                           sort_keys=True).encode()).hexdigest()[:16]
         if self._kind == "redis":
             self._where.hset(REDIS_PREFIX + f"{self.namespace}:{FINDINGS}".encode(), field, text)
