@@ -13,10 +13,7 @@ mutation the build refuses (delayed_reply on 6.0.1, send_reply_error before
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 from kamleak.harness.errors import UsageError
 
@@ -135,71 +132,19 @@ def with_base(base, mutation: Mutation) -> tuple[str, ...]:
 
 class Checker:
     """Does TARGET's real `kamailio -c` accept kamleak's config with these defines?
-    `refusal(defines)`: None, or Kamailio's own error line; cached by define set."""
+    `refusal(defines)`: None, or Kamailio's own error line (the shared check,
+    harness/stack/kamailio/cfgcheck.py, caches it)."""
 
     def __init__(self, target, client):
-        self.target, self.client = target, client
-        self._cache: dict[frozenset, str | None] = {}
+        from kamleak.harness.stack.kamailio.cfgcheck import Checker as ConfigChecker
+
+        self._check = ConfigChecker(target, client)
 
     def refusal(self, defines) -> str | None:
         return self.refusals([defines])[0]
 
     def refusals(self, define_sets) -> list[str | None]:
-        """Each define set's verdict; the unchecked ones in one container (or one
-        binary run each): `kamailio -c` parses the config, loads the modules and
-        sets their parameters, and binds nothing."""
-        keys = [frozenset(d) for d in define_sets]
-        todo = list(dict.fromkeys(k for k in keys if k not in self._cache))
-        if todo:
-            by_set = {k: tuple(d) for k, d in zip(keys, define_sets)}
-            for k, why in zip(todo, self._check([by_set[k] for k in todo])):
-                self._cache[k] = why
-        return [self._cache[k] for k in keys]
+        """Each define set's verdict, the unchecked ones in one container (or one binary run each)."""
+        from kamleak.harness.stack.kamailio.cfgcheck import config_for_check
 
-    def _check(self, define_sets) -> list[str | None]:
-        from kamleak.harness.stack.kamailio import KamailioConfig
-        from kamleak.harness.stack.kamailio.server import CONTAINER_DIR, refusal_line
-
-        binary = self.target.kind == "binary"
-        with tempfile.TemporaryDirectory(prefix="kamleak-cfgcheck-") as tmp:
-            where = Path(tmp) if binary else CONTAINER_DIR
-            for i, defines in enumerate(define_sets):
-                # Ports are never bound by -c; any loopback ones do.
-                KamailioConfig(5060, 8080, 4443, 5080, defines=tuple(defines),
-                               target_dir=f"{where}/{i}").write(Path(tmp) / str(i))
-            if binary:
-                logs = []
-                for i in range(len(define_sets)):
-                    cmd = [self.target.ref, "-c", "-f", f"{tmp}/{i}/kamailio.cfg"]
-                    cmd += ["-L", self.target.module_dir] if self.target.module_dir else []
-                    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-                    logs.append((p.returncode, p.stdout + p.stderr))
-            else:
-                logs = self._in_container(tmp, len(define_sets), CONTAINER_DIR)
-        return [None if rc == 0 else (refusal_line(log) or f"kamailio -c exited {rc}")
-                for rc, log in logs]
-
-    def _in_container(self, tmp: str, n: int, cdir: str) -> list[tuple[int, str]]:
-        from kamleak.harness.stack import containers
-
-        # One container for all: each config's output and exit code into its own files.
-        script = (f'for i in $(seq 0 {n - 1}); do kamailio -c -f {cdir}/$i/kamailio.cfg '
-                  f'> /tmp/out.$i 2>&1; echo "=== $i $?"; cat /tmp/out.$i; done')
-        c = containers.run(self.client, self.target.image, role="kamailio", name_hint="cfgcheck",
-                           entrypoint=["/bin/sh", "-c"], command=[script], mounts={tmp: cdir})
-        try:
-            c.wait(timeout=30 + 2 * n)
-            out = containers.logs(c)
-        finally:
-            containers.remove(c)
-        parts: dict[int, tuple[int, list[str]]] = {}
-        current = None
-        for line in out.splitlines():
-            if line.startswith("=== "):
-                _, i, rc = line.split()
-                current = int(i)
-                parts[current] = (int(rc), [])
-            elif current is not None:
-                parts[current][1].append(line)
-        return [(parts[i][0], "\n".join(parts[i][1])) if i in parts else (-1, out[-500:])
-                for i in range(n)]
+        return self._check.refusals(config_for_check(d) for d in define_sets)
