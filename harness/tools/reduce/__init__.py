@@ -1,0 +1,1 @@
+"""`kamleak reduce`: the smallest config that still leaks, and the statements it needs."""

@@ -1,0 +1,169 @@
+"""kamleak reduce's search on seeded fake ORACLES (not a fake Kamailio): what it
+removes, what it never runs, and that a noisy or flaky oracle never makes it end
+on a config that does not leak."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from kamleak.harness.tools.reduce.search import Outcome, Search
+
+# A config of 20 top-level units (routes, modules) and 80 statements, four in each;
+# a statement is gone with its route.
+TOP = list(range(20))
+CHILDREN = {t: list(range(20 + 4 * t, 24 + 4 * t)) for t in TOP}
+PARENT = {c: t for t, cs in CHILDREN.items() for c in cs}
+NEEDED = {3, 7, 11, 20 + 4 * 3 + 1, 20 + 4 * 7 + 2, 20 + 4 * 11 + 0, 20 + 4 * 11 + 3}
+
+
+def present(removed) -> set:
+    return {u for u in TOP if u not in removed} | \
+        {c for c, p in PARENT.items() if p not in removed and c not in removed}
+
+
+def tiers(removed):
+    here = present(removed)
+    return [[u for u in TOP if u in here], [u for u in PARENT if u in here]]
+
+
+def keeps(removed, needed=NEEDED) -> bool:
+    return needed <= present(removed)
+
+
+def exact_oracle(calls: list):
+    def oracle(states):
+        calls.extend(states)
+        return [Outcome.KEEPS if keeps(s) else Outcome.CLEAN for s in states]
+    return oracle
+
+
+def test_a_deterministic_oracle_is_reduced_to_exactly_what_the_leak_needs_and_the_cause_names_it():
+    calls: list = []
+    r = Search(exact_oracle(calls), tiers, jobs=3).run()
+    assert present(r.removed) == NEEDED
+    assert r.verified and not r.flaky and r.stopped == "done"
+    # Every unit left is needed: removing it alone makes the leak go (the cause).
+    assert set(r.cause) == NEEDED and set(r.cause.values()) == {Outcome.CLEAN}
+    assert r.runs == len(calls)
+    # The cache: a state runs again only to confirm (2 runs) or re-verify (1 + 3).
+    assert max(Counter(calls).values()) <= 4
+
+
+def test_a_refused_candidate_is_never_run():
+    """Unit 5 stands for a module the statements of route 3 need: Kamailio refuses
+    any config without 5 while unit 32 (a statement of route 3) is there."""
+    needed = NEEDED | {32}
+
+    def loadable(states):
+        return ["unknown command" if 5 in s and 32 in present(s) else None for s in states]
+
+    def oracle(states):
+        for s in states:
+            assert loadable([s]) == [None], "a refused config was run"
+        return [Outcome.KEEPS if keeps(s, needed) else Outcome.CLEAN for s in states]
+
+    r = Search(oracle, tiers, loadable=loadable, jobs=2).run()
+    assert present(r.removed) == needed | {5}
+    assert r.refused > 0
+
+
+def test_equal_keys_share_a_verdict():
+    """Units 0 and 1 stand for two comments: removing either reads the same to Kamailio."""
+    calls: list = []
+
+    def key(state):
+        return frozenset(state - {0, 1}) | ({"comment"} if state & {0, 1} else set())
+
+    Search(exact_oracle(calls), tiers, key=key).run()
+    assert max(Counter(key(s) for s in calls).values()) <= 4
+
+
+def flaky_oracle(seed: int, *, flaky_p: float = 0.3, false_p: float = 0.05):
+    """The leak is sure with NEEDED and FLAKY present; without a FLAKY unit it leaks in
+    FLAKY_P of runs (the silent-vanish kind); without a NEEDED one it still shows in
+    FALSE_P of runs (noise the other way)."""
+    rng = random.Random(seed)
+    flaky = {15, 20 + 4 * 15 + 1}
+
+    def p(removed) -> float:
+        if not keeps(removed):
+            return false_p
+        return 1.0 if flaky <= present(removed) else flaky_p
+
+    def oracle(states):
+        return [Outcome.KEEPS if rng.random() < p(s) else Outcome.CLEAN for s in states]
+    return oracle, flaky
+
+
+SEEDS = range(30)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_flaky_oracle_is_never_reduced_to_a_config_that_does_not_leak(seed):
+    oracle, flaky = flaky_oracle(seed)
+    r = Search(oracle, tiers, jobs=2).run()
+    assert not r.flaky and r.verified
+    assert NEEDED <= present(r.removed), r.removed
+
+
+def test_without_the_re_verification_the_same_oracles_do_end_on_configs_that_do_not_leak():
+    """The seeds above are hard enough: trusting one run per state is wrong on most."""
+    wrong = 0
+    for seed in SEEDS:
+        oracle, _ = flaky_oracle(seed)
+        s = Search(oracle, tiers, jobs=2, confirm=1)
+        s.settle = lambda: True           # no re-verification, no backing up
+        wrong += not NEEDED <= present(s.run().removed)
+    assert wrong > len(SEEDS) // 2
+
+
+def test_a_flipping_state_is_unknown_rerun_and_never_kept():
+    seen: dict = {}
+
+    def oracle(states):
+        out = []
+        for s in states:
+            seen[s] = seen.get(s, 0) + 1
+            # Removing unit 0 flips: it keeps the leak on its first run only.
+            if 0 in s and keeps(s):
+                out.append(Outcome.KEEPS if seen[s] == 1 else Outcome.CLEAN)
+            else:
+                out.append(Outcome.KEEPS if keeps(s) else Outcome.CLEAN)
+        return out
+
+    search = Search(oracle, tiers, verify=2, reruns=3)
+    r = search.run()
+    assert 0 in present(r.removed) and r.verified
+    assert r.unknown, "the flip was not recorded"
+    for state, kept, runs in r.unknown:
+        assert 0 in state and runs >= 1 + 2 + 3 - 1 and 0 < kept < runs
+        assert search.verdict(state) is Outcome.OTHER      # neither pass nor fail: never kept
+
+
+def rare_oracle(seed: int):
+    rng = random.Random(seed)
+    return lambda states: [Outcome.KEEPS if rng.random() < 0.1 else Outcome.CLEAN for _ in states]
+
+
+def test_a_leak_that_does_not_keep_even_in_the_original_is_flaky():
+    """One run in ten leaks, whatever is removed: nothing can be stood by."""
+    results = []
+    for seed in range(10):
+        r = Search(rare_oracle(seed), tiers).run()
+        results.append(r)
+    assert all(r.flaky and not r.verified for r in results)
+
+
+def test_out_of_budget_it_ends_on_a_verified_state():
+    clock = [0.0]
+
+    def oracle(states):
+        clock[0] += 10.0                      # every batch costs 10 s
+        return [Outcome.KEEPS if keeps(s) else Outcome.CLEAN for s in states]
+
+    r = Search(oracle, tiers, budget_s=200, clock=lambda: clock[0]).run()
+    assert r.stopped == "budget" and r.verified and keeps(r.removed)
+    assert present(r.removed) != NEEDED          # it had no time to finish
