@@ -206,6 +206,12 @@ def listing(client: docker.DockerClient, *label_filters: str) -> list[Listed]:
     return [Listed(r["Id"], (r.get("Names") or ["?"])[0].lstrip("/"), r.get("Labels") or {}) for r in rows]
 
 
+def started_by(client: docker.DockerClient, pid: int) -> list[Listed]:
+    """Containers (running or not) that kamleak process PID on this host started:
+    what a run must have removed by the time it exits."""
+    return listing(client, f"{LABEL_PID}={pid}", f"{LABEL_HOST}={socket.gethostname()}")
+
+
 def reap_leftovers(client: docker.DockerClient, log=print) -> int:
     """Remove containers of earlier kamleak runs on this host whose process is gone."""
     reaped = 0

@@ -27,7 +27,7 @@ GATE = "tests/gate/test_gh4140_bye_to_closed_ws.py"
 
 
 def ours(client) -> set[str]:
-    return {c.id for c in containers.listing(client, f"{containers.LABEL_PID}={os.getpid()}")}
+    return {c.id for c in containers.started_by(client, os.getpid())}
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -38,8 +37,7 @@ def explore(*args, timeout=600) -> tuple[subprocess.CompletedProcess, int]:
 
 def left_by(client, pid: int) -> list[str]:
     """Containers (any state: `docker ps -a`) that run PID started and left behind."""
-    return [c.name for c in containers.listing(client, f"{containers.LABEL_PID}={pid}",
-                                               f"{containers.LABEL_HOST}={socket.gethostname()}")]
+    return [c.name for c in containers.started_by(client, pid)]
 
 
 def test_shard_2_starts_from_the_example_shard_1_stored_in_redis(kamleak_images, docker_client, redis_server,

@@ -55,7 +55,7 @@ class Run:
 
 
 def ours(client, pid: int) -> list:
-    return containers.listing(client, f"{containers.LABEL_PID}={pid}")
+    return containers.started_by(client, pid)
 
 
 @pytest.mark.parametrize("sig, when", [

@@ -170,10 +170,10 @@ class Search:
 
     def _wanted(self, state: State) -> int:
         """Runs STATE still needs before it is decided: 1 if never run, else its confirmations."""
-        seen = self.seen.get(self.key(state), [])
-        if not seen or (self.key(state) in self.doubt and len(seen) < 2):
+        v = self.verdict(state)      # None: never run, or doubted and not run again yet
+        if v is None:
             return 1
-        return max(0, self.confirm - len(seen)) if self.verdict(state) is Outcome.KEEPS else 0
+        return max(0, self.confirm - len(self.seen[self.key(state)])) if v is Outcome.KEEPS else 0
 
     def first_keeping(self, states: list[State]) -> int | None:
         """The index of the first of STATES that keeps the leak (CONFIRM runs, all keeping),
