@@ -2,17 +2,20 @@
 
 On a terminal (stderr is a TTY and CI is not set) long steps update one
 line in place; elsewhere only their start and end are printed, so CI logs
-stay short and readable.
+stay short and readable.  A line printed through `say()` while a live line
+is drawn clears it first; the next tick draws it again below.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import threading
 import time
 
 _lock = threading.Lock()
+_live = ""          # the live line on the terminal now ("": none), guarded by _lock
 
 
 def interactive() -> bool:
@@ -24,16 +27,35 @@ def interactive() -> bool:
     return sys.stderr.isatty() and not ci
 
 
-def say(text: str) -> None:
+def say(text: str, who: str = "kamleak") -> None:
     with _lock:
-        print(f"kamleak: {text}", file=sys.stderr, flush=True)
+        _clear()
+        print(f"{who}: {text}", file=sys.stderr, flush=True)
+
+
+def _draw(text: str) -> None:
+    """TEXT as the live line (under _lock), cut to the terminal's width: a wrapped line
+    cannot be redrawn in place."""
+    global _live
+    _live = text[:shutil.get_terminal_size((100, 24)).columns - 1]
+    sys.stderr.write(f"\r{_live}\x1b[K")
+    sys.stderr.flush()
+
+
+def _clear() -> None:
+    global _live
+    if _live:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+        _live = ""
 
 
 class Ticker:
-    """`with Ticker("seeding debian:sid-slim"):` -> a live elapsed-time line on a TTY."""
+    """`with Ticker("seeding debian:sid-slim"):` -> a live elapsed-time line on a TTY;
+    STATUS (a callable giving the line's text) shows a long run's own counts instead."""
 
-    def __init__(self, what: str, total: float | None = None):
-        self.what, self.total = what, total
+    def __init__(self, what: str, total: float | None = None, status=None):
+        self.what, self.total, self.status = what, total, status
         self._stop = threading.Event()
         self._thread = None
         self.t0 = time.monotonic()
@@ -44,21 +66,24 @@ class Ticker:
             self._thread.start()
         return self
 
+    def text(self) -> str:
+        if self.status is not None:
+            return self.status()
+        of = f" / {self.total:.0f} s" if self.total else " s"
+        return f"kamleak: {self.what} … {time.monotonic() - self.t0:.0f}{of}"
+
     def _run(self) -> None:
         while not self._stop.wait(0.5):
-            el = time.monotonic() - self.t0
-            of = f" / {self.total:.0f} s" if self.total else " s"
+            text = self.text()
             with _lock:
-                sys.stderr.write(f"\rkamleak: {self.what} … {el:.0f}{of}   ")
-                sys.stderr.flush()
+                _draw(text)
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         if self._thread:
             self._thread.join(1)
             with _lock:
-                sys.stderr.write("\r" + " " * (len(self.what) + 30) + "\r")
-                sys.stderr.flush()
+                _clear()
 
 
 def countdown(what: str, deadline: float):
@@ -70,8 +95,7 @@ def countdown(what: str, deadline: float):
         """`tick(None)` clears the line when the wait is over."""
         with _lock:
             if elapsed is None:
-                sys.stderr.write("\r" + " " * (len(what) + 40) + "\r")
+                _clear()
             else:
-                sys.stderr.write(f"\rkamleak: {what} {elapsed:4.1f} / {deadline:.1f} s   ")
-            sys.stderr.flush()
+                _draw(f"kamleak: {what} {elapsed:4.1f} / {deadline:.1f} s")
     return tick

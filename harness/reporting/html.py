@@ -18,7 +18,7 @@ ARTIFACT_FILES = ("kamailio.log", "asterisk.log", "sip-trace.txt", "kamailio.cfg
 ARTIFACT_GLOBS = ("kamailio-*.log", "kamailio-*.cfg", "capture-*.pcap", "rpc/*.json")
 CELL_COLUMNS = ("callid", "method", "cseq", "cell", "outgoings", "ref_count", "tflags")
 
-_CSS = """
+CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
        margin: 1.5em auto; max-width: 1200px; padding: 0 1em; color: #222; }
 h1 { margin-bottom: .2em; }
@@ -46,8 +46,12 @@ ul.artifacts { padding-left: 1.2em; }
 """
 
 
-def _e(value) -> str:
+def escape(value) -> str:
+    """VALUE as HTML text or an attribute's value (None: empty); every report's escaping."""
     return html.escape("" if value is None else str(value), quote=True)
+
+
+_e = escape
 
 
 def _outcome(run: dict) -> str:
@@ -260,7 +264,7 @@ def render_html(runs: list[dict], out_dir: str | Path, title: str = "kamleak rep
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
         '<p class="counts">'
         + "".join(f'<span class="{k}">{v} {k}</span>' for k, v in counts.items())

@@ -92,14 +92,16 @@ class Campaign:
     An example is (mutation, batch), the mutation drawn first so shrinking takes
     it toward none; without MUTATIONS (--mutate-config) it is always NONE.
     REFUSAL(mutation) (the real `kamailio -c`: None or its error line) rejects
-    one the build refuses."""
+    one the build refuses.  BATCH_SAY takes the line each batch ends with (default:
+    SAY; on a terminal the live progress line shows the same counts instead)."""
 
     def __init__(self, start, pbx, strategy, *, batch: int = 10, budget_s: float = 600.0,
                  max_flows: int | None = None, seed: int | None = None, database=None,
-                 replays: int = 3, say=print, mutations=None, refusal=None):
+                 replays: int = 3, say=print, mutations=None, refusal=None, batch_say=None):
         self.start, self.pbx, self.strategy = start, pbx, strategy
         self.batch, self.budget_s, self.max_flows = batch, budget_s, max_flows
         self.seed, self.database, self.replays, self.say = seed, database, replays, say
+        self.batch_say = batch_say or say
         self.mutations, self.refusal = mutations, refusal
         self.result = Result()
         self.t0 = 0.0
@@ -216,7 +218,7 @@ class Campaign:
                   if self._key(f, mutation) in self._verdicts]
         leaks = [j for j in judged if j.leaked]
         if new:
-            self.say(f"[explore] {self.result.flows} flows in {time.monotonic() - self.t0:.0f} s, "
+            self.batch_say(f"[explore] {self.result.flows} flows in {time.monotonic() - self.t0:.0f} s, "
                      f"{len(leaks)} leaked in this batch of {len(batch)}"
                      + (f" (config mutation {mutation.text()})" if self.mutations is not None else ""))
         if leaks:

@@ -7,7 +7,6 @@ import hashlib
 import json
 import random
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -49,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the steps flows may take (default: all; see `flow.STEPS`)")
     p.add_argument("--answers", default=None, metavar="A,B,...",
                    help="how Asterisk may answer: answer, ring_answer, busy, no_answer (default: all)")
-    p.add_argument("--transport", default="ws,wss", help="client transports (default ws,wss)")
+    p.add_argument("--transport", default="ws,wss",
+                   help="client transports, comma-separated: ws, wss, tcp, udp (default ws,wss)")
     p.add_argument("--max-steps", type=int, default=8, help="steps in a flow at most (default 8)")
     p.add_argument("--replays", type=int, default=3, help="replays that confirm a finding (default 3)")
     p.add_argument("--db", default=None, metavar="DIR|redis://HOST:PORT[/DB]",
@@ -63,6 +63,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="default artifacts/explore-<time>")
     p.add_argument("--replay", default=None, metavar="FLOW_JSON",
                    help="run one flow.json that explore wrote, judged, and exit 1 if it leaks")
+    p.add_argument("--merge", nargs="+", default=None, metavar="DIR",
+                   help="merge the --out directories of several runs (the shards of a campaign) into one "
+                        "report under --out (summary.json, index.html, junit.xml): findings deduplicated, "
+                        "counts summed; exit 1 if any has a sure finding; starts no container")
 
 
 def parse_budget(text: str) -> float:
@@ -96,6 +100,8 @@ def run(args) -> int:
     from kamleak.harness.tools.explore.db import open_database
     from kamleak.harness.tools.explore.mutate import Mutation
 
+    if args.merge:
+        return _merge(args)
     if args.mutate_config and args.config:
         raise UsageError("--mutate-config mutates kamleak's own config, not --kamailio-config",
                          "drop one of them")
@@ -107,7 +113,8 @@ def run(args) -> int:
     transports = tuple(t.strip() for t in args.transport.split(",") if t.strip())
     bad = [t for t in transports if t not in fl.TRANSPORTS]
     if bad or not transports:
-        raise UsageError(f"unknown transport '{','.join(bad) or '(none)'}'", "use ws, wss or ws,wss")
+        raise UsageError(f"unknown transport '{','.join(bad) or '(none)'}'",
+                         f"use {', '.join(fl.TRANSPORTS)} or a comma list of them, e.g. ws,udp")
     steps = [s.strip() for s in args.steps.split(",")] if args.steps else None
     answers = [a.strip() for a in args.answers.split(",")] if args.answers else None
     fl.check_vocabulary(steps, answers)
@@ -125,29 +132,89 @@ def run(args) -> int:
     # Checked before anything is written or started: an unreachable server is bad input.
     database = open_database(args.db) if args.db and not args.replay else None
     out = Path(args.out or Path("artifacts") / time.strftime("explore-%Y%m%d-%H%M%S"))
+    fresh = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / ".writable").write_text("")
         (out / ".writable").unlink()
     except OSError as exc:
         raise UsageError(f"cannot write to {out}: {exc.strerror}", "pass --out DIR where you can write") from None
-    return _explore(args, out, budget, transports, steps, answers, replay_flow, replay_mutation,
-                    database=database, shard=shard)
+    try:
+        return _explore(args, out, budget, transports, steps, answers, replay_flow, replay_mutation,
+                        database=database, shard=shard)
+    finally:
+        # Nothing written (a config the Kamailio refuses, a Kamailio that cannot start): no directory.
+        if fresh and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+
+def _merge(args) -> int:
+    from kamleak.harness.tools.explore import report
+
+    if args.replay:
+        raise UsageError("--merge and --replay are two commands", "give one of them")
+    out = Path(args.out or Path("artifacts") / time.strftime("explore-merged-%Y%m%d-%H%M%S"))
+    campaigns = report.merge(args.merge, out)
+    for c in campaigns:
+        print(f"kamleak explore: {report.title(c)}: {c['flows']} flows, {len(c['findings'])} finding(s)")
+        for f in c["findings"]:
+            print(f"  {report.kind(f)}: {report.flow_text(f)}  [{f['signature']}]  found by {', '.join(f['shards'])}")
+    print(f"  report: {out / report.INDEX}, {out / report.JUNIT}")
+    return report.exit_code(campaigns)
+
+
+def progress_line(flows: int, judged: int, findings: int, shrinking: bool, elapsed: float,
+                  budget: float) -> str:
+    """The live line of a campaign on a terminal."""
+    left = max(0.0, budget - elapsed)
+    found = f"{findings} finding{'s' * (findings != 1)}" + (", shrinking" if shrinking else "")
+    # Under 80 columns: a line wider than the terminal cannot be redrawn in place.
+    return (f"explore: {flows} run, {judged} judged, {found}, "
+            f"{flows / max(elapsed, 1e-9) * 60:.0f}/min, {int(left // 60)}:{int(left % 60):02d} left")
 
 
 def _say(m: str) -> None:
-    print(f"kamleak explore: {m}", file=sys.stderr, flush=True)
+    from kamleak.harness import progress
+
+    progress.say(m, "kamleak explore")
+
+
+def _your_line(error: str, checked, user_config) -> str:
+    """` (your line N: TEXT)` for Kamailio's error about line M of the config it read:
+    the harness's header above your config, less the #!KAMAILIO line it replaces."""
+    m = re.search(r"line (\d+)", error)
+    if not m:
+        return ""
+    yours = user_config.text.split("\n")
+    n = int(m.group(1)) - checked.header().count("\n") + len(yours) - len(user_config.body().split("\n"))
+    return f" (your line {n}: {yours[n - 1].strip()})" if 1 <= n <= len(yours) else ""
+
+
+def _replay_args(args) -> list[str]:
+    """The options that start the Kamailio and config a finding replays on (flow.json has the rest)."""
+    if args.image:
+        picked = ["--kamailio-image", args.image]
+    elif args.kamailio_ref:
+        picked = ["--kamailio-ref", args.kamailio_ref] + \
+            (["--kamailio-source", args.kamailio_source] if args.kamailio_source else [])
+    else:
+        picked = ["--kamailio-version", args.version or "6.0.1"]
+    if args.config:
+        return picked + ["--kamailio-config", args.config]
+    return picked + (["--variant", args.variant] if args.variant else []) + \
+        [a for d in args.define for a in ("--define", d)]
 
 
 def _explore(args, out: Path, budget, transports, steps, answers, replay_flow, replay_mutation, *,
              database=None, shard=None) -> int:
+    from kamleak.harness import progress
     from kamleak.harness.stack.kamailio.user_config import UserConfig
     from kamleak.harness.stack.kamailio.variants import Variant, check_defines
     from kamleak.harness.stack.runner import Stack
     from kamleak.harness.stack.targets import one_target
     from kamleak.harness.tools.explore import flow as fl
-    from kamleak.harness.tools.explore import mutate
-    from kamleak.harness.tools.explore.campaign import Campaign
+    from kamleak.harness.tools.explore import mutate, report
+    from kamleak.harness.tools.explore.campaign import Campaign, Finding
     from kamleak.harness.tools.explore.db import Store, open_database
     from kamleak.harness.tools.explore.run import replay
 
@@ -172,6 +239,15 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow, r
             def start(mutation=mutate.NONE):
                 return bench.kamailio(mutate.with_base(defines, mutation))
 
+            if user_config is not None:
+                # Your config's own error (a syntax error, a module the build lacks) is bad input.
+                from kamleak.harness.stack.kamailio.cfgcheck import Checker, config_for_check
+
+                checked = config_for_check(user_config=user_config)
+                why = Checker(bench.target, bench.client).refusal(checked)
+                if why:
+                    raise UsageError(f"{args.config} cannot run on {target.id}: kamailio -c: {why}"
+                                     + _your_line(why, checked, user_config), "fix your config there")
             try:
                 probe = start()
             except NotApplicable as exc:
@@ -212,24 +288,45 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow, r
                 checker = mutate.Checker(bench.target, bench.client)
                 mutating = dict(mutations=mutate.mutations(exclude=defines),
                                 refusal=lambda m: checker.refusal(mutate.with_base(defines, m)))
+            # On a terminal one live line holds the batches' counts; a log keeps a line a batch.
+            live = progress.interactive()
             campaign = Campaign(start, bench.pbx, strategy, batch=args.jobs, budget_s=budget,
                                 max_flows=args.max_flows, seed=seed, database=store.examples,
-                                replays=args.replays, say=_say, **mutating)
+                                replays=args.replays, say=_say, **mutating,
+                                batch_say=(lambda m: None) if live else None)
             _say(f"{version}, {label}, {'/'.join(transports).upper()}: batches of {args.jobs} flows, "
                  f"budget {budget:.0f} s" + (f", at most {args.max_flows} flows" if args.max_flows else ""))
+
+            def status() -> str:
+                r = campaign.result
+                return progress_line(r.flows, r.flows - r.harness_errors, len(r.findings),
+                                     campaign.best is not None and not r.findings,
+                                     time.monotonic() - campaign.t0, budget)
+
             try:
-                result = campaign.run()
+                with progress.Ticker("explore", status=status):
+                    result = campaign.run()
             except KeyboardInterrupt:
                 result = campaign.result
                 result.stopped = "Ctrl-C"
-                _write(out, result, version, label, defines, args)
+                result.elapsed = time.monotonic() - campaign.t0
+                best = campaign.best
+                if best is not None and not result.findings:
+                    # Interrupted while shrinking: the smallest leak so far, written as never replayed.
+                    at_flows, at_s = campaign.first_failure or (result.flows, result.elapsed)
+                    result.findings.append(Finding(best.run.flow, best.signature(), best.evidence(),
+                                                   best.run.steps, found_after_flows=at_flows,
+                                                   found_after_s=at_s, shrink_runs=campaign.shrink_runs,
+                                                   mutation=campaign.best_mutation))
+                _write(out, result, version, label, defines, args, transports, budget)
+                _say(f"interrupted after {result.flows} flows; what it found so far: {out / 'index.html'}")
                 raise
     except KamleakError as exc:
         if isinstance(exc, UsageError):
             raise
         _say(f"cannot test: {exc.line()}")
         return EXIT_CANNOT_TEST
-    _write(out, result, version, label, defines, args)
+    _write(out, result, version, label, defines, args, transports, budget)
     for f in result.findings:       # for the other shards and the merge of their reports
         store.publish({**f.as_dict(), "kamailio": version, "config": label, "shard": args.shard,
                        "seed": args.seed})
@@ -237,23 +334,30 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow, r
     print(f"kamleak explore: {result.flows} flows in {result.batches} batches, {result.elapsed:.0f} s "
           f"({rate:.0f} flows/min), {result.harness_errors} not driven to their end; stopped: "
           f"{result.stopped}")
+    summary = report.load(out)[0]
     for i, f in enumerate(result.findings, 1):
         kind = "LEAK" if f.sure else f"FLAKY ({f.confirmed}/{f.replays} replays)"
         print(f"  {kind}: {f.text()}  [{f.signature}]\n    " + "\n    ".join(f.evidence)
-              + f"\n    replay: kamleak explore --replay {out / f'finding-{i}' / 'flow.json'}")
-    print(f"  evidence: {out}")
+              + f"\n    replay: {report.replay_command(summary, summary['findings'][i - 1], out)}")
+    print(f"  evidence: {out} (report: {out / report.INDEX}, {out / report.JUNIT})")
     return EXIT_FOUND if any(f.sure for f in result.findings) else EXIT_NONE
 
 
-def _write(out: Path, result, version: str, label: str, defines, args) -> None:
+def _write(out: Path, result, version: str, label: str, defines, args, transports, budget) -> None:
+    """OUT/summary.json, a finding-N/ per finding, and the report of them (index.html, junit.xml)."""
+    from kamleak.harness.tools.explore import report
     from kamleak.harness.tools.explore.emit import write_finding
 
     summary = {"kamailio": version, "config": label, "flows": result.flows, "batches": result.batches,
-               "elapsed_s": round(result.elapsed, 1), "stopped": result.stopped,
-               "harness_errors": result.harness_errors, "seed": args.seed, "shard": args.shard,
-               "refused_config_mutations": result.refused,
-               "findings": [f.as_dict() for f in result.findings]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+               "elapsed_s": round(result.elapsed, 1),
+               "rate_per_min": round(result.flows / max(result.elapsed, 1e-9) * 60, 1),
+               "stopped": result.stopped, "harness_errors": result.harness_errors, "seed": args.seed,
+               "shard": args.shard, "budget_s": budget, "jobs": args.jobs, "transports": list(transports),
+               "replay_args": _replay_args(args), "refused_config_mutations": result.refused,
+               "trend": [t.as_dict() for t in result.trend], "trend_notes": result.trend_notes,
+               "findings": [{**f.as_dict(), "dir": f"finding-{i}"} for i, f in enumerate(result.findings, 1)]}
+    (out / report.SUMMARY).write_text(json.dumps(summary, indent=1))
     for i, f in enumerate(result.findings, 1):
         write_finding(out / f"finding-{i}", f, version=version, label=label, defines=defines,
                       config=args.config)
+    report.write(out, [summary])
