@@ -9,7 +9,6 @@ import json
 import os
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -44,11 +43,10 @@ def explore(*args, env=None, timeout=600) -> tuple[subprocess.CompletedProcess, 
 
 def left_by(client, pid: int) -> list[str]:
     """Containers (any state) that run PID started and left behind."""
-    return [c.name for c in containers.listing(client, f"{containers.LABEL_PID}={pid}",
-                                               f"{containers.LABEL_HOST}={socket.gethostname()}")]
+    return [c.name for c in containers.started_by(client, pid)]
 
 
-def started_by(client, pid: int, since: float) -> list[str]:
+def created_by(client, pid: int, since: float) -> list[str]:
     """Containers run PID created at all since SINCE (the engine's events, not what is left)."""
     events = client.events(since=int(since) - 1, until=int(time.time()) + 1, decode=True,
                            filters={"type": "container", "event": "create",
@@ -110,7 +108,7 @@ def test_merge_of_two_real_shards_is_one_report_and_starts_no_container(kamleak_
     merged, pid = explore("--merge", str(tmp_path / "s1"), str(tmp_path / "s2"), "--out", str(tmp_path / "m"),
                           timeout=60)
     assert merged.returncode == 1, merged.stdout + merged.stderr
-    assert started_by(docker_client, pid, t0) == []
+    assert created_by(docker_client, pid, t0) == []
     (c,) = json.loads((tmp_path / "m" / "summary.json").read_text())["campaigns"]
     (f,) = c["findings"]
     assert f["shards"] == ["1/2", "2/2"] and f["sure"], f
@@ -128,7 +126,7 @@ def test_merge_of_a_directory_without_summary_is_one_line(docker_client, tmp_pat
     assert proc.returncode == 128, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"kamleak: {tmp_path / 'empty'} has no summary.json; pass the --out directory of a `kamleak explore` run"]
-    assert not (tmp_path / "m").exists() and started_by(docker_client, pid, t0) == []
+    assert not (tmp_path / "m").exists() and created_by(docker_client, pid, t0) == []
 
 
 BROKEN = """
