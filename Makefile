@@ -1,6 +1,6 @@
 # kamleak: everything a fresh machine needs comes from here.
 #   make repro   show the issue-4140 leak and its mitigation (the main job)
-#   make test    unit tests + the real-stack suite (Kamailio + Asterisk)
+#   make test    the docs build, unit tests + the real-stack suite (Kamailio + Asterisk)
 #   make setup   system packages, venv, Docker engine, images (both run it)
 
 SHELL := /bin/bash
@@ -24,7 +24,7 @@ ifneq ($(KAMAILIO_SOURCE),)
 export KAMLEAK_KAMAILIO_SOURCE ?= $(KAMAILIO_SOURCE)
 endif
 
-.PHONY: setup venv host-packages images test unit lint-code repro bench soak clean matrix agreement
+.PHONY: setup venv host-packages images test unit lint-code docs repro bench soak clean matrix agreement
 comma := ,
 
 setup: venv host-packages images
@@ -32,7 +32,7 @@ setup: venv host-packages images
 $(VENV)/.installed: pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -m pip install -q -e '.[dev]'
+	@$(PY) -m pip install -q -e '.[dev,docs]'
 	@touch $@
 
 venv: $(VENV)/.installed
@@ -64,6 +64,11 @@ unit: venv
 lint-code: venv
 	$(VENV)/bin/ruff check .
 
+# The docs site (mkdocs.yml): --strict fails on a broken link or anchor and on a
+# page left out of the nav; `make test` builds it before any test runs.
+docs: venv
+	$(VENV)/bin/mkdocs build --strict --quiet
+
 # The user-facing gate (marker `gate`) fails on leaking versions by design;
 # the suite runs it as CI would, in a subprocess (tests/gate/test_gate_as_ci.py).
 # Three passes: (1) everything but `serial`, on XDIST workers (most of a gate
@@ -79,7 +84,7 @@ JUNIT ?= artifacts/junit.xml
 UPSTREAM_REFS ?= 5.8.5,master
 XDIST ?= 3
 PARALLEL := $(if $(filter-out 0 1,$(XDIST)),-n $(XDIST))
-test: lint-code setup
+test: lint-code docs setup
 	@mkdir -p $(dir $(JUNIT))
 	@rc=0; \
 	$(PY) -m pytest tests -m "not gate and not serial" $(PARALLEL) $(CONFIRM) --junitxml=$(JUNIT) \
@@ -92,7 +97,7 @@ test: lint-code setup
 
 # The long matrix: upstream builds × every scenario's gate test.  One machine:
 # `make matrix`; a CI job matrix: `make matrix SHARD=2/4` per job, then
-# `kamleak summary merge artifacts/matrix-*.json --table` (README).
+# `kamleak summary merge artifacts/matrix-*.json --table` (docs/builds.md).
 MATRIX_REFS ?= 5.8.5,5.8.8,6.0.7,6.1.4,master
 MATRIX_TESTS := $(filter-out %/test_gate_as_ci.py %/test_foreign_image.py,$(wildcard tests/gate/test_*.py))
 MATRIX_SUMMARY = artifacts/matrix$(if $(SHARD),-$(subst /,of,$(SHARD))).json
@@ -102,7 +107,7 @@ matrix: setup
 	  $(if $(SHARD),--kamleak-shard $(SHARD)) --kamleak-summary=$(MATRIX_SUMMARY) $(PYTEST_ARGS) || rc=$$?; \
 	$(KAMLEAK) summary merge $(MATRIX_SUMMARY) --table; exit $$rc
 
-# The early verdict against the lifetime bound (docs: the agreement table):
+# The early verdict against the lifetime bound (docs/early-verdict.md: the agreement table):
 # RUNS confirmed gate runs per target x variant x transport x disconnect mode.
 # make agreement [AGREE_TARGETS=debian:6.0.1,src:5.8.5] [RUNS=20] [AGREE_CONFIG=my.cfg]
 AGREE_TARGETS ?= debian:5.6.3,debian:6.0.1,debian:6.1.5,src:5.8.5,src:master
