@@ -50,6 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how Asterisk may answer: answer, ring_answer, busy, no_answer (default: all)")
     p.add_argument("--transport", default="ws,wss",
                    help="client transports, comma-separated: ws, wss, tcp, udp (default ws,wss)")
+    p.add_argument("--tm-timers", default=None, metavar="NAME=MS,...",
+                   help="tm timers of kamleak's config, e.g. fr_inv_timer=3000,max_inv_lifetime=3000 (names: "
+                        "fr_timer, fr_inv_timer, wt_timer, max_inv_lifetime, max_noninv_lifetime); an INVITE "
+                        "cell is judged only after max_inv_lifetime + fr + wt, Kamailio's default 180 s")
     p.add_argument("--max-steps", type=int, default=8, help="steps in a flow at most (default 8)")
     p.add_argument("--replays", type=int, default=3, help="replays that confirm a finding (default 3)")
     p.add_argument("--db", default=None, metavar="DIR|redis://HOST:PORT[/DB]",
@@ -67,6 +71,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="merge the --out directories of several runs (the shards of a campaign) into one "
                         "report under --out (summary.json, index.html, junit.xml): findings deduplicated, "
                         "counts summed; exit 1 if any has a sure finding; starts no container")
+
+
+def parse_timers(text: str | None):
+    """--tm-timers NAME=MS,... as TmTimers over kamleak's defaults (None: the defaults)."""
+    import dataclasses
+
+    from kamleak.harness.stack.kamailio.config import TmTimers
+
+    if not text:
+        return None
+    names = [f.name for f in dataclasses.fields(TmTimers)]
+    values = {}
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        name, eq, ms = item.partition("=")
+        if name not in names or not eq or not ms.isdigit():
+            raise UsageError(f"bad --tm-timers item '{item}'", f"give NAME=MS with NAME one of {', '.join(names)}")
+        values[name] = int(ms)
+    return dataclasses.replace(TmTimers(), **values)
 
 
 def parse_budget(text: str) -> float:
@@ -115,6 +137,9 @@ def run(args) -> int:
     if bad or not transports:
         raise UsageError(f"unknown transport '{','.join(bad) or '(none)'}'",
                          f"use {', '.join(fl.TRANSPORTS)} or a comma list of them, e.g. ws,udp")
+    parse_timers(args.tm_timers)
+    if args.tm_timers and args.config:
+        raise UsageError("--tm-timers sets kamleak's own config's timers", "set them in your --kamailio-config")
     steps = [s.strip() for s in args.steps.split(",")] if args.steps else None
     answers = [a.strip() for a in args.answers.split(",")] if args.answers else None
     fl.check_vocabulary(steps, answers)
@@ -202,7 +227,8 @@ def _replay_args(args) -> list[str]:
     if args.config:
         return picked + ["--kamailio-config", args.config]
     return picked + (["--variant", args.variant] if args.variant else []) + \
-        [a for d in args.define for a in ("--define", d)]
+        [a for d in args.define for a in ("--define", d)] + \
+        (["--tm-timers", args.tm_timers] if args.tm_timers else [])
 
 
 def _explore(args, out: Path, budget, transports, steps, answers, replay_flow, replay_mutation, *,
@@ -236,8 +262,10 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow, r
         label += " + --mutate-config"
     try:
         with Stack(target, log=_say, user_config=user_config) as bench:
+            timers = parse_timers(args.tm_timers)
+
             def start(mutation=mutate.NONE):
-                return bench.kamailio(mutate.with_base(defines, mutation))
+                return bench.kamailio(mutate.with_base(defines, mutation), timers)
 
             if user_config is not None:
                 # Your config's own error (a syntax error, a module the build lacks) is bad input.
@@ -275,7 +303,8 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow, r
             store = Store(database or open_database(str(out / "examples")),
                           {"kamailio": target.id, "version": version, "config": label,
                            "transports": list(transports), "steps": list(names), "answers": list(pbx_answers),
-                           "max_steps": args.max_steps, "jobs": args.jobs})
+                           "max_steps": args.max_steps, "jobs": args.jobs}
+                          | ({"tm_timers": args.tm_timers} if args.tm_timers else {}))
             seed = args.seed
             if shard:
                 if args.seed is None:
@@ -359,5 +388,5 @@ def _write(out: Path, result, version: str, label: str, defines, args, transport
     (out / report.SUMMARY).write_text(json.dumps(summary, indent=1))
     for i, f in enumerate(result.findings, 1):
         write_finding(out / f"finding-{i}", f, version=version, label=label, defines=defines,
-                      config=args.config)
+                      config=args.config, timers=parse_timers(args.tm_timers))
     report.write(out, [summary])

@@ -18,21 +18,24 @@ Run it against any Kamailio kamleak can start, e.g.:
 It fails where the leak is, and passes where it is not.
 """
 
-from kamleak.harness.tools.explore.flow import Flow
+{timers_import}from kamleak.harness.tools.explore.flow import Flow
 from kamleak.harness.tools.explore.run import replay
 
 FLOW = Flow.from_json({flow})
 DEFINES = {defines!r}{mutation_note}
+TIMERS = {timers}
 
 
 def test_explore_finding(kamailio_factory, pbx):
-    judged = replay(kamailio_factory(defines=DEFINES), pbx, FLOW)
+    judged = replay(kamailio_factory(defines=DEFINES, timers=TIMERS), pbx, FLOW)
     assert judged.run.error is None, f"the flow could not be driven: {{judged.run.error}}"
     assert not judged.leaked, "; ".join(judged.proofs)
 '''
 
 
-def write_finding(where: Path, finding, *, version: str, label: str, defines, config: str | None) -> Path:
+def write_finding(where: Path, finding, *, version: str, label: str, defines, config: str | None,
+                  timers=None) -> Path:
+    """TIMERS: the TmTimers it ran with (None: kamleak's defaults)."""
     from kamleak.harness.tools.explore.mutate import with_base
 
     where.mkdir(parents=True, exist_ok=True)
@@ -53,6 +56,9 @@ def write_finding(where: Path, finding, *, version: str, label: str, defines, co
                        name=name, flow=json.dumps(finding.flow.to_json()),
                        defines=with_base(defines, finding.mutation),
                        mutation_note=f"  # + config mutation {finding.mutation.text()}" if finding.mutation else "",
-                       config_opt=f" --kamailio-config {config}" if config else "")
+                       config_opt=f" --kamailio-config {config}" if config else "",
+                       timers=repr(timers) if timers is not None else "None",
+                       timers_import="from kamleak.harness.stack.kamailio.config import TmTimers\n"
+                       if timers is not None else "")
     (where / name).write_text(text)
     return where / name
