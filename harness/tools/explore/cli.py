@@ -290,8 +290,13 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow, r
                     j = replay(kam, bench.pbx, replay_flow)
                 finally:
                     kam.stop()
-                print(f"kamleak explore: {'LEAK' if j.leaked else 'CLEAN'}: {replay_flow.text()} on "
-                      f"{version}, {label}" + (f": {'; '.join(j.proofs)}" if j.leaked else ""))
+                # CLEAN is about what the oracle could decide; what the flow still holds
+                # within its bound (no verdict yet) is said beneath, never left out.
+                verdict = "LEAK" if j.leaked else ("CLEAN (no tm cell left; held objects within their bounds, "
+                                                   "below)" if j.held else "CLEAN")
+                print(f"kamleak explore: {verdict}: {replay_flow.text()} on {version}, {label}")
+                for line in j.evidence():
+                    print(f"  {line}")
                 if j.run.error:
                     print(f"  the flow could not be driven to its end: {j.run.error}")
                     return EXIT_CANNOT_TEST
