@@ -13,15 +13,8 @@ from kamleak.harness.tools.explore import mutate as mu
 
 
 @pytest.fixture(scope="module")
-def checker_601():
-    from kamleak.harness.stack import engine
-    from kamleak.harness.stack.targets import Target
-    try:
-        client = engine.client(start=False)
-        client.images.get("kamleak/kamailio-debian:6.0.1")
-    except Exception as exc:  # noqa: BLE001 - no engine or image here: nothing real to ask
-        pytest.skip(f"no kamleak/kamailio-debian:6.0.1 to run kamailio -c in: {exc}")
-    return mu.Checker(Target("version", "6.0.1"), client)
+def checker_601(debian_601):
+    return mu.Checker(*debian_601)
 
 
 def test_every_point_is_a_switch_the_config_tests_and_renders():

@@ -1,0 +1,173 @@
+"""kamleak reduce's removal steps (harness/tools/reduce/removal.py) on the stock and
+user configs: the free lines keep what Kamailio reads, units cite the original's
+lines, the contract's units are never offered, a route goes with its calls; and
+every unit removed alone, and seeded sets of them, asked of the real `kamailio -c`
+of Debian's 6.0.1: it refuses only what the search's refusal check is there for."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from kamleak.harness.stack.kamailio import cfg
+from kamleak.harness.stack.kamailio.cfgcheck import Checker, config_for_check
+from kamleak.harness.stack.kamailio.user_config import HARNESS_DEFINES, UserConfig, check
+from kamleak.harness.tools.reduce.removal import Reduction, code_key
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PATHS = [CONFIGS / "stock" / "kamailio-default-websocket.cfg",
+         CONFIGS / "stock" / "kamailio-default-websocket.trigger.cfg",
+         CONFIGS / "stock" / "kamailio.cfg",
+         CONFIGS / "user" / "deployment.cfg",
+         CONFIGS / "wt8000" / "kamailio.cfg"]
+IDS = [f"{p.parent.name}/{p.name}" for p in PATHS]
+_READ: dict[Path, Reduction] = {}
+
+
+def reduction(path: Path) -> Reduction:
+    if path not in _READ:
+        _READ[path] = Reduction.of(UserConfig.load(str(path)))
+    return _READ[path]
+
+
+@pytest.fixture(params=PATHS, ids=IDS)
+def red(request) -> Reduction:
+    return reduction(request.param)
+
+
+def offered(red: Reduction, state=frozenset()) -> list[int]:
+    return [u for tier in red.tiers(state) for u in tier]
+
+
+def samples(red: Reduction, units: list[int], n: int, seed: int = 23) -> list[frozenset]:
+    rng = random.Random(seed)
+    return [frozenset(rng.sample(units, rng.randint(2, max(2, len(units) // 4)))) for _ in range(n)]
+
+
+# -- pure: no Kamailio ---------------------------------------------------------------
+
+
+def test_the_free_lines_leave_what_kamailio_reads_unchanged(red):
+    original = red.user_config.text
+    assert code_key(red.text(), red.path) == code_key(original, red.path)
+    # Most of a stock config (its comments, the #!ifdef branches not taken), and never
+    # a line Kamailio reads code from.
+    assert len(red.free) > red.original_size // 4
+    pre = cfg.preprocess(original, defines=HARNESS_DEFINES, path=red.path)
+    read = {src.line for src, code in pre.lines if src.file is None and code.strip()}
+    assert read and not red.free & read
+
+
+def test_candidate_of_nothing_removed_is_the_users_config_minus_only_free_lines(red):
+    uc, cand = red.user_config, red.candidate(frozenset())
+    assert cand.text == "\n".join(line for k, line in enumerate(red.lines, 1) if k not in red.free)
+    assert (cand.path, cand.encoding, cand.uses_tls, cand.pbx_by_registrar) == \
+        (uc.path, uc.encoding, uc.uses_tls, uc.pbx_by_registrar)
+    assert red.size() == red.original_size - len({k for k in red.free if k <= red.original_size})
+
+
+def test_every_unit_names_its_first_line_in_the_original_file(red):
+    on_disk = Path(red.path).read_text().split("\n")
+    for u in red.units:
+        assert u.line in u.lines and u.line not in red.free, u
+        # Its own first line: a route's head (its calls may come before), a loadmodule's
+        # (a modparam may); any other unit's first line.
+        assert u.kind in ("route", "module") or u.line == min(u.lines), u
+        assert u.label == on_disk[u.line - 1].strip()[:100], u
+        if u.kind == "route":
+            assert re.match(r"\w*route\b", u.label), u
+        for fn in u.calls:
+            assert any(fn in on_disk[k - 1] for k in u.lines), (fn, u)
+
+
+def test_the_contracts_units_are_fixed_and_never_offered(red):
+    fixed = {u.id for u in red.units if u.fixed}
+    # The listen-free sockets, websocket/xhttp/jsonrpcs and the xhttp route at least.
+    assert len(fixed) >= 10
+    for state in [frozenset()] + samples(red, offered(red), 10):
+        assert not fixed & set(offered(red, state)), state
+
+
+@pytest.mark.parametrize("path", [PATHS[1], PATHS[3]], ids=[IDS[1], IDS[3]])
+def test_fixed_is_exactly_what_breaks_the_contract_alone(path):
+    """removal checks the contract only for units naming what it reads: on these two
+    configs that shortcut agrees with checking every unit."""
+    red = reduction(path)
+    for u in red.units:
+        assert u.fixed == bool(red.contract(frozenset({u.id}))), u
+
+
+def test_a_route_goes_with_every_call_to_it(red):
+    # Named ones: reply_route has no callers.
+    routes = [u for u in red.units if u.kind == "route" and not u.fixed and "[" in u.where]
+    assert len(routes) >= 5
+    for u in routes:
+        name = re.match(r"\w*route\[([^\]]+)\]", u.where).group(1)
+        parsed, _ = cfg.parse(red.text(frozenset({u.id})), defines=HARNESS_DEFINES, path=red.path)
+        assert not [k for k in parsed.routes if k[1] == name], u
+        calls = [c for r in parsed.routes.values() for c in r.calls()
+                 if c.name in ("route", "t_on_failure", "t_on_branch", "t_on_reply")
+                 and (c.literal(0) or "").strip('"') == name]
+        assert not calls, (u, calls)
+        assert not check(red.text(frozenset({u.id})), red.path)
+
+
+def test_a_lone_statement_goes_with_what_holds_it(red):
+    """Kamailio refuses `{ }`: no unit alone empties a block, and what went with its
+    holder is the holder's call (the cause names it)."""
+    for u in offered(red):
+        assert not empty_block(red.text(frozenset({u}))), red.units[u]
+    if "trigger" in red.path:
+        relay = [u for u in red.units if u.label == "if (!t_relay()) {"]
+        assert relay and relay[0].calls == ("t_relay", "sl_reply_error") and relay[0].role == "call"
+
+
+def empty_block(text: str) -> bool:
+    """Does what Kamailio reads hold a `{ }` (a syntax error to it)?"""
+    code = code_key(text, "kamailio.cfg")[0]
+    return bool(re.search(r"\{\s*\}", re.sub(r'"(?:\\.|[^"\\])*"', '""', code)))
+
+
+# -- the real kamailio -c ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checker_601(debian_601):
+    return Checker(*debian_601)
+
+
+def refusals(checker, red: Reduction, states) -> list[str | None]:
+    return checker.refusals([config_for_check(user_config=red.candidate(s)) for s in states])
+
+
+def test_kamailio_c_takes_every_unit_removed_alone_but_modules_and_defines_still_used(red, checker_601):
+    """What Kamailio refuses alone is a loadmodule whose functions or variables are still
+    called, and a define still substituted: the search checks every candidate first
+    (search.py: refused candidates never run) and sweeps the tiers again once their
+    users are gone."""
+    units = offered(red)
+    why = refusals(checker_601, red, [frozenset()] + [frozenset({u}) for u in units])
+    assert why[0] is None, why[0]
+    refused = {u: w for u, w in zip(units, why[1:]) if w}
+    kinds = {red.units[u].kind for u in refused}
+    assert kinds <= {"module", "define"}, {red.units[u].label: w for u, w in refused.items()}
+    for u, w in refused.items():
+        if red.units[u].kind == "module":
+            assert "unknown command" in w or "Can't get from cache" in w, (red.units[u], w)
+    # Most units go alone (the stock configs: 215 of 234 offered).
+    assert len(refused) < len(units) // 5
+
+
+def test_kamailio_c_refuses_a_set_of_units_only_where_it_empties_a_block(red, checker_601):
+    units = offered(red)
+    alone = refusals(checker_601, red, [frozenset({u}) for u in units])
+    fine = [u for u, w in zip(units, alone) if w is None]
+    states = samples(red, fine, 12)
+    why = refusals(checker_601, red, states)
+    model = [empty_block(red.text(s)) for s in states]
+    assert [bool(w) for w in why] == model, [(sorted(s), w) for s, w, m in zip(states, why, model)
+                                             if bool(w) != m]
+    assert not all(model), "every sample empties a block: the test shows nothing"
