@@ -212,13 +212,21 @@ def started_by(client: docker.DockerClient, pid: int) -> list[Listed]:
     return listing(client, f"{LABEL_PID}={pid}", f"{LABEL_HOST}={socket.gethostname()}")
 
 
+def left_behind(client: docker.DockerClient) -> list[Listed]:
+    """Containers of kamleak runs on this host whose process is gone (killed runs).
+    A live run's containers are not: the engine may be shared with it."""
+    out = []
+    for c in listing(client, LABEL_RUN, f"{LABEL_HOST}={socket.gethostname()}"):
+        pid = int(c.labels.get(LABEL_PID, "0") or 0)
+        if pid != os.getpid() and not (pid and _pid_alive(pid)):
+            out.append(c)
+    return out
+
+
 def reap_leftovers(client: docker.DockerClient, log=print) -> int:
     """Remove containers of earlier kamleak runs on this host whose process is gone."""
     reaped = 0
-    for c in listing(client, LABEL_RUN, f"{LABEL_HOST}={socket.gethostname()}"):
-        pid = int(c.labels.get(LABEL_PID, "0") or 0)
-        if pid == os.getpid() or (pid and _pid_alive(pid)):
-            continue
+    for c in left_behind(client):
         try:
             client.api.remove_container(c.id, force=True, v=True)
             reaped += 1
