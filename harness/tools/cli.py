@@ -661,17 +661,27 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *a, usage_exit: int = 2, **kw):
         super().__init__(*a, **kw)
         self.usage_exit = usage_exit
+        self.usage_status = None      # a Command's usage_status(given, message), if it has one
+        self.given: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message):
         # One line, like every other bad input (argparse prints the usage too).
-        self.exit(self.usage_exit, f"{self.prog}: {message}; see `{self.prog} --help`\n")
+        line = f"{message}; see `{self.prog} --help`"
+        status = self.usage_status(self.given, line) if self.usage_status else None
+        if status:                    # a monitoring plugin's status line, on stdout
+            print(status, flush=True)
+        self.exit(self.usage_exit, f"{self.prog}: {line}\n")
 
 
 
 class Command(Protocol):
     """A subcommand kept in a module of its own (lint, summary, soak, bench, watch):
     what `kamleak` asks of it.  A module may also set USAGE_EXIT, its exit code
-    for bad usage."""
+    for bad usage, and usage_status(given, message), a line for stdout too."""
 
     NAME: str
     HELP: str
@@ -765,6 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
         extra = {"usage_exit": usage_exit} if usage_exit is not None else {}
         p_cmd = sub.add_parser(command.NAME, help=command.HELP, description=command.DESCRIPTION, **extra)
         command.add_arguments(p_cmd)
+        p_cmd.usage_status = getattr(command, "usage_status", None)
         p_cmd.set_defaults(func=command.run, **extra)
     k = sub.add_parser("cleanup", help="remove containers left by killed runs")
     k.add_argument("--check", action="store_true",

@@ -49,13 +49,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kamleak.harness.errors import RPCError, UsageError
+from kamleak.harness.errors import KamleakError, RPCError, UsageError
 from kamleak.harness.judging import orphan
 from kamleak.harness.judging.oracle import MARGIN_FACTOR, MARGIN_S, Timers, read_timers
 from kamleak.harness.probes.rpc import Pairs, TmCell, parse_tm_list
 from kamleak.harness.sip.message import parse_name_addr
 
+# --once exits as monitoring plugins do (Nagios, Icinga, Sensu, check_mk); the run
+# mode uses the same codes: 0 after --duration or Ctrl-C, 3 for bad input.
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_UNKNOWN = 0, 1, 2, 3
+STATUS = {EXIT_OK: "OK", EXIT_WARNING: "WARNING", EXIT_CRITICAL: "CRITICAL", EXIT_UNKNOWN: "UNKNOWN"}
 MIN_INTERVAL, MAX_INTERVAL = 0.5, 3600.0
 RETRY_LIST_S = 60.0          # after a fallback, tm.list is tried again this often
 DEFAULT_MAX_CELLS = 200_000  # cells followed at most (bounded memory: ~200 B each)
@@ -607,8 +610,22 @@ DESCRIPTION = ("Poll a running Kamailio's tm.list (JSON-RPC over HTTP or ctl's B
                "(ORPHANED). That rule was read in upstream tm's source, 5.8.0..master, and "
                "measured on Debian's 5.6.3, 6.0.1 and 6.1.5; on other builds it rests on that "
                "reading and on the wt_timer given (each report names its source). Never calls "
-               "tm.clean. One-shot exit codes: 0 OK, 1 warning, 2 critical, 3 unknown.")
+               "tm.clean. Exit codes, as monitoring plugins use them: 0 OK, 1 warning, "
+               "2 critical, 3 unknown (bad input, RPC unreachable); --once prints one status "
+               "line on stdout in every case.")
 USAGE_EXIT = EXIT_UNKNOWN
+
+
+def status_line(code: int, text: str, perf: str = "") -> str:
+    """A monitoring plugin's one line: `KAMLEAK STATE - text | perfdata`.  '|' starts the
+    perfdata, so none may appear in the text; nor may a newline (only line one is read)."""
+    text = " ".join(text.replace("|", "/").split())
+    return f"KAMLEAK {STATUS[code]} - {text}" + (f" | {perf}" if perf else "")
+
+
+def usage_status(given: list[str], message: str) -> str | None:
+    """The status line of a command line argparse refuses, when it asked for --once."""
+    return status_line(EXIT_UNKNOWN, message) if "--once" in given else None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -650,6 +667,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    if not args.once:
+        return _run(args)
+    # A monitoring plugin says UNKNOWN on stdout however it fails (stderr keeps the one line).
+    try:
+        return _run(args)
+    except KamleakError as exc:
+        print(status_line(EXIT_UNKNOWN, exc.line()), flush=True)
+        raise
+    except KeyboardInterrupt:
+        print(status_line(EXIT_UNKNOWN, "interrupted before a verdict"), flush=True)
+        raise
+    except Exception as exc:
+        print(status_line(EXIT_UNKNOWN, f"internal error: {type(exc).__name__}: {exc}"), flush=True)
+        raise
+
+
+def _run(args) -> int:
     from kamleak.harness.probes.transport import connect
 
     if args.state and not args.once:
@@ -720,9 +754,10 @@ def _once(args, watcher: Watcher, version: str) -> int:
                 break
             time.sleep(args.interval)
     stuck, orphans, leaked = p.stuck_count, p.orphaned_count, p.leaked_count
-    perf = (f"stuck={'' if stuck is None else stuck};{args.warning};{args.critical} "
-            f"orphaned={'' if orphans is None else orphans};{args.warning};{args.critical} "
-            f"current={p.stats.get('current')} waiting={p.stats.get('waiting')} "
+    # Nagios perfdata: label=value[UOM];warn;crit, U for a value that cannot be had.
+    perf = (f"stuck={'U' if stuck is None else stuck};{args.warning};{args.critical} "
+            f"orphaned={'U' if orphans is None else orphans};{args.warning};{args.critical} "
+            f"current={p.stats.get('current', 'U')} waiting={p.stats.get('waiting', 'U')} "
             f"drift={p.drift}" + (f" oldest={p.oldest_age:.1f}s" if p.oldest_age is not None else ""))
     if leaked is None:
         code = EXIT_WARNING if (p.drift_floor or 0) >= args.warning else EXIT_UNKNOWN
@@ -743,8 +778,7 @@ def _once(args, watcher: Watcher, version: str) -> int:
             o = max(young, key=lambda o: o.idle)
             text += (f"; orphaned before its bound: {o.method} Call-ID {o.callid} ({o.evidence}; "
                      f"wt_timer from {o.wt_timer_source})")
-    label = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}[code]
-    print(f"KAMLEAK {label} - {text} | {perf}", flush=True)
+    print(status_line(code, text, perf), flush=True)
     if args.json:
         for o in p.orphaned:
             print(json.dumps({"event": "orphaned", **o.as_dict()}), flush=True)

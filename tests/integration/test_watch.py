@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -204,7 +205,7 @@ def test_leaked_bye_is_reported_over_http_and_ctl_and_scraped(leaky_kamailio, pb
 
 
 # ---------------------------------------------------------------------------
-# Bad input: one line, exit 3
+# Bad input: one line, exit 3; --once's status line says UNKNOWN on stdout too
 
 
 def _one_line_exit_3(*args: str, timeout: float = 30) -> str:
@@ -213,7 +214,9 @@ def _one_line_exit_3(*args: str, timeout: float = 30) -> str:
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 3, (r.returncode, r.stdout, r.stderr)
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert r.stdout == "", r.stdout
+    # As a monitoring plugin: one status line on stdout, the same cause and fix.
+    cause = re.sub(r"^kamleak( watch)?: ", "", lines[0])
+    assert r.stdout == f"KAMLEAK UNKNOWN - {cause}\n", (r.stdout, lines[0])
     return lines[0]
 
 

@@ -8,11 +8,13 @@ import json
 
 import pytest
 
+from kamleak.harness.errors import RPCError
 from kamleak.harness.judging.oracle import Timers
 from kamleak.harness.probes import binrpc
 from kamleak.harness.probes.rpc import Pairs
 from kamleak.harness.stack.kamailio.timers import DEFAULTS, Timer
-from kamleak.harness.tools.watch import BadAnswer, Bounds, Follower, JsonOut, Watcher, _once, cells_from
+from kamleak.harness.tools.cli import main
+from kamleak.harness.tools.watch import BadAnswer, Bounds, Follower, JsonOut, Watcher, _once, cells_from, status_line
 
 
 def test_header_round_trip():
@@ -235,3 +237,44 @@ def test_an_orphaned_cell_that_leaves_tm_list_contradicts_the_rule():
     assert len(f.update(bye, 2.0, 2.0).new_orphaned) == 1
     u = f.update([], 3.0, 3.0)
     assert u.gone and len(u.contradicted) == 1 and "tm.clean" in u.contradicted[0]
+
+
+# --- --once as a monitoring plugin: a status line on stdout in every case ------------
+
+class _ListTooBig(_Recorded):
+    """tm.stats answers, tm.list does not (a busy server: the reply cannot be allocated)."""
+
+    def call(self, method):
+        raise RPCError("tm.list timed out after 10 s")
+
+
+def test_once_without_tm_list_is_unknown_with_u_for_what_it_cannot_count(tmp_path, capsys):
+    args = argparse.Namespace(state=str(tmp_path / "st"), warning=1, critical=10, json=False,
+                              interval=5.0)
+    code = _once(args, Watcher(_ListTooBig([]), _bounds(1000), interval=5.0), "kamailio 6.0.1")
+    (line,) = capsys.readouterr().out.splitlines()
+    assert code == 3
+    assert line.startswith("KAMLEAK UNKNOWN - tm.list unavailable (tm.list timed out after 10 s)")
+    # Nagios perfdata: U where the value cannot be had, never an empty value.
+    assert line.endswith("| stuck=U;1;10 orphaned=U;1;10 current=1 waiting=0 drift=1"), line
+
+
+def test_status_line_keeps_one_line_and_the_perfdata_separator_its_own():
+    assert status_line(3, "cannot read x | y\n  second line") == \
+        "KAMLEAK UNKNOWN - cannot read x / y second line"
+    assert status_line(0, "fine", "stuck=0;1;10") == "KAMLEAK OK - fine | stuck=0;1;10"
+
+
+@pytest.mark.parametrize("once", [True, False])
+def test_a_refused_command_line_says_unknown_on_stdout_with_once(once, capsys):
+    argv = ["watch", "--kamailio-rpc", "tcp:127.0.0.1:1", "--interval", "0"] + (["--once"] * once)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert exc.value.code == 3
+    (line,) = err.splitlines()
+    assert line.startswith("kamleak watch: argument --interval: --interval 0 is outside"), line
+    if once:
+        assert out == f"KAMLEAK UNKNOWN - {line.removeprefix('kamleak watch: ')}\n"
+    else:
+        assert out == ""
