@@ -24,6 +24,17 @@ from kamleak.harness.errors import UsageError
 SKIP = "skip"
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 build', '3 builds' (every noun bisect counts takes an s)."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def need_two(items: list[str]) -> None:
+    if len(items) < 2:
+        raise UsageError(f"bisect needs at least two Kamailio builds, got {len(items)}",
+                         "list them oldest first, e.g. 5.6.3 6.0.1 6.1.5")
+
+
 @dataclass
 class Step:
     index: int
@@ -61,9 +72,7 @@ def bisect(items: list[str], check: Callable[[str], tuple[str, str]]) -> BisectR
     `check(item)` returns (verdict, note) with verdict "leak", "clean" or
     "skip".  Raises UsageError when the ends cannot be used.
     """
-    if len(items) < 2:
-        raise UsageError(f"bisect needs at least two Kamailio builds, got {len(items)}",
-                         "list them oldest first, e.g. 5.6.3 6.0.1 6.1.5")
+    need_two(items)
     result = BisectResult(items=list(items))
 
     def run(i: int) -> str:
@@ -132,6 +141,35 @@ def table(result: BisectResult) -> list[str]:
         shown = v or "not run"
         lines.append(f"  {i:>2}  {item[:40]:40} {shown}{(' (' + note + ')') if note else ''}{mark}")
     return lines
+
+
+def known_between(old, new) -> tuple[list[str], list[str]]:
+    """What kamleak.harness.knowledge records as in one build and not the other
+    (Targets or Provenances): a line per fix, and a sentence per fix that a
+    distribution's build carries while upstream's release of the same number
+    lacks it (its backport: the verdict's flip may be the distribution's patch)."""
+    from kamleak.harness import knowledge
+
+    builds = (knowledge.provenance(old), knowledge.provenance(new))
+    fixes, backports = [], []
+    for fix in knowledge.FIXES.values():
+        has = [knowledge.has(fix, b).value for b in builds]
+        if None in has or has[0] == has[1]:
+            continue
+        which, lacks = builds[has.index(True)], builds[has.index(False)]
+        upstream = (f"first in {', '.join(fix.first_tags())}" if fix.first_tags()
+                    else "no release tag contains it, master only")
+        fixes.append(f"{fix.commit} {fix.what}: in {which.label}, not in {lacks.label} "
+                     f"(upstream: {upstream})")
+        if which.kind == "debian" and which.version:
+            release = knowledge.has_release(fix, which.version)
+            if release.value is False:
+                backports.append(
+                    f"{which.label} carries {fix.commit} as Debian's backport: upstream's "
+                    f"{which.version} lacks it ({upstream}). The flip may be Debian's patch, "
+                    f"not upstream's: `kamleak check --kamailio-ref {which.version}` runs "
+                    "upstream's")
+    return fixes, backports
 
 
 # --------------------------------------------------------------------------

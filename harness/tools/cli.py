@@ -490,7 +490,7 @@ def _is_commit_range(args, items: list[str]) -> bool:
 
 def cmd_bisect(args) -> int:
     """Run the gate on as few builds as needed to find where the verdict flips."""
-    from kamleak.harness.tools.bisection import bisect, table
+    from kamleak.harness.tools.bisection import bisect, counted, known_between, need_two, table
 
     items = [x.strip() for raw in args.builds for x in raw.split(",") if x.strip()]
     if _is_commit_range(args, items):
@@ -498,10 +498,11 @@ def cmd_bisect(args) -> int:
     if getattr(args, "config", None):
         raise UsageError("--kamailio-config is for a commit range (A..B)",
                          "for a list of builds run `kamleak check --kamailio-config` on each")
+    need_two(items)
     targets = {item: _bisect_target(item, getattr(args, "kamailio_source", None)) for item in items}
     sc, variant = _scenario_variant(args)
-    _say(f"bisecting {len(items)} builds: scenario {args.scenario}, variant {variant.name}"
-         f" over {args.transport.upper()}")
+    _say(f"bisecting {counted(len(items), 'build')}: scenario {args.scenario}, variant "
+         f"{variant.name} over {args.transport.upper()}")
 
     def check(item: str):
         _say(f"gate on {item} ...")
@@ -516,13 +517,22 @@ def cmd_bisect(args) -> int:
     first = result.items[result.first_other]
     before = result.items[result.last_same]
     v_first = result.verdict_of(result.first_other)
-    if result.first_other - result.last_same > 1:
+    untested = result.first_other - result.last_same - 1
+    if untested:
         print(f"kamleak bisect: the verdict flips somewhere after {before} and by {first} "
-              f"(the builds between could not be tested)")
+              f"(the {counted(untested, 'build')} between could not be tested)")
     else:
         print(f"kamleak bisect: {first} is the first build with verdict {v_first.upper()} "
               f"({before} and earlier: {result.verdict_of(result.last_same).upper()})")
-    print(f"kamleak bisect: {result.runs} gate runs ({result.search_runs} between the ends)")
+    fixes, backports = known_between(targets[before], targets[first])
+    if fixes:
+        print(f"kamleak bisect: kamleak.harness.knowledge records between {before} and {first}:")
+        for line in fixes:
+            print(f"  {line}")
+    for line in backports:
+        print(f"kamleak bisect: {line}")
+    print(f"kamleak bisect: {counted(result.runs, 'gate run')} "
+          f"({result.search_runs} between the ends)")
     return 0
 
 
@@ -541,7 +551,14 @@ def _known_in(mirror: str, after: str, upto: str) -> None:
 
 def _bisect_commits(args, items: list[str]) -> int:
     """Bisect the commits of a git range: build each probed commit, gate it."""
-    from kamleak.harness.tools.bisection import SKIP, bisect_commits, commit_info, commit_range, split_range
+    from kamleak.harness.tools.bisection import (
+        SKIP,
+        bisect_commits,
+        commit_info,
+        commit_range,
+        counted,
+        split_range,
+    )
 
     a, b = split_range(items)
     sc, variant = _scenario_variant(args)
@@ -558,7 +575,7 @@ def _bisect_commits(args, items: list[str]) -> int:
               f"{rng.merge_base[:10]}); scenario {args.scenario}, variant {variant.name} over "
               f"{args.transport.upper()}", flush=True)
     else:
-        print(f"kamleak bisect: {len(rng.commits) - 1} commits from {rng.given[0]} ({rng.ends[0][:10]}) "
+        print(f"kamleak bisect: {counted(len(rng.commits) - 1, 'commit')} from {rng.given[0]} ({rng.ends[0][:10]}) "
               f"to {rng.given[1]} ({rng.ends[1][:10]}); scenario {args.scenario}, variant "
               f"{variant.name} over {args.transport.upper()}; at most {rng.max_runs} gate runs "
               f"plus skips", flush=True)
@@ -599,8 +616,8 @@ def _bisect_commits(args, items: list[str]) -> int:
                                                                               flush=True))
     except KeyboardInterrupt:
         done = [r for r in probed if r.get("build")]
-        _say(f"interrupted after {len(probed)} probe(s); {len(done)} build(s) kept as images "
-             f"({source_build.REPO}:*): a rerun reuses them")
+        _say(f"interrupted after {counted(len(probed), 'probe')}; {counted(len(done), 'build')} "
+             f"kept as images ({source_build.REPO}:*): a rerun reuses them")
         raise
     by_commit = {r["commit"]: r for r in probed}
     print("\nprobed commits, in history order:")
@@ -623,7 +640,7 @@ def _bisect_commits(args, items: list[str]) -> int:
         print(f"\nkamleak bisect: the answer is a range: the verdict flips from {v_old.upper()} to "
               f"{v_new.upper()} in {last_same[:10]}..{first[:10]}, at one of these "
               f"{len(between) + 1} commits. The {len(between)} before {first[:10]} cannot be tested: "
-              f"{tried} were tried and skipped, the others lie between skipped ones "
+              f"{tried} {'was' if tried == 1 else 'were'} tried and skipped, the others lie between skipped ones "
               f"(presumed alike, as a build break or a module that will not load lasts):")
         shown = between + [first]
         for c in shown[:6] + (["..."] if len(shown) > 12 else shown[6:12]) + \
@@ -646,7 +663,7 @@ def _bisect_commits(args, items: list[str]) -> int:
             print(f"  {first[:10]} is a merge: the change came in on its side branch; bisect "
                   f"{first[:10]}^1..{first[:10]}^2 to name the commit there")
     skipped = len([r for r in probed if r["verdict"] == SKIP])
-    print(f"kamleak bisect: {len(probed)} commits probed: {len(probed) - skipped} gated to a "
+    print(f"kamleak bisect: {counted(len(probed), 'commit')} probed: {len(probed) - skipped} gated to a "
           f"verdict, {skipped} skipped (bound {rng.max_runs} plus skips), {builds} built, "
           f"{len(probed) - builds - len([r for r in probed if r['note'].startswith('does not')])} "
           f"cached, {elapsed / 60:.1f} min", flush=True)

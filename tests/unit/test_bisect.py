@@ -6,7 +6,8 @@ import math
 import pytest
 
 from kamleak.harness.errors import UsageError
-from kamleak.harness.tools.bisection import bisect
+from kamleak.harness.stack.targets import Target
+from kamleak.harness.tools.bisection import bisect, counted, known_between
 
 
 def oracle(verdicts: dict):
@@ -101,3 +102,28 @@ def test_two_different_breaks_leave_the_stretch_between_them_searched():
     result = bisect([f"c{i}" for i in range(n)], check)
     assert (result.last_same, result.first_other) == (411, 526)
     assert len(calls) <= 2 * math.ceil(math.log2(n)) + 6, len(calls)
+
+
+def test_counts_read_right():
+    assert [counted(n, "build") for n in (0, 1, 2)] == ["0 builds", "1 build", "2 builds"]
+
+
+def test_debians_backport_is_named_where_the_builds_differ():
+    """Debian's 6.1.5 carries bd0aaf89b8 (no upstream tag contains it): a flip
+    between 6.0.1 and it may be Debian's patch; 5.6.3 -> 6.0.1 (PR 3403, in
+    upstream 6.0.0) is no backport."""
+    fixes, backports = known_between(Target("version", "6.0.1"), Target("version", "6.1.5"))
+    assert [f.split()[0] for f in fixes] == ["a705e601d9", "bd0aaf89b8"]
+    assert fixes[1].endswith("in Debian's Kamailio 6.1.5, not in Debian's Kamailio 6.0.1 "
+                             "(upstream: no release tag contains it, master only)")
+    (line,) = backports
+    assert line.startswith("Debian's Kamailio 6.1.5 carries bd0aaf89b8 as Debian's backport: "
+                           "upstream's 6.1.5 lacks it")
+    assert "`kamleak check --kamailio-ref 6.1.5`" in line
+    # Either order: the build that has it is named.
+    assert known_between(Target("version", "6.1.5"), Target("version", "6.0.1"))[1] == backports
+    fixes, backports = known_between(Target("version", "5.6.3"), Target("version", "6.0.1"))
+    assert "ee06666c43" in [f.split()[0] for f in fixes] and backports == []
+    # Builds kamleak cannot look into: nothing recorded, nothing claimed.
+    assert known_between(Target("image", "example/kamailio:6.1.5"),
+                         Target("version", "6.1.5")) == ([], [])
