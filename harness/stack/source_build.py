@@ -35,6 +35,7 @@ from kamleak.harness.errors import ImageError, UsageError
 from kamleak.harness.stack import containers, images
 from kamleak.harness.stack.kamailio.cfg import parse, read_config, tested_defines
 from kamleak.harness.stack.kamailio.config import BODY
+from kamleak.harness.stack.kamailio.server import refusal_line
 
 DEFAULT_SOURCE = "https://github.com/kamailio/kamailio.git"
 SOURCE_ENV = "KAMLEAK_KAMAILIO_SOURCE"
@@ -48,6 +49,7 @@ LABEL_MODULES = "org.kamleak.modules"
 LABEL_SOURCE = "org.kamleak.source"
 LABEL_VERSION = "org.kamleak.kamailio-version"
 LABEL_REF = "org.kamleak.ref"
+LABEL_SUITE = "org.kamleak.suite"     # the Debian suite of its builder and runtime
 
 
 # A compiler's or linker's error line: "main.c:3353:2: error: #error …", "ld: … undefined reference".
@@ -286,6 +288,9 @@ class Source:
                                  f"(no {path})",
                                  "point --kamailio-source at a clone of github.com/kamailio/kamailio")
 
+    def ci_suite(self, commit: str) -> str:
+        return ci_suite(self.mirror, commit)
+
     def modules_in_tree(self, commit: str) -> set[str]:
         out = _git(self.mirror, "ls-tree", "--name-only", f"{commit}:src/modules", check=False)
         return set(out.split())
@@ -336,12 +341,39 @@ def modules_hash(modules: list[str]) -> str:
 # --------------------------------------------------------------------------
 # The build
 
-BUILDER = images.ImageSpec(tag="kamleak/kamailio-builder:bookworm",
-                           context=images.DOCKER_DIR / "kamailio-builder",
-                           base="debian:bookworm-slim", title="kamailio builder")
-RUNTIME = images.ImageSpec(tag="kamleak/kamailio-runtime:bookworm",
-                           context=images.DOCKER_DIR / "kamailio-runtime",
-                           base="debian:bookworm-slim", title="kamailio runtime")
+# The Debian suite upstream's CI builds a commit on: the build matrix of its
+# .github/workflows/main.yml (`distribution:`), bookworm until e6812e83
+# ("github: switch to trixie", 2025-08-27; master, and 6.1 from 6.1.0 on:
+# `git tag --contains e6812e83`).  A commit gets the suite of the newest move
+# it contains, so 5.8.x and 6.0.x build on bookworm (OpenSSL 3.0) and 6.1.x and
+# master on trixie (OpenSSL 3.5): since 84d09d568e master's tls.so needs
+# OpenSSL >= 3.2, and since d139f421 a tls.so built on < 3.2 refuses >= 3.2.
+CI_SUITE = "bookworm"
+CI_MOVES: tuple[tuple[str, str], ...] = (("e6812e83f32b90a8d92b42adfe0d6f30a124e777", "trixie"),)
+
+
+def ci_suite(repo: Path | str, commit: str) -> str:
+    """The suite upstream's CI used for COMMIT of the git repository REPO."""
+    for moved, suite in CI_MOVES:
+        # 0: an ancestor; 1: not; 128: REPO does not have it (nor, then, does COMMIT).
+        if subprocess.run([_need_git(), "-C", str(repo), "merge-base", "--is-ancestor", moved, commit],
+                          capture_output=True).returncode == 0:
+            return suite
+    return CI_SUITE
+
+
+def builder_spec(suite: str) -> images.ImageSpec:
+    return images.ImageSpec(tag=f"kamleak/kamailio-builder:{suite}",
+                            context=images.DOCKER_DIR / "kamailio-builder",
+                            base=f"debian:{suite}-slim", buildargs={"SUITE": suite},
+                            title=f"kamailio builder ({suite})")
+
+
+def runtime_spec(suite: str) -> images.ImageSpec:
+    return images.ImageSpec(tag=f"kamleak/kamailio-runtime:{suite}",
+                            context=images.DOCKER_DIR / "kamailio-runtime",
+                            base=f"debian:{suite}-slim", buildargs={"SUITE": suite},
+                            title=f"kamailio runtime ({suite})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,14 +396,16 @@ def _version_of(text: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _existing(client, tag: str, res: Resolved, modules: list[str]):
+def _existing(client, tag: str, res: Resolved, modules: list[str], suite: str):
     import docker.errors
     try:
         img = client.images.get(tag)
     except docker.errors.ImageNotFound:
         return None
     lab = img.labels or {}
-    if lab.get(LABEL_COMMIT) == res.commit and lab.get(LABEL_MODULES) == ",".join(modules):
+    # Images from before the suite was chosen per commit carry no suite: bookworm.
+    if lab.get(LABEL_COMMIT) == res.commit and lab.get(LABEL_MODULES) == ",".join(modules) \
+            and lab.get(LABEL_SUITE, CI_SUITE) == suite:
         return img
     return None
 
@@ -387,19 +421,20 @@ def build(client, ref: str, *, source: Source | str | None = None,
     mods = [m for m in wanted if m in present]
     tag = image_tag(res, mods)
     title = f"kamailio {res.name}"
-    img = _existing(client, tag, res, mods)
+    suite = src.ci_suite(res.commit)
+    img = _existing(client, tag, res, mods, suite)
     if img is not None:
         lab = img.labels
         return Built(tag, res.commit, lab.get(LABEL_DESCRIBE, res.describe),
                      lab.get(LABEL_VERSION, "?"), tuple(mods), src.location, True)
     with src._lock("build-" + tag.replace("/", "_").replace(":", "_")):
-        img = _existing(client, tag, res, mods)     # a parallel run built it meanwhile
+        img = _existing(client, tag, res, mods, suite)     # a parallel run built it meanwhile
         if img is not None:
             return Built(tag, res.commit, img.labels.get(LABEL_DESCRIBE, res.describe),
                          img.labels.get(LABEL_VERSION, "?"), tuple(mods), src.location, True)
         if missing:
             progress.say(f"[{title}] not in this tree, not built: {', '.join(missing)}")
-        return _build(client, src, res, mods, tag, title)
+        return _build(client, src, res, mods, tag, title, suite)
 
 
 class WorkTree:
@@ -441,6 +476,9 @@ class WorkTree:
             return Resolved("HEAD", self.head, releases[0] if releases else None, describe)
         digest = hashlib.sha256(self._tarball().read_bytes()).hexdigest()[:10]
         return Resolved("working tree", self.head, None, describe + "-dirty", label=f"wt-{digest}")
+
+    def ci_suite(self, commit: str = "") -> str:
+        return ci_suite(self.location, self.head)
 
     def modules_in_tree(self, commit: str = "") -> set[str]:
         return set(os.listdir(os.path.join(self.location, "src", "modules")))
@@ -496,22 +534,25 @@ def build_tree(client, path: str, *, modules: list[str] | None = None) -> tuple[
         wanted = sorted(modules if modules is not None else modules_for())
         mods = [m for m in wanted if m in present]
         tag = image_tag(res, mods)
-        img = _existing(client, tag, res, mods)
+        suite = wt.ci_suite()
+        img = _existing(client, tag, res, mods, suite)
         if img is not None:
             return Built(tag, res.commit, img.labels.get(LABEL_DESCRIBE, res.describe),
                          img.labels.get(LABEL_VERSION, "?"), tuple(mods), wt.location, True), wt
-        return _build(client, wt, res, mods, tag, f"kamailio {res.name}"), wt
+        return _build(client, wt, res, mods, tag, f"kamailio {res.name}", suite), wt
     finally:
         wt.close()
 
 
-def _build(client, src: Source, res: Resolved, mods: list[str], tag: str, title: str) -> Built:
+def _build(client, src: Source, res: Resolved, mods: list[str], tag: str, title: str,
+           suite: str) -> Built:
     import docker.errors
     t_all = time.monotonic()
     progress.say(f"[{title}] building {res.describe} ({res.short}) from {src.location}: "
-                 f"{len(mods)} modules")
-    images.build(client, BUILDER)
-    images.build(client, RUNTIME)
+                 f"{len(mods)} modules on Debian {suite}, as upstream's CI does")
+    builder, runtime = builder_spec(suite), runtime_spec(suite)
+    images.build(client, builder)
+    images.build(client, runtime)
     try:
         client.volumes.get(CCACHE_VOLUME)
     except docker.errors.NotFound:
@@ -524,7 +565,7 @@ def _build(client, src: Source, res: Resolved, mods: list[str], tag: str, title:
         t0 = time.monotonic()
         src.archive(res.commit, tmp / "src.tar")
         container = containers.create(
-            client, BUILDER.tag, role="builder", name_hint=res.name.replace("/", "_"),
+            client, builder.tag, role="builder", name_hint=res.name.replace("/", "_"),
             command=[" ".join(mods)], network_mode="none", nano_cpus=int(BUILD_CPUS * 1e9),
             environment={"JOBS": "2"}, working_dir="/src",
             volumes={CCACHE_VOLUME: {"bind": "/ccache", "mode": "rw"}})
@@ -548,10 +589,11 @@ def _build(client, src: Source, res: Resolved, mods: list[str], tag: str, title:
         t0 = time.monotonic()
         labels = {LABEL_COMMIT: res.commit, LABEL_DESCRIBE: res.describe,
                   LABEL_MODULES: ",".join(mods), LABEL_SOURCE: src.location,
-                  LABEL_VERSION: version or "?", LABEL_REF: res.ref, "org.kamleak.managed": "1",
+                  LABEL_VERSION: version or "?", LABEL_REF: res.ref, LABEL_SUITE: suite,
+                  "org.kamleak.managed": "1",
                   "org.kamleak.role": "kamailio"}
         (tmp / "Dockerfile").write_text(
-            f"FROM {RUNTIME.tag}\nADD tree.tar /\n"
+            f"FROM {runtime.tag}\nADD tree.tar /\n"
             'ENTRYPOINT ["kamailio"]\nCMD ["-DD", "-E", "-f", "/etc/kamailio/kamailio.cfg"]\n')
         (tmp / "src.tar").unlink()
         try:
@@ -561,10 +603,14 @@ def _build(client, src: Source, res: Resolved, mods: list[str], tag: str, title:
                     raise BuildError(f"making the image {tag} failed: {chunk['error'].strip()}")
         except docker.errors.APIError as exc:
             raise BuildError(f"making the image {tag} failed: {_first_line(str(exc))}") from None
-    # The image itself must report what its name says (the runtime libs are right).
-    reported = _run_version(client, tag)
-    if reported != version:
+    # The image itself must report what its name says, and load every module it
+    # built on its runtime's libraries (a tls.so may want another OpenSSL).
+    reported, refused = _probe(client, tag, mods)
+    if reported != version or refused:
         client.images.remove(tag, force=True)
+        if refused:
+            raise BuildError(f"{refused} on Debian {suite}'s runtime ({res.describe})",
+                             "see the build log " + str(logpath))
         raise BuildError(f"the image of {res.describe} reports version {reported}, its build "
                          f"said {version}", "see the build log " + str(logpath))
     progress.say(f"[{title}] image {tag} in {time.monotonic() - t0:.1f} s "
@@ -619,9 +665,33 @@ def _ccache_summary(stats: str) -> str:
     return stats[:120] or "?"
 
 
-def _run_version(client, tag: str) -> str | None:
-    out = client.containers.run(tag, entrypoint=["kamailio"], command=["-v"], network_mode="none",
-                                remove=True, stdout=True, stderr=True,
-                                labels={"org.kamleak.run": "probe"})
-    return _version_of(out.decode("utf-8", "replace"))
+# Kamailio's loader: "could not open module </usr/lib/.../tls.so>: ...: undefined symbol: X".
+_NO_LOAD = re.compile(r"could not open module <([^>]*)>: (.*)$", re.M)
+
+
+def load_refusal(log: str) -> str | None:
+    """`kamailio -c` on a config of loadmodule lines: why a module does not load, or None."""
+    m = _NO_LOAD.search(log)
+    if m:
+        path, why = m.group(1), m.group(2).strip()
+        why = why[len(path) + 2:] if why.startswith(path + ": ") else why
+        return f"{os.path.basename(path)} does not load: {why}"
+    return refusal_line(log)
+
+
+def _probe(client, tag: str, mods: list[str]) -> tuple[str | None, str | None]:
+    """(`kamailio -v`'s version, why a built module does not load or None), in one container.
+
+    `kamailio -c` dlopen()s every module with RTLD_NOW and runs its mod_register,
+    and exits before any mod_init, so the modules load alone, in any order."""
+    cfg = "".join(f'loadmodule "{m}.so"\\n' for m in mods)
+    script = (f"kamailio -v; printf '{cfg}' > /tmp/load.cfg; "
+              "kamailio -c -f /tmp/load.cfg > /tmp/load.log 2>&1; echo \"@@load $?\"; cat /tmp/load.log")
+    out = client.containers.run(tag, entrypoint=["/bin/sh", "-c"], command=[script],
+                                network_mode="none", remove=True, stdout=True, stderr=True,
+                                labels={"org.kamleak.run": "probe"}).decode("utf-8", "replace")
+    head, _, log = out.partition("@@load ")
+    rc, _, log = log.partition("\n")
+    return _version_of(head), None if rc.strip() == "0" else (load_refusal(log) or
+                                                            f"kamailio -c exited {rc.strip()}")
 

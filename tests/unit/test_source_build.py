@@ -231,3 +231,67 @@ def test_gh4140_expectations_from_knowledge(source):
     unknown = knowledge.Provenance.unknown("the image x/y:1")
     assert gh4140.expected(unknown, V("uac_req_send")) == "unknown"
     assert gh4140.expected(unknown, V("none")) == "clean"
+
+
+# -- the base a commit builds on: upstream CI's --------------------------------
+
+def _ci_distribution(repo: str, ref: str) -> str:
+    """The first `distribution:` of the build matrix in REF's own CI workflow."""
+    text = subprocess.run(["git", "-C", repo, "show", f"{ref}:.github/workflows/main.yml"],
+                          capture_output=True, text=True, check=True).stdout
+    return next(ln.split(":", 1)[1].strip() for ln in text.splitlines()
+                if ln.strip().startswith("- distribution:"))
+
+
+def test_each_suite_move_is_the_commit_that_changed_upstreams_ci(source):
+    repo = str(source.mirror)
+    for moved, suite in source_build.CI_MOVES:
+        assert _ci_distribution(repo, moved) == suite
+        assert _ci_distribution(repo, f"{moved}~1") != suite
+        assert source_build.ci_suite(repo, moved) == suite
+        assert source_build.ci_suite(repo, f"{moved}~1") == source_build.CI_SUITE
+
+
+def test_every_tag_and_branch_gets_the_suite_its_own_ci_builds_on(source):
+    """The rule (contains the move) against each ref's own workflow file."""
+    repo = str(source.mirror)
+    refs = subprocess.run(["git", "-C", repo, "for-each-ref", "--format=%(refname:short)",
+                           "refs/tags", "refs/heads"], capture_output=True, text=True).stdout.split()
+    assert {"5.8.5", "6.0.7", "6.1.0", "master", "6.1"} <= set(refs)
+    suites = {ref: source_build.ci_suite(repo, ref) for ref in refs}
+    assert suites == {ref: _ci_distribution(repo, ref) for ref in refs}
+    assert (suites["5.8.5"], suites["6.0.7"], suites["6.1.0"], suites["master"]) == \
+        ("bookworm", "bookworm", "trixie", "trixie")
+    # The tls.so that needs OpenSSL >= 3.2 (84d09d568e) and the t_unref() change after it.
+    for commit in ("84d09d568e", knowledge.FIXES["t_unref_orphans"].commit):
+        assert source.ci_suite(source.resolve(commit).commit) == "trixie"
+
+
+def test_a_history_without_the_move_builds_on_bookworm(tmp_path):
+    g = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(g + ["init", "-q"], check=True)
+    subprocess.run(g + ["commit", "-q", "--allow-empty", "-m", "one"], check=True)
+    assert source_build.ci_suite(tmp_path, "HEAD") == "bookworm"
+
+
+def test_builder_and_runtime_share_the_suite():
+    for suite in ("bookworm", "trixie"):
+        b, r = source_build.builder_spec(suite), source_build.runtime_spec(suite)
+        assert b.base == r.base == f"debian:{suite}-slim"
+        assert b.buildargs == r.buildargs == {"SUITE": suite}
+        assert b.tag.endswith(f":{suite}") and r.tag.endswith(f":{suite}")
+
+
+def test_a_module_that_does_not_load_is_named_with_its_symbol():
+    # Kamailio's loader (core/sr_module.c: "could not open module <%s>: %s", dlerror()).
+    log = (" 0(1) ERROR: <core> [core/sr_module.c:612]: load_module(): could not open module "
+           "</usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so>: /usr/lib/x86_64-linux-gnu/kamailio/"
+           "modules/tls.so: undefined symbol: SSL_get0_group_name\n"
+           " 0(1) CRITICAL: <core> [core/cfg.y:3967]: yyerror_at(): parse error in config file "
+           "/tmp/load.cfg, line 9, column 12-20: failed to load module\n")
+    assert source_build.load_refusal(log) == "tls.so does not load: undefined symbol: SSL_get0_group_name"
+    missing = ("ERROR: <core> [core/sr_module.c:612]: load_module(): could not open module </m/x.so>: "
+               "libfoo.so.1: cannot open shared object file: No such file or directory\n")
+    assert source_build.load_refusal(missing) == ("x.so does not load: libfoo.so.1: cannot open shared "
+                                                  "object file: No such file or directory")
+    assert source_build.load_refusal("config file ok, exiting...\n") is None
