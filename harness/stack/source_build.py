@@ -36,6 +36,7 @@ from kamleak.harness.stack import containers, images
 from kamleak.harness.stack.kamailio.cfg import parse, read_config, tested_defines
 from kamleak.harness.stack.kamailio.config import BODY
 from kamleak.harness.stack.kamailio.server import refusal_line
+from kamleak.harness.stack.kamailio.user_config import HARNESS_DEFINES
 
 DEFAULT_SOURCE = "https://github.com/kamailio/kamailio.git"
 SOURCE_ENV = "KAMLEAK_KAMAILIO_SOURCE"
@@ -327,9 +328,10 @@ def modules_for(config_path: str | None = None) -> list[str]:
     """The harness's config's modules, plus those of the user's config if any."""
     mods = config_modules(BODY.read_text(), str(BODY))
     if config_path:
-        # The user's config runs as it is, with its own #!defines: only the branches
-        # it takes (the stock config's WITH_MYSQL branch would need MySQL's headers).
-        cfg, _ = parse(read_config(config_path), defines={}, path=config_path)
+        # The user's config runs as it is, with its own #!defines and kamleak's
+        # (KAMLEAK: a KEMI example's database branches are #!ifndef KAMLEAK): only the
+        # branches it takes (the stock config's WITH_MYSQL branch would need MySQL's headers).
+        cfg, _ = parse(read_config(config_path), defines=HARNESS_DEFINES, path=config_path)
         mods |= {m for m in cfg.modules if re.fullmatch(r"[\w-]+", m)}
     return sorted(mods)
 
