@@ -16,6 +16,7 @@ import time
 
 _lock = threading.Lock()
 _live = ""          # the live line on the terminal now ("": none), guarded by _lock
+_inner = 0.0        # when a countdown last drew: an enclosing Ticker leaves it the line
 
 
 def interactive() -> bool:
@@ -33,11 +34,16 @@ def say(text: str, who: str = "kamleak") -> None:
         print(f"{who}: {text}", file=sys.stderr, flush=True)
 
 
+def clip(text: str, width: int) -> str:
+    """TEXT in WIDTH characters at most, a cut one ending with "…" so it reads as cut."""
+    return text if len(text) <= width else text[:max(0, width - 1)] + "…"
+
+
 def _draw(text: str) -> None:
     """TEXT as the live line (under _lock), cut to the terminal's width: a wrapped line
     cannot be redrawn in place."""
     global _live
-    _live = text[:shutil.get_terminal_size((100, 24)).columns - 1]
+    _live = clip(text, shutil.get_terminal_size((100, 24)).columns - 1)
     sys.stderr.write(f"\r{_live}\x1b[K")
     sys.stderr.flush()
 
@@ -76,7 +82,8 @@ class Ticker:
         while not self._stop.wait(0.5):
             text = self.text()
             with _lock:
-                _draw(text)
+                if time.monotonic() - _inner > 1.0:     # no countdown inside it is drawing
+                    _draw(text)
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
@@ -87,15 +94,20 @@ class Ticker:
 
 
 def countdown(what: str, deadline: float):
-    """A callback for pollers: `tick(elapsed)` redraws `what elapsed/deadline` on a TTY."""
+    """A callback for pollers: `tick(elapsed)` redraws `what elapsed/deadline, until HH:MM:SS`
+    on a TTY (over the line of a Ticker around it)."""
     if not interactive():
         return None
+    until = time.strftime("%H:%M:%S", time.localtime(time.time() + deadline))
 
     def tick(elapsed: float | None) -> None:
         """`tick(None)` clears the line when the wait is over."""
+        global _inner
         with _lock:
             if elapsed is None:
+                _inner = 0.0
                 _clear()
             else:
-                _draw(f"kamleak: {what} {elapsed:4.1f} / {deadline:.1f} s")
+                _inner = time.monotonic()
+                _draw(f"kamleak: {what} {elapsed:4.1f} / {deadline:.1f} s, until {until}")
     return tick

@@ -48,10 +48,25 @@ def read_all(item) -> list[tuple[Evidence, object]]:
     return out
 
 
-def add_sections(report, item) -> None:
-    for ev, content in read_all(item):
-        if ev.in_report and isinstance(content, str) and content:
-            report.sections.append((f"kamleak: {ev.title}", content))
+def add_sections(report, item, where: str | None, verdict=None) -> None:
+    """A failed test's report: on the terminal its verdict, the call's ladder and where
+    its files are (WHERE: the test's artifact directory); the texts in full (the servers'
+    logs, every SIP message) as `report.kamleak_logs`, which the plugin puts in the JUnit
+    <system-out>: thousands of log lines would bury the verdict on a terminal."""
+    texts = [(ev, c) for ev, c in read_all(item) if ev.in_report and isinstance(c, str) and c]
+    report.kamleak_logs = [(f"kamleak: {ev.title}", c) for ev, c in texts]
+    lines = [f"verdict: {verdict.outcome.upper()}: {verdict.sentence()}"] if verdict else []
+    ladder = next((c for ev, c in texts if ev.filename == "sip-trace.txt"), "")
+    if ladder:
+        lines += ladder.split("\n# messages", 1)[0].rstrip("\n").split("\n")
+    files = sorted(ev.filename for ev, c in read_all(item)
+                   if ev.filename and c not in (None, "", b"") and "/" not in ev.filename)
+    if where:
+        lines += [f"evidence in {where}/:", "  " + "  ".join(files)]
+    elif files:
+        lines.append("evidence not written (no artifact store): " + ", ".join(files))
+    if lines:
+        report.sections.append(("kamleak: verdict, ladder, evidence", "\n".join(lines)))
 
 
 def write_files(store, item) -> str | None:

@@ -155,9 +155,35 @@ def pytest_configure(config):
         # xdist workers start after this and inherit it: one run directory.
         import os
         os.environ["KAMLEAK_RUN_DIR_NAME"] = config.stash[state.STORE].run_dir.name
+    config.pluginmanager.register(JUnitLogs(config), "kamleak-junit-logs")
     # SIGTERM (CI cancelling a job) must clean up like Ctrl-C does.
     if hasattr(signal, "SIGTERM") and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _sigterm)
+
+
+class JUnitLogs:
+    """A failed test's logs in full (`report.kamleak_logs`) in its JUnit <system-out>, where a
+    CI system shows them; the terminal shows only the verdict, the ladder and the paths."""
+
+    def __init__(self, config):
+        self.config = config
+
+    @pytest.hookimpl(trylast=True)      # after junitxml's <failure>: <system-out> comes last
+    def pytest_runtest_logreport(self, report):
+        logs = getattr(report, "kamleak_logs", None)
+        if not logs:
+            return
+        import xml.etree.ElementTree as ET
+
+        # No public API adds to a test case's output: junitxml's own reporter does.
+        from _pytest import junitxml
+        log_xml = self.config.stash.get(junitxml.xml_key, None)
+        if log_xml is None:
+            return
+        out = ET.Element("system-out")
+        out.text = junitxml.bin_xml_escape("\n".join(f"{f' {title} ':-^80}\n{text.rstrip()}"
+                                                     for title, text in logs))
+        log_xml.node_reporter(report).append(out)
 
 
 def _sigterm(signum, frame):
@@ -209,11 +235,12 @@ def pytest_runtest_makereport(item, call):
     config = item.config
     keep = config.getoption("keep_artifacts")
     if report.when in ("setup", "call") and (report.failed or (keep and report.when == "call")):
-        if report.failed:
-            add_sections(report, item)
         where = write_files(config.stash[state.STORE], item)
         if where:
             item.stash[state.ARTIFACTS] = where
+        if report.failed:
+            add_sections(report, item, where, item.stash.get(state.VERDICT, None))
+        elif where:
             report.sections.append(("kamleak: artifacts", where))
     if call.excinfo is not None and isinstance(call.excinfo.value, KamleakError):
         exc = call.excinfo.value

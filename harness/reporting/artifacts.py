@@ -32,6 +32,29 @@ def _safe(name: str) -> str:
     return cleaned[:150]
 
 
+def check_writable(directory: str | os.PathLike | None, option: str) -> None:
+    """Refuse an output directory (OPTION's value) that could not be written, before
+    anything starts rather than after a whole run: try it in the nearest existing
+    directory (access() says yes to root, and the directory may not exist yet)."""
+    import tempfile
+
+    if directory is None:
+        return
+    root = Path(directory)
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        why = f"{probe} is not a directory"
+    else:
+        try:
+            tempfile.TemporaryDirectory(dir=probe, prefix=".kamleak-probe-").cleanup()
+            return
+        except OSError as exc:
+            why = f"cannot write in {probe} ({exc.strerror or exc})"
+    raise UsageError(f"{option} {root}: {why}", "pass a directory you can write to")
+
+
 class ArtifactStore:
     def __init__(self, root: str | os.PathLike, keep_runs: int = 10):
         self.root = Path(root)
@@ -42,22 +65,8 @@ class ArtifactStore:
         self._created = False
 
     def check_writable(self) -> None:
-        """Fail before any test runs if the evidence could not be written: try
-        it in the nearest existing directory (access() says yes to root)."""
-        import tempfile
-
-        probe = self.root
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if not probe.is_dir():
-            why = f"{probe} is not a directory"
-        else:
-            try:
-                tempfile.TemporaryDirectory(dir=probe, prefix=".kamleak-probe-").cleanup()
-                return
-            except OSError as exc:
-                why = f"cannot write in {probe} ({exc.strerror or exc})"
-        raise UsageError(f"--kamleak-artifacts {self.root}: {why}", "pass a directory you can write to")
+        """Fail before any test runs if the evidence could not be written."""
+        check_writable(self.root, "--kamleak-artifacts")
 
     def _ensure(self) -> None:
         if self._created:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 
+from kamleak.harness.progress import clip
+
 
 def _ts(t: float) -> str:
     return datetime.datetime.fromtimestamp(t).strftime("%H:%M:%S.%f")[:-3]
@@ -71,7 +73,7 @@ def ladder(ua_trace, pbx_messages, call_id: str | None = None, events=(), local=
     for t, label in events:
         rows.append((t, "    ", f"  ┄┄ {label}", "", ""))
     rows.sort(key=lambda r: r[0])
-    return [f"{_ts(t)}  {tr} {who:42} {text[:70]}{note}".rstrip() for t, tr, who, text, note in rows]
+    return [f"{_ts(t)}  {tr} {who:42} {clip(text, 70)}{note}".rstrip() for t, tr, who, text, note in rows]
 
 
 def kamailio_lines(log: str, call_id: str, limit: int = 12) -> list[str]:

@@ -18,6 +18,7 @@ from kamleak.harness import progress
 from kamleak.harness.errors import KamleakError, UsageError
 from kamleak.harness.judging.verdict import TransactionVerdict, timers_text
 from kamleak.harness.reporting import summary as summary_cmd
+from kamleak.harness.reporting.artifacts import check_writable
 from kamleak.harness.stack import containers, engine, images, source_build
 from kamleak.harness.stack.runner import Stack
 from kamleak.harness.stack.targets import Target, add_option, add_source_option, parse_targets
@@ -105,9 +106,16 @@ def _save_run(directory: Path, verdict, kam, bench, log_start: int) -> Path:
     plot.render_timeline(verdict.to_json(), directory / "timeline.png")
     pbx_log = bench.pbx.log()[log_start:]
     (directory / "sip-trace.txt").write_text(report.sip_trace([bench.uas[-1].trace], pbx_log))
-    (directory / "kamailio.log").write_text(kam.log())
+    return _save_logs(directory, kam, pbx_log)
+
+
+def _save_logs(directory: Path, kam, pbx_log: str) -> Path:
+    """The logs and the config as run: what is left to read when there is no verdict."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if kam is not None:
+        (directory / "kamailio.log").write_text(kam.log())
+        (directory / "kamailio.cfg").write_text(kam.config.render())
     (directory / "asterisk.log").write_text(pbx_log)
-    (directory / "kamailio.cfg").write_text(kam.config.render())
     return directory
 
 
@@ -149,13 +157,13 @@ def _repro_faithful(args) -> int:
             ("client killed, then wait", f"{t('disconnect')}  RST; {t('ws.dump')} ws.dump: gone"),
             ("Asterisk sends BYE (session timer)", t("BYE")),
             ("Kamailio replies", "; ".join(f"{r.code} {r.reason}" for r in v.replies) or "no reply"),
-            ("Kamailio's log", (fail[0][:130] if fail else "(no failure line)")),
+            ("Kamailio's log", (progress.clip(fail[0], 130) if fail else "(no failure line)")),
         ]
         _rule("report step  |  what Kamailio did")
         for i, (step, did) in enumerate(steps, 1):
             print(f"  {i}. {step:<36} | {did}")
         for ln in fail[1:]:
-            print(f"     {'':<36} | {ln[:130]}")
+            print(f"     {'':<36} | {progress.clip(ln, 130)}")
         print(f"  9. {'tm.list':<36} | {len(v.cells)} BYE cell(s) after {v.watched_for:.1f} s "
               f"(deadline {v.deadline:.1f} s)")
         for c in v.cells:
@@ -174,6 +182,7 @@ def cmd_repro(args) -> int:
     from kamleak.harness.reporting import text as report
 
     gh4140 = registry.scenario("gh4140")
+    check_writable(args.artifacts, "--artifacts")       # now, not after the runs
 
     if getattr(args, "faithful", False):
         return _repro_faithful(args)
@@ -358,8 +367,22 @@ def _add_scenario_arg(p) -> None:
 
 
 # `git bisect run` reads exit codes: 0 good, 1-127 bad except 125 (skip),
-# >= 128 aborts the bisection.  `check` keeps to that contract.
+# >= 128 aborts the bisection.  `check`, `gate` and `repro` keep to that contract.
 EXIT_CLEAN, EXIT_LEAK, EXIT_CANNOT_TEST, EXIT_ABORT = 0, 1, 125, 128
+EXIT_INTERRUPTED, EXIT_INTERNAL = 130, 3
+
+# The one exit-code table of check, gate and repro: each --help prints it.
+EXIT_CODES = f"""exit codes (check, gate, repro):
+  {EXIT_CLEAN:<4} CLEAN (repro: the leak reproduced and the mitigation cleared it)
+  {EXIT_LEAK:<4} LEAK (repro: the leak did not reproduce, or no mitigation cleared it)
+  {EXIT_CANNOT_TEST:<4} cannot test, no verdict: an image missing, Kamailio or Asterisk did not
+       start or refused the config, the call failed (`git bisect run` skips)
+  {EXIT_ABORT:<4} bad input: an option, a path, your config, no Docker engine; one line
+       on stderr names cause and fix (`git bisect run` aborts)
+  {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C, SIGTERM): the containers were removed
+  {EXIT_INTERNAL:<4} internal error, a bug in kamleak (KAMLEAK_DEBUG=1 shows the traceback)
+check --invert swaps 0 and 1."""
+
 
 
 def _cannot_test_errors() -> tuple[type[BaseException], ...]:
@@ -372,8 +395,9 @@ CANNOT_TEST_ERRORS = _cannot_test_errors()
 
 
 def gate_once(target: Target, variant, transport: str = "ws", disconnect: str = "rst",
-              user_config=None, scenario=None):
-    """One gate run: ("leak" | "clean" | "skip", note, verdict or None)."""
+              user_config=None, scenario=None, artifacts: str | None = None):
+    """One gate run: ("leak" | "clean" | "skip", note, verdict or None); ARTIFACTS: a
+    directory for its evidence, written whatever the outcome (the logs alone without a verdict)."""
     from kamleak.harness import registry
     from kamleak.harness.errors import NotApplicable
     from kamleak.harness.reporting.text import run_label
@@ -381,15 +405,23 @@ def gate_once(target: Target, variant, transport: str = "ws", disconnect: str = 
     sc = scenario or registry.scenario(registry.DEFAULT)
     try:
         with Stack(target, log=_say, user_config=user_config) as bench:
+            log_start = len(bench.pbx.log())
             try:
                 verdict = sc.gate(bench, variant, transport=transport, disconnect=disconnect,
                                   target=target.id)
             except NotApplicable as exc:
                 return "skip", f"not applicable: {exc}", None
+            except CANNOT_TEST_ERRORS:
+                if artifacts:
+                    _save_logs(Path(artifacts), (bench.kamailios or [None])[-1],
+                               bench.pbx.log()[log_start:])
+                raise
             verdict.variant = run_label(verdict.variant, user_config)
+            if artifacts:
+                _save_run(Path(artifacts), verdict, bench.kamailios[-1], bench, log_start)
             return verdict.outcome, verdict.sentence(), verdict
     except CANNOT_TEST_ERRORS as exc:
-        return "skip", f"cannot test: {exc.cause}", None
+        return "skip", f"cannot test: {exc.line()}", None
 
 
 def cmd_check(args) -> int:
@@ -411,13 +443,37 @@ def cmd_check(args) -> int:
         return EXIT_CANNOT_TEST
     if target.kind == "binary":
         check_binary(target.ref)
-    outcome, note, _ = gate_once(target, variant, args.transport, args.disconnect, user_config,
-                                 scenario=sc)
+    artifacts = getattr(args, "artifacts", None)
+    check_writable(artifacts, "--artifacts")
+    what = f"{target.id}" + (f", {user_config.path.name}" if user_config else "") + \
+        f", {args.transport.upper()}"
+    t0 = time.monotonic()
+
+    def status() -> str:        # the elapsed time first: a narrow terminal cuts the end
+        return (f"kamleak {args.command}: {time.monotonic() - t0:3.0f} s; waiting for Kamailio, a "
+                f"call, the client gone, the BYE cell's deadline ({what})")
+
+    with progress.Ticker(args.command, status=status):
+        outcome, note, verdict = gate_once(target, variant, args.transport, args.disconnect,
+                                           user_config, scenario=sc, artifacts=artifacts)
     print(f"kamleak {args.command}: {outcome.upper()}: {note}", flush=True)
+    print(f"kamleak {args.command}: {_run_facts(args.transport, verdict, artifacts)}", flush=True)
     codes = {"clean": EXIT_CLEAN, "leak": EXIT_LEAK}
     if args.invert:  # searching for the fix: the old (leaking) side must exit 0
         codes = {"clean": EXIT_LEAK, "leak": EXIT_CLEAN}
     return codes.get(outcome, EXIT_CANNOT_TEST)
+
+
+def _run_facts(transport: str, verdict, artifacts: str | None) -> str:
+    """What a verdict line leaves out: the transport, where the deadline came from,
+    where the evidence is."""
+    deadline = "no verdict, no deadline"
+    if isinstance(verdict, TransactionVerdict):
+        deadline = (f"deadline {verdict.deadline:.1f} s for the {verdict.method} from "
+                    f"{timers_text(verdict.timers, verdict.method)}")
+    kept = (f"evidence in {artifacts}" if artifacts and Path(artifacts).is_dir() else
+            "no evidence: nothing ran" if artifacts else "evidence not kept (--artifacts DIR keeps it)")
+    return f"over {transport.upper()}; {deadline}; {kept}"
 
 
 def _tree_target(args) -> Target | None:
@@ -670,6 +726,14 @@ def _bisect_commits(args, items: list[str]) -> int:
     return 0
 
 
+def _with_exit_codes(p: argparse.ArgumentParser) -> None:
+    """check, gate, repro: EXIT_CODES in their --help, and the codes they exit with."""
+    p.usage_exit = EXIT_ABORT
+    p.epilog = EXIT_CODES
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.set_defaults(usage_exit=EXIT_ABORT, exit_codes=True)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors and their exit code chosen per
     command: `check` (and `bisect`, its driver) exit 128, which aborts
@@ -743,6 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also save each run's evidence (verdict, timeline.png, SIP trace, logs) in DIR")
     _add_verdict_args(r)
     r.set_defaults(func=cmd_repro)
+    _with_exit_codes(r)
     c = sub.add_parser("check", help="one gate run; exit 0 clean, 1 leak, 125 cannot test, "
                                      "128 bad input (for `git bisect run`)", usage_exit=EXIT_ABORT)
     _add_target_args(c, config="optional")
@@ -756,19 +821,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--disconnect", default="rst", choices=DISCONNECT_CHOICES)
     c.add_argument("--invert", action="store_true",
                    help="exit 0 on a leak and 1 when clean: for bisecting the commit that FIXED it")
+    c.add_argument("--artifacts", default=None, metavar="DIR",
+                   help="also save the run's evidence (verdict, timeline.png, SIP trace, logs, "
+                        "the config as run) in DIR, whatever the verdict")
     _add_verdict_args(c)
-    c.set_defaults(func=cmd_check, usage_exit=EXIT_ABORT)
+    c.set_defaults(func=cmd_check)
+    _with_exit_codes(c)
     g = sub.add_parser("gate", help="the issue-4140 gate on your own kamailio.cfg: exit 0 clean, "
-                                    "1 leak, 2 bad input")
+                                    "1 leak, 125 cannot test, 128 bad input")
     _add_target_args(g, config="required")
     g.add_argument("--variant", default="none",
                    help="extra harness defines (default: none; your config decides)")
     g.add_argument("--transport", default="ws", choices=("ws", "wss"))
     g.add_argument("--disconnect", default="rst", choices=DISCONNECT_CHOICES)
     g.add_argument("--invert", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("--artifacts", default=None, metavar="DIR",
+                   help="also save the run's evidence (verdict, timeline.png, SIP trace, logs, "
+                        "the config as run) in DIR, whatever the verdict")
     _add_verdict_args(g)
     g.set_defaults(scenario="gh4140")
     g.set_defaults(func=cmd_check)
+    _with_exit_codes(g)
     b = sub.add_parser("bisect", help="find the first build in an ordered list where the verdict flips",
                        usage_exit=EXIT_ABORT)
     b.add_argument("builds", nargs="*",
@@ -829,18 +902,20 @@ def main(argv=None) -> int:
         if os.environ.get("KAMLEAK_DEBUG"):
             raise
         _say(exc.line())
+        if getattr(args, "exit_codes", None) and isinstance(exc, CANNOT_TEST_ERRORS):
+            return EXIT_CANNOT_TEST                 # check, gate, repro: EXIT_CODES
         return getattr(args, "usage_exit", None) or exc.exit_code
     except KeyboardInterrupt:
         containers.remove_all_live()
         _say("interrupted; our containers were removed")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:
         if os.environ.get("KAMLEAK_DEBUG"):
             raise
         containers.remove_all_live()
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         _say(f"internal error: {type(exc).__name__}: {first} (KAMLEAK_DEBUG=1 shows the traceback)")
-        return 3
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -57,6 +57,18 @@ def test_gate_fails_on_a_leaking_kamailio_and_names_the_cell(tmp_path):
                  "rpc/tm.list-at-verdict.json"):
         assert call_id in (test_dir / name).read_text(), f"{name} names the leaked call"
     assert (test_dir / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The terminal shows the verdict, the ladder and where the files are; the servers'
+    # logs in full go to the JUnit <system-out> (and the files above), not thousands of lines.
+    assert "kamleak: verdict, ladder, evidence" in out and "# ladder (UA = " in out, out[-3000:]
+    assert f"evidence in {test_dir}/:" in out and "kamailio.cfg  kamailio.log  sip-trace.txt" in out, out[-3000:]
+    assert "kamleak: kamailio log" not in out and "kamleak: asterisk log" not in out
+    assert "# messages" not in out and len(out.splitlines()) < 150, len(out.splitlines())
+    system_out = junit.find(".//testcase/system-out").text or ""
+    for title in ("kamleak: kamailio log", "kamleak: asterisk log", "kamleak: SIP trace",
+                  "kamleak: kamleak verdict"):
+        assert title in system_out, title
+    assert call_id in system_out.split("kamleak: asterisk log", 1)[1]
     pcap = test_dir / "capture.pcap"
     if pcap.exists():  # tcpdump/tshark on the host (make setup installs tcpdump)
         assert pcap.read_bytes()[:4] in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x0a\x0d\x0d\x0a")

@@ -176,9 +176,11 @@ def test_check_and_bisect_usage_errors_abort_git_bisect_run(command, args, messa
 
 @pytest.mark.parametrize("args, line, code", [
     (["gate", "--frobnicate"], "kamleak gate: unrecognized arguments: --frobnicate; "
-                               "see `kamleak gate --help`", 2),
+                               "see `kamleak gate --help`", 128),
     (["gate", "--kamailio-version", "6.0.1"], "kamleak: gate needs your config; pass "
-                                              "--kamailio-config KAMAILIO_CFG", 2),
+                                              "--kamailio-config KAMAILIO_CFG", 128),
+    (["repro", "--transport", "udp"], "kamleak repro: argument --transport: invalid choice: 'udp' "
+                                      "(choose from 'ws', 'wss'); see `kamleak repro --help`", 128),
     (["check", "--kamailio-version", "6.0.1", "--image", "x"],
      "kamleak: give one of --kamailio-version, --kamailio-ref, --kamailio-image, --kamailio-bin; "
      "pick the Kamailio to run", 128),
@@ -189,3 +191,25 @@ def test_check_and_bisect_usage_errors_abort_git_bisect_run(command, args, messa
 def test_other_usage_errors_in_one_line(args, line, code):
     proc = kamleak_cli(*args)
     assert proc.returncode == code and proc.stderr.strip().splitlines() == [line], proc.stderr
+
+
+@pytest.mark.parametrize("command", ["gate", "repro"])
+def test_a_missing_image_cannot_be_tested_and_says_docker_pull(command, docker_client, kamleak_images):
+    """Exit 125 (cannot test: `git bisect run` skips) with the hint the docs promise."""
+    image = "kamleak/no-such-image:1.0"
+    args = ["--kamailio-config", "tests/configs/user/deployment.cfg"] if command == "gate" else []
+    popen = subprocess.Popen([sys.executable, "-m", "kamleak.harness.tools.cli", command,
+                              "--kamailio-image", image, *args], cwd=ROOT, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = popen.communicate(timeout=300)
+    proc = subprocess.CompletedProcess(popen.args, popen.returncode, out, err)
+    assert proc.returncode == 125, proc.stdout + proc.stderr
+    assert containers.started_by(docker_client, popen.pid) == [], "its Asterisk was left behind"
+    said = proc.stdout if command == "gate" else proc.stderr
+    assert f"image {image} not found on this Docker engine; pull or build it first " \
+           f"(`docker pull {image}`)" in said, said
+    if command == "repro":
+        assert proc.stderr.strip().splitlines()[-1].startswith("kamleak: image "), proc.stderr
+    else:
+        assert proc.stdout.strip().splitlines()[-1] == "kamleak gate: over WS; no verdict, no deadline; " \
+                                                       "evidence not kept (--artifacts DIR keeps it)"

@@ -679,6 +679,10 @@ def tested_defines(text: str) -> set[str]:
     return found
 
 
+# Over this a config is likely the wrong file (a log, a dump): said before the slow parse.
+SANE_CONFIG_BYTES = 10 * 2**20
+
+
 def read_config(path: str) -> str:
     """The text of the config at PATH, as `lint` and `gate` both read it.
 
@@ -695,6 +699,10 @@ def read_config(path: str) -> str:
     if b"\0" in data[:65536]:
         raise UsageError(f"{path} is not a Kamailio config (a binary file: it contains NUL bytes)",
                          "pass the path of your kamailio.cfg") from None
+    if len(data) > SANE_CONFIG_BYTES:
+        from kamleak.harness import progress
+        progress.say(f"{path} is {len(data) / 2**20:.0f} MB, where a Kamailio config is rarely over "
+                     "1 MB: reading it takes a while; is it the file you meant?")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 from kamleak.harness.errors import NotApplicable, ScenarioError, UsageError
+from kamleak.harness.reporting.artifacts import check_writable
 from kamleak.harness.sip.peer import UdpPeer
+from kamleak.harness.tools.soak.plan import check_plan
 from kamleak.harness.tools.soak.run import run_soak
 
 NAME = "soak"
@@ -48,6 +50,8 @@ def run(args) -> int:
 
     story = registry.scenario("gh4140")
 
+    check_plan(args.calls, args.mix, args.concurrency, args.rate)
+    check_writable(args.out, "--out")
     target = one_target(args)
     variant = story.parse_variant(args.variant or story.DEFAULT_VARIANT)
     if target.kind in ("version", "source"):

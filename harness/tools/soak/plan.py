@@ -10,6 +10,18 @@ from kamleak.harness.errors import UsageError
 KINDS = ("client_bye", "peer_bye", "4140")
 
 
+def check_plan(calls: int, mix: float, concurrency: int = 1, rate: float = 0.0) -> None:
+    """The soak's numbers, refused before anything starts (not after Kamailio is up)."""
+    if calls < 1:
+        raise UsageError(f"--calls {calls}: nothing to do", "give 1 or more")
+    if not 0.0 <= mix <= 1.0:
+        raise UsageError(f"--mix {mix:g} is not a fraction", "give a value from 0 to 1, e.g. 0.001")
+    if concurrency < 1:
+        raise UsageError(f"--concurrency {concurrency}: no call could run", "give 1 or more")
+    if not rate >= 0:
+        raise UsageError(f"--rate {rate:g} is no rate", "give calls per second, 0 for no limit")
+
+
 def plan_kinds(calls: int, mix: float, seed: int | None = None,
                peer_bye_share: float = 0.5) -> list[str]:
     """Kinds of CALLS calls: exactly floor(calls*mix) "4140" calls, spread evenly.
@@ -18,8 +30,7 @@ def plan_kinds(calls: int, mix: float, seed: int | None = None,
     diffusion, so 0.001 is 1 in 1000 and 300 x 0.01 is 3); the healthy ones
     are split between client and peer hangups by SEED.
     """
-    if not 0.0 <= mix <= 1.0:
-        raise UsageError(f"--mix {mix} is not a fraction", "give a value from 0 to 1, e.g. 0.001")
+    check_plan(max(calls, 1), mix)
     rng = random.Random(seed)
     kinds = []
     for i in range(calls):

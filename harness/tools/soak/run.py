@@ -18,7 +18,7 @@ from kamleak.harness.probes.rpc import TmCell
 from kamleak.harness.probes.sampler import Sampler
 from kamleak.harness.sip.peer import UdpPeer
 from kamleak.harness.tools.soak.driver import _Call, _Driver
-from kamleak.harness.tools.soak.plan import dead_path_reply, plan_kinds
+from kamleak.harness.tools.soak.plan import check_plan, dead_path_reply, plan_kinds
 from kamleak.harness.tools.soak.plot import render_plot
 from kamleak.harness.tools.soak.stats import ols, rises
 from kamleak.harness.wait import WaitTimeout, poll
@@ -291,8 +291,7 @@ def run_soak(kamailio, peer_or_pbx, *, calls: int, concurrency: int, rate: float
              variant: str = "", sample_interval: float = 0.5, warmup: bool = True,
              on_checkpoint: Callable[[dict], None] | None = None) -> SoakResult:
     """Drive CALLS calls through KAMAILIO to PEER_OR_PBX and measure what stays behind."""
-    if calls < 1:
-        raise UsageError(f"--calls {calls}: nothing to do", "give 1 or more")
+    check_plan(calls, mix, concurrency, rate)
     if transport not in ("ws", "wss"):
         raise UsageError(f"unknown transport '{transport}'", "use ws or wss")
     from kamleak.harness.judging import oracle
