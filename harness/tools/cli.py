@@ -417,8 +417,11 @@ def gate_once(target: Target, variant, transport: str = "ws", disconnect: str = 
                                bench.pbx.log()[log_start:])
                 raise
             verdict.variant = run_label(verdict.variant, user_config)
-            if artifacts:
+            if artifacts and bench.uas:
                 _save_run(Path(artifacts), verdict, bench.kamailios[-1], bench, log_start)
+            elif artifacts:         # a story without a WebSocket UA (check --scenario pr3403)
+                _save_logs(Path(artifacts), bench.kamailios[-1], bench.pbx.log()[log_start:])
+                (Path(artifacts) / "verdict.json").write_text(verdict.dumps())
             return verdict.outcome, verdict.sentence(), verdict
     except CANNOT_TEST_ERRORS as exc:
         return "skip", f"cannot test: {exc.line()}", None
@@ -465,15 +468,16 @@ def cmd_check(args) -> int:
 
 
 def _run_facts(transport: str, verdict, artifacts: str | None) -> str:
-    """What a verdict line leaves out: the transport, where the deadline came from,
-    where the evidence is."""
-    deadline = "no verdict, no deadline"
+    """What a verdict line leaves out: the transport (the story's own, e.g. pr3403's UDP),
+    where the deadline came from, where the evidence is."""
+    transport = getattr(verdict, "transport", None) or transport
+    deadline = "no verdict, no deadline; " if verdict is None else ""
     if isinstance(verdict, TransactionVerdict):
         deadline = (f"deadline {verdict.deadline:.1f} s for the {verdict.method} from "
-                    f"{timers_text(verdict.timers, verdict.method)}")
+                    f"{timers_text(verdict.timers, verdict.method)}; ")
     kept = (f"evidence in {artifacts}" if artifacts and Path(artifacts).is_dir() else
             "no evidence: nothing ran" if artifacts else "evidence not kept (--artifacts DIR keeps it)")
-    return f"over {transport.upper()}; {deadline}; {kept}"
+    return f"over {transport.upper()}; {deadline}{kept}"
 
 
 def _tree_target(args) -> Target | None:
