@@ -35,10 +35,13 @@ original file(s):
   it cannot know and points to `kamleak check`).  Every such finding names the
   build and how it was answered.
 
-Levels: "leak" (measured pattern, exit 1), "warning" (same mechanism, not
-measured: stateless `sl_send_reply()` or no reply on the failure path; or a
-leak the config as written cannot load to show), "error" (the function or
-parameter does not exist in the given build), "info".
+Every finding has a stable rule code (harness/tools/lint_rules.py, docs/lint.md):
+one short line per finding, `kamleak lint --explain CODE` for the mechanism,
+the upstream commits and the fix, said once.  Levels: "leak" (measured
+pattern), "error" (Kamailio refuses the config on the given build),
+"warning" (same mechanism, not measured, or what lint cannot read), "info"
+(a note; does not fail the run).  Exit codes as ruff's: 0 nothing but notes,
+1 findings, 2 bad input.
 
 What the parser understands: `#`, `//` and nested `/* */` comments (but not
 inside strings, and `#!`/`!!` lines are directives); strings in double quotes
@@ -57,8 +60,8 @@ or without `#!`) followed when the file exists, relative to the including file; 
 routes run inside `t_relay()`), and `event_route[dialog:end]` when dialogs are
 tracked (it runs while the BYE is handled).
 
-Limits (heuristics): KEMI configs (Lua, Python, JS... via `cfgengine`) are out
-of scope and reported as such; `route($var(x))` and other dynamic route names
+Limits (heuristics): KEMI configs (Lua, Python, JS... via `cfgengine`): lint
+reads native routing only, says so (KL001) and points to `kamleak gate`; `route($var(x))` and other dynamic route names
 are not resolved (then triggers outside the static reach are warnings);
 reachability ignores conditions (a trigger anywhere on a reachable route
 counts, for any method); `$var(r) = t_relay(); if ($var(r) < 0) ...` is not
@@ -72,16 +75,17 @@ from the config.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
 from dataclasses import dataclass
 
 from kamleak.harness import knowledge
+from kamleak.harness.stack.kamailio import cfg as _cfg
 from kamleak.harness.stack.kamailio.cfg import (
     Call,
     Config,
-    Finding,
     Route,
     Src,
     Stmt,
@@ -92,10 +96,35 @@ from kamleak.harness.stack.kamailio.cfg import (
     preprocess,
     read_config,
 )
+from kamleak.harness.tools import lint_rules
+from kamleak.harness.tools.lint_rules import RULES
 
-__all__ = ["Finding", "lint", "lint_file", "main", "parse_version", "add_arguments", "run"]
+__all__ = ["Finding", "lint", "lint_file", "main", "parse_version", "add_arguments", "run",
+           "RULES"]
 
 LEVELS = ("leak", "error", "warning", "info")
+USAGE_EXIT = 2
+# The levels that fail a run (exit 1); "info" notes do not.
+FAILING = ("leak", "error", "warning")
+
+
+@dataclass(frozen=True)
+class Finding(_cfg.Finding):
+    """A lint finding: `code` is its rule's (KL4140...), `message` one short
+    line, `advice` the few short notes about this finding (its trigger, what
+    the build has); `col` is 1-based in `line`, found from `anchor`."""
+
+    col: int = 1
+    anchor: str = ""
+
+    @property
+    def rule(self) -> lint_rules.Rule:
+        return RULES[self.code]
+
+    def format(self, default_path: str) -> str:
+        head = f"{self.path or default_path}:{self.line}:{self.col}: {self.code} {self.message}"
+        return "\n".join([head] + [f"    {a}" for a in self.advice])
+
 
 # ---------------------------------------------------------------------------
 # Which build the advice is about (kamleak.harness.knowledge answers what it contains)
@@ -107,7 +136,7 @@ class Build:
 
     `prov` is a knowledge.Provenance (kind "release": an upstream release
     number answered from the recorded first tags, no source repository at
-    hand); `how` says in words how the answers are found."""
+    hand); `how` says in words how the answers are found (said once a run)."""
 
     label: str
     how: str
@@ -120,8 +149,17 @@ class Build:
     def has(self, key: str):
         return knowledge.has(key, self.prov)
 
-    def note(self) -> str:
-        return f"about {self.label}: {self.how}; {knowledge.BACKPORTS_NOTE}"
+    def answer(self, key: str) -> str:
+        """Whether it has FIXES[KEY], in a few words with how that is known."""
+        fix, ans, prov = knowledge.FIXES[key], self.has(key), self.prov
+        verb = {True: "has", False: "lacks", None: "may lack"}[ans.value]
+        how = {"debian": "observed by kamleak", "release": "recorded tags",
+               "upstream": f"git, at {(prov.commit or '')[:10]}"}.get(prov.kind, "")
+        if ans.value is None:
+            how = "cannot tell: run `kamleak check`"
+        tags = ", ".join(fix.first_tags()) or "no release, master only"
+        commits = "/".join([fix.commit, *(c for c, _ in fix.backports)])
+        return f"{prov.label} {verb} {commits} (upstream: {tags}; {how})"
 
     @classmethod
     def of(cls, build) -> Build:
@@ -136,10 +174,10 @@ class Build:
 
 def _how(prov) -> str:
     if prov.kind == "upstream":
-        return f"answered from git (ancestry of {prov.commit[:10]} in {prov.repo})"
+        return f"answered from git (ancestry of {prov.commit[:10]})"
     if prov.kind == "debian":
-        return "answered from what kamleak observed on that build (harness/knowledge.py)"
-    return f"its source is unknown, so kamleak cannot tell what it contains: {knowledge.UNKNOWN_HINT}"
+        return "observed by kamleak on that build"
+    return "unknown contents: run `kamleak check` on it"
 
 
 def resolve_build(*, version: str | None = None, ref: str | None = None, image: str | None = None,
@@ -163,14 +201,13 @@ def resolve_build(*, version: str | None = None, ref: str | None = None, image: 
         v = version.strip()
         prov = knowledge.provenance(v)
         if prov.kind == "debian":
-            return Build(prov.label + " (kamleak's kamleak/kamailio-debian image)", _how(prov), prov)
+            return Build(prov.label + " (kamleak/kamailio-debian image)", _how(prov), prov)
     loc = source or os.environ.get(source_build.SOURCE_ENV)
     if loc is None:
         cached = source_build.cache_dir() / "sources" / \
             f"{source_build._key(source_build.DEFAULT_SOURCE)}.git"
         loc = source_build.DEFAULT_SOURCE if (cached / "HEAD").exists() or ref else None
-    why = ("no source repository given (--kamailio-source PATH|URL or "
-           f"${source_build.SOURCE_ENV})")
+    why = "no --kamailio-source"
     if loc is not None:
         try:
             src = source_build.Source(loc)
@@ -181,9 +218,9 @@ def resolve_build(*, version: str | None = None, ref: str | None = None, image: 
         except KamleakError as exc:
             if ref is not None:
                 raise
-            why = f"the source repository is not usable ({exc.line()})"
+            why = f"source repository not usable: {exc.line()}"
     return Build(f"upstream Kamailio {v}",
-                 f"{why}: answered from the first upstream tags kamleak records, not from git",
+                 f"answered from recorded first tags, not from git ({why})",
                  knowledge.Provenance.release(v))
 
 
@@ -206,6 +243,8 @@ _ROUTE_CALLS = {"route": 0, "route_if_exists": 0, "async_route": 0, "async_ms_ro
                 "async_task_route": 0, "async_task_group_route": 0, "async_task_data": 0}
 # Reply functions a build may lack (kamleak.harness.knowledge keys) -> their module.
 _NEEDS_FIX = knowledge.ERROR_REPLY_FUNCTIONS
+# A trigger's note fits a 120-column line after its 4-column indent.
+_NOTE_WIDTH = 114
 
 
 @dataclass
@@ -215,9 +254,13 @@ class Trigger:
     via: str           # how it is reached, e.g. "request_route -> route[WITHINDLG]"
     note: str = ""     # supporting lines, in words
 
-    def cite(self) -> str:
-        note = f" ({self.note})" if self.note else ""
-        return f"{self.what} at {self.src.cite()}{note}, reached {self.via}"
+    def notes(self) -> list[str]:
+        """The trigger in a note or two of a finding, each under 120 characters."""
+        head = f"trigger: {self.what} at {self.src.cite()}, via "
+        hops = self.via.split(" -> ")
+        via = self.via if len(head) + len(self.via) <= _NOTE_WIDTH or len(hops) < 3 else \
+            " -> ".join([hops[0], "...", hops[-1]])
+        return [head + via] + ([f"  {self.note}"] if self.note else [])
 
 
 @dataclass
@@ -229,10 +272,12 @@ class RelaySite:
     reply_name: str = ""
     reply_route: str = ""    # set when the reply is in a route called from the failure branch
 
-    def reply_cite(self) -> str:
-        if not self.reply_route:
-            return f"{self.reply_name}()"
-        return f"{self.reply_name}() ({self.reply_src.cite()}, in {self.reply_route})"
+    def notes(self) -> list[str]:
+        """Where the relay is (and the reply, when in a called route)."""
+        out = f"{self.relay.name}() at {self.relay.src.cite()} in {self.route.label}"
+        if self.reply_route:
+            out += f"; {self.reply_name}() in {self.reply_route}"
+        return [out]
 
 
 class _Analysis:
@@ -242,8 +287,12 @@ class _Analysis:
         self.findings: list[Finding] = []
         self.dynamic_route_calls: list[Src] = []
 
-    def add(self, src: Src, level: str, code: str, message: str, advice=()) -> None:
-        self.findings.append(Finding(src.line, level, code, message, tuple(advice), src.file))
+    def add(self, src: Src, code: str, message: str, notes=(), *, level: str | None = None,
+            anchor: str = "") -> None:
+        """A finding of rule CODE at SRC (its usual level unless LEVEL), its
+        column where ANCHOR first appears on the line."""
+        self.findings.append(Finding(src.line, level or RULES[code].level, code, message,
+                                     tuple(notes), src.file, anchor=anchor))
 
     # -- reachability ------------------------------------------------------
 
@@ -345,12 +394,10 @@ class _Analysis:
             for call in route.calls():
                 if call.name == "uac_req_send":
                     if "uac" in loaded:
-                        out.append(Trigger("uac_req_send()", call.src, via,
-                                           f"uac.so loaded at {loaded['uac'].cite()}"))
+                        out.append(Trigger("uac_req_send()", call.src, via))
                     else:
-                        self.add(call.src, "error", "missing-module",
-                                 "uac_req_send() without loadmodule \"uac.so\": Kamailio refuses "
-                                 "the config")
+                        self.add(call.src, "KL103", 'uac_req_send() without loadmodule "uac.so"',
+                                 ["Kamailio refuses the config"], anchor=call.name)
                 elif call.name == "t_uac_send":
                     out.append(Trigger("t_uac_send()", call.src, via))
         return out
@@ -386,38 +433,28 @@ class _Analysis:
 
     def version_checks(self) -> tuple[bool, Src | None]:
         """Errors for functions/params the build lacks; (delayed_reply off?, its line)."""
-        from kamleak.harness.knowledge import FIXES
         b = self.build
         for route in self.cfg.routes.values():
             for call in route.calls():
                 if call.name not in _NEEDS_FIX or b is None:
                     continue
-                fix, ans = FIXES[call.name], self.has(call.name)
+                ans = self.has(call.name)
                 if ans.value is False:
-                    self.add(call.src, "error", "unknown-function",
-                             f"{call.name}() ({_NEEDS_FIX[call.name]} module) is not in {b.label}: "
-                             f"it refuses this config ({fix.describe()}; {ans.why})",
-                             [_advice_restructure().replace("or, on this build, ", "instead "),
-                              _advice_upgrade("send_reply_error"), b.note()])
+                    self.add(call.src, "KL101", f"{call.name}() does not exist in this build",
+                             [b.answer(call.name)], anchor=call.name)
                 elif ans.value is None:
-                    self.add(call.src, "info", "unknown-build",
-                             f"{call.name}() needs {fix.describe()}: {ans.why}", [b.note()])
+                    self.add(call.src, "KL104", f"{call.name}() may not exist in this build",
+                             [b.answer(call.name)], anchor=call.name)
         dr = self.cfg.modparam("tm", "delayed_reply")
         if dr is None:
             return False, None
         value, src = dr
         if b is not None:
             ans = self.has("delayed_reply")
-            if ans.value is False:
-                self.add(src, "error", "unknown-param",
-                         f'modparam("tm", "delayed_reply") is not in {b.label}: it refuses to start '
-                         f"with it ({FIXES['delayed_reply'].describe()}; {ans.why})",
-                         ["remove it; " + (_advice_6_0() if self.has("send_reply_error").value
-                                           else _advice_upgrade("send_reply_error")), b.note()])
-            elif ans.value is None:
-                self.add(src, "info", "unknown-build",
-                         f'modparam("tm", "delayed_reply") needs {FIXES["delayed_reply"].describe()}: '
-                         f"{ans.why}", [b.note()])
+            if ans.value is not True:
+                code, verb = ("KL102", "does not") if ans.value is False else ("KL104", "may not")
+                self.add(src, code, f"tm's delayed_reply parameter {verb} exist in this build",
+                         [b.answer("delayed_reply")], anchor="delayed_reply")
         return _int_value(value) == 0, src
 
 
@@ -451,54 +488,6 @@ def _int_value(toks: list[Tok]) -> int | None:
         return None
 
 
-def _fixes(*keys: str) -> str:
-    from kamleak.harness.knowledge import FIXES
-    return "; ".join(FIXES[k].describe() for k in keys)
-
-
-def _advice_upgrade(key: str) -> str:
-    return f"or run a build that has {_fixes(key)}"
-
-
-def _advice_6_0() -> str:
-    return ("replace sl_reply_error() by send_reply_error() (sl) or t_reply_error() (tm): both "
-            "reply through the transaction, which tm then releases (" +
-            _fixes("send_reply_error", "t_reply_error") + ")")
-
-
-def _advice_restructure() -> str:
-    return ('or, on this build, reply through the transaction: send_reply("500", "Server Error") '
-            '(sl: stateful when a transaction exists) or t_reply("500", "Server Error"); the '
-            "specific error code is lost; not measured by kamleak: verify with `kamleak check`")
-
-
-def _advice_6_1() -> str:
-    return ('modparam("tm", "delayed_reply", 0) also avoids it (tm replies and kills the '
-            "transaction at once; with sl_reply_error() still there, two final replies go out; "
-            + _fixes("delayed_reply") + ")")
-
-
-def _leak_advice(a: _Analysis) -> list[str]:
-    """What to do about the 4140 pattern, from what the build has (knowledge)."""
-    b = a.build
-    if b is None:
-        return [_advice_6_0(), "where the build has it: " + _advice_6_1(),
-                "on builds without them: " + _advice_restructure().replace("or, on this build, ", ""),
-                "name the build (--kamailio-version/--kamailio-ref/--kamailio-image) for advice "
-                "about it; " + __import__("kamleak.harness.knowledge", fromlist=["x"]).BACKPORTS_NOTE]
-    sre = a.has("send_reply_error").value
-    out = []
-    if sre is False and a.has("t_reply_error").value is False:
-        out += [_advice_restructure(), _advice_upgrade("send_reply_error")]
-    else:
-        out.append(_advice_6_0() + ("" if sre else f" - whether {b.label} has them is not known"))
-    dr = a.has("delayed_reply").value
-    if dr is not False:
-        out.append(("" if dr else f"if {b.label} has it: ") + _advice_6_1())
-    out.append(b.note())
-    return out
-
-
 # ---------------------------------------------------------------------------
 # Entry points
 
@@ -522,25 +511,60 @@ def lint(text: str, *, defines: set[str] | frozenset[str] = frozenset(),
     pre = preprocess(text, defines=defs, path=path)
     cfg = parse_lines(pre.lines)
     a = _Analysis(cfg, b)
-    a.findings.extend(pre.notes)
+    a.findings.extend(_from_note(n) for n in pre.notes)
     _analyze(a)
     order = {lvl: k for k, lvl in enumerate(LEVELS)}
-    return sorted(a.findings, key=lambda f: (f.path or "", f.line, order.get(f.level, 9), f.code))
+    found = sorted(a.findings, key=lambda f: (f.path or "", f.line, order.get(f.level, 9), f.code))
+    return _with_columns(found, text)
+
+
+# The preprocessor's notes (harness/stack/kamailio/cfg.py) under lint's rules.
+_NOTE_RULES = {"include": "KL003", "preprocessor": "KL004", "syntax": "KL005"}
+
+
+def _from_note(note: _cfg.Finding) -> Finding:
+    message = note.message.replace(" relative to the config: its content is not analyzed",
+                                   ": not read")
+    # A long include path: its file name tells which one (the line shows the rest).
+    message = re.sub(r'"(/?[^"]*/)([^"/]+)"', lambda m: m[0] if len(m[0]) < 40 else f'".../{m[2]}"',
+                     message)
+    anchor = next((w for w in ("include_file", "import_file", "#!") if w in message), "")
+    return Finding(note.line, note.level, _NOTE_RULES.get(note.code, "KL004"), message,
+                   note.advice, note.path, anchor=anchor)
+
+
+def _with_columns(found: list[Finding], text: str) -> list[Finding]:
+    """Each finding's 1-based column: where its anchor is on the line, else the
+    line's first non-blank character."""
+    files: dict[str | None, list[str]] = {None: text.split("\n")}
+    out = []
+    for f in found:
+        if f.path not in files:
+            try:
+                files[f.path] = read_config(f.path).split("\n")
+            except Exception:   # noqa: BLE001 - a column is a nicety, never a failure
+                files[f.path] = []
+        lines = files[f.path]
+        line = lines[f.line - 1] if 0 < f.line <= len(lines) else ""
+        k = line.find(f.anchor) if f.anchor else -1
+        if k < 0:
+            k = len(line) - len(line.lstrip())
+        out.append(dataclasses.replace(f, col=k + 1))
+    return out
 
 
 def _analyze(a: _Analysis) -> None:
     cfg = a.cfg
     if cfg.cfgengine and cfg.cfgengine[0].lower() not in ("native", "kamailio", "default"):
-        a.add(cfg.cfgengine[1], "warning", "kemi",
-              f'cfgengine "{cfg.cfgengine[0]}": the routing logic is a KEMI script, out of scope '
-              "for kamleak lint (only the native config is analyzed)")
+        a.add(cfg.cfgengine[1], "KL001",
+              f'cfgengine "{cfg.cfgengine[0]}": lint reads native routing only; run kamleak gate',
+              anchor="cfgengine")
         a.version_checks()
         return
     delayed_off, delayed_src = a.version_checks()
     _local_request_drop(a)
     if ("request", "") not in cfg.routes:
-        a.findings.append(Finding(1, "warning", "no-request-route",
-                                  "no request_route found: nothing to analyze"))
+        a.add(Src(None, 1), "KL002", "no request_route: nothing to check")
         return
     reachable = a.reach([("request", "")])
     triggers = a.triggers(reachable)
@@ -557,25 +581,23 @@ def _analyze(a: _Analysis) -> None:
     if "pua_dialoginfo" in cfg.modules:
         pd = cfg.modules["pua_dialoginfo"]
         if "dialog" not in cfg.modules:
-            a.add(pd, "warning", "pua_dialoginfo",
-                  'pua_dialoginfo is loaded without dialog.so: it needs the dialog module')
+            a.add(pd, "KL103", 'pua_dialoginfo.so without loadmodule "dialog.so"',
+                  level="warning", anchor="pua_dialoginfo")
         elif not tracking:
-            a.add(pd, "info", "pua_dialoginfo",
-                  "pua_dialoginfo is loaded but no dialog is tracked on a route reachable from "
-                  "request_route (no dlg_manage(), no setflag() of dialog's dlg_flag): it "
-                  "publishes nothing, so it is not counted as a 4140 trigger")
+            a.add(pd, "KL4146", "pua_dialoginfo.so: no dialog is tracked, so not a trigger",
+                  ["no dlg_manage() nor setflag() of dialog's dlg_flag on a route "
+                   "request_route reaches"], anchor="pua_dialoginfo")
         else:
             spf = cfg.modparam("pua_dialoginfo", "send_publish_flag")
             spf_val = _int_value(spf[0]) if spf else None
             flag_src = a.flag_set(reachable, spf_val) if spf_val not in (None, -1) else None
             if spf_val not in (None, -1) and flag_src is None:
-                a.add(spf[1], "info", "pua_dialoginfo",
-                      f"pua_dialoginfo publishes only dialogs flagged {spf_val} (send_publish_flag) "
-                      "and no reachable setflag() sets it: not counted as a 4140 trigger")
+                a.add(spf[1], "KL4146",
+                      f"pua_dialoginfo's send_publish_flag {spf_val} is never set: not a trigger",
+                      [f"no reachable setflag({spf_val})"], anchor="send_publish_flag")
             else:
                 src, name, via = tracking[0]
-                note = (f"with dialog.so it PUBLISHes every state change of a tracked dialog, the "
-                        f"BYE's \"terminated\" included; dialogs tracked by {name} at {src.cite()}")
+                note = f"it publishes each state of dialogs tracked by {name} at {src.cite()}"
                 if flag_src:
                     note += f", send_publish_flag set at {flag_src.cite()}"
                 triggers.append(Trigger("pua_dialoginfo.so", pd, via, note))
@@ -585,24 +607,23 @@ def _analyze(a: _Analysis) -> None:
         if key in reachable:
             continue
         for call in route.calls():
-            if call.name in ("uac_req_send", "t_uac_send"):
-                why = ("runs while a reply or timeout is handled, not the request"
-                       if route.kind in ("failure", "onreply") else
-                       "is not reached from request_route")
-                level = "info"
-                if a.dynamic_route_calls and route.kind == "route":
-                    why = ("is not reached statically from request_route, but the config calls "
-                           f"routes by a dynamic name ({a.dynamic_route_calls[0].cite()})")
-                    level = "warning"
-                a.add(call.src, level, "4140-trigger-unreached",
-                      f"{call.name}() in {route.label} {why}: not counted as a 4140 trigger")
+            if call.name not in ("uac_req_send", "t_uac_send"):
+                continue
+            what, notes, level = f"{call.name}() in {route.label}", [], "info"
+            if a.dynamic_route_calls and route.kind == "route":
+                message = f"{what} may be reached by a dynamic route()"
+                notes, level = [f"not resolved: {a.dynamic_route_calls[0].cite()}"], "warning"
+            elif route.kind in ("failure", "onreply"):
+                message = f"{what} runs on replies and timeouts, not requests"
+            else:
+                message = f"{what} is not reached from request_route"
+            a.add(call.src, "KL4145", message, notes, level=level, anchor=call.name)
 
     sites = a.relay_sites(reachable)
     if not triggers:
         return
-    cited = "; ".join(t.cite() for t in triggers)
     for site in sites:
-        _judge(a, site, triggers, cited, delayed_off, delayed_src)
+        _judge(a, site, triggers, delayed_off, delayed_src)
 
 
 def _local_request_drop(a: _Analysis) -> None:
@@ -612,93 +633,72 @@ def _local_request_drop(a: _Analysis) -> None:
     Measured by kamleak (scenario pr3403): Debian's 5.6.3 keeps ~430-450 B of
     shm at tm's build_uac_req() per dropped request; 6.0.1 and 6.1.5 free it.
     """
-    from kamleak.harness.knowledge import FIXES
     route = a.cfg.routes.get(("event", "tm:local-request"))
     if route is None:
         return
-    b, fix = a.build, FIXES["pr3403"]
+    b, fix = a.build, knowledge.FIXES["pr3403"]
     ans = a.has("pr3403")
-    note = [b.note()] if b else []
     for st in route.stmts():
         if not (st.kind == "simple" and st.toks and st.toks[0].val == "drop"):
             continue
-        base = ("drop in event_route[tm:local-request]: tm built the local request in shm "
-                "(build_uac_req()) and frees the transaction, not that buffer")
         if ans.value:
-            a.add(st.src, "info", "3403-freed",
-                  f"{base} without {fix.describe()}; {b.label} has it: {ans.why}", note)
+            a.add(st.src, "KL3403", "drop of a local request: this build frees its buffer",
+                  [b.answer("pr3403")], level="info", anchor="drop")
             continue
-        where = (f"on {b.label} ({ans.why})" if b and ans.value is False else
-                 f"on {b.label} unless it has {fix.describe()}: {ans.why}" if b else
-                 f"on builds without {fix.describe()} (observed: Debian's 5.6.3)")
-        a.add(st.src, "leak", "3403-leak",
-              f"{base}: some 450 B of shm are lost per dropped request {where} (Kamailio PR 3403)",
-              ["do not create the request instead of dropping it in the event route (filter "
-               "before uac_req_send()/t_uac_send()/the module that sends it), or run a build "
-               f"that has {fix.describe()}"] + note)
+        note = b.answer("pr3403") if b else \
+            f"builds without {'/'.join(c for c in [fix.commit, *(c for c, _ in fix.backports)])} " \
+            f"(upstream: {', '.join(fix.first_tags())}); observed: Debian's 5.6.3"
+        a.add(st.src, "KL3403", "drop of a local request loses its shm buffer (PR 3403)",
+              ["some 450 B of shm a dropped request, never freed", note], anchor="drop")
 
 
-def _judge(a: _Analysis, site: RelaySite, triggers, cited: str, delayed_off: bool,
+def _judge(a: _Analysis, site: RelaySite, triggers, delayed_off: bool,
            delayed_src: Src | None) -> None:
-    from kamleak.harness.knowledge import FIXES
     b = a.build
-    note = [b.note()] if b else []
-    relay = f"{site.relay.name}() ({site.relay.src.cite()}, in {site.route.label})"
+    relay, kind = site.relay.name, site.reply_kind
+    reply = f"{site.reply_name}()" if site.reply_name else "the reply"
     line = site.reply_src or site.relay.src
-    kind = site.reply_kind
+    anchor = site.reply_name if site.reply_src and not site.reply_route else relay
+    about = site.notes() + [n for t in triggers for n in t.notes()]
+
+    def add(code, message, notes=(), level=None):
+        a.add(line, code, message, about + list(notes), level=level, anchor=anchor)
+
     if kind in ("send_reply_error", "t_reply_error", "stateful"):
         if kind in _NEEDS_FIX and a.has(kind).value is False:
-            return   # the unknown-function error says it all
-        a.add(line, "info", "4140-mitigated",
-              f"{relay} failure is answered with {site.reply_cite()}, through the transaction: "
-              f"no issue-4140 leak despite the local tm request(s): {cited}", note)
+            return   # KL101 says it all
+        add("KL4142", f"{reply} on {relay}() failure replies statefully: no leak",
+            [b.answer(kind)] if b and kind in _NEEDS_FIX else [])
         return
     if kind == "sl_reply_error":
-        how, level = f"answered with {site.reply_cite()} (stateless)", "leak"
+        code, message = "KL4140", f"{reply} on {relay}() failure leaks the transaction"
     elif kind == "stateless":
-        how, level = (f"answered with {site.reply_cite()} (stateless; same mechanism as "
-                      "sl_reply_error(), not measured by kamleak)"), "warning"
+        code, message = "KL4141", f"{reply} on {relay}() failure may leak the transaction"
     elif kind == "none":
-        how, level = ("not answered on the failure branch (same mechanism: tm sends the delayed "
-                      "reply only when nothing else touched the kill reason; not measured)"),\
-            "warning"
+        code, message = "KL4141", f"no reply on {relay}() failure: may leak the transaction"
     else:
-        how, level = ("not checked (same mechanism: tm sends the delayed reply only when nothing "
-                      "else touched the kill reason; not measured)"), "warning"
-    base = (f"{relay} failure {how} while a local tm request is created for the same request: "
-            f"{cited}")
-    orphans = FIXES["t_unref_orphans"]
+        code, message = "KL4141", f"unchecked {relay}(): may leak the transaction"
+    level = RULES[code].level
     if delayed_off:
         dr = a.has("delayed_reply")
         if dr.value is False:
-            a.add(line, "warning", "4140-leak",
-                  f"{base}: this leaks the transaction on {b.label} (issue 4140); "
-                  f'modparam("tm", "delayed_reply", 0) ({delayed_src.cite()}) cannot help there, '
-                  "the config does not load", _leak_advice(a))
+            # Kamailio refuses the modparam there (KL102): the leak it would show is not measured.
+            add(code, message, [b.answer("delayed_reply")], level="warning")
         else:
-            a.add(line, "info", "4140-delayed-reply-off",
-                  f'{base}; modparam("tm", "delayed_reply", 0) ({delayed_src.cite()}) makes tm '
-                  "reply and release at once, where the build has it "
-                  f"({FIXES['delayed_reply'].describe()}): no leak, but two final replies",
-                  [_advice_6_0() + "; that also leaves a single final reply"] + note)
+            add("KL4143", f"{reply} on {relay}() failure: delayed_reply 0 frees it",
+                [f'modparam("tm", "delayed_reply", 0) at {delayed_src.cite()}: two final replies']
+                + ([b.answer("delayed_reply")] if b else []))
         return
     fixed = a.has("t_unref_orphans")
     if fixed.value:
-        a.add(line, "info", "4140-freed-by-tm",
-              f"{base}. {b.label} has {orphans.describe()} ({fixed.why}): tm frees such orphaned "
-              "transactions itself ('dropping orphaned transaction without branches'), replying "
-              "twice (stateless, then stateful)", _leak_advice(a))
+        add("KL4144", f"{reply} on {relay}() failure: this build's tm frees it",
+            [b.answer("t_unref_orphans"), "two final replies (stateless, then stateful)"])
         return
-    if b is None:
-        where = (f"on every build without {orphans.describe()} (observed: Debian's 5.6.3 and "
-                 "6.0.1; Debian's 6.1.5 carries the change)")
-    elif fixed.value is False:
-        where = f"on {b.label} ({fixed.why}; {orphans.describe()})"
-    else:
-        where = f"on {b.label} unless it carries {orphans.describe()}: {fixed.why}"
-    a.add(line, level, "4140-leak",
-          f"{base}: the transaction is never released {where} (issue 4140)", _leak_advice(a))
-
+    orphans = knowledge.FIXES["t_unref_orphans"]
+    where = b.answer("t_unref_orphans") if b else (
+        f"leaks where tm lacks {orphans.commit} (observed: Debian's 5.6.3 and 6.0.1; "
+        "Debian's 6.1.5 backports it)")
+    add(code, message, [where], level=level)
 
 
 def lint_file(path: str, *, defines: set[str] | frozenset[str] = frozenset(),
@@ -707,20 +707,30 @@ def lint_file(path: str, *, defines: set[str] | frozenset[str] = frozenset(),
 
 
 NAME = "lint"
-HELP = "static check of a Kamailio config for the issue-4140 pattern"
-DESCRIPTION = ("Static advisor for Kamailio configs (issue 4140): exit 1 if a leak pattern is found, "
-               "0 otherwise, 2 if the config is unreadable or (with --contract or -A KAMLEAK) "
-               "kamleak cannot gate it as is.")
+HELP = "static check of a Kamailio config for the issue-4140 pattern (a linter: rule codes, SARIF)"
+DESCRIPTION = ("Static advisor for Kamailio configs (issue 4140, PR 3403): one line per finding, "
+               "path:line:col: CODE message; `--explain CODE` for a rule's mechanism, upstream "
+               "commits and fix. Exit 0: nothing but notes; 1: findings (or, with --contract, "
+               "things the gate needs changed); 2: bad input. Rules and formats: docs/lint.md.")
+FORMATS = ("text", "json", "sarif", "github")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", metavar="CONFIG", help="the Kamailio config file (kamailio.cfg)")
+    p.add_argument("config", metavar="CONFIG", nargs="*",
+                   help="the Kamailio config file(s) (kamailio.cfg); each is linted on its own, "
+                        "following its include_file/import_file")
+    p.add_argument("--explain", default=None, metavar="CODE",
+                   help="print a rule's mechanism, its upstream commits with their first tags and "
+                        "the fix (for the build named, if any), then exit; e.g. KL4140")
+    p.add_argument("--format", default="text", choices=FORMATS,
+                   help="text (path:line:col: CODE message), json, sarif (SARIF 2.1.0) or github "
+                        "(workflow annotations); default: text")
     p.add_argument("--define", "-A", action="append", default=[], metavar="NAME[=VALUE]",
                    help="a preprocessor define, as kamailio -A (repeatable)")
     p.add_argument("--kamailio-version", default=None, metavar="V",
                    help="the Kamailio the config runs on: one of Debian's builds kamleak makes "
                         "(5.6.3, 6.0.1, 6.1.5) or else the upstream release V, e.g. 5.8.5 "
-                        "(default: advice for every build)")
+                        "(default: advice for every build); a branch or commit: --kamailio-ref")
     p.add_argument("--kamailio-ref", default=None, metavar="REF",
                    help="an upstream git ref (tag, branch, commit): answered from git")
     p.add_argument("--kamailio-image", default=None, metavar="IMAGE",
@@ -732,48 +742,73 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--contract", action="store_true",
                    help="also list everything `kamleak gate --kamailio-config` needs changed before it can "
                         "run this config (the same check as gate's, all at once; implied by "
-                        "-A KAMLEAK); exit 2 if anything is listed and no leak pattern is found")
+                        "-A KAMLEAK); each is a finding (KL201)")
+
+
+def _build_of(args) -> Build | None:
+    """The build the options name (UsageError: two of them, or a version that is a ref)."""
+    from kamleak.harness.errors import UsageError
+    v = args.kamailio_version
+    if v is not None:
+        try:
+            parse_version(v)
+        except ValueError:
+            raise UsageError(f"--kamailio-version {v!r} is not a release number like 5.8.5",
+                             f"for a git ref: --kamailio-ref {v.strip()}") from None
+    given = [o for o, val in (("--kamailio-version", v), ("--kamailio-ref", args.kamailio_ref),
+                              ("--kamailio-image", args.kamailio_image)) if val]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)} name two builds", "give one of them")
+    return resolve_build(version=v, ref=args.kamailio_ref, image=args.kamailio_image,
+                         source=args.kamailio_source)
+
+
+def _contract_finding(problem, config: str) -> Finding:
+    """A contract problem of user_config.check() (in CONFIG) as a KL201 finding."""
+    return Finding(problem.line or 1, "error", "KL201", problem.what, (f"add: {problem.add}",),
+                   problem.file or config)
 
 
 def run(args) -> int:
+    from kamleak.harness.errors import KamleakError, UsageError
+    from kamleak.harness.tools import lint_report
     try:
-        parse_version(args.kamailio_version)
-    except ValueError as exc:
-        print(f"kamleak lint: {exc}", file=sys.stderr)
-        return 2
-    from kamleak.harness.errors import KamleakError
-    given = [o for o, v in (("--kamailio-version", args.kamailio_version),
-                            ("--kamailio-ref", args.kamailio_ref),
-                            ("--kamailio-image", args.kamailio_image)) if v]
-    try:
-        if len(given) > 1:
-            from kamleak.harness.errors import UsageError
-            raise UsageError(f"{' and '.join(given)} name two builds", "give one of them")
-        text = read_config(args.config)
-        build = resolve_build(version=args.kamailio_version, ref=args.kamailio_ref,
-                              image=args.kamailio_image, source=args.kamailio_source)
+        if args.explain is not None:
+            if args.explain.strip().upper() not in RULES:
+                raise UsageError(f"no rule {args.explain!r}",
+                                 f"the rules: {', '.join(RULES)} (docs/lint.md)")
+            print(lint_rules.explain(args.explain, _build_of(args)), end="")
+            return 0
+        if not args.config:
+            raise UsageError("no CONFIG given", "pass your kamailio.cfg, or --explain CODE")
+        texts = {path: read_config(path) for path in args.config}
+        build = _build_of(args)
     except KamleakError as exc:
         print(f"kamleak lint: {exc.line()}", file=sys.stderr)
-        return 2
-    findings = lint(text, defines=set(args.define), path=args.config, build=build)
-    if build is not None and build.release is not None:
+        return USAGE_EXIT
+    if build is not None:
+        # How the build's answers are found: said once a run, not in each finding.
         print(f"kamleak lint: about {build.label}: {build.how}", file=sys.stderr)
-    for f in findings:
-        print(f.format(args.config))
-    if not findings:
-        print(f"{args.config}: ok: no issue-4140 pattern found")
-    problems = []
-    if args.contract or any(d.partition("=")[0].strip() == "KAMLEAK" for d in args.define):
-        # The gate's own check (harness defines only, as the gate renders it).
-        from kamleak.harness.stack.kamailio.user_config import check
-        problems = check(text, args.config)
-        for pr in problems:
-            print(pr.line_text(args.config, label="contract: "))
-        if not problems:
-            print(f"{args.config}: ok: meets kamleak's contract for `gate --kamailio-config`")
-    if any(f.level == "leak" for f in findings):
-        return 1
-    return 2 if problems else 0
+    contract = args.contract or any(d.partition("=")[0].strip() == "KAMLEAK" for d in args.define)
+    found, failed, out = [], False, []
+    for path, text in texts.items():
+        findings = [f if f.path else dataclasses.replace(f, path=path)
+                    for f in lint(text, defines=set(args.define), path=path, build=build)]
+        problems = None
+        if contract:
+            # The gate's own check (harness defines only, as the gate renders it).
+            from kamleak.harness.stack.kamailio.user_config import check
+            problems = check(text, path)
+        failed = failed or bool(problems) or any(f.level in FAILING for f in findings)
+        if args.format == "text":
+            out += lint_report.text(findings, path, problems)
+        found += findings + [_contract_finding(pr, path) for pr in problems or ()]
+    if args.format == "text":
+        out += lint_report.footer([f for f in found if f.code != "KL201"])
+        print("\n".join(out))
+    else:
+        print(lint_report.FORMATTERS[args.format](found))
+    return 1 if failed else 0
 
 
 def main(argv=None) -> int:
@@ -788,4 +823,3 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

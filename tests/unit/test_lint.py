@@ -38,6 +38,11 @@ def levels(findings: list[Finding]) -> set[str]:
     return {f.level for f in findings}
 
 
+def said(f: Finding) -> str:
+    """A finding's line and its notes, as one string."""
+    return " ".join([f.message, *f.advice])
+
+
 # ---------------------------------------------------------------------------
 # The harness's own config, every variant of the 4140 matrix
 
@@ -53,40 +58,42 @@ def test_matrix_matches_expected(variant, version):
     if want == "leak":
         assert len(leaks) == 1, findings
         leak = leaks[0]
-        assert leak.code == "4140-leak"
+        assert leak.code == "KL4140"
         assert leak.line == line_of(text, "sl_reply_error();")
-        assert f"line {line_of(text, 't_relay()')}" in leak.message
+        assert f"t_relay() at line {line_of(text, 't_relay()')}" in said(leak)
         # The trigger lines are cited.
         if variant.trigger == "uac_req_send":
-            assert f"uac_req_send() at line {line_of(text, 'uac_req_send();')}" in leak.message
+            assert f"uac_req_send() at line {line_of(text, 'uac_req_send();')}" in said(leak)
         elif variant.trigger == "t_uac_send":
-            assert f"t_uac_send() at line {line_of(text, 't_uac_send(')}" in leak.message
+            assert f"t_uac_send() at line {line_of(text, 't_uac_send(')}" in said(leak)
         else:
-            assert f"pua_dialoginfo.so at line {line_of(text, 'pua_dialoginfo.so')}" in leak.message
-            assert f"dlg_manage() at line {line_of(text, 'dlg_manage();')}" in leak.message
-        assert leak.advice
+            assert f"pua_dialoginfo.so at line {line_of(text, 'pua_dialoginfo.so')}" in said(leak)
+            assert f"dlg_manage() at line {line_of(text, 'dlg_manage();')}" in said(leak)
     else:
         assert not leaks, findings
     if want == "n/a":
         errors = [f for f in findings if f.level == "error"]
         assert errors, findings
         for e in errors:
-            # The error quotes knowledge: the fix's commit and first tag.
-            if e.code == "unknown-param":
+            # The error names the fix's commit and first tag from knowledge.
+            key = "delayed_reply" if e.code == "KL102" else variant.reply
+            if e.code == "KL102":
                 assert e.line == line_of(text, 'modparam("tm", "delayed_reply", 0)')
-                assert knowledge.FIXES["delayed_reply"].describe() in e.message
             else:
-                assert e.code == "unknown-function"
+                assert e.code == "KL101"
                 assert e.line == line_of(text, f"{variant.reply}();")
-                assert knowledge.FIXES[variant.reply].describe() in e.message
+            fix = knowledge.FIXES[key]
+            assert f"lacks {fix.commit} (upstream: {fix.first_tag}" in said(e)
     else:
         assert levels(findings) <= ({"leak"} if want == "leak" else {"info"}), findings
     if version == "6.1.5":
         assert levels(findings) <= {"info"}
-    # Every finding's advice names the build and says distributions backport.
-    label = build.label
+    # Every 4140 finding names the build and what it has, once; no note repeats
+    # what the run says once (how the build is answered, distributions' backports).
     for f in findings:
-        assert any(a.startswith(f"about {label}") and "backport" in a for a in f.advice), f
+        assert f.code == "KL4142" and "_error" not in f.anchor or \
+            any(a.startswith(build.prov.label) for a in f.advice), f
+        assert not any("backport" in a or build.how in a for a in f.advice), f
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
@@ -104,18 +111,20 @@ def test_upstream_refs_answered_from_git(variant, offline_source):
         assert got == want, (ref, found)
 
 
-def test_matrix_advice_is_build_aware():
-    text = rendered(Variant.parse("uac_req_send"))
-    old = " ".join(lint(text, version="5.6.3")[0].advice)
+def test_explain_advice_is_build_aware():
+    from kamleak.harness.tools.lint_rules import explain
+    old = explain("KL4140", resolve_build(version="5.6.3"))
     assert 'send_reply("500"' in old
-    assert knowledge.FIXES["send_reply_error"].describe() in old     # 5.8.0, commit 130dc00c17
-    six0 = " ".join(lint(text, version="6.0.1")[0].advice)
+    assert "130dc00c17: send_reply_error() in the sl module; first tag: 5.8.0" in old
+    assert "Debian's Kamailio 5.6.3 lacks 130dc00c17" in old
+    six0 = explain("KL4140", resolve_build(version="6.0.1")).split("Fix")[1]
     assert "send_reply_error()" in six0 and "t_reply_error()" in six0
     assert 'modparam("tm", "delayed_reply", 0) also' not in six0    # Debian's 6.0.1 refuses it
-    six1 = lint(text, version="6.1.5")
-    assert [f.level for f in six1] == ["info"]
-    assert "delayed_reply" in " ".join(six1[0].advice)
-    assert "orphaned" in six1[0].message
+    assert 'modparam("tm", "delayed_reply", 0) also' in \
+        explain("KL4140", resolve_build(version="6.1.5")).split("Fix")[1]
+    six1 = lint(rendered(Variant.parse("uac_req_send")), version="6.1.5")
+    assert [(f.level, f.code) for f in six1] == [("info", "KL4144")]
+    assert "Debian's Kamailio 6.1.5 has bd0aaf89b8" in said(six1[0])
 
 
 def test_upstream_releases_without_the_t_unref_change_leak(monkeypatch, tmp_path):
@@ -127,33 +136,34 @@ def test_upstream_releases_without_the_t_unref_change_leak(monkeypatch, tmp_path
     text = rendered(Variant.parse("uac_req_send"))
     for v in ("5.8.5", "5.8.8", "6.0.7", "6.1.4"):
         (f,) = lint(text, version=v)
-        assert (f.level, f.code) == ("leak", "4140-leak"), f
-        assert f"upstream Kamailio {v}" in f.message and "bd0aaf89b8" in f.message
-        assert "first upstream tags kamleak records, not from git" in f.advice[-1]
+        assert (f.level, f.code) == ("leak", "KL4140"), f
+        assert f"upstream Kamailio {v} lacks bd0aaf89b8 (upstream: no release, master only; " \
+               "recorded tags)" in f.advice
+        assert "not from git" in resolve_build(version=v).how
     # send_reply_error()/t_reply_error() exist since 5.8.0: 5.8.x accepts and is mitigated.
     for reply in ("send_reply_error", "t_reply_error"):
         (f,) = lint(rendered(Variant.parse(f"uac_req_send+{reply}")), version="5.8.5")
-        assert (f.level, f.code) == ("info", "4140-mitigated"), f
+        assert (f.level, f.code) == ("info", "KL4142"), f
     # delayed_reply: 6.1.0.
-    assert "unknown-param" in {f.code for f in lint(rendered(Variant.parse(
+    assert "KL102" in {f.code for f in lint(rendered(Variant.parse(
         "uac_req_send+delayed_reply_off")), version="6.0.7")}
     assert {f.code for f in lint(rendered(Variant.parse("uac_req_send+delayed_reply_off")),
-                                 version="6.1.4")} == {"4140-delayed-reply-off"}
+                                 version="6.1.4")} == {"KL4143"}
 
 
 def test_image_of_unknown_provenance_says_what_it_cannot_know():
     build = resolve_build(image="ghcr.io/kamailio/kamailio:5.8.5-bookworm")
     (f,) = lint(rendered(Variant.parse("uac_req_send")), build=build)
-    assert f.level == "leak" and "kamleak check" in f.message
+    assert f.level == "leak" and "kamleak check" in said(f)
     found = lint(rendered(Variant.parse("uac_req_send+send_reply_error")), build=build)
-    assert {f.code for f in found} == {"4140-mitigated", "unknown-build"}
-    assert all("kamleak check" in " ".join(f.advice) for f in found)
+    assert {f.code for f in found} == {"KL4142", "KL104"}
+    assert all("kamleak check" in said(f) for f in found if f.code == "KL104")
 
 
 def test_matrix_without_version_flags_the_leak_for_older_kamailio():
     text = rendered(Variant.parse("pua_dialoginfo"))
     (f,) = lint(text)
-    assert f.level == "leak" and "bd0aaf89b8" in f.message
+    assert f.level == "leak" and "bd0aaf89b8" in said(f)
     assert lint(rendered(Variant.parse("pua_dialoginfo+delayed_reply_off")))[0].level == "info"
     assert levels(lint(rendered(Variant.parse("t_uac_send+t_reply_error")))) == {"info"}
 
@@ -177,10 +187,11 @@ def test_default_config_with_blf_block():
     (leak,) = findings
     assert leak.level == "leak" and leak.path is None
     assert leak.line == line_of(text, "sl_reply_error();") == 176   # in route[RELAY], not REGISTRAR
-    assert "line 175" in leak.message                              # the t_relay()
-    assert "pua_dialoginfo.so at line 72" in leak.message
+    assert leak.col == text.split("\n")[175].index("sl_reply_error") + 1
+    assert "t_relay() at line 175" in said(leak)
+    assert "pua_dialoginfo.so at line 72" in said(leak)
     # FLT_DIALOG is a #!define used by modparam("dialog", "dlg_flag") and setflag().
-    assert "setflag(4) (dialog's dlg_flag) at line 142" in leak.message
+    assert "setflag(4) (dialog's dlg_flag) at line 142" in said(leak)
     assert [f.level for f in lint_file(str(path), defines={"WITH_BLF"}, version="6.1.5")] == ["info"]
 
 
@@ -190,6 +201,7 @@ def test_default_config_blf_needs_tracked_dialogs():
     assert not [f for f in findings if f.level == "leak"]
     (note,) = findings
     assert note.level == "info" and note.line == 72 and "no dialog is tracked" in note.message
+    assert note.code == "KL4146"
 
 
 def test_trigger_in_unreachable_route_does_not_count():
@@ -202,12 +214,13 @@ def test_trigger_in_unreachable_route_does_not_count():
     assert uac.level == "info" and "route[NOTIFY_HANGUP] is not reached" in uac.message
     tuac = by_line[line_of(text, "t_uac_send(")]
     assert tuac.level == "info" and "failure_route[MISSED]" in tuac.message
+    assert uac.code == tuac.code == "KL4145"
     # Wired in through the #!ifdef (not through the commented-out calls): it leaks.
     findings = lint_file(str(path), defines={"WITH_HANGUP_NOTIFY"}, version="6.0.1")
     (leak,) = [f for f in findings if f.level == "leak"]
     assert leak.line == line_of(text, "sl_reply_error();")
-    assert f"uac_req_send() at line {line_of(text, 'uac_req_send();')}" in leak.message
-    assert "request_route -> route[NOTIFY_HANGUP]" in leak.message
+    assert f"uac_req_send() at line {line_of(text, 'uac_req_send();')}" in said(leak)
+    assert "request_route -> route[NOTIFY_HANGUP]" in said(leak)
 
 
 def test_mitigated_config_with_send_reply_error():
@@ -216,15 +229,15 @@ def test_mitigated_config_with_send_reply_error():
     reply = line_of(text, "send_reply_error();")
     for version in ("6.0.1", "6.1.5", None):
         (f,) = lint_file(str(path), version=version)
-        assert (f.level, f.code, f.line) == ("info", "4140-mitigated", reply)
-        assert f"t_uac_send() at line {line_of(text, 't_uac_send(')}" in f.message
+        assert (f.level, f.code, f.line) == ("info", "KL4142", reply)
+        assert f"t_uac_send() at line {line_of(text, 't_uac_send(')}" in said(f)
     # Debian's 5.6.3 lacks the function (upstream 5.8.0): Kamailio refuses the config.
     (f,) = lint_file(str(path), version="5.6.3")
-    assert (f.level, f.code, f.line) == ("error", "unknown-function", reply)
-    assert "5.8.0" in f.message and any('t_reply("500"' in a for a in f.advice)
-    # Upstream 5.8.5 has it (issue 13: lint said 'does not exist before 6.0').
+    assert (f.level, f.code, f.line) == ("error", "KL101", reply)
+    assert "upstream: 5.8.0" in said(f) and "130dc00c17" in said(f)
+    # Upstream 5.8.5 has it (lint once said 'does not exist before 6.0').
     (f,) = lint_file(str(path), version="5.8.5")
-    assert (f.level, f.code) == ("info", "4140-mitigated")
+    assert (f.level, f.code) == ("info", "KL4142")
 
 
 def test_trigger_in_included_file_and_reply_in_called_route():
@@ -234,9 +247,9 @@ def test_trigger_in_included_file_and_reply_in_called_route():
     findings = lint_file(str(path), version="5.6.3")
     (leak,) = [f for f in findings if f.level == "leak"]
     assert leak.path is None and leak.line == line_of(text, "sl_reply_error();")
-    assert "in route[RELAY_ERROR]" in leak.message
-    assert f"{inc}:{line_of(inc.read_text(), 'uac_req_send();')}" in leak.message
-    (missing,) = [f for f in findings if f.code == "include"]
+    assert "sl_reply_error() in route[RELAY_ERROR]" in said(leak)
+    assert f"{inc}:{line_of(inc.read_text(), 'uac_req_send();')}" in said(leak)
+    (missing,) = [f for f in findings if f.code == "KL003"]
     assert missing.level == "info" and missing.line == line_of(text, "import_file")
 
 
@@ -244,7 +257,7 @@ def test_missing_include_file_is_a_warning(tmp_path):
     cfg = tmp_path / "k.cfg"
     cfg.write_text('loadmodule "tm.so"\ninclude_file "nope.cfg"\nrequest_route { exit; }\n')
     (f,) = lint_file(str(cfg))
-    assert (f.level, f.code, f.line) == ("warning", "include", 2)
+    assert (f.level, f.code, f.line, f.col) == ("warning", "KL003", 2, 1)
 
 
 # ---------------------------------------------------------------------------
@@ -274,7 +287,7 @@ def test_comments_strings_and_directives():
         "}\n") + RELAY
     assert not leaks(text)
     (f,) = leaks(text, defines={"WITH_X"})
-    assert "uac_req_send() at line 13" in f.message and f.line == 19
+    assert "uac_req_send() at line 13" in said(f) and f.line == 19
 
 
 def test_multiline_string_hides_calls():
@@ -321,7 +334,7 @@ def test_stateless_or_missing_reply_is_a_warning_not_a_leak():
         text = HEAD + 'request_route {\n\tuac_req_send();\n\tif (!t_relay()) {\n\t\t' + failure \
             + '\n\t}\n}\n'
         findings = lint(text, version="5.6.3")
-        assert [f.level for f in findings] == ["warning"] and findings[0].code == "4140-leak"
+        assert [f.level for f in findings] == ["warning"] and findings[0].code == "KL4141"
     # t_relay() under t_check_trans() (ACK/CANCEL idiom) is not a site.
     text = HEAD + 'request_route {\n\tuac_req_send();\n\tif (t_check_trans()) {\n\t\tt_relay();\n\t}\n}\n'
     assert lint(text, version="5.6.3") == []
@@ -331,7 +344,7 @@ def test_stateful_reply_on_failure_branch_is_mitigated():
     text = HEAD + 'request_route {\n\tuac_req_send();\n\tif (!t_relay()) {\n' \
         '\t\tsend_reply("500", "Server Error");\n\t}\n}\n'
     (f,) = lint(text, version="5.6.3")
-    assert (f.level, f.code) == ("info", "4140-mitigated")
+    assert (f.level, f.code) == ("info", "KL4142")
 
 
 def test_branch_route_and_dialog_end_event_route_count():
@@ -341,7 +354,7 @@ def test_branch_route_and_dialog_end_event_route_count():
     dlg = HEAD + 'request_route {\n\tif (is_method("INVITE")) dlg_manage();\n\troute(RELAY);\n}\n' \
         'event_route[dialog:end] {\n\tuac_req_send();\n}\n' + RELAY
     (f,) = leaks(dlg)
-    assert "event_route[dialog:end]" in f.message
+    assert "event_route[dialog:end]" in said(f)
     # Without tracked dialogs the event route never runs.
     assert not leaks(dlg.replace("dlg_manage();", "xlog(\"x\");"))
 
@@ -361,20 +374,22 @@ def test_dynamic_route_calls_make_unreached_triggers_warnings():
     text = HEAD + 'request_route {\n\troute($var(next));\n\troute(RELAY);\n}\n' \
         'route[MAYBE] {\n\tuac_req_send();\n}\n' + RELAY
     findings = lint(text, version="6.0.1")
-    (f,) = [f for f in findings if f.code == "4140-trigger-unreached"]
-    assert f.level == "warning" and "dynamic" in f.message
+    (f,) = [f for f in findings if f.code == "KL4145"]
+    assert f.level == "warning" and "dynamic" in f.message and "line 6" in said(f)
     assert "leak" not in levels(findings)
 
 
-def test_kemi_is_out_of_scope():
+def test_kemi_says_lint_reads_native_routing_only_and_points_to_the_gate():
     text = HEAD + 'loadmodule "app_lua.so"\ncfgengine "lua"\n'
     (f,) = lint(text)
-    assert (f.level, f.code, f.line) == ("warning", "kemi", 6)
+    assert (f.level, f.code, f.line, f.col) == ("warning", "KL001", 6, 1)
+    assert f.message == 'cfgengine "lua": lint reads native routing only; run kamleak gate'
+    assert "kamleak gate --kamailio-config" in f.rule.advice
 
 
 def test_unbalanced_ifdef_is_reported():
     text = HEAD + "#!ifdef X\nrequest_route { exit; }\n"
-    assert any(f.code == "preprocessor" for f in lint(text, defines={"X"}))
+    assert any(f.code == "KL004" for f in lint(text, defines={"X"}))
 
 
 def test_parse_version():
@@ -388,7 +403,7 @@ def test_parse_version():
 # ---------------------------------------------------------------------------
 # CLI
 
-LINE = re.compile(r"^(?P<path>[^:]+):(?P<line>\d+): (?P<level>leak|error|warning|info): \S")
+LINE = re.compile(r"^(?P<path>[^:]+):(?P<line>\d+):(?P<col>\d+): (?P<code>KL\d+) \S")
 
 
 def test_cli_leak_exit_1_and_format(capsys):
@@ -397,22 +412,24 @@ def test_cli_leak_exit_1_and_format(capsys):
     out = capsys.readouterr().out.splitlines()
     assert rc == 1
     m = LINE.match(out[0])
-    assert m and m["path"] == path and m["line"] == "176" and m["level"] == "leak"
-    assert len(out) > 1 and all(line.startswith("    advice: ") for line in out[1:])
+    assert m and m["path"] == path and m["line"] == "176" and m["code"] == "KL4140"
+    assert all(line.startswith("    ") for line in out[1:-1]) and len(out) > 2
+    assert "kamleak lint --explain CODE" in out[-1]
 
 
 def test_cli_clean_exit_0(capsys):
     path = str(CONFIGS / "default_blf.cfg")
     assert main([path]) == 0
     assert capsys.readouterr().out.strip() == f"{path}: ok: no issue-4140 pattern found"
+    # Notes alone (info) do not fail the run.
     assert main([path, "--define", "WITH_BLF", "--kamailio-version", "6.1.5"]) == 0
-    assert LINE.match(capsys.readouterr().out.splitlines()[0])["level"] == "info"
+    assert LINE.match(capsys.readouterr().out.splitlines()[0])["code"] == "KL4144"
 
 
-def test_cli_errors_alone_exit_0(capsys):
+def test_cli_errors_exit_1_as_any_finding(capsys):
     path = str(CONFIGS / "mitigated_send_reply_error.cfg")
-    assert main([path, "--kamailio-version", "5.6.3"]) == 0
-    assert LINE.match(capsys.readouterr().out.splitlines()[0])["level"] == "error"
+    assert main([path, "--kamailio-version", "5.6.3"]) == 1
+    assert LINE.match(capsys.readouterr().out.splitlines()[0])["code"] == "KL101"
 
 
 @pytest.mark.parametrize("target", ["missing.cfg", "."])
@@ -443,7 +460,7 @@ def test_local_request_drop_flagged_exactly_where_pr3403_measures_a_leak(name, v
     text = KamailioConfig(udp_port=5060, ws_port=8080, wss_port=4443, pbx_port=5080,
                           defines=variant.defines).render()
     build = resolve_build(version=version)
-    found = [f for f in lint(text, build=build) if f.code.startswith("3403")]
+    found = [f for f in lint(text, build=build) if f.code == "KL3403"]
     want = pr3403.expected(build.prov, variant)
     if not variant.drop:
         assert found == []
@@ -451,6 +468,7 @@ def test_local_request_drop_flagged_exactly_where_pr3403_measures_a_leak(name, v
         drop_line = line_of(text, "dropping local") + 1
         assert [(f.level, f.line) for f in found] == [("leak", drop_line)]
         assert "PR 3403" in found[0].message and found[0].advice
+        assert found[0].col == text.split("\n")[drop_line - 1].index("drop") + 1
     else:
         assert [f.level for f in found] == ["info"]
 
@@ -475,16 +493,16 @@ def offline_source():
     return loc
 
 
-@pytest.mark.parametrize("version,want", [("5.8.1", "3403-leak"), ("5.8.2", "3403-freed"),
-                                          ("6.0.0", "3403-freed"), ("5.6.3", "3403-leak")])
+@pytest.mark.parametrize("version,want", [("5.8.1", "leak"), ("5.8.2", "info"),
+                                          ("6.0.0", "info"), ("5.6.3", "leak")])
 def test_pr3403_fixed_in_5_8_2_and_6_0_0(version, want, monkeypatch, tmp_path):
     monkeypatch.delenv("KAMLEAK_KAMAILIO_SOURCE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     from kamleak.scenarios import pr3403_local_request_drop as pr3403
     text = KamailioConfig(udp_port=5060, ws_port=8080, wss_port=4443, pbx_port=5080,
                           defines=pr3403.parse_variant("t_uac_send+drop").defines).render()
-    (f,) = [f for f in lint(text, version=version) if f.code.startswith("3403")]
-    assert f.code == want and "fc54fdcd67" in (f.message + " ".join(f.advice))
+    (f,) = [f for f in lint(text, version=version) if f.code == "KL3403"]
+    assert f.level == want and "fc54fdcd67" in said(f)
 
 
 def test_cli_upstream_6_1_4_leaks_exit_1(capsys, monkeypatch, tmp_path):
