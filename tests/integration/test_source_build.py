@@ -68,8 +68,10 @@ def _kamleak(*args, env=None, timeout=900):
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def _builders(client) -> list:
-    return client.containers.list(all=True, filters={"label": "org.kamleak.role=builder"})
+def _builders_of(client, commit: str) -> list:
+    """The builder containers of COMMIT (named after it): other runs may be building others."""
+    return client.containers.list(all=True, filters={"label": "org.kamleak.role=builder",
+                                                     "name": f"builder-{commit[:10]}"})
 
 
 def test_failed_build_is_one_line_and_cannot_test(docker_client, tmp_path):
@@ -83,14 +85,53 @@ def test_failed_build_is_one_line_and_cannot_test(docker_client, tmp_path):
     with open(clone / "src" / "main.c", "a") as f:
         f.write("\n#error kamleak: deliberately broken\n")
     subprocess.run(g + ["commit", "-q", "-am", "broken"], check=True)
-    mine_before = {c.id for c in _builders(docker_client)}
+    head = subprocess.run(g + ["rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     proc = _kamleak("check", "--kamailio-ref", "broken", "--kamailio-source", str(clone),
                     "--variant", "none")
     assert proc.returncode == 125, proc.stderr[-2000:]
     said = [x for x in (proc.stdout + proc.stderr).splitlines() if "failed in 'compile'" in x]
     assert said and "deliberately broken" in said[0], proc.stdout + proc.stderr[-2000:]
-    assert {c.id for c in _builders(docker_client)} <= mine_before
+    assert _builders_of(docker_client, head) == []
     docker_client.volumes.get(source_build.CCACHE_VOLUME)
+
+
+def test_a_module_that_does_not_load_is_one_line_naming_its_symbol(docker_client, tmp_path):
+    """A tls.so that builds but wants a symbol its runtime lacks (as 84d09d568e's
+    SSL_get0_group_name() on OpenSSL 3.0): the build's load check refuses the
+    image, `check` exits 125 with one line naming the module and the symbol."""
+    mirror = source_build.Source(SOURCE).mirror
+    clone = tmp_path / "noload"
+    subprocess.run(["git", "clone", "-q", "--no-checkout", str(mirror), str(clone)], check=True)
+    g = ["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(g + ["checkout", "-q", "-b", "noload", "5.8.5"], check=True)
+    with open(clone / "src" / "modules" / "tls" / "tls_mod.c", "a") as f:
+        f.write("\nextern int kamleak_no_such_symbol(void);\n"
+                "int kamleak_calls_it(void) { return kamleak_no_such_symbol(); }\n")
+    subprocess.run(g + ["commit", "-q", "-am", "tls: call a symbol no library has"], check=True)
+    head = subprocess.run(g + ["rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    proc = _kamleak("check", "--kamailio-ref", "noload", "--kamailio-source", str(clone),
+                    "--variant", "none")
+    assert proc.returncode == 125, proc.stdout + proc.stderr[-2000:]
+    said = [x for x in (proc.stdout + proc.stderr).splitlines() if "does not load" in x]
+    assert said and "tls.so does not load: undefined symbol: kamleak_no_such_symbol on Debian " \
+        "bookworm's runtime" in said[-1], proc.stdout + proc.stderr[-2000:]
+    assert _builders_of(docker_client, head) == []
+    assert not [i for i in docker_client.images.list(source_build.REPO)
+                if (i.labels or {}).get(source_build.LABEL_COMMIT) == head], "no image of it kept"
+
+
+def test_each_build_runs_on_the_suite_upstreams_ci_used(docker_client):
+    """5.8.5 on bookworm (OpenSSL 3.0), master on trixie (OpenSSL 3.5, since
+    e6812e83): builder and runtime alike, and master's tls.so loads there."""
+    for ref, suite in (("5.8.5", "bookworm"), ("master", "trixie")):
+        built = source_build.build(docker_client, ref, source=SOURCE)
+        labels = docker_client.images.get(built.tag).labels
+        # Images made before builds carried their suite were all bookworm's.
+        assert labels.get(source_build.LABEL_SUITE, source_build.CI_SUITE) == suite
+        assert "tls" in built.modules
+        osrel = docker_client.containers.run(built.tag, entrypoint=["cat"], command=["/etc/os-release"],
+                                             network_mode="none", remove=True).decode()
+        assert f"VERSION_CODENAME={suite}" in osrel, osrel
 
 
 @pytest.mark.parametrize("args, needle", [
