@@ -742,7 +742,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--contract", action="store_true",
                    help="also list everything `kamleak gate --kamailio-config` needs changed before it can "
                         "run this config (the same check as gate's, all at once; implied by "
-                        "-A KAMLEAK); each is a finding (KL201)")
+                        "-A KAMLEAK): a `contract:` line each in text, KL201 findings in the other "
+                        "formats")
 
 
 def _build_of(args) -> Build | None:

@@ -255,3 +255,16 @@ def test_every_rule_is_in_the_docs_table():
     for code, rule in RULES.items():
         assert re.search(rf"^\| `{code}` \| {re.escape(rule.name)} \| {rule.level} \|", page, re.M), code
     assert lint_rules.BY_NAME["relay-failure-stateless-reply"].code == "KL4140"
+
+
+def test_contract_problems_are_kl201_findings_outside_text(capsys, monkeypatch):
+    from kamleak.harness.stack.kamailio.user_config import check
+    stock = CONFIGS / "stock"
+    want = check((stock / "kamailio.orig.cfg").read_text(), "kamailio.orig.cfg")
+    assert want
+    rc, out, _ = run(capsys, monkeypatch, stock, "kamailio.orig.cfg", "--contract", "--format", "json")
+    got = [r for r in json.loads(out) if r["code"] == "KL201"]
+    assert rc == 1 and [r["message"] for r in got] == [p.what for p in want]
+    assert all(r["level"] == "error" and r["notes"][0].startswith("add: ") for r in got)
+    rc, out, _ = run(capsys, monkeypatch, stock, "kamailio.cfg", "--contract", "--format", "json")
+    assert rc == 0 and not [r for r in json.loads(out) if r["code"] == "KL201"]
