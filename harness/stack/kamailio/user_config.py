@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kamleak.harness.errors import UsageError
+from kamleak.harness.stack.kamailio import kemi as kemi_
 from kamleak.harness.stack.kamailio.cfg import parse, read_config
 
 HARNESS_DEFINES = {"KAMLEAK": "", "KAMLEAK_UDP_PORT": "5060", "KAMLEAK_WS_PORT": "8080",
@@ -91,6 +92,7 @@ def _int(toks) -> int | None:
 def check(text: str, path: str = "kamailio.cfg") -> list[Problem]:
     """Everything the config lacks for the harness, in the config's order."""
     cfg, lines = parse(text, defines=HARNESS_DEFINES, path=path)
+    kemi = kemi_.read(cfg, lines, path)
     problems: list[Problem] = []
 
     def at(src, what, add):
@@ -122,7 +124,10 @@ def check(text: str, path: str = "kamailio.cfg") -> list[Problem]:
                f'#!ifdef KAMLEAK modparam("jsonrpcs", "transport", {value | 1}) #!else … #!endif '
                "(bit 1 is HTTP)")
     key = ("event", "xhttp:request")
-    if key not in cfg.routes:
+    if kemi is not None:
+        for src, what, add in kemi_.problems(kemi, cfg, jsonrpc=True):
+            at(src, what, add)
+    elif key not in cfg.routes:
         at(None, "has no event_route[xhttp:request]",
            'event_route[xhttp:request] { if ($hu =~ "^/RPC") { jsonrpc_dispatch(); exit; } '
            "if (ws_handle_handshake()) exit; }")
@@ -134,7 +139,8 @@ def check(text: str, path: str = "kamailio.cfg") -> list[Problem]:
         if "ws_handle_handshake" not in xhttp:
             at(src, "event_route[xhttp:request] does not accept WebSocket upgrades",
                "if (ws_handle_handshake()) exit;")
-    if "KAMLEAK_PBX_HOSTPORT" not in text and not has_registrar(cfg):
+    if "KAMLEAK_PBX_HOSTPORT" not in text and not has_registrar(cfg) \
+            and not (kemi and kemi.has_registrar()):
         at(None, "never sends calls to the harness's PBX: it sets no KAMLEAK_PBX_HOSTPORT and "
            'has no registrar (save("location") and lookup("location")) that kamleak could '
            "register the PBX in",
