@@ -8,6 +8,7 @@ scripts with KSR.sl.send_reply_error() after the failed t_relay().
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from kamleak.harness.stack import containers
+from tests.unit.test_source_build import offline_source
+
+SOURCE = offline_source()
 
 ROOT = Path(__file__).resolve().parents[2]
 KEMI = ROOT / "tests" / "configs" / "kemi"
@@ -31,11 +35,14 @@ RELAY_ERROR = {
 }
 
 
-def gate(cfg: Path, version: str) -> subprocess.CompletedProcess:
+def gate(cfg: Path, version: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`kamleak gate` on Debian's VERSION, or on upstream's tag built from source ("ref:5.8.5")."""
+    build = ("--kamailio-ref", version[4:]) if version.startswith("ref:") else ("--kamailio-version", version)
     return subprocess.run([sys.executable, "-m", "kamleak.harness.tools.cli", "gate",
-                           "--kamailio-config", str(cfg), "--kamailio-version", version],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL)
+                           "--kamailio-config", str(cfg), *build],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL,
+                          env={**os.environ, **({"KAMLEAK_KAMAILIO_SOURCE": SOURCE} if SOURCE else {})})
 
 
 def copy_of_fixtures(tmp_path: Path) -> Path:
@@ -87,6 +94,21 @@ def test_trigger_in_the_script_leaks_on_563(kamleak_images, engine):
     proc = gate(KEMI / f"kamailio-{engine}.cfg", "5.6.3")
     assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
     assert proc.stdout.startswith("kamleak gate: LEAK: BYE Call-ID"), proc.stdout
+
+
+@pytest.mark.serial
+@pytest.mark.skipif(SOURCE is None, reason="no offline Kamailio history "
+                    "(../shared/kamailio-src or KAMLEAK_KAMAILIO_SOURCE)")
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_source_build_carries_the_scripts_module(kamleak_images, engine, tmp_path):
+    # upstream 5.8.5 built with the modules the config loads: app_lua or app_python3 among
+    # them; its tm keeps the exact-equality test (bd0aaf89b8 is master only)
+    proc = gate(KEMI / f"kamailio-{engine}.cfg", "ref:5.8.5", timeout=1800)
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
+    assert proc.stdout.startswith("kamleak gate: LEAK: BYE Call-ID"), proc.stdout
+    proc = gate(mitigated(tmp_path) / f"kamailio-{engine}.cfg", "ref:5.8.5")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert "(1/TM) statefully" in proc.stdout
 
 
 # ---- bad input: one line, exit 128 (the gate's "bad input"), no container --------------------------------------------
