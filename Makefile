@@ -120,11 +120,15 @@ agreement: setup
 	  --variant $(if $(AGREE_CONFIG),none,$(AGREE_VARIANTS)) --transport ws,wss --disconnect $(AGREE_DISCONNECTS) \
 	  --runs $(RUNS) $(if $(AGREE_CONFIG),--config $(AGREE_CONFIG)) --out artifacts/agreement.json
 
-# make repro [VERSION=6.0.1 | IMAGE=ghcr.io/...] [VARIANT=pua_dialoginfo] [TRANSPORT=ws|wss]
-#            [DISCONNECT=rst|fin|close|rst+advertise] [HANGUP=command|session-timer]
-# make repro FAITHFUL=1   the report's steps on upstream 5.8.5 (477 (477/SL), session-timer BYE)
-# VERSION: one of Debian's builds (5.6.3, 6.0.1, 6.1.5) or else an upstream tag
-# or ref, built from source (KAMAILIO_SOURCE): make repro VERSION=5.8.5.
+# make repro: the report of issue 4140 (docs/repro.md): upstream 5.8.5 built from source
+# (KAMAILIO_SOURCE; the first run builds it, later runs reuse the image), a WSS client, the
+# report's failure path (DISCONNECT=rst+advertise: 477 (477/SL)), Asterisk hanging up on
+# command, then send_reply_error() beside it.  Knobs (each overrides one default):
+#   VERSION=6.0.1     Debian's package, no build (5.6.3, 6.0.1, 6.1.5); any other VERSION
+#                     is an upstream tag or ref built from source.   IMAGE=ghcr.io/...
+#   FAITHFUL=1        the BYE from Asterisk's own session timer (~1 min a run)
+#   VARIANT=  TRANSPORT=ws|wss  MITIGATION=  DISCONNECT=rst|fin|close|rst+advertise
+#   HANGUP=command|session-timer
 DEBIAN_VERSIONS := 5.6.3 6.0.1 6.1.5
 repro: setup
 	@$(KAMLEAK) repro $(if $(VERSION),$(if $(filter $(DEBIAN_VERSIONS) $(addprefix debian-,$(DEBIAN_VERSIONS)),$(VERSION)),--kamailio-version $(patsubst debian-%,%,$(VERSION)),--kamailio-ref $(VERSION))) $(if $(IMAGE),--kamailio-image $(IMAGE)) \

@@ -119,63 +119,84 @@ def _save_logs(directory: Path, kam, pbx_log: str) -> Path:
     return directory
 
 
-def _repro_faithful(args) -> int:
-    """The report's steps, literally, each beside what Kamailio did (issue 17)."""
-    from kamleak.harness import registry
+# The report the repro exists for (Kamailio issue 4140): its version, client and failure path.
+REPORT_REF = "5.8.5"
+REPORT_TRANSPORT = "wss"
+REPORT_DISCONNECT = "rst+advertise"      # via_builder() skips the lookup, the send fails: 477 (477/SL)
+# Measured here (docs/repro.md, "Cold and warm"): the first run's source build of 5.8.5.
+REPORT_BUILD_COST = "3-4 min on 2 busy cores (about 1 min with a warm compiler cache)"
+
+
+def _report_defaults(args) -> None:
+    """What the user left unsaid is the report's: 5.8.5 from upstream source (no target given),
+    a WSS client, the `advertise` + stock-relay failure path, Asterisk hanging up on command
+    (--faithful: its own session timer, as the report's PBX did)."""
+    if not any(getattr(args, k, None) for k in ("version", "image", "kamailio_bin", "kamailio_ref")):
+        args.kamailio_ref = REPORT_REF
+    args.transport = args.transport or REPORT_TRANSPORT
+    args.disconnect = args.disconnect or REPORT_DISCONNECT
+    args.hangup = args.hangup or ("session-timer" if args.faithful else "command")
+
+
+def _build_notice(target: Target) -> None:
+    """Say up front what a first run costs: a source build nobody has made yet."""
+    if target.kind != "source":
+        return
+    commit = target.provenance.commit       # resolves the ref: an unknown one is refused first
+    if engine.client().images.list(filters={"label": f"{source_build.LABEL_COMMIT}={commit}"}):
+        return
+    _say(f"first run: Kamailio {target.ref} is built from upstream source "
+         f"({source_build.source_location(target.source)}): {REPORT_BUILD_COST}, then reused; "
+         "the quick path on Debian's package: make repro VERSION=6.0.1")
+
+
+def _report_steps(v, kam, idle: dict, trace, hangup: str) -> None:
+    """The report's steps, each beside what this Kamailio did (the evidence)."""
     from kamleak.harness.reporting import text as report
 
-    gh4140 = registry.scenario("gh4140")
-    if not any(getattr(args, k, None) for k in ("version", "image", "kamailio_bin", "kamailio_ref")):
-        args.kamailio_ref = "5.8.5"            # the report's version, from upstream source
-    target = _target_from(args)
-    variant = gh4140.Variant.parse(args.variant or gh4140.DEFAULT_VARIANT)
-    disconnect = "rst+advertise" if args.disconnect == "rst" else args.disconnect
-    with Stack(target, log=_say) as bench:
-        print(f"kamleak repro --faithful: the steps of Kamailio issue 4140 on {target.id} "
-              f"(variant {variant.name}, disconnect {disconnect}, hangup by Asterisk's session timer)",
-              flush=True)
-        kam = gh4140.start_kamailio(bench.kamailio, variant,
-                                    extra_defines=gh4140.disconnect_defines(disconnect))
-        idle = kam.rpc.tm_stats()
-        print("  waiting for Asterisk's session timer (Session-Expires 90: about a minute) ...", flush=True)
-        v = gh4140.run(kamailio=kam, pbx=bench.pbx, ua_factory=bench.ua, transport="wss", variant=variant,
-                       disconnect=disconnect, target=target.id, hangup="session-timer")
-        at = {label: t for t, label in v.timeline}
-        def t(prefix):
-            return next((f"t={tt:7.3f} s" for label, tt in at.items() if label.startswith(prefix)), "")
-        # The report's lines, as it quotes them: level and source, without the
-        # process number and the {cseq method call-id} log prefix.
-        fail = [re.sub(r"^.*?\b(WARNING|ERROR|NOTICE|INFO|DEBUG):\s*(\{[^}]*\}\s*)?", r"\1: ", ln)
-                for ln in report.kamailio_lines(kam.log(), v.call_id)
-                if "could not be found" in ln or "branch 0 failed" in ln]
-        dump = v.snapshots.get("ws.dump before disconnect") or {}
-        steps = [
-            ("Kamailio idle", f"{kam.version.strip()}; tm.stats current {idle.get('current')}"),
-            ("one WSS client", f"ws.dump: {len(dump.get('connections') or [])} connection(s)"),
-            ("INVITE with Session-Expires: 90", f"{t('200 OK')}  relayed to Asterisk, 200 back"),
-            ("re-INVITE (refresh)", f"{t('re-INVITE 200')}  relayed, 200 back"),
-            ("client killed, then wait", f"{t('disconnect')}  RST; {t('ws.dump')} ws.dump: gone"),
-            ("Asterisk sends BYE (session timer)", t("BYE")),
-            ("Kamailio replies", "; ".join(f"{r.code} {r.reason}" for r in v.replies) or "no reply"),
-            ("Kamailio's log", (progress.clip(fail[0], 130) if fail else "(no failure line)")),
-        ]
-        _rule("report step  |  what Kamailio did")
-        for i, (step, did) in enumerate(steps, 1):
-            print(f"  {i}. {step:<36} | {did}")
-        for ln in fail[1:]:
-            print(f"     {'':<36} | {progress.clip(ln, 130)}")
-        print(f"  9. {'tm.list':<36} | {len(v.cells)} BYE cell(s) after {v.watched_for:.1f} s "
-              f"(deadline {v.deadline:.1f} s)")
-        for c in v.cells:
-            print(f"     {'':<36} |   {c.describe()}")
-        for line in report.early_lines(v):
-            print(f"     {'':<36} | {line}")
-        print(f"\n  Verdict: {v.outcome.upper()}: {v.sentence()}", flush=True)
-    return 1 if not v.leaked else 0
+    at = {label: t for t, label in v.timeline}
+
+    def t(prefix):
+        return next((f"t={tt:7.3f} s" for label, tt in at.items() if label.startswith(prefix)), "")
+    invite = next((e.message for e in trace if e.direction == "out" and e.message is not None
+                   and e.message.is_request and e.message.method == "INVITE"
+                   and e.message.call_id == v.call_id), None)
+    se = invite.header("Session-Expires") if invite is not None else None
+    # The report's lines, as it quotes them: level and source, without the
+    # process number and the {cseq method call-id} log prefix.
+    fail = [re.sub(r"^.*?\b(WARNING|ERROR|NOTICE|INFO|DEBUG):\s*(\{[^}]*\}\s*)?", r"\1: ", ln)
+            for ln in report.kamailio_lines(kam.log(), v.call_id)
+            if "could not be found" in ln or "branch 0 failed" in ln]
+    dump = v.snapshots.get("ws.dump before disconnect") or {}
+    gone = next((label for label in at if label.startswith("disconnect")), "disconnect")
+    who = "Asterisk's session timer expired" if hangup == "session-timer" else "Asterisk hangs up on command"
+    steps = [
+        ("Kamailio idle", f"{kam.version.strip()}; tm.stats current {idle.get('current')}"),
+        (f"one {v.transport.upper()} client", f"ws.dump: {len(dump.get('connections') or [])} connection(s)"),
+        ("INVITE with session timers", f"{t('200 OK')}  relayed to Asterisk, 200 back"
+         + (f" (Session-Expires: {se})" if se else "")),
+        ("re-INVITE (refresh)", f"{t('re-INVITE 200')}  relayed, 200 back"),
+        ("client killed, then wait", f"{t('disconnect')}  {gone}; {t('ws.dump')} ws.dump: gone"),
+        ("the PBX sends BYE", f"{t('BYE')}  {who}"),
+        ("Kamailio replies", "; ".join(f"{r.code} {r.reason}" for r in v.replies) or "no reply"),
+        ("Kamailio's log", (progress.clip(fail[0], 130) if fail else "(no failure line)")),
+    ]
+    print(f"  {'report step':<40}| what Kamailio did")
+    for i, (step, did) in enumerate(steps, 1):
+        print(f"  {i}. {step:<36} | {did}")
+    for ln in fail[1:]:
+        print(f"     {'':<36} | {progress.clip(ln, 130)}")
+    print(f"  9. {'tm.list':<36} | {len(v.cells)} BYE cell(s) after {v.watched_for:.1f} s "
+          f"(deadline {v.deadline:.1f} s)")
+    for c in v.cells:
+        print(f"     {'':<36} |   {c.describe()}")
+    for line in report.early_lines(v):
+        print(f"     {'':<36} | {line}")
 
 
 def cmd_repro(args) -> int:
-    """The issue-4140 leak, shown as a bug report, then the mitigation beside it."""
+    """The report of Kamailio issue 4140, step by step beside the evidence, then the
+    mitigation it recommends beside it."""
     from kamleak.harness import registry
     from kamleak.harness.errors import NotApplicable
     from kamleak.harness.probes.pbx_trace import parse_pjsip_log
@@ -183,10 +204,9 @@ def cmd_repro(args) -> int:
 
     gh4140 = registry.scenario("gh4140")
     check_writable(args.artifacts, "--artifacts")       # now, not after the runs
-
-    if getattr(args, "faithful", False):
-        return _repro_faithful(args)
+    _report_defaults(args)
     target = _target_from(args)
+    _build_notice(target)
     variant = gh4140.Variant.parse(args.variant or gh4140.DEFAULT_VARIANT)
     extra = gh4140.disconnect_defines(args.disconnect)
 
@@ -197,12 +217,14 @@ def cmd_repro(args) -> int:
     # The contrast run takes the first mitigation this Kamailio accepts (the
     # one asked for, or else the next that runs); refusals are kept to say why.
     candidates = [args.mitigation] if args.mitigation else list(MITIGATIONS)
+    has: dict = {}
     if not args.mitigation:
         # kamleak.harness.knowledge first: the mitigations this build has (git for source
         # builds, observations for Debian's), in order; unknown: try them all.
         from kamleak.harness import knowledge
-        has = {m: knowledge.has("delayed_reply" if m == "delayed_reply_off" else m, target).value
-               for m in MITIGATIONS}
+        known = {m: knowledge.has("delayed_reply" if m == "delayed_reply_off" else m, target)
+                 for m in MITIGATIONS}
+        has = {m: k.value for m, k in known.items()}
         if any(has.values()):
             candidates = [m for m in MITIGATIONS if has[m]] + [m for m in MITIGATIONS if has[m] is None]
             _say(f"mitigation: {candidates[0]} (kamleak.harness.knowledge: {target.id} has it)")
@@ -212,10 +234,13 @@ def cmd_repro(args) -> int:
     runs = [(f"as deployed: {variant.name} with {variant.reply}()", variant),
             ("mitigated", None)]
     results = []
+    who = ("Asterisk's session timer (Session-Expires 90: about a minute a run)"
+           if args.hangup == "session-timer" else "Asterisk on command (FAITHFUL=1: its session timer)")
     with Stack(target, log=_say) as bench:
         print(f"kamleak repro: Kamailio issue 4140 ({gh4140.TITLE})", flush=True)
-        print(f"  target {target.id}, transport {args.transport.upper()}, client goes away by "
-              f"{args.disconnect.upper()}; Asterisk 22 at {bench.pbx.address}", flush=True)
+        print(f"  target {target.id}, {args.transport.upper()} client, gone by "
+              f"{args.disconnect.upper()}; BYE from {who}; Asterisk 22 at {bench.pbx.address}",
+              flush=True)
         for title, v in runs:
             kam = None
             if v is None:
@@ -243,6 +268,11 @@ def cmd_repro(args) -> int:
                 if kam is None:
                     results.append(None)
                     continue
+                if mitigated.reply == "send_reply_error":
+                    print(f"  send_reply_error() in place of {variant.reply}(): the report's recommended "
+                          "mitigation (the relay's error, replied statefully)")
+                if has.get(mitigated.reply):
+                    print(f"  {target.id} has it: {known[mitigated.reply].why}")
             else:
                 _rule(title)
                 try:
@@ -252,34 +282,23 @@ def cmd_repro(args) -> int:
                     results.append(None)
                     continue
             print(f"  {kam.describe()} ready in {kam.ready_after:.2f} s; calling ...", flush=True)
+            idle = kam.rpc.tm_stats()
             log_start = len(bench.pbx.log())
             verdict = gh4140.run(kamailio=kam, pbx=bench.pbx, ua_factory=bench.ua,
                                  transport=args.transport, variant=v, disconnect=args.disconnect,
                                  hangup=args.hangup,
                                  target=target.id)
             results.append(verdict)
+            _report_steps(verdict, kam, idle, bench.uas[-1].trace, args.hangup)
             pbx_msgs = parse_pjsip_log(bench.pbx.log()[log_start:])
-            print("\n  Call ladder (WS leg from the client, UDP leg from Asterisk's log):")
+            print("\n  Call ladder (the client's leg as it saw it, the UDP leg from Asterisk's log):")
             events = [(verdict.started_at + t, label) for t, label in verdict.timeline
                       if label.startswith(("disconnect", "ws.dump", "deadline", "BYE cell"))]
             for line in report.ladder(bench.uas[-1].trace, pbx_msgs, verdict.call_id, events):
                 print("   " + line)
-            print(f"\n  tm.list {verdict.watched_for:.1f} s after the BYE "
-                  f"(deadline {verdict.deadline:.1f} s from {timers_text(verdict.timers, 'BYE')}):")
-            if verdict.cells:
-                for c in verdict.cells:
-                    print(f"    {c.describe()}")
-            else:
-                print(f"    no cell for Call-ID {verdict.call_id} (gone after "
-                      f"{verdict.gone_after:.1f} s)")
-            for line in report.early_lines(verdict):
-                hint = " (--confirm waits it out too)" if line.endswith("ended the watch") else ""
-                print(f"  {line}{hint}")
+            print(f"  tm.list deadline {verdict.deadline:.1f} s from {timers_text(verdict.timers, 'BYE')}")
             print(f"  tm.stats before → after: {report.stats_delta(verdict.stats_before, verdict.stats_after)}")
             print(f"    {verdict.stats_note}")
-            print("  Kamailio log for this call:")
-            for line in report.kamailio_lines(kam.log(), verdict.call_id):
-                print(f"    {line[:160]}")
             print(f"\n  Verdict: {verdict.outcome.upper()}: {verdict.sentence()}", flush=True)
             if args.artifacts:
                 where = _save_run(Path(args.artifacts) / ("leaking" if v is variant else "mitigated"),
@@ -791,22 +810,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--start-engine", action="store_true", default=None,
                    help="start a private dockerd if none answers (needs root)")
     s.set_defaults(func=cmd_setup)
-    r = sub.add_parser("repro", help="show the issue-4140 leak with its evidence, then the mitigation")
+    r = sub.add_parser("repro", help="show the issue-4140 report step by step beside the evidence, "
+                                     "then its mitigation beside it (default: upstream 5.8.5 from source)")
     _add_target_args(r)
     r.add_argument("--variant", default=None,
                    help="config variant (default: pua_dialoginfo, the realistic trigger)")
     r.add_argument("--mitigation", default=None, choices=MITIGATIONS,
                    help="what the contrast run changes (default: the first of "
                         f"{', '.join(MITIGATIONS)} this Kamailio accepts)")
-    r.add_argument("--transport", default="ws", choices=("ws", "wss"))
-    r.add_argument("--disconnect", default="rst", choices=DISCONNECT_CHOICES,
-                   help="how the client goes away (rst+advertise: the report's 477 path)")
-    r.add_argument("--hangup", default="command", choices=("command", "session-timer"),
-                   help="who ends the call: a CLI command (default) or Asterisk's session "
-                        "timer (~1 min)")
+    r.add_argument("--transport", default=None, choices=("ws", "wss"),
+                   help=f"the client's transport (default: {REPORT_TRANSPORT}, the report's)")
+    r.add_argument("--disconnect", default=None, choices=DISCONNECT_CHOICES,
+                   help=f"how the client goes away (default: {REPORT_DISCONNECT}, the report's 477 path; "
+                        "rst: via_builder()'s 500)")
+    r.add_argument("--hangup", default=None, choices=("command", "session-timer"),
+                   help="who ends the call: Asterisk on a CLI command (default) or its session "
+                        "timer (~1 min a run; --faithful)")
     r.add_argument("--faithful", action="store_true",
-                   help="the report's steps literally (5.8.5 from source unless a target is given, "
-                        "WSS, rst+advertise, Asterisk's session-timer BYE), each beside what Kamailio did")
+                   help="the report's BYE literally: wait for Asterisk's session timer "
+                        "(--hangup session-timer)")
     r.add_argument("--artifacts", default=None, metavar="DIR",
                    help="also save each run's evidence (verdict, timeline.png, SIP trace, logs) in DIR")
     _add_verdict_args(r)
