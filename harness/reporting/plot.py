@@ -3,8 +3,11 @@
 `render_timeline(run, path)` takes a run record (`Verdict.to_json()` plus
 `stats_samples`) and draws what a person needs to *see* the leak: after the BYE,
 `current` and `created - freed` stay flat at 1 until the deadline (leak) or fall
-back to 0 (clean).  An early verdict marks when the orphan was proven and where
-the lifetime bound would have ended, past the data when the watch stopped early.
+back to 0 (clean).  The watched cell has a lane of its own under the counters
+(among a dozen live transactions its 1 is easily missed there).  An early
+verdict marks when the orphan was proven and where the lifetime bound would have
+ended, past the data when the watch stopped early.  Step labels never overlap:
+neighbours share one when the strip cannot hold them all.
 """
 
 from __future__ import annotations
@@ -20,11 +23,15 @@ _LEFT, _RIGHT = 0.075, 0.975
 _STRIP_BOTTOM = 0.575        # the step-label strip; its top follows the subtitle
 _COUNTS = (0.305, 0.565)     # the tm counters panel
 _SHM = (0.085, 0.255)        # the shm panel
+# With a watched cell: its own lane between the two, so one leaked cell among
+# many live transactions is seen at a glance (the counters draw it as a 1 among 12).
+_COUNTS_L, _LANE, _SHM_L = (0.345, 0.565), (0.268, 0.322), (0.085, 0.238)
 _SUB_TOP, _SUB_FONT = 0.942, 8.5
 
 _COLOURS = {"leak": "#c0392b", "clean": "#1e8449"}
 _OTHER = "#7f6000"
 _LABEL_FONT = 7
+_LABEL_GAP = 2.5             # pixels between two step labels
 _MERGE_WITHIN = 0.05         # steps closer than this share a label (if it stays short)
 _MERGED_MAX = 24             # ... and the merged text is at most this long
 _MARK_ROW = 0.78             # the orphan and bound labels: below the legend, above the data
@@ -129,6 +136,78 @@ def early_marks(run: dict) -> Marks:
                  waited_out=proof is None or bool(run.get("confirmed")))
 
 
+@dataclass(frozen=True)
+class CellLane:
+    """The watched request's cell on the scenario's clock: when tm.list held it."""
+
+    spans: tuple[tuple[float, float], ...]
+    still_there: bool                # in tm.list at the watch's last look
+    label: str
+
+
+def cell_lane(run: dict, bye: float | None) -> CellLane | None:
+    """From the oracle's tm.list samples ({"t": s after the request, "cells": n}, one at
+    each change), else from seen / gone_after / watched_for; None for a memory verdict
+    or a cell never seen."""
+    if run.get("kind") == "memory" or bye is None or not (run.get("seen") or run.get("cells")):
+        return None
+    method = str(run.get("method") or "BYE")
+    samples = sorted((s for s in run.get("samples") or [] if isinstance(s, dict) and "t" in s),
+                     key=lambda s: _num(s["t"]))
+    spans, start = [], None
+    for s in samples:
+        t, held = bye + _num(s["t"]), _num(s.get("cells")) > 0
+        if held and start is None:
+            start = t
+        elif not held and start is not None:
+            spans.append((start, t))
+            start = None
+    gone_after = run.get("gone_after")
+    still = gone_after is None and str(run.get("outcome") or "").lower() == "leak"
+    last = bye + _num(run.get("watched_for"), _num(samples[-1]["t"]) if samples else 0.0)
+    if start is not None:
+        spans.append((start, max(last, start)))
+    if not spans and not samples:
+        end = bye + _num(gone_after) if gone_after is not None else last
+        spans.append((bye, max(end, bye)))
+    if not spans:
+        return None
+    held = spans[-1][1] - bye
+    orphaned = " (proven orphaned)" if still and run.get("orphan") else ""
+    label = (f"{method} cell still in tm.list {_fmt_t(held)} s after the {method}{orphaned}"
+             if still else f"{method} cell left tm.list {_fmt_t(held)} s after the {method}")
+    return CellLane(tuple(spans), still, label)
+
+
+def _draw_lane(ax, lane: CellLane, method: str, colour: str, bound_x: float, early: bool,
+               span: float) -> None:
+    """The cell as a bar of its own (its artist carries gid 'leaked-cell' when it leaked),
+    ended by a marker: a filled one where it was still held, a bar where it left."""
+    ax.broken_barh([(a, b - a) for a, b in lane.spans], (0.22, 0.56), facecolors=colour,
+                   alpha=0.9, zorder=3, gid="leaked-cell" if lane.still_there else "cell")
+    end = lane.spans[-1][1]
+    if lane.still_there and early and bound_x > end:
+        # Proven orphaned: nothing frees it before the bound, drawn but not as data.
+        ax.broken_barh([(end, bound_x - end)], (0.22, 0.56), facecolors="none", edgecolors=colour,
+                       hatch="///", lw=0.8, alpha=0.6, zorder=3)
+    ax.plot([end], [0.5], marker="X" if lane.still_there else "|", ms=11 if lane.still_there else 16,
+            mew=2.2, color=colour, mec="white" if lane.still_there else colour, ls="none", zorder=5,
+            gid="leaked-cell-marker" if lane.still_there else "cell-end")
+    # Inside the bar where it fits (the axis is fixed by now), else right of its end marker.
+    renderer = ax.figure.canvas.get_renderer()
+    txt = ax.text(lane.spans[0][0] + 0.006 * span, 0.5, lane.label, ha="left", va="center",
+                  fontsize=7.5, color=colour, fontweight="bold", zorder=6,
+                  bbox=dict(facecolor="white", edgecolor="none", alpha=0.9, pad=1.2))
+    bar_px = ax.transData.transform((end, 0))[0] - ax.transData.transform((lane.spans[0][0], 0))[0]
+    if txt.get_window_extent(renderer).width + 24 > bar_px:
+        txt.set_x(end + 0.012 * span)
+    ax.set_ylim(0, 1)
+    ax.set_yticks([])
+    ax.set_ylabel(f"{method}\ncell", rotation=0, ha="right", va="center", fontsize=9,
+                  labelpad=6)
+    ax.tick_params(labelbottom=False)
+
+
 def _group_steps(steps: list[tuple[float, str]]) -> list[tuple[float, str]]:
     """Steps within ~0.05 s share one label when the result stays short."""
     groups: list[tuple[float, list[str]]] = []
@@ -141,6 +220,22 @@ def _group_steps(steps: list[tuple[float, str]]) -> list[tuple[float, str]]:
                 continue
         groups.append((t, [text]))
     return [(t, " · ".join(texts)) for t, texts in groups]
+
+
+def _thin(groups: list[tuple[float, list[str]]], most: int) -> list[tuple[float, list[str]]]:
+    """At most MOST labels: the two neighbours closest in time merge, first those
+    that decide nothing (not _special), so the deadline keeps a label of its own."""
+    groups = list(groups)
+    while len(groups) > max(1, most):
+        pairs = range(len(groups) - 1)
+        plain = [i for i in pairs if not any(_special(p) for p in groups[i][1] + groups[i + 1][1])]
+        i = min(plain or pairs, key=lambda i: groups[i + 1][0] - groups[i][0])
+        groups[i:i + 2] = [(groups[i][0], groups[i][1] + groups[i + 1][1])]
+    return groups
+
+
+def _joined(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else f"{parts[0]} … {parts[-1]} ({len(parts)} steps)"
 
 
 def _spread(desired: list[float], gaps: list[float], lo: float, hi: float) -> list[float]:
@@ -259,6 +354,14 @@ def _place_marks(fig, ax, orphan_text, bound_text, bound_short: str, proof: floa
     def touch(a, b):
         return a.x1 + 4 > b.x0 and b.x1 + 4 > a.x0
 
+    row = _MARK_ROW
+    legend = ax.get_legend()
+    marks = [t for t in (orphan_text, bound_text) if t is not None]
+    if legend is not None and any(ext(t).overlaps(legend.get_window_extent(renderer)) for t in marks):
+        # A short panel puts the row beside the legend: the row goes below it.
+        row = ax.transAxes.inverted().transform((0, legend.get_window_extent(renderer).y0))[1] - 0.09
+        for t in marks:
+            t.set_y(row)
     if orphan_text is not None:
         o = ext(orphan_text)
         if o.x1 > box.x1 or (bound_text is not None and touch(o, ext(bound_text))):
@@ -271,7 +374,7 @@ def _place_marks(fig, ax, orphan_text, bound_text, bound_short: str, proof: floa
         if b.x0 - 4 < line < b.x1 + 4:        # across the proof's line: the short form
             bound_text.set_text(bound_short)
         if touch(ext(orphan_text), ext(bound_text)):
-            bound_text.set_y(_MARK_ROW - 0.12)
+            bound_text.set_y(row - 0.12)
 
 
 def render_timeline(run: dict, path: str | Path, hints: PlotHints | None = None) -> Path:
@@ -324,8 +427,13 @@ def draw_timeline(run: dict, hints: PlotHints | None = None):
     fig = plt.figure(figsize=(_W_IN, _H_IN), dpi=_DPI)
     try:
         width = _RIGHT - _LEFT
-        ax_c = fig.add_axes((_LEFT, _COUNTS[0], width, _COUNTS[1] - _COUNTS[0]))
-        ax_m = fig.add_axes((_LEFT, _SHM[0], width, _SHM[1] - _SHM[0]), sharex=ax_c)
+        lane = cell_lane(run, bye)
+        counts_y, shm_y = (_COUNTS_L, _SHM_L) if lane else (_COUNTS, _SHM)
+        ax_c = fig.add_axes((_LEFT, counts_y[0], width, counts_y[1] - counts_y[0]))
+        ax_m = fig.add_axes((_LEFT, shm_y[0], width, shm_y[1] - shm_y[0]), sharex=ax_c)
+        ax_l = fig.add_axes((_LEFT, _LANE[0], width, _LANE[1] - _LANE[0]), sharex=ax_c) \
+            if lane else None
+        panels = (ax_c, ax_m) + ((ax_l,) if ax_l else ())
         # --- title and the sentence ------------------------------------------------
         where = " · ".join(str(v) for v in (run.get("target"), run.get("variant"),
                                               str(run.get("transport") or "").upper()) if v)
@@ -348,7 +456,7 @@ def draw_timeline(run: dict, hints: PlotHints | None = None):
             watched_to = min(marks.watch_end, bound_x)
         if bye is not None:
             if watched_to > bye:
-                for ax in (ax_c, ax_m):
+                for ax in panels:
                     ax.axvspan(bye, watched_to, color=colour, alpha=0.07, lw=0)
                 # A transaction's bound has its own label (below); a drain's deadline goes here.
                 dl = f" (deadline {_num(run.get('deadline')):.1f} s)" if run.get("kind") == "memory" \
@@ -360,14 +468,14 @@ def draw_timeline(run: dict, hints: PlotHints | None = None):
                     fontsize=7.5, color=colour, va="top", ha="left", alpha=0.9)
             if watched_to < bound_x:
                 # The proof ended the watch: hatched, not shaded, so it is not read as data.
-                for ax in (ax_c, ax_m):
+                for ax in panels:
                     ax.axvspan(watched_to, bound_x, facecolor="none", edgecolor=colour, hatch="///",
                                alpha=0.18, lw=0)
 
         # --- the orphan proof and the bound ------------------------------------------
         orphan_text = bound_text = None
         if marks.proof is not None:
-            for ax in (ax_c, ax_m):
+            for ax in panels:
                 ax.axvline(marks.proof, color=colour, lw=1.8, zorder=4)
             orphan_text = ax_c.text(
                 marks.proof + 0.006 * span, _MARK_ROW,
@@ -377,7 +485,7 @@ def draw_timeline(run: dict, hints: PlotHints | None = None):
                 zorder=6, bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=1))
         if end is not None and marks.bound_label:
             if bound_on_axis:
-                for ax in (ax_c, ax_m):
+                for ax in panels:
                     ax.axvline(end, color=colour, ls=(0, (5, 3)), lw=1.4, alpha=0.9, zorder=4)
                 x, label = end - 0.006 * span, marks.bound_label
             else:                     # beyond the axis: say so at its edge
@@ -390,7 +498,7 @@ def draw_timeline(run: dict, hints: PlotHints | None = None):
         # --- step lines ------------------------------------------------------------
         for t, text in steps:
             special = _special(text)
-            for ax in (ax_c, ax_m):
+            for ax in panels:
                 ax.axvline(t, color=colour if special else "#777777", ls="--", lw=0.8,
                            alpha=0.9 if special else 0.55, zorder=1)
 
@@ -423,6 +531,8 @@ def draw_timeline(run: dict, hints: PlotHints | None = None):
         if outcome == "leak" and cells and samples:
             _point_at_leak(ax_c, samples[-1], cells, method, marks, watched_to, bound_x, colour, span)
         ax_c.set_xlim(x_lo, x_hi)      # the labels are placed in pixels: fix the axis first
+        if lane:
+            _draw_lane(ax_l, lane, method, colour, bound_x, not marks.waited_out, span)
         legend = ax_c.get_legend()
         if legend is not None and watched_text is not None:
             # A watch that starts late in the plot puts its label under the legend: swap sides.
@@ -484,18 +594,28 @@ def draw_timeline(run: dict, hints: PlotHints | None = None):
             renderer = fig.canvas.get_renderer()
             line_px = _LABEL_FONT * 1.25 * _DPI / 72
             rise = 14.0
-            texts, widths = [], []
-            for t, text in labels:
-                special = _special(text)
-                txt = ax_s.text(0, rise + 2, f"{_fmt_t(t)} {text}", rotation=90,
-                                rotation_mode="anchor", ha="left", va="center",
-                                fontsize=_LABEL_FONT, color=colour if special else "#333333",
-                                fontweight="bold" if special else "normal", linespacing=1.05)
-                n = _fit_label(txt, strip_h - rise - 4, renderer)
-                texts.append(txt)
-                widths.append(n * line_px)
-            gaps = [0.0] + [(widths[i - 1] + widths[i]) / 2 + 2.5 for i in range(1, len(widths))]
-            want = [(t - x_lo) / (x_hi - x_lo) * strip_w for t, _ in labels]
+            # More steps than the strip holds side by side: neighbours share a label.
+            groups = _thin([(t, [text]) for t, text in labels],
+                           int((strip_w + _LABEL_GAP) // (line_px + _LABEL_GAP)))
+            while True:
+                texts, widths = [], []
+                for t, parts in groups:
+                    text = _joined(parts)
+                    special = any(_special(p) for p in parts)
+                    txt = ax_s.text(0, rise + 2, f"{_fmt_t(t)} {text}", rotation=90,
+                                    rotation_mode="anchor", ha="left", va="center",
+                                    fontsize=_LABEL_FONT, color=colour if special else "#333333",
+                                    fontweight="bold" if special else "normal", linespacing=1.05)
+                    n = _fit_label(txt, strip_h - rise - 4, renderer)
+                    texts.append(txt)
+                    widths.append(n * line_px)
+                if sum(widths) + _LABEL_GAP * (len(widths) - 1) <= strip_w or len(groups) == 1:
+                    break
+                for txt in texts:        # wrapped labels take two columns: one group fewer
+                    txt.remove()
+                groups = _thin(groups, len(groups) - 1)
+            gaps = [0.0] + [(widths[i - 1] + widths[i]) / 2 + _LABEL_GAP for i in range(1, len(widths))]
+            want = [(t - x_lo) / (x_hi - x_lo) * strip_w for t, _ in groups]
             got = _spread(want, gaps, widths[0] / 2, strip_w - widths[-1] / 2)
             for txt, x0, x1 in zip(texts, want, got):
                 txt.set_x(x1)

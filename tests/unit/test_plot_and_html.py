@@ -246,6 +246,115 @@ def test_png_clean_run_names_the_bound_without_stretching_the_axis():
         plt.close(fig)
 
 
+# --- the leaked cell's own lane, step labels apart ------------------------------------
+
+def _artist(fig, gid: str):
+    """(axes, artist) of the artist with GID, or (None, None)."""
+    for ax in fig.axes:
+        for a in [*ax.collections, *ax.lines]:
+            if a.get_gid() == gid:
+                return ax, a
+    return None, None
+
+
+def real_like_leak() -> dict:
+    """The shape of a real 6.0.1 run (docs/repro/leaking): 12 transactions at the
+    BYE, the leaked one a 1 at the end; the oracle's tm.list samples at each change."""
+    run = leak_run()
+    run["stats_samples"] = [{**s, "current": s["current"] + (11 if 0.3 <= s["t"] < 1.1 else 0)}
+                            for s in run["stats_samples"]]
+    run["samples"] = [{"t": 0.02, "cells": 1}, {"t": 7.1, "cells": 1}]      # to watched_for
+    return run
+
+
+@pytest.mark.parametrize("run, still", [(real_like_leak(), True), (early_run(), True),
+                                        (clean_run(), False)], ids=["leak", "early", "clean"])
+def test_png_the_watched_cell_has_a_lane_and_marker_of_its_own(run, still):
+    import matplotlib.pyplot as plt
+    fig = draw_timeline(run)
+    try:
+        fig.canvas.draw()
+        lane, bar = _artist(fig, "leaked-cell" if still else "cell")
+        assert bar is not None, "no bar of its own for the watched cell"
+        assert lane is not fig.axes[0], "the cell's lane is not the counters' panel"
+        assert _artist(fig, "leaked-cell")[1] is None or still, "a clean run has no leaked cell"
+        (x0, x1), = [(p.get_extents().x0, p.get_extents().x1) for p in bar.get_paths()] or [(0, 0)]
+        bye = 0.32
+        # From the oracle's first sample holding it (else the request) to where it
+        # left (gone_after) or the watch's last look (watched_for).
+        first = bye + (run["samples"][0]["t"] if "samples" in run else 0.0)
+        last = bye + (run["gone_after"] if run["gone_after"] is not None else run["watched_for"])
+        assert (x0, x1) == (pytest.approx(first, abs=0.01), pytest.approx(last, abs=0.01))
+        marker_ax, marker = _artist(fig, "leaked-cell-marker" if still else "cell-end")
+        assert marker_ax is lane and marker.get_xdata()[0] == pytest.approx(last, abs=0.01)
+        label = [t.get_text() for t in lane.texts]
+        assert label == [f"BYE cell still in tm.list {last - bye:.2f} s after the BYE"
+                         + (" (proven orphaned)" if run.get("orphan") else "")
+                         if still else f"BYE cell left tm.list {last - bye:.2f} s after the BYE"]
+        # The lane's label stays inside the lane, the mark row clear of the legend.
+        r = fig.canvas.get_renderer()
+        inside = lane.get_window_extent(r)
+        box = lane.texts[0].get_window_extent(r)
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1 + 1
+        _assert_apart(fig)
+    finally:
+        plt.close(fig)
+
+
+def test_png_a_memory_verdict_has_no_cell_lane():
+    import matplotlib.pyplot as plt
+    run = {"outcome": "leak", "kind": "memory", "timeline": [[0.02, "40 MESSAGEs"]],
+           "stats_samples": [{"t": 0.02, "current": 0, "shm_used": 2100000}]}
+    fig = draw_timeline(run)
+    try:
+        assert _artist(fig, "leaked-cell") == (None, None) and len(fig.axes) == 3
+    finally:
+        plt.close(fig)
+
+
+def _strip_labels(fig) -> list:
+    """The step labels: the rotated texts of the strip above the panels."""
+    return [t for ax in fig.axes for t in ax.texts if t.get_rotation() == 90 and t.get_text()]
+
+
+def crowded(n: int) -> dict:
+    run = leak_run()
+    run["timeline"] = BASE_TIMELINE + [[0.4 + 0.01 * i, f"ws frame {i} answered"] for i in range(n)] \
+        + [[7.36, "deadline: BYE cell still there"]]
+    return run
+
+
+@pytest.mark.parametrize("run", [leak_run(), early_run(), clean_run(), real_like_leak(), crowded(30),
+                                 crowded(150)],
+                         ids=["leak", "early", "clean", "real-like", "30-more-steps", "150-more-steps"])
+def test_png_step_labels_never_overlap_and_stay_on_the_figure(run):
+    import matplotlib.pyplot as plt
+    fig = draw_timeline(run)
+    try:
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        labels = _strip_labels(fig)
+        boxes = [(t.get_text(), t.get_window_extent(r)) for t in labels]
+        page = fig.bbox
+        for text, b in boxes:
+            assert page.x0 <= b.x0 and b.x1 <= page.x1 and b.y1 <= page.y1, f"{text!r} leaves the figure"
+        for i, (a, ba) in enumerate(boxes):
+            for b, bb in boxes[i + 1:]:
+                assert not ba.overlaps(bb), f"{a!r} overlaps {b!r}"
+        texts = [t for t, _ in boxes]
+        # Every step is in a label (merged ones say how many), the first step and
+        # the last (the deadline, the proof, the cell gone) keep theirs.
+        assert texts[0].startswith("0.01 INVITE")
+        t_last, last = run["timeline"][-1]
+        assert texts[-1].replace("\n", " ").startswith(f"{t_last:.2f} {last[:12]}"), texts[-1]
+        merged = sum(int(m) for t in texts for m in re.findall(r"\((\d+) steps\)", t))
+        assert merged or len(texts) >= len(run["timeline"]) - 3   # _group_steps joins a few
+        if len(run["timeline"]) > 100:
+            assert merged >= len(run["timeline"]) - 2 * len(texts)
+    finally:
+        plt.close(fig)
+
+
 # --- HTML ----------------------------------------------------------------------------
 
 class _Links(HTMLParser):
