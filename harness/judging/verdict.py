@@ -53,6 +53,8 @@ class Verdict:
     started_at: float = 0.0             # epoch of timeline's 0
     stats_samples: list[dict] = field(default_factory=list)   # counters sampled for the plot
     snapshots: dict = field(default_factory=dict)             # RPC answers at the key moments
+    # What kamleak added to or substituted in a user's config (Kamailio.provided)
+    provided: list[str] = field(default_factory=list)
     # "transaction": a cell watched in tm.list; "memory": shm allocation
     # sites (and counters) compared around the story, for leaks without a cell.
     kind: ClassVar[str] = ""

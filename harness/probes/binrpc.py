@@ -22,8 +22,10 @@ either transport's answer.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
+import threading
 from typing import Any
 
 from kamleak.harness.errors import RPCError
@@ -170,15 +172,21 @@ def decode_body(body: bytes) -> list:
                         raise BinRPCError("BINRPC array closed by a struct end")
                     return items
                 items.append(v)
-        pairs = Pairs()
+        # ctl writes an array member of a struct (struct_add "[") as a struct whose
+        # items have no names (binrpc_run.c rpc_struct_add, 5.8.5: '[' is BINRPC_T_STRUCT;
+        # ws.dump's "connections"): all unnamed, it is read as the array it is.
+        pairs, items = Pairs(), []
         while True:
             v = record()
             if isinstance(v, _End):
                 if v.rtype != T_STRUCT:
                     raise BinRPCError("BINRPC struct closed by an array end")
-                return pairs
+                if items and pairs:
+                    raise BinRPCError("BINRPC struct mixes named and unnamed members")
+                return items or pairs
             if not (isinstance(v, tuple) and v[0] == "avp"):
-                raise BinRPCError("BINRPC struct member without a name")
+                items.append(v)
+                continue
             val = record()
             if isinstance(val, _End):
                 raise BinRPCError(f"BINRPC struct member {v[1]!r} without a value")
@@ -218,9 +226,12 @@ class BinRPC:
         self.timeout = timeout
         self.max_reply = max_reply
         self.url = f"ctl {address}"
-        self._cookie = (os.getpid() << 8) & 0x7FFFFFFF
+        # One cookie per request, drawn under a lock: the gate's threads (the BYE
+        # watcher, the connection probe) share one client.
+        self._cookies = itertools.count((os.getpid() << 8) & 0x7FFFFFFF)
+        self._lock = threading.Lock()
 
-    def _exchange(self, method: str, packet: bytes) -> tuple[int, bytes]:
+    def _exchange(self, method: str, packet: bytes, sent: int) -> tuple[int, bytes]:
         try:
             sock = socket.socket(self.family, socket.SOCK_STREAM)
         except OSError as exc:
@@ -270,13 +281,14 @@ class BinRPC:
         finally:
             sock.close()
         ptype, tlen, cookie, hlen = hdr
-        if cookie != self._cookie:
+        if cookie != sent:
             raise BinRPCError(f"ctl at {self.address} answered another request (cookie {cookie})")
         return ptype, bytes(buf[hlen:hlen + tlen])
 
     def call(self, method: str, *params: Any) -> Any:
-        self._cookie = (self._cookie + 1) & 0x7FFFFFFF
-        ptype, body = self._exchange(method, encode_request(method, params, self._cookie))
+        with self._lock:
+            cookie = next(self._cookies) & 0x7FFFFFFF
+        ptype, body = self._exchange(method, encode_request(method, params, cookie), cookie)
         try:
             values = decode_body(body)
         except BinRPCError as exc:
@@ -311,3 +323,6 @@ class BinRPC:
 
     def cfg_get(self, group: str, name: str):
         return _plain(_one(self.call("cfg.get", group, name)))
+
+    def ws_dump(self) -> dict:
+        return _plain(_one(self.call("ws.dump")))

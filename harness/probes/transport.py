@@ -1,8 +1,10 @@
-"""What the watcher needs from an RPC transport, and how a user names one.
+"""What the watcher and the gate need from an RPC transport, and how a user names one.
 
 Two transports satisfy `RPCTransport`: JSON-RPC over HTTP
 (`kamleak.harness.probes.rpc.KamailioRPC`, `http://HOST:PORT/RPC`) and ctl's BINRPC
 socket (`kamleak.harness.probes.binrpc.BinRPC`, `tcp:HOST:PORT` or `unixs:/path`).
+The gate reads a user's config over ctl where it serves no JSON-RPC over HTTP
+(kamleak.harness.stack.kamailio.config: KamailioConfig.ctl_socket).
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ class RPCTransport(Protocol):
     def tm_stats(self) -> dict[str, int]: ...
 
     def shmmem(self) -> dict[str, int]: ...
+
+    def cfg_get(self, group: str, name: str) -> Any: ...
+
+    def ws_dump(self) -> dict: ...
 
 
 def connect(address: str, timeout: float = 5.0) -> RPCTransport:

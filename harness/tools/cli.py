@@ -436,6 +436,7 @@ def gate_once(target: Target, variant, transport: str = "ws", disconnect: str = 
                                bench.pbx.log()[log_start:])
                 raise
             verdict.variant = run_label(verdict.variant, user_config)
+            verdict.provided = list(dict.fromkeys(p for k in bench.kamailios for p in k.provided))
             if artifacts and bench.uas:
                 _save_run(Path(artifacts), verdict, bench.kamailios[-1], bench, log_start)
             elif artifacts:         # a story without a WebSocket UA (check --scenario pr3403)
@@ -496,7 +497,9 @@ def _run_facts(transport: str, verdict, artifacts: str | None) -> str:
                     f"{timers_text(verdict.timers, verdict.method)}; ")
     kept = (f"evidence in {artifacts}" if artifacts and Path(artifacts).is_dir() else
             "no evidence: nothing ran" if artifacts else "evidence not kept (--artifacts DIR keeps it)")
-    return f"over {transport.upper()}; {deadline}{kept}"
+    provided = f"kamleak provided: {'; '.join(verdict.provided)}; " \
+        if verdict is not None and verdict.provided else ""
+    return f"over {transport.upper()}; {provided}{deadline}{kept}"
 
 
 def _tree_target(args) -> Target | None:

@@ -17,6 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "tests/configs/user/deployment.cfg"
+# gate's exit for bad input: 128 in the exit-code table of `kamleak gate --help` (2 before it);
+# never a verdict (0, 1) nor "cannot test" (125).
+BAD_INPUT = (2, 128)
 
 
 def kamleak(*args):
@@ -52,11 +55,12 @@ def test_a_broken_users_config_is_refused_before_any_run(tmp_path):
     broken = tmp_path / "kamailio.cfg"
     broken.write_text((ROOT / CONFIG).read_text().replace("jsonrpc_dispatch();", ""))
     proc = kamleak("gate", "--kamailio-config", str(broken), "--kamailio-version", "6.0.1")
-    assert proc.returncode == 2
+    assert proc.returncode in BAD_INPUT
     first, line = proc.stderr.strip().splitlines()
     assert first.startswith(f"kamleak: {broken}: 1 thing to change before kamleak can run it; ")
     assert line.startswith(f"  {broken}:")
-    assert "event_route[xhttp:request] does not serve JSON-RPC; add: if ($hu =~" in line
+    assert "offers kamleak no RPC: no JSON-RPC over HTTP (event_route[xhttp:request] calls no " \
+           'jsonrpc_dispatch()) and no ctl.so' in line and line.endswith('add: loadmodule "ctl.so"')
 
 
 # ---- upstream's stock configs (tests/configs/stock/README.md) --------------------------------
@@ -74,11 +78,50 @@ def test_upstreams_stock_configs_as_edited_reach_a_verdict(kamleak_images, name,
 
 
 def test_an_unedited_stock_config_is_refused_with_everything_at_once():
+    # etc/kamailio.cfg has no WebSocket: 4 things, the last of them 3 lines to paste.
     proc = kamleak("gate", "--config", str(STOCK / "kamailio.orig.cfg"), "--version", "6.0.1")
-    assert proc.returncode == 2
+    assert proc.returncode in BAD_INPUT
     first, *rest = proc.stderr.strip().splitlines()
-    assert first.startswith(f"kamleak: {STOCK / 'kamailio.orig.cfg'}: 5 things to change")
-    assert len(rest) == 5 and all(ln.startswith(f"  {STOCK / 'kamailio.orig.cfg'}") for ln in rest)
+    assert first.startswith(f"kamleak: {STOCK / 'kamailio.orig.cfg'}: 4 things to change")
+    assert len(rest) == 7 and sum(ln.startswith(f"  {STOCK / 'kamailio.orig.cfg'}") for ln in rest) == 4
+    assert rest[-3:] == ["      | event_route[xhttp:request] {", "      | \tif (ws_handle_handshake()) exit;",
+                         "      | }"]
+
+
+# Upstream's WebRTC example as it is (tests/configs/stock/README.md): no JSON-RPC over HTTP
+# (jsonrpcs's default transport) but ctl.so, and a TLS config path no image here has.
+ORIG = STOCK / "kamailio-default-websocket.orig.cfg"
+PROVIDED = ("kamleak provided: tls.cfg at /usr/local/etc/kamailio/tls.cfg (absent where Kamailio "
+            "runs: kamleak's, with a throwaway certificate); RPC over ctl: jsonrpcs has no HTTP "
+            "transport (kamleak's BINRPC socket tcp:127.0.0.1:")
+
+
+@pytest.mark.parametrize("version", ["6.0.1", "6.1.5"])
+def test_the_unedited_webrtc_example_gates_over_ctl(kamleak_images, version):
+    proc = kamleak("gate", "--config", str(ORIG), "--version", version)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    verdict, facts = proc.stdout.strip().splitlines()
+    assert verdict.startswith("kamleak gate: CLEAN: BYE Call-ID"), verdict
+    assert facts.startswith(f"kamleak gate: over WS; {PROVIDED}"), facts
+
+
+def test_the_unedited_webrtc_example_over_wss_reads_kamleaks_tls_cfg(kamleak_images):
+    proc = kamleak("gate", "--config", str(ORIG), "--version", "6.1.5", "--transport", "wss")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert proc.stdout.startswith("kamleak gate: CLEAN: BYE Call-ID")
+    assert f"over WSS; {PROVIDED}" in proc.stdout
+
+
+def test_a_config_with_neither_json_rpc_nor_ctl_is_one_refusal_before_any_run(tmp_path):
+    cfg = tmp_path / "kamailio.cfg"
+    cfg.write_text(ORIG.read_text().replace('loadmodule "ctl.so"\n', ""))
+    proc = kamleak("gate", "--config", str(cfg), "--version", "6.0.1")
+    assert proc.returncode in BAD_INPUT and proc.stdout == ""
+    first, line = proc.stderr.strip().splitlines()
+    assert first.startswith(f"kamleak: {cfg}: 1 thing to change before kamleak can run it; ")
+    assert line == (f"  {cfg}:235: offers kamleak no RPC: no JSON-RPC over HTTP (jsonrpcs has no "
+                    "HTTP transport) and no ctl.so, which kamleak would read over BINRPC on a socket "
+                    'of its own; add: loadmodule "ctl.so"')
 
 
 def _variant(tmp_path, old, new):
@@ -124,15 +167,15 @@ def test_gate_on_a_latin1_config_reads_it_as_lint_does(tmp_path):
                     .replace(b"jsonrpc_dispatch();", b""))
     proc = kamleak("gate", "--config", str(cfg), "--version", "6.0.1")
     # Read (no UnicodeDecodeError): refused for the contract problem we planted.
-    assert proc.returncode == 2 and "internal error" not in proc.stderr
-    assert "does not serve JSON-RPC" in proc.stderr
+    assert proc.returncode in BAD_INPUT and "internal error" not in proc.stderr
+    assert "calls no jsonrpc_dispatch()) and no ctl.so" in proc.stderr
 
 
 def test_gate_on_a_binary_is_one_line(tmp_path):
     binary = tmp_path / "kamailio"
     binary.write_bytes(Path("/bin/true").read_bytes())
     proc = kamleak("gate", "--config", str(binary), "--version", "6.0.1")
-    assert proc.returncode == 2
+    assert proc.returncode in BAD_INPUT
     assert proc.stderr == (f"kamleak: {binary} is not a Kamailio config (a binary file: it contains "
                            "NUL bytes); pass the path of your kamailio.cfg\n")
 
@@ -144,7 +187,7 @@ def test_lint_on_a_binary_is_one_line():
                            "contains NUL bytes); pass the path of your kamailio.cfg\n")
 
 
-# The WebRTC example with the 4140 trigger (a uac_req_send() in route[CALL_ENDED],
+# The WebRTC example, unedited, with the 4140 trigger (a uac_req_send() in route[CALL_ENDED],
 # called for in-dialog BYEs) and its own tm timers: stock wt_timer 5 s,
 # max_noninv_lifetime 32 s, so the lifetime bound is (32 + 5) s x1.25 + 2 s = 48.25 s.
 TRIGGER = STOCK / "kamailio-default-websocket.trigger.cfg"
@@ -156,7 +199,8 @@ def test_the_stock_webrtc_example_with_a_trigger_leaks_early_and_the_bound_agree
     proc = kamleak("gate", "--config", str(TRIGGER), "--version", "6.0.1",
                    *(["--confirm"] if confirm else []))
     assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
-    line = proc.stdout.strip()
+    line, facts = proc.stdout.strip().splitlines()
+    assert PROVIDED in facts, facts
     if confirm:   # waited out: the bound from the config's own timers, and it agreed
         waited = re.search(r"still in tm\.list (\d+\.\d) s after the BYE", line)
         assert waited and float(waited.group(1)) >= 48.2, line
@@ -168,3 +212,4 @@ def test_the_stock_webrtc_example_with_a_trigger_is_clean_where_tm_drops_orphans
     proc = kamleak("gate", "--config", str(TRIGGER), "--version", "6.1.5")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert proc.stdout.startswith("kamleak gate: CLEAN: BYE Call-ID")
+    assert PROVIDED in proc.stdout

@@ -76,6 +76,9 @@ class KamailioConfig:
     # The user's own kamailio.cfg (kamleak.harness.stack.kamailio.user_config.UserConfig)
     # instead of the harness's body.
     user_config: object = None
+    # The user's TLS config path where it does not exist where Kamailio runs:
+    # the header points it at kamleak's tls.cfg (UserConfig.tls_config).
+    tls_provided: str | None = None
 
     def __post_init__(self):
         names = set()
@@ -119,6 +122,9 @@ class KamailioConfig:
         lines += [f"#!define {d.replace('=', ' ', 1)}" for d in self.defines]
         if self.user_config is not None:
             lines.append("#!define KAMLEAK")
+            if self.tls_provided:
+                # #!subst rewrites inside strings: modparam("tls", "config", PATH) reads ours.
+                lines.append(_subst(self.tls_provided, f"{d}/tls.cfg"))
             if self.udp_port != 5060:
                 # The INVITE's Request-URI is sip:<ext>@127.0.0.1 (port 5060):
                 # stock configs refuse it ("403 Not relaying") unless it is
@@ -143,7 +149,56 @@ class KamailioConfig:
 
     def render(self) -> str:
         body = self.user_config.body() if self.user_config is not None else BODY.read_text()
-        return self.header() + body
+        return self.header() + body + self.trailer()
+
+    @property
+    def ctl_socket(self) -> str | None:
+        """ctl's BINRPC socket kamleak adds to a user's config that kamleak reads over ctl."""
+        user = self.user_config
+        if user is None or user.rpc.over != "ctl" or not self.ctl_port:
+            return None
+        return f"tcp:{HOST}:{self.ctl_port}"
+
+    def trailer(self) -> str:
+        """After the user's config, below its loadmodule "ctl.so" (a modparam before it
+        is refused) and without moving any of its lines.  With a binrpc socket given,
+        ctl opens no default one (ctl.c mod_init: the default only when the list is empty)."""
+        if not self.ctl_socket:
+            return ""
+        return ("\n# ---- added by kamleak: its RPC over ctl (BINRPC) ----\n"
+                f'modparam("ctl", "binrpc", "{self.ctl_socket}")\n')
+
+    def provided(self) -> list[str]:
+        """What kamleak adds to or substitutes in the user's config, for the report."""
+        user, out = self.user_config, []
+        if user is None:
+            return out
+        if self.tls_provided:
+            out.append(f"tls.cfg at {self.tls_provided} (absent where Kamailio runs: kamleak's, "
+                       "with a throwaway certificate)")
+        if self.ctl_socket:
+            out.append(f"RPC over ctl: {user.rpc.why} (kamleak's BINRPC socket {self.ctl_socket})")
+        return out
+
+    def cite(self, line: int) -> str:
+        """Line LINE of the rendered config as the reader knows it: ` (your line N: TEXT)`
+        in a user's config (the header above it, less the #!KAMAILIO line it replaces),
+        ` [line N: TEXT]` in kamleak's own; "" past the end."""
+        rendered = self.render().split("\n")
+        if not 1 <= line <= len(rendered):
+            return ""
+        text = rendered[line - 1].strip()
+        user = self.user_config
+        if user is None:
+            return f" [line {line}: {text}]"
+        header = self.header().count("\n")
+        yours = user.text.split("\n")
+        n = line - header + len(yours) - len(user.body().split("\n"))
+        if line <= header:
+            return f" (kamleak's header, line {line}: {text})"
+        if n > len(yours):
+            return f" (kamleak's trailer: {text})"
+        return f" (your line {n}: {yours[n - 1].strip()})"
 
     def write(self, directory: str | os.PathLike) -> Path:
         """Write kamailio.cfg, tls.cfg, a self-signed certificate, dbtext/."""
@@ -185,6 +240,15 @@ class KamailioConfig:
             "watcher_uri(string) call_id(string) to_tag(string) from_tag(string) cseq(int) "
             "record_route(string,null) contact(string) remote_contact(string) version(int) "
             "extra_headers(string) \n")
+
+
+def _subst(path: str, to: str) -> str:
+    """`#!subst` of PATH (a literal: its regex characters escaped, Kamailio reads a POSIX
+    ERE) to TO, inside strings."""
+    import re
+    sep = next(c for c in "!#%@~" if c not in path + to)
+    literal = re.sub(r"([][.*^$+?(){}|\\])", r"\\\1", path)
+    return f'#!subst "{sep}{literal}{sep}{to}{sep}g"'
 
 
 _CERT_CACHE: dict[str, tuple[bytes, bytes]] = {}

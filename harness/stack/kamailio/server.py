@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kamleak.harness.errors import RPCError, ServerError
 from kamleak.harness.probes.rpc import KamailioRPC
+from kamleak.harness.probes.transport import connect
 from kamleak.harness.stack import containers
 from kamleak.harness.stack.kamailio.config import HOST, KamailioConfig
 from kamleak.harness.wait import AbortedWait, WaitTimeout, poll, stop_process
@@ -77,7 +78,12 @@ class Kamailio:
     def __init__(self, config: KamailioConfig, run_dir: str | os.PathLike):
         self.config = config
         self.run_dir = Path(run_dir)
-        self.rpc = KamailioRPC(f"http://{HOST}:{config.rpc_port or config.ws_port}/RPC")
+        # JSON-RPC over HTTP, or ctl's BINRPC where a user's config serves no JSON-RPC
+        # (KamailioConfig.ctl_socket): the watcher's one transport interface.
+        self.rpc = connect(config.ctl_socket) if config.ctl_socket else \
+            KamailioRPC(f"http://{HOST}:{config.rpc_port or config.ws_port}/RPC")
+        self.rpc_name = "BINRPC" if config.ctl_socket else "JSON-RPC"
+        self.provided: list[str] = []      # what kamleak added to a user's config (the report)
         self.version: str | None = None
         self.started_at: float | None = None
         self.ready_after: float | None = None
@@ -102,6 +108,10 @@ class Kamailio:
 
     # -- lifecycle -------------------------------------------------------
     def start(self, timeout: float = 30.0) -> Kamailio:
+        user = self.config.user_config
+        if user is not None and user.tls_config and not self.has_file(user.tls_config):
+            self.config.tls_provided = user.tls_config
+        self.provided = self.config.provided()
         self.config.write(self.run_dir)
         self.started_at = time.monotonic()
         self._launch()
@@ -135,7 +145,7 @@ class Kamailio:
             log = self.log()
             self.stop()
             reason = rpc_reason(log)
-            raise ServerError(f"Kamailio did not answer JSON-RPC on {self.rpc.url} within "
+            raise ServerError(f"Kamailio did not answer {self.rpc_name} on {self.rpc.url} within "
                               f"{timeout:.0f} s ({'its log: ' + reason if reason else 'no error line in its log'})",
                               "see the Kamailio log", log=log) from None
         self.ready_after = time.monotonic() - self.started_at
@@ -187,15 +197,9 @@ class Kamailio:
         return abort
 
     def _config_line(self, error: str) -> str:
-        """` (line 278: t_reply_error();)` when the error names a config line."""
+        """` (your line 278: t_reply_error();)` when the error names a config line."""
         m = re.search(r"line (\d+)", error)
-        if not m:
-            return ""
-        try:
-            text = (self.run_dir / "kamailio.cfg").read_text().splitlines()[int(m.group(1)) - 1]
-        except (OSError, IndexError):
-            return ""
-        return f" [line {m.group(1)}: {text.strip()}]"
+        return self.config.cite(int(m.group(1))) if m else ""
 
     def _probe(self) -> str | None:
         return self.rpc.core_version() or None
@@ -208,6 +212,10 @@ class Kamailio:
 
     # -- to implement -----------------------------------------------------
     def _launch(self) -> None:
+        raise NotImplementedError
+
+    def has_file(self, path: str) -> bool:
+        """Whether PATH exists where Kamailio runs (a user's TLS config file)."""
         raise NotImplementedError
 
     def death(self) -> str | None:
@@ -225,6 +233,10 @@ class Kamailio:
 
     def build_id(self) -> str:
         raise NotImplementedError
+
+
+# (image, path) -> exists: an image's files do not change under a tag kamleak runs.
+_IMAGE_FILES: dict[tuple[str, str], bool] = {}
 
 
 class ContainerKamailio(Kamailio):
@@ -255,6 +267,21 @@ class ContainerKamailio(Kamailio):
                                   "pass an image that contains Kamailio") from None
             raise ServerError(f"cannot start a container from {self.image}: "
                               f"{str(exc).splitlines()[-1][:200]}") from None
+
+    def has_file(self, path: str) -> bool:
+        # Asked of a created, never started container of the image (no process runs).
+        import docker.errors
+        key = (self.image, path)
+        if key not in _IMAGE_FILES:
+            c = containers.create(self.client, self.image, role="kamailio", name_hint="files")
+            try:
+                c.get_archive(path)
+                _IMAGE_FILES[key] = True
+            except docker.errors.NotFound:
+                _IMAGE_FILES[key] = False
+            finally:
+                containers.remove(c)
+        return _IMAGE_FILES[key]
 
     def death(self) -> str | None:
         return self.running.death() if self.running else "Kamailio was never started"
@@ -302,6 +329,9 @@ class LocalKamailio(Kamailio):
             except OSError as exc:
                 raise ServerError(f"cannot run {self.binary}: {exc.strerror}",
                                   "pass the path of a built kamailio binary") from None
+
+    def has_file(self, path: str) -> bool:
+        return os.path.exists(path)
 
     def death(self) -> str | None:
         if self.proc is None:

@@ -205,14 +205,15 @@ def _say(m: str) -> None:
 
 
 def _your_line(error: str, checked, user_config) -> str:
-    """` (your line N: TEXT)` for Kamailio's error about line M of the config it read:
-    the harness's header above your config, less the #!KAMAILIO line it replaces."""
+    """` (your line N: TEXT)` for Kamailio's error about line M of the config it read
+    (KamailioConfig.cite: the one mapping gate and check use too)."""
+    import dataclasses
     m = re.search(r"line (\d+)", error)
     if not m:
         return ""
-    yours = user_config.text.split("\n")
-    n = int(m.group(1)) - checked.header().count("\n") + len(yours) - len(user_config.body().split("\n"))
-    return f" (your line {n}: {yours[n - 1].strip()})" if 1 <= n <= len(yours) else ""
+    if checked.user_config is None:
+        checked = dataclasses.replace(checked, user_config=user_config)
+    return checked.cite(int(m.group(1)))
 
 
 def _replay_args(args) -> list[str]:

@@ -1,0 +1,35 @@
+"""ctl's BINRPC as Kamailio writes it: what the gate reads over ctl (tests/unit/test_watch_units.py
+has the header and the binrpc.h examples)."""
+from __future__ import annotations
+
+import pytest
+
+from kamleak.harness.probes import binrpc
+from kamleak.harness.probes.rpc import Pairs, _plain
+
+
+def _str(s: str, rtype: int = binrpc.T_STR) -> bytes:
+    return binrpc._record(rtype, s.encode() + b"\0")
+
+
+START, END = bytes([binrpc.T_STRUCT]), bytes([0x80 | binrpc.T_STRUCT])
+
+
+def test_an_array_member_of_a_struct_is_read_as_the_array_it_is():
+    # ws.dump over ctl (5.8.5 binrpc_run.c rpc_struct_add: '[' is written as a struct,
+    # rpc_array_add puts unnamed values in it): {connections: ["...", "..."], info: {wscounter: 2}}
+    body = (START + _str("connections", binrpc.T_AVP) + START + _str("1: 127.0.0.1:5") + _str("2: x")
+            + END + _str("info", binrpc.T_AVP) + START + _str("wscounter", binrpc.T_AVP)
+            + binrpc._record(binrpc.T_INT, b"\x02") + END + END)
+    (dump,) = binrpc.decode_body(body)
+    assert isinstance(dump, Pairs)
+    assert _plain(dump) == {"connections": ["1: 127.0.0.1:5", "2: x"], "info": {"wscounter": 2}}
+    # No connections: an empty struct, as empty as jsonrpcs's [].
+    (empty,) = binrpc.decode_body(START + _str("connections", binrpc.T_AVP) + START + END + END)
+    assert not _plain(empty)["connections"]
+
+
+def test_a_struct_that_mixes_named_and_unnamed_members_is_refused():
+    body = START + _str("a", binrpc.T_AVP) + _str("1") + _str("loose") + END
+    with pytest.raises(binrpc.BinRPCError, match="mixes named and unnamed"):
+        binrpc.decode_body(body)
