@@ -96,6 +96,21 @@ def test_trigger_in_the_script_leaks_on_563(kamleak_images, engine):
     assert proc.stdout.startswith("kamleak gate: LEAK: BYE Call-ID"), proc.stdout
 
 
+def test_a_script_that_serves_no_json_rpc_is_read_over_ctl(kamleak_images, tmp_path):
+    # upstream's KEMI example loads ctl.so: without KSR.jsonrpcs.dispatch() kamleak reads
+    # tm.list over its own BINRPC socket, and the verdict is the same
+    d = copy_of_fixtures(tmp_path)
+    script = d / "kamailio-basic-kemi-lua.lua"
+    text = script.read_text()
+    assert text.count("\t\tKSR.jsonrpcs.dispatch();\n") == 1
+    script.write_text(text.replace("\t\tKSR.jsonrpcs.dispatch();\n", ""))
+    proc = gate(d / "kamailio-lua.cfg", "6.0.1")
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
+    assert proc.stdout.startswith("kamleak gate: LEAK: BYE Call-ID"), proc.stdout
+    assert "RPC over ctl: its Lua script's xhttp event function calls no KSR.jsonrpcs.dispatch()" \
+        in proc.stdout
+
+
 @pytest.mark.serial
 @pytest.mark.skipif(SOURCE is None, reason="no offline Kamailio history "
                     "(../shared/kamailio-src or KAMLEAK_KAMAILIO_SOURCE)")

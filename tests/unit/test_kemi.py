@@ -129,3 +129,12 @@ def test_the_contract_reads_the_scripts_xhttp_function(copy):
 def test_a_kemi_config_needs_no_native_request_route():
     k, cfg = read(KEMI / "kamailio-lua.cfg")
     assert k is not None and ("request", "") not in cfg.routes and not cfg.routes
+
+
+def test_kamleak_reads_a_kemi_config_over_json_rpc_when_its_script_dispatches_it(copy):
+    # the fixture loads ctl.so too: JSON-RPC stays the first choice
+    assert UserConfig.load(str(KEMI / "kamailio-lua.cfg")).rpc.over == "jsonrpc"
+    # without KSR.jsonrpcs.dispatch() in the script: ctl, and the contract asks nothing more
+    edit(copy / "kamailio-basic-kemi-lua.lua", "KSR.jsonrpcs.dispatch();", "")
+    user = UserConfig.load(str(copy / "kamailio-lua.cfg"))
+    assert user.rpc.over == "ctl" and "KSR.jsonrpcs.dispatch()" in user.rpc.why
