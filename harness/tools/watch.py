@@ -49,6 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kamleak.harness import progress
 from kamleak.harness.errors import KamleakError, RPCError, UsageError
 from kamleak.harness.judging import orphan
 from kamleak.harness.judging.oracle import MARGIN_FACTOR, MARGIN_S, Timers, read_timers
@@ -675,9 +676,10 @@ def run(args) -> int:
     except KamleakError as exc:
         print(status_line(EXIT_UNKNOWN, exc.line()), flush=True)
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:        # Ctrl-C, or SIGTERM (a scheduler's timeout): no verdict
         print(status_line(EXIT_UNKNOWN, "interrupted before a verdict"), flush=True)
-        raise
+        progress.say("watch --once interrupted before a verdict")
+        return EXIT_UNKNOWN
     except Exception as exc:
         print(status_line(EXIT_UNKNOWN, f"internal error: {type(exc).__name__}: {exc}"), flush=True)
         raise

@@ -271,6 +271,33 @@ def test_bad_input_one_line_exit_3():
     assert "neither" in line, line
 
 
+def test_once_interrupted_by_a_schedulers_sigterm_is_unknown():
+    """A check the scheduler stops (SIGTERM on its timeout) while Kamailio's RPC
+    says nothing: UNKNOWN on stdout and exit 3, as every other no-verdict."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(silent.accept()), daemon=True).start()
+    proc = subprocess.Popen([*KAMLEAK, "watch", "--kamailio-rpc",
+                             f"tcp:127.0.0.1:{silent.getsockname()[1]}", "--once", "--timeout", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parents[2])
+    try:
+        poll(lambda: accepted or None, timeout=30, what="watch connecting to the silent socket")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        silent.close()
+        for conn, _ in accepted:
+            conn.close()
+    assert proc.returncode == 3, (proc.returncode, out, err)
+    assert out == "KAMLEAK UNKNOWN - interrupted before a verdict\n", out
+    assert err.splitlines() == ["kamleak: watch --once interrupted before a verdict"], err
+
+
 def test_socket_that_is_not_ctl_on_a_real_kamailio(leaky_kamailio):
     """Kamailio's own SIP-over-TCP (WS) port is no ctl socket: one line, exit 3."""
     k = leaky_kamailio
