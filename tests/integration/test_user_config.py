@@ -213,3 +213,30 @@ def test_the_stock_webrtc_example_with_a_trigger_is_clean_where_tm_drops_orphans
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert proc.stdout.startswith("kamleak gate: CLEAN: BYE Call-ID")
     assert PROVIDED in proc.stdout
+
+
+# ---- upstream source builds (--kamailio-ref: make test's upstream pass) ------------------------
+
+def pytest_generate_tests(metafunc):
+    """`upstream`: the session's --kamailio-ref builds (none in the Debian pass: an empty set)."""
+    if "upstream" in metafunc.fixturenames:
+        from kamleak.harness.plugin import state
+        targets = [t for t in metafunc.config.stash[state.TARGETS] if t.kind == "source"]
+        metafunc.parametrize("upstream", targets, ids=[t.id for t in targets])
+
+
+@pytest.mark.parametrize("config", [ORIG, TRIGGER], ids=["unedited", "unedited+trigger"])
+def test_the_unedited_webrtc_example_on_upstream_builds(upstream, config):
+    from kamleak.harness import knowledge
+    leaks = config == TRIGGER
+    if leaks:   # the trigger leaks where t_unref() lacks bd0aaf89b8 (git history of the ref)
+        freed = knowledge.has("t_unref_orphans", upstream)
+        if freed.value is None:
+            pytest.skip(f"cannot know the verdict on {upstream.id}: {freed.why}")
+        leaks = not freed.value
+    source = ["--kamailio-source", upstream.source] if upstream.source else []
+    proc = kamleak("gate", "--config", str(config), "--kamailio-ref", upstream.ref, *source)
+    assert proc.returncode == (1 if leaks else 0), proc.stdout + proc.stderr[-2000:]
+    verdict, facts = proc.stdout.strip().splitlines()
+    assert verdict.startswith(f"kamleak gate: {'LEAK' if leaks else 'CLEAN'}: BYE Call-ID"), verdict
+    assert PROVIDED in facts, facts
