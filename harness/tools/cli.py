@@ -51,7 +51,7 @@ def cmd_cleanup(args) -> int:
         left = containers.left_behind(client)
         # A live run's containers (another suite on a shared engine) are not left behind.
         live = len(containers.listing(client, containers.LABEL_RUN)) - len(left)
-        others = f" ({live} of live or other hosts' runs not counted)" if live > 0 else ""
+        others = f" ({live} more of live runs or other hosts: not counted)" if live > 0 else ""
         if left:
             _say(f"{len(left)} kamleak container(s) were left behind by runs that are gone: "
                  + ", ".join(c.name for c in left[:5]) + others)
