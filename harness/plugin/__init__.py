@@ -364,6 +364,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                 else _leaked_cell(r) if r.get("leaked") else "never seen")
         tr.write_line(f"{r.get('kamailio_version', '')[:30]:30} {r.get('variant', '')[:34]:34} "
                       f"{r.get('transport', ''):4} {r.get('outcome', ''):7} {reply[:44]:44} {cell}")
+    for provided in dict.fromkeys("; ".join(r.get("provided") or []) for r in records):
+        if provided:
+            tr.write_line(f"kamleak provided: {provided}")
     _repeat_counts(tr, config, records)
     store = config.stash[state.STORE]
     summary = store.write_summary(records)

@@ -108,6 +108,7 @@ def kamailio_factory(request, kamailio_target, tmp_path, pbx_log):
 
     def registered(k):
         started.append(k)
+        request.node.stash.setdefault(state.KAMAILIOS, []).append(k)
         n = "" if len(started) == 1 else f"-{len(started)}"
         attach(request, f"kamailio log ({k.describe()}, ws {k.config.ws_port})", k.log,
                f"kamailio{n}.log")
@@ -176,9 +177,12 @@ def record_verdict(request):
     the summary; HINTS: the story's PLOT_HINTS for its timeline (tm's by default)."""
     def record(verdict, hints=None):
         from kamleak.harness.reporting.text import run_label
+        from kamleak.harness.stack.kamailio.server import provided
 
         node = request.node
         verdict.variant = run_label(verdict.variant, request.config.stash[state.USER_CONFIG])
+        # What kamleak added to a user's config (RPC over ctl, a tls.cfg): the report says it.
+        verdict.provided = provided(request.node.stash.get(state.KAMAILIOS, []))
         node.stash[state.VERDICT] = verdict
         request.config.stash.setdefault(state.VERDICTS, []).append((node.nodeid, verdict))
         node.user_properties.append(("kamleak.outcome", verdict.outcome))

@@ -32,3 +32,4 @@ VERDICT = pytest.StashKey[Any]()
 PBX_LOG = pytest.StashKey[Callable[[], str]]()  # the PBX log written during the test
 PBX_PORT = pytest.StashKey[int]()
 CAPTURES = pytest.StashKey[list[Capture]]()
+KAMAILIOS = pytest.StashKey[list[Any]]()  # the Kamailios the test started

@@ -420,6 +420,7 @@ def gate_once(target: Target, variant, transport: str = "ws", disconnect: str = 
     from kamleak.harness import registry
     from kamleak.harness.errors import NotApplicable
     from kamleak.harness.reporting.text import run_label
+    from kamleak.harness.stack.kamailio.server import provided
 
     sc = scenario or registry.scenario(registry.DEFAULT)
     try:
@@ -436,7 +437,7 @@ def gate_once(target: Target, variant, transport: str = "ws", disconnect: str = 
                                bench.pbx.log()[log_start:])
                 raise
             verdict.variant = run_label(verdict.variant, user_config)
-            verdict.provided = list(dict.fromkeys(p for k in bench.kamailios for p in k.provided))
+            verdict.provided = provided(bench.kamailios)
             if artifacts and bench.uas:
                 _save_run(Path(artifacts), verdict, bench.kamailios[-1], bench, log_start)
             elif artifacts:         # a story without a WebSocket UA (check --scenario pr3403)

@@ -51,6 +51,23 @@ def test_pytest_option_runs_the_gate_on_the_users_config(kamleak_images, tmp_pat
     assert "route[TOPBX]" in cfg and "#!define KAMLEAK" in cfg
 
 
+def test_pytest_option_reports_what_kamleak_provided(kamleak_images, tmp_path):
+    stock = ROOT / "tests" / "configs" / "stock" / "kamailio-default-websocket.orig.cfg"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/gate/test_gh4140_bye_to_closed_ws.py",
+         "-p", "no:cacheprovider", "--kamailio-config", str(stock), "--kamailio-version", "6.1.5",
+         "--transport", "ws", "--variant", "none", f"--kamleak-artifacts={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "\nkamleak provided: tls.cfg at /usr/local/etc/kamailio/tls.cfg (absent where Kamailio " \
+           "runs: kamleak's, with a throwaway certificate); RPC over ctl: jsonrpcs has no HTTP " \
+           "transport" in proc.stdout, proc.stdout[-3000:]
+    import json
+    (record,) = json.loads(next(tmp_path.glob("latest/summary.json")).read_text())
+    assert [p.split(" (")[0] for p in record["provided"]] == [
+        "tls.cfg at /usr/local/etc/kamailio/tls.cfg", "RPC over ctl: jsonrpcs has no HTTP transport"]
+
+
 def test_a_broken_users_config_is_refused_before_any_run(tmp_path):
     broken = tmp_path / "kamailio.cfg"
     broken.write_text((ROOT / CONFIG).read_text().replace("jsonrpc_dispatch();", ""))

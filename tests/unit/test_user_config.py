@@ -250,3 +250,22 @@ def test_a_config_without_registrar_or_pbx_destination_is_told_both_ways():
     assert any(p.startswith("never sends calls to the harness's PBX") for p in problems)
     assert not any("PBX" in p for p in check(no_lookup.replace(
         'route(LOCATION);', '$du = "sip:KAMLEAK_PBX_HOSTPORT"; route(LOCATION);', 1), "x.cfg"))
+
+
+def test_kamailio_reads_the_pasted_block_and_refuses_it_joined_on_one_line(debian_601):
+    """The paper cut: advice printed on one line (`#!ifndef KAMLEAK listen=… #!endif`), pasted
+    as printed, is a config Kamailio 6.0.1's `kamailio -c` refuses; the lines as printed now
+    are one it reads."""
+    from kamleak.harness.stack.kamailio.cfgcheck import Checker, config_for_check
+    text = DEPLOYMENT.read_text().replace("#!ifndef KAMLEAK\nlisten=udp:127.0.10.10:5060\n",
+                                          "listen=udp:127.0.10.10:5060\n#!ifndef KAMLEAK\n")
+    (problem,) = check(text, "my.cfg")
+    block = pasted(problem.line_text("my.cfg"))
+    lines = text.split("\n")
+
+    def with_line(replacement: str) -> KamailioConfig:
+        edited = "\n".join(lines[:problem.line - 1] + [replacement] + lines[problem.line:])
+        return config_for_check(user_config=UserConfig(DEPLOYMENT.resolve(), edited, True))
+    as_pasted, joined = Checker(*debian_601).refusals([with_line(block), with_line(" ".join(block.split("\n")))])
+    assert as_pasted is None
+    assert joined is not None and "bad config file" in joined, joined

@@ -65,6 +65,11 @@ def rpc_fatal(log: str) -> str | None:
     return next((_clean(ln) for ln in log.splitlines() if any(f in ln for f in _RPC_FATAL)), None)
 
 
+def provided(kamailios) -> list[str]:
+    """What kamleak added to a user's config for these Kamailios (the report), each once."""
+    return list(dict.fromkeys(p for k in kamailios for p in k.provided))
+
+
 def is_bind_error(line: str | None) -> bool:
     return bool(line) and ("Address already in use" in line or "bind(" in line)
 
