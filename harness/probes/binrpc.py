@@ -130,6 +130,8 @@ def decode_body(body: bytes) -> list:
         pos += 1
         rtype, size = b & 0x0F, b >> 4
         end = False
+        # A double's 4 bits are its value's length, up to 8 (binrpc_add_llong_type: a
+        # negative one takes 8 bytes, header 0x82); no other record is longer than 7 so.
         if rtype != T_DOUBLE and size & 8:
             ln = size & 7
             if pos + ln > len(body):
@@ -137,10 +139,6 @@ def decode_body(body: bytes) -> list:
             size = int.from_bytes(body[pos:pos + ln], "big")
             pos += ln
             end = size == 0 and ln == 0
-        elif rtype == T_DOUBLE and size & 8:
-            ln = size & 7
-            size = int.from_bytes(body[pos:pos + ln], "big")
-            pos += ln
         if rtype in (T_STRUCT, T_ARRAY):
             if end:
                 return _End(rtype)
@@ -152,8 +150,10 @@ def decode_body(body: bytes) -> list:
         if rtype == T_INT:
             return _signed(raw)
         if rtype == T_DOUBLE:
-            v = int.from_bytes(raw, "big", signed=True) if raw else 0
-            return v / 1000.0
+            # binrpc_write_llong(): the fewest bytes of the value as unsigned, so only an
+            # 8-byte one can be negative (a 1-byte 0xC8 is 200: 0.2).
+            v = int.from_bytes(raw, "big") if raw else 0
+            return (v - (1 << 64) if len(raw) == 8 and v >> 63 else v) / 1000.0
         if rtype in (T_STR, T_AVP):
             text = raw[:-1] if raw.endswith(b"\0") else raw
             s = text.decode("utf-8", "replace")

@@ -2,16 +2,16 @@
 (`dlg.list`, the dialog module) and its registrar contacts (`ul.dump`, usrloc).
 
 Each is read only where the config loads the module that serves it: Kamailio
-answers an RPC no module registered with error 500 "Method Not Found", and the
-readers then return None (the check has nothing to read), never an empty list
-(which would say "nothing held")."""
+answers an RPC no module registered with error 500 "Method Not Found" (jsonrpcs)
+or "command dlg.list not found" (ctl), and the readers then return None (the
+check has nothing to read), never an empty list (which would say "nothing held")."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from kamleak.harness.probes.rpc import RPCCallError, _one, _plain
+from kamleak.harness.probes.rpc import Pairs, RPCCallError, _plain
 
 # The dialog module's states (dlg_hash.h DLG_STATE_*).
 DLG_STATES = {1: "unconfirmed", 2: "early", 3: "confirmed, not ACKed", 4: "confirmed", 5: "deleted"}
@@ -20,7 +20,8 @@ DLG_DELETED = 5
 
 def not_served(exc: RPCCallError) -> bool:
     """Whether EXC is Kamailio's answer to an RPC no loaded module registered."""
-    return "method not found" in exc.message.lower()
+    msg = exc.message.lower()
+    return "method not found" in msg or (msg.startswith("command ") and msg.endswith(" not found"))
 
 
 def served_call(rpc, method: str, *params) -> Any | None:
@@ -108,16 +109,31 @@ class Contact:
         return f"contact {self.address} of AoR {self.aor} (Call-ID {self.callid}, {left})"
 
 
+def _get(obj, key):
+    return obj.get(key) if isinstance(obj, (Pairs, dict)) else None
+
+
+def _items(value) -> list:
+    """An array as jsonrpcs writes it ([{"Domain": {...}}, ...]), or as ctl does: a struct
+    (binrpc_run.c rpc_struct_add writes '[' as one) whose named members, repeated names
+    kept, are the array's one-key objects."""
+    if isinstance(value, (Pairs, dict)):
+        return [{k: v} for k, v in value.items()] if isinstance(value, dict) else \
+            [Pairs([(k, v)]) for k, v in value]
+    return value if isinstance(value, list) else []
+
+
 def parse_ul_dump(result: Any) -> list[Contact]:
-    """{"Domains": [{"Domain": {"AoRs": [{"Info": {"AoR", "Contacts": [{"Contact": {...}}]}}]}}]}"""
+    """{"Domains": [{"Domain": {"AoRs": [{"Info": {"AoR", "Contacts": [{"Contact": {...}}]}}]}}]}
+    over either transport (`_items`)."""
     out = []
-    result = _one(_plain(result))         # plain first: a Pairs of one key is a list of one
-    domains = result.get("Domains") or [] if isinstance(result, dict) else []
-    for dom in domains:
-        for rec in ((dom or {}).get("Domain") or {}).get("AoRs") or []:
-            info = (rec or {}).get("Info") or {}
-            for c in info.get("Contacts") or []:
-                c = (c or {}).get("Contact") or {}
+    if isinstance(result, list) and not isinstance(result, Pairs) and len(result) == 1:
+        result = result[0]
+    for dom in _items(_get(result, "Domains")):
+        for rec in _items(_get(_get(dom, "Domain"), "AoRs")):
+            info = _plain(_get(rec, "Info") or {})
+            for c in _items(_get(_get(rec, "Info"), "Contacts")):
+                c = _plain(_get(c, "Contact") or {})
                 exp = c.get("Expires")
                 number = isinstance(exp, int) or (isinstance(exp, str) and exp.lstrip("-").isdigit())
                 out.append(Contact(aor=str(info.get("AoR", "")), address=str(c.get("Address", "")),

@@ -33,3 +33,12 @@ def test_a_struct_that_mixes_named_and_unnamed_members_is_refused():
     body = START + _str("a", binrpc.T_AVP) + _str("1") + _str("loose") + END
     with pytest.raises(binrpc.BinRPCError, match="mixes named and unnamed"):
         binrpc.decode_body(body)
+
+
+def test_doubles_as_ctl_writes_them():
+    # binrpc_add_double_type: the value x1000 as a long long in its fewest bytes, the length in
+    # the header's 4 bits (8 for a negative one: 0x82, not a length-of-length mark).
+    neg = bytes([0x82]) + (-1000 & (1 << 64) - 1).to_bytes(8, "big")
+    assert binrpc.decode_body(neg + bytes([0x12, 0xC8]) + bytes([0x02])) == [-1.0, 0.2, 0.0]
+    (struct,) = binrpc.decode_body(START + _str("Q", binrpc.T_AVP) + neg + END)
+    assert _plain(struct) == {"Q": -1.0}
