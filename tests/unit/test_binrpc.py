@@ -42,3 +42,32 @@ def test_doubles_as_ctl_writes_them():
     assert binrpc.decode_body(neg + bytes([0x12, 0xC8]) + bytes([0x02])) == [-1.0, 0.2, 0.0]
     (struct,) = binrpc.decode_body(START + _str("Q", binrpc.T_AVP) + neg + END)
     assert _plain(struct) == {"Q": -1.0}
+
+
+def test_ul_dump_over_ctl_reads_as_over_json_rpc():
+    # ul.dump as ctl writes it (6.1.5, decoded): each '[' a struct of named members,
+    # two contacts of one AoR under the same name "Contact" (a dict would keep one).
+    from kamleak.harness.probes import state
+
+    def contact(addr, expires):
+        return Pairs([("Address", addr), ("Expires", expires), ("Call-ID", "c-" + addr[-1]),
+                      ("Received", "[not set]"), ("Tcpconn-Id", 7)])
+    info = Pairs([("AoR", "100"), ("HashID", 1),
+                  ("Contacts", Pairs([("Contact", contact("sip:100@127.0.0.1:1", 600)),
+                                      ("Contact", contact("sip:100@127.0.0.1:2", "expired"))]))])
+    dump = Pairs([("Domains", Pairs([("Domain", Pairs([("Domain", "location"), ("Size", 1024),
+                                                       ("AoRs", Pairs([("Info", info)]))]))]))])
+    contacts = state.parse_ul_dump(dump)
+    assert [(c.aor, c.address, c.expires, c.expires_text) for c in contacts] == [
+        ("100", "sip:100@127.0.0.1:1", 600, "600"), ("100", "sip:100@127.0.0.1:2", None, "expired")]
+    # No contacts: ctl's empty struct, jsonrpcs's empty array.
+    empty = Pairs([("Domains", Pairs([("Domain", Pairs([("Domain", "location"), ("AoRs", Pairs())]))]))])
+    assert state.parse_ul_dump(empty) == []
+
+
+def test_an_rpc_no_module_serves_is_known_over_either_transport():
+    from kamleak.harness.probes import state
+    from kamleak.harness.probes.rpc import RPCCallError
+    assert state.not_served(binrpc.CtlCallError("dlg.list", 500, "command dlg.list not found"))
+    assert state.not_served(RPCCallError("dlg.list", 500, "Method Not Found"))
+    assert not state.not_served(binrpc.CtlCallError("ul.dump", 500, "Internal error"))
