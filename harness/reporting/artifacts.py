@@ -55,6 +55,23 @@ def check_writable(directory: str | os.PathLike | None, option: str) -> None:
     raise UsageError(f"{option} {root}: {why}", "pass a directory you can write to")
 
 
+def run_files(kam, pbx_log: str) -> dict[str, str]:
+    """One run's logs and the config as run (KAM: the Kamailio, before it stops; None: never
+    started): what gate/check --artifacts and an explore finding keep, by the same names."""
+    files = {"asterisk.log": pbx_log}
+    if kam is not None:
+        files |= {"kamailio.log": kam.log(), "kamailio.cfg": kam.config.render()}
+    return files
+
+
+def save_logs(directory: Path, kam, pbx_log: str) -> Path:
+    """run_files() into DIRECTORY: what is left to read when there is no verdict."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in run_files(kam, pbx_log).items():
+        (directory / name).write_text(text)
+    return directory
+
+
 class ArtifactStore:
     def __init__(self, root: str | os.PathLike, keep_runs: int = 10):
         self.root = Path(root)

@@ -18,7 +18,7 @@ from kamleak.harness import progress
 from kamleak.harness.errors import KamleakError, UsageError
 from kamleak.harness.judging.verdict import TransactionVerdict, timers_text
 from kamleak.harness.reporting import summary as summary_cmd
-from kamleak.harness.reporting.artifacts import check_writable
+from kamleak.harness.reporting.artifacts import check_writable, save_logs
 from kamleak.harness.stack import containers, engine, images, source_build
 from kamleak.harness.stack.runner import Stack
 from kamleak.harness.stack.targets import Target, add_option, add_source_option, parse_targets
@@ -106,17 +106,7 @@ def _save_run(directory: Path, verdict, kam, bench, log_start: int) -> Path:
     plot.render_timeline(verdict.to_json(), directory / "timeline.png")
     pbx_log = bench.pbx.log()[log_start:]
     (directory / "sip-trace.txt").write_text(report.sip_trace([bench.uas[-1].trace], pbx_log))
-    return _save_logs(directory, kam, pbx_log)
-
-
-def _save_logs(directory: Path, kam, pbx_log: str) -> Path:
-    """The logs and the config as run: what is left to read when there is no verdict."""
-    directory.mkdir(parents=True, exist_ok=True)
-    if kam is not None:
-        (directory / "kamailio.log").write_text(kam.log())
-        (directory / "kamailio.cfg").write_text(kam.config.render())
-    (directory / "asterisk.log").write_text(pbx_log)
-    return directory
+    return save_logs(directory, kam, pbx_log)
 
 
 # The report the repro exists for (Kamailio issue 4140): its version, client and failure path.
@@ -433,15 +423,15 @@ def gate_once(target: Target, variant, transport: str = "ws", disconnect: str = 
                 return "skip", f"not applicable: {exc}", None
             except CANNOT_TEST_ERRORS:
                 if artifacts:
-                    _save_logs(Path(artifacts), (bench.kamailios or [None])[-1],
-                               bench.pbx.log()[log_start:])
+                    save_logs(Path(artifacts), (bench.kamailios or [None])[-1],
+                              bench.pbx.log()[log_start:])
                 raise
             verdict.variant = run_label(verdict.variant, user_config)
             verdict.provided = provided(bench.kamailios)
             if artifacts and bench.uas:
                 _save_run(Path(artifacts), verdict, bench.kamailios[-1], bench, log_start)
             elif artifacts:         # a story without a WebSocket UA (check --scenario pr3403)
-                _save_logs(Path(artifacts), bench.kamailios[-1], bench.pbx.log()[log_start:])
+                save_logs(Path(artifacts), bench.kamailios[-1], bench.pbx.log()[log_start:])
                 (Path(artifacts) / "verdict.json").write_text(verdict.dumps())
             return verdict.outcome, verdict.sentence(), verdict
     except CANNOT_TEST_ERRORS as exc:

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from kamleak.harness.probes.capture import available, udp_datagrams
+from kamleak.harness.sip.message import SipMessage
+
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = "invite,invite_se,reinvite,options,bye,pbx_bye,rst,fin,pause"
 
@@ -35,6 +38,18 @@ def test_a_short_campaign_finds_shrinks_and_confirms_the_4140_leak(kamleak_image
     assert finding["sure"] and finding["confirmed"] == finding["replays"] == 3
     assert "BYE" in finding["signature"] and "out0/ref1" in finding["signature"]
     assert "the bound agrees" not in " ".join(finding["evidence"])   # the campaign's own proof
+    # A confirming replay's files: the PBX's BYE in the pcap, its Call-ID in both logs.
+    files, d = finding["replay_files"], out / "finding-1"
+    assert files["replay"] == 1 and {"kamailio.log", "asterisk.log", "sip-trace.txt"} <= set(files["files"])
+    if available() is None:
+        assert files["pcap"].startswith("not captured (neither tcpdump nor tshark"), files
+    else:
+        assert files["pcap"] == "capture.pcap", files
+        byes = [SipMessage.parse(x.payload) for x in udp_datagrams((d / "capture.pcap").read_bytes())
+                if x.payload.startswith(b"BYE ")]
+        assert byes, "no BYE in the replay's pcap"
+        assert byes[0].call_id in (d / "kamailio.log").read_text()
+        assert byes[0].call_id in (d / "asterisk.log").read_text()
     test_file = next((out / "finding-1").glob("test_explore_*.py"))
     # The emitted regression test fails where the leak is and passes where it is not.
     run = subprocess.run([sys.executable, "-m", "pytest", str(test_file), "-p", "no:cacheprovider",
@@ -45,6 +60,8 @@ def test_a_short_campaign_finds_shrinks_and_confirms_the_4140_leak(kamleak_image
     again = explore("--kamailio-version", "6.0.1", "--variant", "pua_dialoginfo",
                     "--replay", str(out / "finding-1" / "flow.json"), "--out", str(tmp_path / "r"))
     assert again.returncode == 1 and "LEAK:" in again.stdout, again.stdout + again.stderr[-2000:]
+    assert f"files of this replay in {tmp_path / 'r'}: asterisk.log" in again.stdout, again.stdout
+    assert (tmp_path / "r" / "kamailio.log").is_file()
 
 
 def test_a_short_campaign_on_a_clean_build_finds_nothing(kamleak_images, tmp_path):

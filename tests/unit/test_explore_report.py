@@ -108,6 +108,62 @@ def test_index_html_is_self_contained_escaped_and_links_only_files_that_exist(tm
     assert "finding-2/test_explore_finding_2.py" in p.links
 
 
+def replayed(f: Finding, pcap: bytes | str, replay: int = 1) -> Finding:
+    """F with the files a confirming replay records (record.Recording.finish's names)."""
+    f.files = {"kamailio.log": "0(12) ERROR: {1 BYE abc@ua} tm [t_fwd.c:1753]: branch 0 failed\n",
+               "asterisk.log": "<--- Transmitting SIP request (BYE) --->\n", "kamailio.cfg": "#!KAMAILIO\n",
+               "sip-trace.txt": "# ladder\n", **({"capture.pcap": pcap} if isinstance(pcap, bytes)
+                                                 else {"capture.txt": pcap})}
+    f.files_replay = replay
+    return f
+
+
+def test_a_findings_logs_and_pcap_are_written_and_linked_from_its_section(tmp_path):
+    pcap = b"\xd4\xc3\xb2\xa1" + bytes(20)
+    out = campaign_dir(tmp_path, "s1", [replayed(finding(["invite:answer", "rst", "pbx_bye"]), pcap, replay=2)])
+    d = out / "finding-1"
+    assert (d / "capture.pcap").read_bytes() == pcap and "branch 0 failed" in (d / "kamailio.log").read_text()
+    files = json.loads((out / "summary.json").read_text())["findings"][0]["replay_files"]
+    assert files == {"replay": 2, "pcap": "capture.pcap", "files": ["asterisk.log", "capture.pcap", "kamailio.cfg",
+                                                                     "kamailio.log", "sip-trace.txt"]}
+    assert json.loads((d / "finding.json").read_text())["replay_files"] == files
+    assert (d / "ladder.txt").read_text().splitlines()[-1] == (
+        "files of replay 2 of 3 (a fresh Kamailio): asterisk.log, capture.pcap, kamailio.cfg, kamailio.log, "
+        "sip-trace.txt; pcap: capture.pcap")
+    html = (out / "index.html").read_text()
+    section = html[html.index("<h4>Logs and pcap</h4>"):html.index("<h4>Files</h4>")]
+    p = Page()
+    p.feed(section)
+    for name in ("kamailio.log", "asterisk.log", "sip-trace.txt", "kamailio.cfg", "capture.pcap"):
+        assert f'href="finding-1/{name}"' in section, name
+    assert "replay 2 of 3 on a fresh Kamailio (it leaked the same way)" in section
+    assert all((out / unquote(link)).is_file() for link in p.links), p.links
+
+
+@pytest.mark.parametrize("confirmed, pcap, said", [
+    (3, "no pcap: tcpdump could not capture (You don't have permission to capture on that device)",
+     "pcap: not captured (tcpdump could not capture (You don&#x27;t have permission to capture on that device))"),
+    (0, None, "pcap: not captured (no replay leaked the same way)"),
+])
+def test_a_pcap_not_captured_says_why_never_a_silent_omission(tmp_path, confirmed, pcap, said):
+    f = finding(["invite:answer", "rst", "pbx_bye"], confirmed=confirmed)
+    out = campaign_dir(tmp_path, "s1", [replayed(f, pcap) if pcap else f])
+    html = (out / "index.html").read_text()
+    section = html[html.index("<h4>Logs and pcap</h4>"):]
+    assert said in section.split("</p>")[0] and "capture.pcap" not in html
+    assert said.replace("&#x27;", "'") in (out / "finding-1" / "ladder.txt").read_text()
+    assert (pcap is None) == (not (out / "finding-1" / "kamailio.log").exists())
+
+
+def test_a_merged_reports_finding_keeps_its_linked_files(tmp_path):
+    s1 = campaign_dir(tmp_path, "s1", [replayed(finding(["invite:answer", "rst", "pbx_bye"]), b"pcap")])
+    out = tmp_path / "merged"
+    report.merge([str(s1)], out)
+    p = page(out / "index.html")
+    assert "finding-1/capture.pcap" in p.links and "finding-1/kamailio.log" in p.links
+    assert all((out / unquote(link)).is_file() for link in p.links), p.links
+
+
 def test_junit_has_a_failure_per_finding_a_flaky_one_with_its_rate(tmp_path):
     out = campaign_dir(tmp_path, "s1", [finding(["invite:answer", "rst", "pbx_bye"]),
                                         finding(["invite:answer", "fin", "pbx_bye"], "tm cell: BYE/out1/ref2/t0x40",
@@ -256,3 +312,14 @@ def test_the_live_line_is_drawn_on_a_real_terminal_and_cleared_for_other_lines()
 
 def test_no_live_line_on_a_pipe():
     assert _run_on(stderr_tty=False) == b"kamleak explore: a batch ended\n"
+
+
+def test_a_host_without_tcpdump_gets_its_reason_in_the_findings_pcap_line(monkeypatch):
+    from kamleak.harness.probes.capture import Capture
+    from kamleak.harness.tools.explore import record
+
+    monkeypatch.setenv("PATH", "/nonexistent")          # the capture tool is looked up on PATH
+    note = Capture([5060]).start().finish()
+    described = record.describe({"kamailio.log": "", record.NOTE: note}, 1, "")
+    assert described["pcap"] == "not captured (neither tcpdump nor tshark is installed (apt-get install tcpdump))"
+    assert record.line(described, "replay 1 of 3").endswith("; pcap: " + described["pcap"])

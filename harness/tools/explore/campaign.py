@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from kamleak.harness.judging import oracle
-from kamleak.harness.tools.explore import trend
+from kamleak.harness.tools.explore import record, trend
 from kamleak.harness.tools.explore.flow import Flow
 from kamleak.harness.tools.explore.judge import Judgement
 from kamleak.harness.tools.explore.mutate import NONE, Mutation
@@ -55,6 +55,17 @@ class Finding:
     found_after_s: float = 0.0
     shrink_runs: int = 0
     mutation: Mutation = NONE         # the config mutation it leaked with (--mutate-config)
+    files: dict = field(default_factory=dict, repr=False)   # record.Recording's, of replay files_replay
+    files_replay: int = 0
+
+    def replay_files(self) -> dict:
+        """record.describe() of the files: why there are none when no replay leaked the same way."""
+        why = ("never replayed" if not self.replays else
+               "no replay leaked the same way" if not self.confirmed else "not recorded")
+        return record.describe(self.files, self.files_replay, why)
+
+    def files_line(self) -> str:
+        return record.line(self.replay_files(), f"replay {self.files_replay} of {self.replays} (a fresh Kamailio)")
 
     @property
     def sure(self) -> bool:
@@ -65,7 +76,7 @@ class Finding:
                 "steps": self.steps, "confirmed": self.confirmed, "replays": self.replays,
                 "sure": self.sure, "found_after_flows": self.found_after_flows,
                 "found_after_s": round(self.found_after_s, 1), "shrink_runs": self.shrink_runs,
-                "config_mutation": self.mutation.text()}
+                "config_mutation": self.mutation.text(), "replay_files": self.replay_files()}
 
     def text(self) -> str:
         """What leaked: the flow, and the config mutation when there is one."""
@@ -125,11 +136,12 @@ class Campaign:
         return ""
 
     def run_flows(self, flows: list[Flow], confirm: bool = False, fresh: bool = True,
-                  mutation: Mutation = NONE) -> list[Judgement]:
+                  mutation: Mutation = NONE, files: dict | None = None) -> list[Judgement]:
         """FLOWS at once, judged, on kamleak's config with MUTATION.  FRESH: on a
         Kamailio of their own (replays); otherwise on the campaign's, restarted
         every REUSE batches and whenever the mutation changes (flows are judged by
-        their own Call-IDs, so earlier batches' leftovers do not count)."""
+        their own Call-IDs, so earlier batches' leftovers do not count).  FILES: filled
+        with the run's logs, SIP trace and pcap (record.Recording; a replay's)."""
         if fresh or self._kamailio is None or self._uses >= self.REUSE or self._kamailio.death() \
                 or mutation != self._mutation:
             self._retire()
@@ -140,9 +152,14 @@ class Campaign:
             # The per-campaign checks follow the Kamailio that is reused: a baseline now.
             self._series = None if fresh else trend.Series(self._kamailio, self._timers, say=self.say)
         self._uses += 1
+        recording = record.Recording(self._kamailio, self.pbx) if files is not None else None
+        judged: list[Judgement] = []
         try:
-            judged = run_batch(self._kamailio, self.pbx, flows, self._timers, confirm=confirm)
+            judged = run_batch(self._kamailio, self.pbx, flows, self._timers, confirm=confirm,
+                               trace=recording is not None)
         finally:
+            if recording is not None:       # before the Kamailio stops: its log goes with it
+                files.update(recording.finish(judged))
             if fresh:
                 self._retire()
             try:
@@ -286,9 +303,13 @@ class Campaign:
         self.say(f"[explore] shrunk to {finding.text()}; replaying it alone "
                  f"{self.replays} times on a fresh Kamailio")
         for n in range(self.replays):
+            # Replays record their files until one leaks the same way: that one's are kept.
+            files = {} if not finding.files else None
             # The first replay also waits out the lifetime bound: the proof must agree with it.
-            again = self.run_flows([judgement.run.flow], confirm=n == 0, mutation=mutation)[0]
+            again = self.run_flows([judgement.run.flow], confirm=n == 0, mutation=mutation, files=files)[0]
             finding.replays += 1
             if again.leaked and again.run.error is None and again.signature() == finding.signature:
                 finding.confirmed += 1
+                if files:
+                    finding.files, finding.files_replay = files, n + 1
         return finding

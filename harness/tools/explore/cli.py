@@ -240,7 +240,7 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow, r
     from kamleak.harness.stack.runner import Stack
     from kamleak.harness.stack.targets import one_target
     from kamleak.harness.tools.explore import flow as fl
-    from kamleak.harness.tools.explore import mutate, report
+    from kamleak.harness.tools.explore import mutate, record, report
     from kamleak.harness.tools.explore.campaign import Campaign, Finding
     from kamleak.harness.tools.explore.db import Store, open_database
     from kamleak.harness.tools.explore.run import replay
@@ -287,10 +287,17 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow, r
                 if replay_mutation:
                     label += f" + config mutation {replay_mutation.text()}"
                 kam = start(replay_mutation)
+                judged = []
                 try:
-                    j = replay(kam, bench.pbx, replay_flow)
+                    recording = record.Recording(kam, bench.pbx)
+                    try:
+                        judged.append(replay(kam, bench.pbx, replay_flow, trace=True))
+                    finally:
+                        files = recording.finish(judged)
                 finally:
                     kam.stop()
+                j = judged[0]
+                record.write(out, files)
                 # CLEAN is about what the oracle could decide; what the flow still holds
                 # within its bound (no verdict yet) is said beneath, never left out.
                 verdict = "LEAK" if j.leaked else ("CLEAN (no tm cell left; held objects within their bounds, "
@@ -298,6 +305,7 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow, r
                 print(f"kamleak explore: {verdict}: {replay_flow.text()} on {version}, {label}")
                 for line in j.evidence():
                     print(f"  {line}")
+                print(f"  {record.line(record.describe(files, 1, ''), f'this replay in {out}')}")
                 if j.run.error:
                     print(f"  the flow could not be driven to its end: {j.run.error}")
                     return EXIT_CANNOT_TEST
@@ -372,7 +380,8 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow, r
     summary = report.load(out)[0]
     for i, f in enumerate(result.findings, 1):
         kind = "LEAK" if f.sure else f"FLAKY ({f.confirmed}/{f.replays} replays)"
-        print(f"  {kind}: {f.text()}  [{f.signature}]\n    " + "\n    ".join(f.evidence)
+        print(f"  {kind}: {f.text()}  [{f.signature}]\n    "
+              + "\n    ".join([*f.evidence, f.files_line()])
               + f"\n    replay: {report.replay_command(summary, summary['findings'][i - 1], out)}")
     print(f"  evidence: {out} (report: {out / report.INDEX}, {out / report.JUNIT})")
     return EXIT_FOUND if any(f.sure for f in result.findings) else EXIT_NONE

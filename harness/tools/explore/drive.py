@@ -34,6 +34,7 @@ class FlowRun:
     error: str | None = None                            # the harness could not drive it
     ended_at: float = 0.0                               # monotonic, after the last step
     ports: list[int] = field(default_factory=list)     # the client's local port(s) (ws.dump names it by them)
+    trace: list = field(default_factory=list)          # the client's SIP messages (drive(trace=True))
 
 
 def new_extension() -> str:
@@ -194,8 +195,9 @@ class _Driver:
         return "taken over"
 
 
-def drive(kamailio, pbx, flow: Flow, extension: str | None = None) -> FlowRun:
-    """Run FLOW's steps; never raises for what Kamailio or Asterisk answered."""
+def drive(kamailio, pbx, flow: Flow, extension: str | None = None, trace: bool = False) -> FlowRun:
+    """Run FLOW's steps; never raises for what Kamailio or Asterisk answered.  TRACE keeps the
+    client's SIP messages (a finding's replay: generation's thousands of flows keep none)."""
     run = FlowRun(flow, extension or new_extension())
     d = _Driver(kamailio, pbx, flow, run)
     try:
@@ -207,6 +209,8 @@ def drive(kamailio, pbx, flow: Flow, extension: str | None = None) -> FlowRun:
         # Idempotent: a connection still up is closed, a dropped one reset (and its
         # iptables rules removed), one the flow already ended is left as it is.
         if d.ua is not None:
+            if trace:
+                run.trace = d.ua.trace
             try:
                 d.ua.close()
             except Exception:  # noqa: BLE001 - closing must go on

@@ -1,10 +1,13 @@
-"""What a finding leaves under --out: the flow, its ladder, the evidence, and a
-standalone pytest file that replays it with kamleak's fixtures."""
+"""What a finding leaves under --out: the flow, its ladder, the evidence, the logs, SIP
+trace and pcap of a replay that leaked the same way, and a standalone pytest file that
+replays it with kamleak's fixtures."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from kamleak.harness.tools.explore import record
 
 TEST = '''"""kamleak explore finding: {text}
 
@@ -47,8 +50,9 @@ def write_finding(where: Path, finding, *, version: str, label: str, defines, co
                                                      "config": label}, indent=1))
     steps = "\n".join(f"{line}   -> {got}" for line, got in
                       zip(finding.flow.ladder().splitlines()[1:], finding.steps))
+    record.write(where, finding.files)
     (where / "ladder.txt").write_text(f"{finding.flow.ladder().splitlines()[0]}\n{steps}\n\n"
-                                      + "\n".join(finding.evidence) + "\n")
+                                      + "\n".join([*finding.evidence, finding.files_line()]) + "\n")
     name = f"test_explore_{where.name.replace('-', '_')}.py"
     text = TEST.format(text=finding.text(), version=version, label=label,
                        confirmed=finding.confirmed, replays=finding.replays,

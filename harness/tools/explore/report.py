@@ -145,6 +145,32 @@ def _ladder(out: Path, f: dict) -> str:
                      + [f"  {s}   -> {got}" for s, got in zip(flow.get("steps") or [], f.get("steps") or [])])
 
 
+def _link(path: str, text: str | None = None) -> str:
+    return f'<a href="{escape(quote(path))}">{escape(text or path)}</a>'
+
+
+def _replay_files(out: Path, f: dict) -> str:
+    """The logs, SIP trace and pcap of the replay that leaked the same way, linked where they
+    are, and the pcap's absence said with its reason (summaries from before say nothing)."""
+    from kamleak.harness.tools.explore.record import NOTE, PCAP
+
+    rf = f.get("replay_files")
+    if not rf:
+        return ""
+    links = [_link(f"{f['dir']}/{n}", n) for n in rf.get("files") or []
+             if n not in (NOTE, PCAP) and (out / f["dir"] / n).is_file()]
+    pcap = rf.get("pcap") or "not captured (not said why)"
+    if pcap == PCAP and (out / f["dir"] / PCAP).is_file():
+        links.append(_link(f"{f['dir']}/{PCAP}", f"{PCAP} (loopback, Kamailio's SIP ports)"))
+    else:
+        if pcap == PCAP:
+            pcap = "not captured (the file is missing)"
+        links.append(escape(f"pcap: {pcap}"))
+    head = (f"replay {rf['replay']} of {f.get('replays')} on a fresh Kamailio (it leaked the same way)"
+            if rf.get("replay") else "no replay's files")
+    return (f"<h4>Logs and pcap</h4><p>{escape(head)}: " + " · ".join(links) + "</p>")
+
+
 def _finding(out: Path, c: dict, f: dict) -> str:
     k = kind(f)
     css = k.split()[0].lower()
@@ -158,13 +184,14 @@ def _finding(out: Path, c: dict, f: dict) -> str:
              '<p class="meta">' + " · ".join(f"{escape(a)} <code>{escape(b)}</code>" for a, b in meta
                                               if b not in (None, "", "none")) + "</p>",
              f"<h4>Ladder</h4><pre>{escape(_ladder(out, f))}</pre>",
-             "<h4>Evidence</h4><ul>" + "".join(f"<li>{escape(e)}</li>" for e in f.get("evidence") or []) + "</ul>"]
+             "<h4>Evidence</h4><ul>" + "".join(f"<li>{escape(e)}</li>" for e in f.get("evidence") or []) + "</ul>",
+             _replay_files(out, f)]
     files = _files(out, f["dir"])
     if files:
         parts.append('<h4>Files</h4><ul class="artifacts">'
-                     + "".join(f'<li><a href="{escape(quote(p))}">{escape(p)}</a></li>' for p in files) + "</ul>")
+                     + "".join(f"<li>{_link(p)}</li>" for p in files) + "</ul>")
     parts += [f"<h4>Replay</h4><pre>{escape(replay_command(c, f, out))}</pre>", "</section>"]
-    return "\n".join(parts)
+    return "\n".join(p for p in parts if p)
 
 
 def _trend(c: dict) -> str:

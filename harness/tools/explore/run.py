@@ -12,12 +12,13 @@ from kamleak.harness.tools.explore.judge import Judgement, judge
 
 
 def run_batch(kamailio, pbx, flows: list[Flow], timers: oracle.Timers,
-              confirm: bool = False) -> list[Judgement]:
-    """All FLOWS at once through KAMAILIO, then each judged by its Call-IDs."""
+              confirm: bool = False, trace: bool = False) -> list[Judgement]:
+    """All FLOWS at once through KAMAILIO, then each judged by its Call-IDs (TRACE: each
+    run keeps its client's SIP messages)."""
     runs: list[FlowRun | None] = [None] * len(flows)
 
     def one(i: int, f: Flow) -> None:
-        runs[i] = drive(kamailio, pbx, f)
+        runs[i] = drive(kamailio, pbx, f, trace=trace)
 
     threads = [threading.Thread(target=one, args=(i, f), daemon=True) for i, f in enumerate(flows)]
     for t in threads:
@@ -29,8 +30,8 @@ def run_batch(kamailio, pbx, flows: list[Flow], timers: oracle.Timers,
     return judge(kamailio, done, timers, confirm=confirm)
 
 
-def replay(kamailio, pbx, flow: Flow, confirm: bool = False) -> Judgement:
+def replay(kamailio, pbx, flow: Flow, confirm: bool = False, trace: bool = False) -> Judgement:
     """One flow alone on KAMAILIO, judged: what an emitted regression test runs
-    (CONFIRM: the bound waited out too)."""
+    (CONFIRM: the bound waited out too; TRACE: the client's SIP messages kept)."""
     timers = oracle.read_timers(kamailio.rpc, kamailio.config, kamailio.version)
-    return run_batch(kamailio, pbx, [flow], timers, confirm=confirm)[0]
+    return run_batch(kamailio, pbx, [flow], timers, confirm=confirm, trace=trace)[0]
