@@ -129,6 +129,18 @@ def test_the_unedited_webrtc_example_over_wss_reads_kamleaks_tls_cfg(kamleak_ima
     assert f"over WSS; {PROVIDED}" in proc.stdout
 
 
+def test_a_tls_config_that_exists_in_the_image_is_used_and_named_when_kamailio_refuses_it(
+        kamleak_images, tmp_path):
+    # Debian's package ships /etc/kamailio/tls.cfg naming a certificate it does not ship.
+    cfg = tmp_path / "kamailio.cfg"
+    cfg.write_text(ORIG.read_text().replace("/usr/local/etc/kamailio/tls.cfg", "/etc/kamailio/tls.cfg"))
+    proc = kamleak("gate", "--config", str(cfg), "--version", "6.1.5")
+    assert proc.returncode == 125, proc.stdout + proc.stderr[-2000:]
+    assert "Unable to load certificate file '/etc/kamailio/kamailio-selfsigned.pem'; your " \
+           "/etc/kamailio/tls.cfg is there and was used; for kamleak's TLS config set " \
+           'modparam("tls", "config", "KAMLEAK_DIR/tls.cfg") under #!ifdef KAMLEAK' in proc.stdout, proc.stdout
+
+
 def test_a_config_with_neither_json_rpc_nor_ctl_is_one_refusal_before_any_run(tmp_path):
     cfg = tmp_path / "kamailio.cfg"
     cfg.write_text(ORIG.read_text().replace('loadmodule "ctl.so"\n', ""))

@@ -145,7 +145,7 @@ class Kamailio:
                                   "the port is already taken", "free it or run again (ports are "
                                   "chosen anew)", log=log) from None
             raise ServerError(f"Kamailio refused to start: {line}{self._config_line(line)}",
-                              "see the Kamailio log", log=log) from None
+                              self._refusal_fix(line), log=log) from None
         except WaitTimeout:
             log = self.log()
             self.stop()
@@ -200,6 +200,17 @@ class Kamailio:
                     return line
             return None
         return abort
+
+    def _refusal_fix(self, line: str) -> str:
+        """What to do about Kamailio's refusal; a user's own TLS config that exists where
+        Kamailio runs is used as it is, and may name certificates that do not."""
+        user = self.config.user_config
+        if user is not None and user.tls_config and not self.config.tls_provided \
+                and re.search(r"\btls\b", line):
+            return (f"your {user.tls_config} is there and was used; for kamleak's TLS config "
+                    'set modparam("tls", "config", "KAMLEAK_DIR/tls.cfg") under #!ifdef KAMLEAK '
+                    "(docs/config.md, 'The lines to paste')")
+        return "see the Kamailio log"
 
     def _config_line(self, error: str) -> str:
         """` (your line 278: t_reply_error();)` when the error names a config line."""
