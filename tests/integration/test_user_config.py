@@ -141,6 +141,17 @@ def test_a_tls_config_that_exists_in_the_image_is_used_and_named_when_kamailio_r
            'modparam("tls", "config", "KAMLEAK_DIR/tls.cfg") under #!ifdef KAMLEAK' in proc.stdout, proc.stdout
 
 
+def test_kamailios_parse_error_names_the_line_of_your_file(kamleak_images, tmp_path):
+    # The contract holds, Kamailio's parser does not: the line it names is one of yours
+    # (the rendered config has kamleak's header above it).
+    cfg = tmp_path / "kamailio.cfg"
+    cfg.write_text(ORIG.read_text() + '\nroute[KAMLEAK_BROKEN] {\n    xlog("L_INFO", "never closed"\n}\n')
+    n = len(cfg.read_text().splitlines())           # the `}` the parser stops at
+    proc = kamleak("gate", "--config", str(cfg), "--version", "6.0.1")
+    assert proc.returncode == 125, proc.stdout + proc.stderr[-2000:]
+    assert "Kamailio refused to start: " in proc.stdout and f"(your line {n}: }})" in proc.stdout, proc.stdout
+
+
 def test_a_config_with_neither_json_rpc_nor_ctl_is_one_refusal_before_any_run(tmp_path):
     cfg = tmp_path / "kamailio.cfg"
     cfg.write_text(ORIG.read_text().replace('loadmodule "ctl.so"\n', ""))
