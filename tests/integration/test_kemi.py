@@ -2,7 +2,9 @@
 
 tests/configs/kemi/ is upstream's KEMI example (5.8.5) with WebSocket handling and
 the 4140 trigger in its scripts (README.md there).  The gate runs it as a user
-would, the script travelling beside the config; the mitigation is the same
+would, the script travelling beside the config and loaded from the path upstream
+names (/usr/local/etc/kamailio/<script>: kamleak provides it there), read over
+ctl (upstream's example serves no JSON-RPC over HTTP); the mitigation is the same
 scripts with KSR.sl.send_reply_error() after the failed t_relay().
 """
 
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from kamleak.harness.stack import containers
+from tests.unit.test_kemi import UPSTREAM_DIR, serve_jsonrpc
 from tests.unit.test_source_build import offline_source
 
 SOURCE = offline_source()
@@ -33,6 +36,13 @@ RELAY_ERROR = {
     "kamailio-basic-kemi-python.py": ("if KSR.tm.t_relay()<0 :\n            KSR.sl.sl_reply_error()",
                                       "if KSR.tm.t_relay()<0 :\n            KSR.sl.send_reply_error()"),
 }
+
+
+def provided(engine: str) -> str:
+    """The gate's report line: the script at upstream's path, and RPC over ctl."""
+    script = {"lua": "kamailio-basic-kemi-lua.lua", "python3": "kamailio-basic-kemi-python.py"}[engine]
+    return (f"kamleak provided: {script} at {UPSTREAM_DIR}/{script} (absent where Kamailio runs: "
+            "from beside your config); RPC over ctl: jsonrpcs has no HTTP transport")
 
 
 def gate(cfg: Path, version: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -66,6 +76,7 @@ def test_trigger_in_the_script_leaks_on_601(kamleak_images, engine):
     assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
     assert proc.stdout.startswith("kamleak gate: LEAK: BYE Call-ID"), proc.stdout
     assert "(1/SL) statelessly" in proc.stdout
+    assert provided(engine) in proc.stdout
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -84,6 +95,7 @@ def test_trigger_and_mitigation_are_clean_on_615(kamleak_images, engine, tmp_pat
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert proc.stdout.startswith("kamleak gate: CLEAN: BYE Call-ID"), proc.stdout
     assert "then 500 (2/TM) statefully" in proc.stdout
+    assert provided(engine) in proc.stdout
     proc = gate(mitigated(tmp_path) / f"kamailio-{engine}.cfg", "6.1.5")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert "(1/TM) statefully" in proc.stdout
@@ -96,19 +108,16 @@ def test_trigger_in_the_script_leaks_on_563(kamleak_images, engine):
     assert proc.stdout.startswith("kamleak gate: LEAK: BYE Call-ID"), proc.stdout
 
 
-def test_a_script_that_serves_no_json_rpc_is_read_over_ctl(kamleak_images, tmp_path):
-    # upstream's KEMI example loads ctl.so: without KSR.jsonrpcs.dispatch() kamleak reads
-    # tm.list over its own BINRPC socket, and the verdict is the same
+def test_a_script_that_serves_json_rpc_is_read_over_it(kamleak_images, tmp_path):
+    # JSON-RPC over HTTP added (jsonrpcs's transport, KSR.jsonrpcs.dispatch() for /RPC):
+    # kamleak reads tm.list there instead of over ctl, and the verdict is the same
     d = copy_of_fixtures(tmp_path)
-    script = d / "kamailio-basic-kemi-lua.lua"
-    text = script.read_text()
-    assert text.count("\t\tKSR.jsonrpcs.dispatch();\n") == 1
-    script.write_text(text.replace("\t\tKSR.jsonrpcs.dispatch();\n", ""))
+    serve_jsonrpc(d)
     proc = gate(d / "kamailio-lua.cfg", "6.0.1")
     assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
     assert proc.stdout.startswith("kamleak gate: LEAK: BYE Call-ID"), proc.stdout
-    assert "RPC over ctl: its Lua script's xhttp event function calls no KSR.jsonrpcs.dispatch()" \
-        in proc.stdout
+    assert "RPC over ctl" not in proc.stdout
+    assert "kamleak provided: kamailio-basic-kemi-lua.lua at " in proc.stdout
 
 
 @pytest.mark.serial
@@ -145,7 +154,10 @@ def test_a_script_missing_beside_the_config_is_one_line(tmp_path, docker_client)
     (d / "kamailio-basic-kemi-lua.lua").unlink()
     line = refused(d / "kamailio-lua.cfg", docker_client)
     assert line.startswith(f"kamleak: {d / 'kamailio-basic-kemi.cfg'}:"), line
-    assert "Lua script KAMLEAK_DIR/kamailio-basic-kemi-lua.lua is not beside the config" in line
+    # both places: upstream's path (where kamleak would provide it) and beside the config
+    assert (f"Lua script {UPSTREAM_DIR}/kamailio-basic-kemi-lua.lua is not beside the config "
+            f"({d / 'kamailio-basic-kemi-lua.lua'}): kamleak reads it there, and provides it at "
+            f"{UPSTREAM_DIR}/kamailio-basic-kemi-lua.lua where Kamailio has none") in line
     assert f"put kamailio-basic-kemi-lua.lua in {d}" in line
 
 

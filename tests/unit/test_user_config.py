@@ -149,7 +149,7 @@ def test_the_unedited_webrtc_example_is_read_over_ctl_with_kamleaks_tls_cfg():
     assert UserConfig.load(str(DEPLOYMENT)).rpc.over == "jsonrpc"
     assert UserConfig.load(str(DEPLOYMENT)).tls_config is None, "KAMLEAK_DIR/tls.cfg is kamleak's"
     cfg = KamailioConfig(5070, 8080, 4443, 5080, rpc_port=8081, ctl_port=8082, user_config=user,
-                         tls_provided=user.tls_config)
+                         provisions=user.provisions)
     text = cfg.render()
     assert cfg.ctl_socket == "tcp:127.0.0.1:8082"
     assert text.endswith('\nmodparam("ctl", "binrpc", "tcp:127.0.0.1:8082")\n')
@@ -170,7 +170,7 @@ def test_kamailios_line_numbers_are_cited_as_lines_of_your_file():
     path = STOCK / "kamailio-default-websocket.orig.cfg"
     user = UserConfig.load(str(path))
     cfg = KamailioConfig(5070, 8080, 4443, 5080, rpc_port=8081, ctl_port=8082, user_config=user,
-                         tls_provided=user.tls_config)
+                         provisions=user.provisions)
     rendered, yours = cfg.render().split("\n"), path.read_text().split("\n")
     n = next(i for i, ln in enumerate(yours, 1) if ln.startswith("event_route[xhttp:request]"))
     m = next(i for i, ln in enumerate(rendered, 1) if ln.startswith("event_route[xhttp:request]"))

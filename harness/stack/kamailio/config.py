@@ -60,6 +60,17 @@ class TmTimers:
         return cls(None, None, None, None, None)
 
 
+@dataclass(frozen=True)
+class Provision:
+    """A file a user's config names at PATH: where PATH does not exist where Kamailio
+    runs, a #!subst in the header points it at NAME in KAMLEAK_DIR (kamleak's tls.cfg,
+    or a KEMI script copied from beside the config)."""
+
+    path: str         # as the config names it
+    name: str         # the file in KAMLEAK_DIR
+    origin: str       # whose file stands in, for the report
+
+
 @dataclass
 class KamailioConfig:
     udp_port: int
@@ -76,9 +87,9 @@ class KamailioConfig:
     # The user's own kamailio.cfg (kamleak.harness.stack.kamailio.user_config.UserConfig)
     # instead of the harness's body.
     user_config: object = None
-    # The user's TLS config path where it does not exist where Kamailio runs:
-    # the header points it at kamleak's tls.cfg (UserConfig.tls_config).
-    tls_provided: str | None = None
+    # The user's files that do not exist where Kamailio runs, kamleak's standing in
+    # (UserConfig.provisions, kept by Kamailio.start where has_file() says so).
+    provisions: tuple[Provision, ...] = ()
 
     def __post_init__(self):
         names = set()
@@ -122,9 +133,9 @@ class KamailioConfig:
         lines += [f"#!define {d.replace('=', ' ', 1)}" for d in self.defines]
         if self.user_config is not None:
             lines.append("#!define KAMLEAK")
-            if self.tls_provided:
-                # #!subst rewrites inside strings: modparam("tls", "config", PATH) reads ours.
-                lines.append(_subst(self.tls_provided, f"{d}/tls.cfg"))
+            for p in self.provisions:
+                # #!subst rewrites inside strings: the modparam naming PATH reads ours.
+                lines.append(_subst(p.path, f"{d}/{p.name}"))
             if self.udp_port != 5060:
                 # The INVITE's Request-URI is sip:<ext>@127.0.0.1 (port 5060):
                 # stock configs refuse it ("403 Not relaying") unless it is
@@ -168,14 +179,18 @@ class KamailioConfig:
         return ("\n# ---- added by kamleak: its RPC over ctl (BINRPC) ----\n"
                 f'modparam("ctl", "binrpc", "{self.ctl_socket}")\n')
 
+    @property
+    def tls_provided(self) -> str | None:
+        """The user's TLS config path kamleak's tls.cfg stands in for, if it does."""
+        return next((p.path for p in self.provisions if p.name == "tls.cfg"), None)
+
     def provided(self) -> list[str]:
         """What kamleak adds to or substitutes in the user's config, for the report."""
         user, out = self.user_config, []
         if user is None:
             return out
-        if self.tls_provided:
-            out.append(f"tls.cfg at {self.tls_provided} (absent where Kamailio runs: kamleak's, "
-                       "with a throwaway certificate)")
+        out += [f"{p.name} at {p.path} (absent where Kamailio runs: {p.origin})"
+                for p in self.provisions]
         if self.ctl_socket:
             out.append(f"RPC over ctl: {user.rpc.why} (kamleak's BINRPC socket {self.ctl_socket})")
         return out

@@ -3,8 +3,11 @@
 `cfgengine "lua"` (app_lua) or `cfgengine "python"` (app_python3) hands Kamailio's
 routing to the script the module's `load` parameter names; the config keeps the
 globals, modules and modparams.  kamleak runs it as it runs a native config, with
-the script beside the config (copied with it into the container, as includes are)
-and named under KAMLEAK as KAMLEAK_DIR/<script>.  What the gate's contract asks of
+the script beside the config (copied with it into the container, as includes are).
+The config names it as it would at home (upstream's example: /usr/local/etc/kamailio/
+<script>); where that path does not exist where Kamailio runs, kamleak provides the
+script beside the config there (a Provision, as it does a TLS config).  A config may
+also name it under KAMLEAK as KAMLEAK_DIR/<script>.  What the gate's contract asks of
 routing is then asked of the script: xhttp's `event_callback` function answers /RPC
 with KSR.jsonrpcs.dispatch() and WebSocket upgrades with
 KSR.websocket.handle_handshake(), and the registrar is KSR.registrar.save/lookup.
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kamleak.harness.errors import UsageError
+from kamleak.harness.stack.kamailio.config import Provision
 
 # cfgengine name -> the module that registers it, as kamleak's images carry them
 # (Debian's kamailio-lua-modules and kamailio-python3-modules; source builds build
@@ -37,7 +41,7 @@ _CFGENGINE = re.compile(r'\s*cfgengine\s*=?\s*"?([\w.-]+)"?')
 class Kemi:
     engine: str
     module: str
-    script: Path | None      # on the host, beside the config; None: not named under KAMLEAK_DIR
+    script: Path             # on the host, beside the config
     named: str               # the path as the config names it
     src: object              # the modparam's (or cfgengine's) Src
 
@@ -46,7 +50,14 @@ class Kemi:
         return LANGUAGE[self.module]
 
     def text(self) -> str:
-        return self.script.read_text(encoding="utf-8", errors="replace") if self.script else ""
+        return self.script.read_text(encoding="utf-8", errors="replace")
+
+    def provision(self) -> Provision | None:
+        """The script beside the config, standing in at the path the config names where
+        Kamailio has none there; None for KAMLEAK_DIR/<script> (kamleak's directory)."""
+        if self.named.startswith("KAMLEAK_DIR/"):
+            return None
+        return Provision(self.named, self.script.name, "from beside your config")
 
     def calls(self, function: str) -> bool:
         """The script calls KSR.<function> (e.g. 'jsonrpcs.dispatch') somewhere."""
@@ -61,8 +72,8 @@ class Kemi:
 def read(cfg, lines, path: str) -> Kemi | None:
     """The config's KEMI engine and script; None for native routing.
 
-    A cfgengine kamleak has no module for, or a script named under KAMLEAK_DIR
-    that is not beside the config: one line (UsageError)."""
+    A cfgengine kamleak has no module for, or a script that is not beside the
+    config: one line (UsageError)."""
     engine = src = None
     for s, line in lines:
         m = _CFGENGINE.match(line)
@@ -82,18 +93,23 @@ def read(cfg, lines, path: str) -> Kemi | None:
     if load is None:
         raise UsageError(f'{where}: cfgengine "{engine}" but no modparam("{module}", "load", …) '
                          "names its script",
-                         f'add #!ifdef KAMLEAK modparam("{module}", "load", '
-                         '"KAMLEAK_DIR/<script>") #!endif, the script beside the config')
+                         f'add modparam("{module}", "load", "<path of the script>"), the '
+                         "script beside the config")
     named = "".join(t.val for t in load[0] if t.kind == "str")
-    script = None
-    if named.startswith("KAMLEAK_DIR/"):
-        name = named[len("KAMLEAK_DIR/"):]
-        script = Path(path).resolve().parent / name
-        if "/" in name or not script.is_file():
-            raise UsageError(f"{load[1].file or path}:{load[1].line}: the {LANGUAGE[module]} "
-                             f"script {named} is not beside the config ({script})",
-                             f"put {Path(name).name} in {script.parent}: kamleak copies the "
-                             "files beside the config into Kamailio's KAMLEAK_DIR")
+    where = f"{load[1].file or path}:{load[1].line}"
+    ours = named.startswith("KAMLEAK_DIR/")
+    name = named[len("KAMLEAK_DIR/"):] if ours else Path(named).name
+    script = Path(path).resolve().parent / name
+    # The contract is read from the script beside the config; a script only where
+    # Kamailio runs would run unread.  (Where NAMED exists there, Kamailio runs that
+    # one, as it uses a TLS config that exists there.)
+    if (ours and "/" in name) or not script.is_file():
+        raise UsageError(f"{where}: the {LANGUAGE[module]} script {named} is not beside the "
+                         f"config ({script})" + ("" if ours else
+                                                 f": kamleak reads it there, and provides it at "
+                                                 f"{named} where Kamailio has none"),
+                         f"put {Path(name).name} in {script.parent}: kamleak copies the "
+                         "files beside the config into Kamailio's KAMLEAK_DIR")
     return Kemi(engine, module, script, named, load[1])
 
 
@@ -105,12 +121,6 @@ def serves_jsonrpc(kemi: Kemi, cfg) -> bool:
 def problems(kemi: Kemi, cfg, jsonrpc: bool) -> list[tuple[object, str, str]]:
     """What the contract asks of routing, asked of the script: (src, what, add).
     JSONRPC: kamleak needs JSON-RPC from it (no ctl.so to read instead)."""
-    if kemi.script is None:
-        name = Path(kemi.named).name
-        return [(kemi.src, f"loads its {kemi.language} script from {kemi.named}, which "
-                 "Kamailio in kamleak's container does not have",
-                 f'#!ifdef KAMLEAK modparam("{kemi.module}", "load", "KAMLEAK_DIR/{name}") '
-                 f"#!else … #!endif, with {name} beside the config")]
     out: list[tuple[object, str, str]] = []
     if cfg.modparam("xhttp", "event_callback") is None:
         out.append((cfg.modules.get("xhttp"), "routes in KEMI but gives xhttp no event_callback, "

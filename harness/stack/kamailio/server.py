@@ -114,8 +114,8 @@ class Kamailio:
     # -- lifecycle -------------------------------------------------------
     def start(self, timeout: float = 30.0) -> Kamailio:
         user = self.config.user_config
-        if user is not None and user.tls_config and not self.has_file(user.tls_config):
-            self.config.tls_provided = user.tls_config
+        if user is not None:
+            self.config.provisions = tuple(p for p in user.provisions if not self.has_file(p.path))
         self.provided = self.config.provided()
         self.config.write(self.run_dir)
         self.started_at = time.monotonic()
@@ -231,7 +231,7 @@ class Kamailio:
         raise NotImplementedError
 
     def has_file(self, path: str) -> bool:
-        """Whether PATH exists where Kamailio runs (a user's TLS config file)."""
+        """Whether PATH exists where Kamailio runs (a file a user's config names)."""
         raise NotImplementedError
 
     def death(self) -> str | None:

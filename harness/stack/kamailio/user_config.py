@@ -35,8 +35,9 @@ So your config must (`check()`, every problem at once):
      (e.g. `$du = "sip:KAMLEAK_PBX_HOSTPORT";` in the route that picks your PBX), or have a
      registrar kamleak registers the PBX in;
   6. with tls.so: name a TLS config file.  Where that file does not exist where Kamailio
-     runs, kamleak provides its own (`TLS_PROVIDED`): a #!substdef in the header points
-     the path at KAMLEAK_DIR/tls.cfg and its throwaway certificate.
+     runs, kamleak provides its own (a `Provision`): a #!subst in the header points
+     the path at KAMLEAK_DIR/tls.cfg and its throwaway certificate (a KEMI script the
+     same way, from beside the config: kemi.Kemi.provision).
 What kamleak adds or substitutes is listed in the report (`provided()`).
 """
 
@@ -49,6 +50,7 @@ from pathlib import Path
 from kamleak.harness.errors import UsageError
 from kamleak.harness.stack.kamailio import kemi as kemi_
 from kamleak.harness.stack.kamailio.cfg import parse, read_config
+from kamleak.harness.stack.kamailio.config import Provision
 
 HARNESS_DEFINES = {"KAMLEAK": "", "KAMLEAK_UDP_PORT": "5060", "KAMLEAK_WS_PORT": "8080",
                    "KAMLEAK_WSS_PORT": "4443", "KAMLEAK_RPC_PORT": "8081"}
@@ -244,6 +246,9 @@ class UserConfig:
     # The TLS config file it names, unless it is kamleak's (KAMLEAK_DIR/…): kamleak
     # provides one where that path does not exist (KamailioConfig.tls_provided).
     tls_config: str | None = None
+    # Files it names that kamleak provides where Kamailio has none: the TLS config
+    # above, a KEMI script named where it lives at home (Kemi.provision).
+    provisions: tuple[Provision, ...] = ()
 
     @classmethod
     def load(cls, path: str) -> UserConfig:
@@ -260,10 +265,15 @@ class UserConfig:
         except UnicodeDecodeError:
             encoding = "latin-1"            # how read_config() decoded it
         tls = _tls_config(cfg) if "tls" in cfg.modules else None
+        tls_config = tls[0] if tls and "KAMLEAK_DIR" not in tls[0] else None
+        provisions = [Provision(tls_config, "tls.cfg", "kamleak's, with a throwaway certificate")
+                      ] if tls_config else []
+        if kemi is not None and kemi.provision():
+            provisions.append(kemi.provision())
         return cls(p.resolve(), text, "tls" in cfg.modules, encoding,
                    pbx_by_registrar="KAMLEAK_PBX_HOSTPORT" not in text,
-                   rpc=rpc_of(cfg, lines, kemi),
-                   tls_config=tls[0] if tls and "KAMLEAK_DIR" not in tls[0] else None)
+                   rpc=rpc_of(cfg, lines, kemi), tls_config=tls_config,
+                   provisions=tuple(provisions))
 
     def body(self) -> str:
         """The config without its first `#!KAMAILIO` line (the header has it)."""

@@ -465,16 +465,11 @@ function ksr_reply_route()
 end
 
 -- HTTP requests: the WebSocket handshake, as upstream's WebRTC example does it
--- in event_route[xhttp:request] (misc/examples/webrtc/kamailio-default-websocket.cfg),
--- and kamleak's JSON-RPC at /RPC
+-- in event_route[xhttp:request] (misc/examples/webrtc/kamailio-default-websocket.cfg)
 -- equivalent of event_route[xhttp:request]{} (xhttp's event_callback)
 function ksr_xhttp_event(evname)
 	KSR.set_reply_close();
 	KSR.set_reply_no_connect();
-	if KSR.kx.ifdef("KAMLEAK") and string.find(KSR.pv.gete("$hu"), "^/RPC") then
-		KSR.jsonrpcs.dispatch();
-		return 1;
-	end
 	if string.find(KSR.hdr.gete("Upgrade"), "websocket")
 			and string.find(KSR.hdr.gete("Connection"), "Upgrade")
 			and KSR.pv.gete("$rm") == "GET" then

@@ -408,15 +408,11 @@ class kamailio:
 
 
     # HTTP requests: the WebSocket handshake, as upstream's WebRTC example does it
-    # in event_route[xhttp:request] (misc/examples/webrtc/kamailio-default-websocket.cfg),
-    # and kamleak's JSON-RPC at /RPC
+    # in event_route[xhttp:request] (misc/examples/webrtc/kamailio-default-websocket.cfg)
     # -- equivalent of event_route[xhttp:request]{} (xhttp's event_callback)
     def ksr_xhttp_event(self, msg, evname):
         KSR.set_reply_close()
         KSR.set_reply_no_connect()
-        if KSR.kx.ifdef("KAMLEAK") and KSR.pv.gete("$hu").startswith("/RPC") :
-            KSR.jsonrpcs.dispatch()
-            return 1
         if ("websocket" in KSR.hdr.gete("Upgrade")
                 and "Upgrade" in KSR.hdr.gete("Connection")
                 and KSR.pv.gete("$rm") == "GET") :
