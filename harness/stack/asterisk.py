@@ -70,7 +70,11 @@ class AsteriskPBX:
         except docker.errors.ImageNotFound:
             raise ServerError(f"image {self.image} not found", "build it: `make images`") from None
         try:
+            began = time.monotonic()
             poll(self._booted, timeout=timeout, what="Asterisk fully booted", abort=self.death)
+            if time.monotonic() - began > timeout:
+                # `core waitfullybooted` blocks until the boot: a yes after the deadline is a no.
+                raise WaitTimeout("Asterisk fully booted", timeout)
         except (AbortedWait, WaitTimeout) as exc:
             log = self.log()
             self.stop()
