@@ -93,8 +93,10 @@ def start_kamailio(kamailio_factory, variant: Variant, timers: TmTimers | None =
 
 def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant,
         disconnect: str = "rst", target: str = "", cut=None, ua_options: dict | None = None,
-        hangup: str = "command") -> TransactionVerdict:
-    """Drive the issue-4140 ladder once and return the oracle's verdict."""
+        hangup: str = "command", call_timeout: float = 15.0) -> TransactionVerdict:
+    """Drive the issue-4140 ladder once and return the oracle's verdict.  CALL_TIMEOUT: how
+    long the INVITE and the re-INVITE may wait for their final response (a reduce probe
+    whose candidate lost the call gives up sooner than a gate)."""
     if cut is None and disconnect not in DISCONNECTS:
         raise UsageError(f"unknown disconnect mode '{disconnect}'", f"use one of {', '.join(DISCONNECTS)}")
     if hangup not in HANGUPS:
@@ -108,7 +110,7 @@ def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant
     sampler = StatsSampler(kamailio.rpc, r.t0).start()
     try:
         verdict = _ladder(r, ua_factory, transport, variant, disconnect, target, cut=cut,
-                          ua_options=ua_options, hangup=hangup)
+                          ua_options=ua_options, hangup=hangup, call_timeout=call_timeout)
     finally:
         samples = sampler.stop()
     # Close the series with the counters read once tm.stats had settled.
@@ -119,7 +121,8 @@ def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant
 
 
 def _ladder(r: Run, ua_factory, transport, variant, disconnect, target, *,
-            cut=None, ua_options: dict | None = None, hangup: str = "command") -> TransactionVerdict:
+            cut=None, ua_options: dict | None = None, hangup: str = "command",
+            call_timeout: float = 15.0) -> TransactionVerdict:
     """The ladder; CUT(r, ua, ua_factory, transport) replaces step 2 for stories
     in which the client stays connected (a 200 to the BYE is then a verdict)."""
     kamailio, pbx, rpc = r.kamailio, r.pbx, r.kamailio.rpc
@@ -136,11 +139,11 @@ def _ladder(r: Run, ua_factory, transport, variant, disconnect, target, *,
         # A session-timer hangup needs a session Asterisk ends soon: 90 s.
         se = SESSION_TIMER_SE if hangup == "session-timer" else 1800
         dialog = ua.invite(f"sip:{ext}@127.0.0.1", session_expires=se, min_se=90,
-                           refresher="uac", timeout=15)
+                           refresher="uac", timeout=call_timeout)
         call_id = dialog.call_id
         mark("200 OK + ACK")
         mark("re-INVITE")
-        resp = dialog.reinvite(session_expires=se, timeout=15)
+        resp = dialog.reinvite(session_expires=se, timeout=call_timeout)
     except UAError as exc:
         raise ScenarioError(f"the call could not be set up: {exc}",
                             "see the SIP trace and the Kamailio log") from None

@@ -26,6 +26,7 @@ from kamleak.harness.tools import bench as bench_cmd
 from kamleak.harness.tools import lint as lint_cmd
 from kamleak.harness.tools import watch as watch_cmd
 from kamleak.harness.tools.explore import cli as explore_cmd
+from kamleak.harness.tools.reduce import cli as reduce_cmd
 from kamleak.harness.tools.soak import cli as soak_cmd
 
 _say = progress.say
@@ -391,7 +392,6 @@ EXIT_CODES = f"""exit codes (check, gate, repro):
   {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C, SIGTERM): the containers were removed
   {EXIT_INTERNAL:<4} internal error, a bug in kamleak (KAMLEAK_DEBUG=1 shows the traceback)
 check --invert swaps 0 and 1."""
-
 
 
 def _cannot_test_errors() -> tuple[type[BaseException], ...]:
@@ -790,7 +790,8 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-COMMANDS: tuple[Command, ...] = (lint_cmd, summary_cmd, soak_cmd, bench_cmd, watch_cmd, explore_cmd)
+COMMANDS: tuple[Command, ...] = (lint_cmd, summary_cmd, soak_cmd, bench_cmd, watch_cmd, explore_cmd,
+                                  reduce_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

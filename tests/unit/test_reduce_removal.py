@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kamleak.harness.stack.kamailio import cfg
+from kamleak.harness.stack.kamailio import cfg, timers
 from kamleak.harness.stack.kamailio.cfgcheck import Checker, config_for_check
 from kamleak.harness.stack.kamailio.user_config import HARNESS_DEFINES, UserConfig, check
 from kamleak.harness.tools.reduce.removal import Reduction, code_key
@@ -171,3 +171,29 @@ def test_kamailio_c_refuses_a_set_of_units_only_where_it_empties_a_block(red, ch
     assert [bool(w) for w in why] == model, [(sorted(s), w) for s, w, m in zip(states, why, model)
                                              if bool(w) != m]
     assert not all(model), "every sample empties a block: the test shows nothing"
+
+
+def test_tm_timers_are_offered_last_and_nothing_else_is(red):
+    """Without its tm timers a config's every gate waits tm's defaults: they are LAST."""
+    last = {red.units[u] for u in red.last(frozenset())}
+    assert all(u.kind == "modparam" and u.where == "tm" and any(n in u.label for n in timers.NAMES)
+               for u in last)
+    assert not last & {red.units[u] for u in offered(red)}
+    timer = re.compile(r'\s*modparam\("tm",\s*"(' + "|".join(timers.NAMES) + ')"')
+    written = {k for k, t in enumerate(red.lines, 1) if timer.match(t)}
+    assert {u.line for u in last} == written - red.free
+
+
+def test_a_lone_statement_can_become_a_no_op_and_its_block_stays():
+    """`if (!t_relay()) { sl_reply_error(); }`: the reply can be tried away as `;` (an empty
+    block is a syntax error); the no-op's line stays, anything else of the config is the
+    user's own text."""
+    red = reduction(CONFIGS / "reduce" / "small_trigger.cfg")
+    noop = next(u for u in red.units if u.kind == "noop" and u.label == "sl_reply_error();")
+    assert noop.role == "call" and noop.parent is not None and noop.keep_as.strip() == ";"
+    text = red.text(frozenset({noop.id}))
+    assert re.search(r"if \(!t_relay\(\)\) \{\n\t\t;\n\t\}", text), text
+    assert red.size(frozenset({noop.id})) == red.size()
+    # Gone with its holder, the no-op leaves nothing behind.
+    assert ";" not in [t.strip() for t in red.text(frozenset({noop.id, noop.parent})).split("\n")]
+    assert ";" in [t.strip() for t in text.split("\n")]

@@ -70,6 +70,19 @@ def test_a_refused_candidate_is_never_run():
     assert r.refused > 0
 
 
+def test_a_unit_freed_by_a_later_tier_goes_when_the_cause_is_asked():
+    """Unit 5 stands for a module only statement 34 calls (34: in route 3, which the leak
+    needs; 34 itself it does not): 5 cannot go in tier 0, 34 goes in tier 1, and then 5
+    alone keeps the leak: the cause step takes it and asks again, so the cause is exactly
+    what the leak needs."""
+    def loadable(states):
+        return ["unknown command" if 5 in s and 34 in present(s) else None for s in states]
+
+    r = Search(exact_oracle([]), tiers, loadable=loadable, jobs=3).run()
+    assert present(r.removed) == NEEDED and {5, 34} <= r.removed
+    assert set(r.cause) == NEEDED and set(r.cause.values()) == {Outcome.CLEAN}
+
+
 def test_equal_keys_share_a_verdict():
     """Units 0 and 1 stand for two comments: removing either reads the same to Kamailio."""
     calls: list = []
@@ -167,3 +180,24 @@ def test_out_of_budget_it_ends_on_a_verified_state():
     r = Search(oracle, tiers, budget_s=200, clock=lambda: clock[0]).run()
     assert r.stopped == "budget" and r.verified and keeps(r.removed)
     assert present(r.removed) != NEEDED          # it had no time to finish
+
+
+def test_last_units_are_tried_only_once_the_tiers_are_swept_and_join_the_cause():
+    """LAST stands for tm's timers: removing them slows every later run, so the tiers
+    go first with the timers in place; a timer the leak does not need still goes."""
+    timer, needed_timer = 100, 101
+    calls: list = []
+
+    def oracle(states):
+        calls.extend(states)
+        return [Outcome.KEEPS if keeps(s) and needed_timer not in s else Outcome.CLEAN for s in states]
+
+    def last(removed):
+        return [u for u in (timer, needed_timer) if u not in removed]
+
+    r = Search(oracle, tiers, last=last, jobs=2).run()
+    assert present(r.removed) == NEEDED and timer in r.removed and needed_timer not in r.removed
+    first_with_a_timer_gone = next(k for k, s in enumerate(calls) if s & {timer, needed_timer})
+    # Every tier unit the leak does not need was gone before any timer was tried.
+    assert present(calls[first_with_a_timer_gone]) == NEEDED
+    assert r.cause[needed_timer] is Outcome.CLEAN

@@ -44,14 +44,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kamleak.harness.stack.kamailio import cfg
+from kamleak.harness.stack.kamailio import cfg, timers
 from kamleak.harness.stack.kamailio.user_config import HARNESS_DEFINES, UserConfig, check
 
 _CONDITIONALS = ("ifdef", "ifndef", "ifexp", "else", "endif")
 # What user_config.check reads: the modules it needs, their parameters, the calls of
 # event_route[xhttp:request], the registrar, the PBX's address, the sockets.
 _CONTRACT_WORDS = re.compile(
-    r"\b(tm|websocket|xhttp|jsonrpcs|tls|tcp_accept_no_cl|jsonrpc_dispatch|ws_handle_handshake"
+    r"\b(tm|websocket|xhttp|jsonrpcs|ctl|tls|tcp_accept_no_cl|jsonrpc_dispatch|ws_handle_handshake"
     r"|save|lookup|location|KAMLEAK_PBX_HOSTPORT)\b|^\s*(listen|port)\s*=")
 
 
@@ -66,12 +66,14 @@ class Unit:
     parent: int | None = None # gone with its parent
     where: str = ""           # the route it is in
     fixed: bool = False       # the gate's contract needs it
+    last: bool = False        # a tm timer: tried once the rest is reduced (see Reduction.last)
+    keep_as: str | None = None  # a block's lone statement: its first line becomes this `;`
     calls: tuple[str, ...] = ()   # the functions the statement itself calls
 
     @property
     def role(self) -> str:
         """How a cause is named: the call itself, or what leads to one."""
-        if self.kind == "stmt" and self.calls and not set(self.calls) <= {"route"}:
+        if self.kind in ("stmt", "noop") and self.calls and not set(self.calls) <= {"route"}:
             return "call"
         return "way"
 
@@ -159,12 +161,22 @@ class Reduction:
             out |= self.units[u].lines
         return out
 
+    def _noops(self, state) -> dict[int, str]:
+        """Line -> its `;` for the lone statements STATE turns into no-ops (unless gone anyway)."""
+        hard = set(self.free)
+        for u in state:
+            if self.units[u].keep_as is None:
+                hard |= self.units[u].lines
+        return {self.units[u].line: self.units[u].keep_as for u in state
+                if self.units[u].keep_as is not None and self.units[u].line not in hard}
+
     def kept(self, state) -> list[int]:
-        gone = self.removed_lines(state)
-        return [k for k in range(1, len(self.lines) + 1) if k not in gone]
+        gone, noops = self.removed_lines(state), self._noops(state)
+        return [k for k in range(1, len(self.lines) + 1) if k not in gone or k in noops]
 
     def text(self, state=frozenset()) -> str:
-        return "\n".join(self.lines[k - 1] for k in self.kept(state))
+        noops = self._noops(state)
+        return "\n".join(noops.get(k, self.lines[k - 1]) for k in self.kept(state))
 
     def size(self, state=frozenset()) -> int:
         """Lines of the config STATE leaves (a trailing newline is no line)."""
@@ -203,9 +215,15 @@ class Reduction:
         return out
 
     def tiers(self, state) -> list[list[int]]:
-        here = [u for u in self.present(state) if not u.fixed]
+        here = [u for u in self.present(state) if not u.fixed and not u.last]
         top = max((u.tier for u in self.units), default=-1)
         return [[u.id for u in here if u.tier == t] for t in range(top + 1)]
+
+    def last(self, state) -> list[int]:
+        """The tm timer modparams present: removed only after the tiers, since without
+        them every gate waits tm's defaults (wt_timer 5 s for the early verdict and for a
+        clean cell to go, where configs set 1 s)."""
+        return [u.id for u in self.present(state) if u.last and not u.fixed]
 
     # -- free lines -------------------------------------------------------------------
 
@@ -447,7 +465,10 @@ class _Builder:
                 if extra:
                     u = self.units[owner]
                     self.units[owner] = dataclasses.replace(u, lines=u.lines | extra)
-                self.add("modparam", a, b, 1, parent=owner, where=mod)
+                uid = self.add("modparam", a, b, 1, parent=owner, where=mod)
+                if uid is not None and mod == "tm" and toks[a + 4].kind == "str" \
+                        and toks[a + 4].val in timers.NAMES:
+                    self.units[uid] = dataclasses.replace(self.units[uid], last=True)
             else:
                 self.add("modparam", a, b, 0, where=mod)
         # Defines still read (the free step took the unused ones).
@@ -489,8 +510,23 @@ class _Builder:
             a, b = span[id(st)]
             if len(body) == 1:
                 self.stmt(st, a, b, span, tier, parent, where, own=False, outer=outer)
+                self.noop(st, a, b, tier, parent, where)
             else:
                 self.stmt(st, a, b, span, tier, parent, where)
+
+    def noop(self, s, a, b, tier, parent, where) -> None:
+        """A block's lone statement cannot go (an empty block is a syntax error) but can turn
+        into `;`, which Kamailio takes: so `if (!t_relay()) { sl_reply_error(); }` can be
+        tried without its reply.  Simple statements only (a call, an assignment, exit...)."""
+        lines = self.lines_of(a, b) if s.kind not in ("if", "while", "switch", "block") else None
+        if not lines or parent is None:
+            return
+        first = min(lines)
+        indent = re.match(r"\s*", self.red.lines[first - 1]).group(0)
+        uid = self.add("noop", a, b, tier, parent, where, lines=lines,
+                       calls=tuple(c.name for c in s.calls()))
+        if uid is not None:
+            self.units[uid] = dataclasses.replace(self.units[uid], keep_as=indent + ";")
 
     def stmt(self, s, a, b, span, tier, parent, where, own=True, outer=None) -> None:
         """S's units: itself (unless OWN is False: its removal is its parent's, whose token

@@ -80,15 +80,19 @@ class Search:
     """ORACLE(states) -> [Outcome]: runs the states (at most JOBS, at once).
     LOADABLE(states) -> [None | why]: would Kamailio take them (cheap, batched).
     KEY(state) -> hashable: what Kamailio reads; equal keys share verdicts.
-    TIERS(state) -> [[unit]]: the removable units present in STATE, tier by tier."""
+    TIERS(state) -> [[unit]]: the removable units present in STATE, tier by tier.
+    LAST(state) -> [unit]: units tried once the tiers are swept (what slows every run down
+    once removed, as tm's timers do: a shorter search on fast runs, a few slow ones last)."""
 
     def __init__(self, oracle: Callable[[list[State]], list[Outcome]], tiers: Callable[[State], list[list]],
-                 *, loadable: Callable[[list[State]], list[str | None]] | None = None,
+                 *, last: Callable[[State], list] | None = None,
+                 loadable: Callable[[list[State]], list[str | None]] | None = None,
                  key: Callable[[State], Hashable] | None = None, jobs: int = 1, confirm: int = 2,
                  verify: int = 3,
                  reruns: int = 3, budget_s: float | None = None, clock=time.monotonic,
                  on_step: Callable[[Search], None] | None = None):
         self.oracle, self.tiers = oracle, tiers
+        self.last = last or (lambda state: [])
         self.loadable = loadable or (lambda states: [None] * len(states))
         self.key = key or (lambda s: s)
         self.jobs, self.verify_runs, self.reruns = max(1, jobs), max(1, verify), reruns
@@ -205,19 +209,24 @@ class Search:
     # -- ddmin over one tier ----------------------------------------------------------
 
     def ddmin(self, units: list) -> bool:
-        """Remove what can go of UNITS (all present in self.best); True if anything went."""
+        """Remove what can go of UNITS (all present in self.best); True if anything went.
+        Slots a round of chunks leaves free try the next round's halves ahead (their
+        verdicts are cached for it): the coarser chunk still wins when both keep the leak."""
         changed = False
         # A unit whose removal alone Kamailio refuses is not tried in this sweep.
         alone = self._refusals([self.best | {u} for u in units])
         units = [u for u, why in zip(units, alone) if why is None]
         chunks = [units] if units else []
         while chunks:
-            cands = [self.best | set(c) for c in chunks]
-            i = self.first_keeping(cands)
+            cands = list(chunks)
+            if len(cands) < self.jobs:
+                cands += [h for c in chunks if len(c) > 1 for h in _halves(c)][: self.jobs - len(cands)]
+            i = self.first_keeping([self.best | set(c) for c in cands])
             if i is not None:
-                self._accept(cands[i])
+                gone = set(cands[i])
+                self._accept(self.best | gone)
                 changed = True
-                del chunks[i]
+                chunks = [k for k in ([u for u in c if u not in gone] for c in chunks) if k]
                 if len(chunks) == 1 and len(chunks[0]) > 1:
                     chunks = _halves(chunks[0])
                 continue
@@ -264,28 +273,36 @@ class Search:
     # -- the whole search -----------------------------------------------------------------
 
     def run(self) -> Result:
-        """Sweep the tiers until a sweep removes nothing, each tier's end re-verified; then
-        the cause.  Out of budget: the newest state that verifies (Ctrl-C: interrupt())."""
+        """One sweep of the tiers, each tier's end re-verified; then the cause: every unit
+        left, removed alone.  A unit whose removal alone still keeps the leak (a module
+        whose callers went in a later tier...) is not needed after all: those go by ddmin
+        and the cause is asked again, which is the sweep a second pass of the tiers would
+        make, at one run a unit.  Out of budget: the newest state that verifies (Ctrl-C:
+        interrupt())."""
         try:
             # The original first: a leak that does not keep there cannot be reduced.
             if not self.settle():
                 return self._end(flaky=True)
-            changed = True
-            while changed:
-                changed = False
-                depth = 0
-                while depth < len(tiers := self.tiers(self.best)):
-                    if tiers[depth] and self.ddmin(list(tiers[depth])):
-                        changed = True
-                        if not self.settle():
-                            return self._end(flaky=True)
-                    depth += 1
+            depth = 0
+            while depth < len(tiers := self.tiers(self.best)):
+                if tiers[depth] and self.ddmin(list(tiers[depth])) and not self.settle():
+                    return self._end(flaky=True)
+                depth += 1
+            if (last := self.last(self.best)) and self.ddmin(list(last)) and not self.settle():
+                return self._end(flaky=True)
+            while True:
+                self.cause()
+                spare = [u for u, o in self.result.cause.items() if o is Outcome.KEEPS]
+                if not spare or not self.ddmin(spare):
+                    break
+                if not self.settle():
+                    return self._end(flaky=True)
             if not self.settle():
                 return self._end(flaky=True)
-            self.cause()
         except Stopped as stop:
             # Out of budget: what was found is still re-verified (a few runs past the budget).
             self.result.stopped = str(stop)
+            self.result.cause = {}
             self.deadline = None
             if not self.settle():
                 return self._end(flaky=True)
@@ -293,7 +310,7 @@ class Search:
 
     def cause(self) -> None:
         """Each unit left in the final state, removed alone: does the leak go?"""
-        units = [u for tier in self.tiers(self.best) for u in tier]
+        units = [u for tier in self.tiers(self.best) for u in tier] + list(self.last(self.best))
         states = [self.best | {u} for u in units]
         refusals = self._refusals(states)
         runnable = [(u, s) for u, s, why in zip(units, states, refusals) if why is None]
