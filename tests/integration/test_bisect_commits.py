@@ -30,6 +30,7 @@ import pytest
 from kamleak.harness import knowledge
 from kamleak.harness.stack import source_build
 from kamleak.harness.wait import poll
+from tests.terminal import interruptible
 from tests.unit.test_source_build import ROOT, offline_source
 
 SOURCE = offline_source()
@@ -214,7 +215,7 @@ def test_ctrl_c_leaves_no_container_and_keeps_the_builds(docker_client, tmp_path
     proc = subprocess.Popen([sys.executable, "-m", "kamleak.harness.tools.cli", "bisect", "--kamailio-source",
                              str(clone), f"{NEW}..HEAD", *SCENARIO], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=interruptible)
     # The builder of HEAD appears after NEW's gate run.
     poll(lambda: docker_client.containers.list(filters={"name": f"builder-{head}"}), timeout=600,
          what=f"the builder of {head}",

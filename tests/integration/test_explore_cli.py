@@ -18,6 +18,7 @@ import pytest
 from junitparser import JUnitXml
 
 from kamleak.harness.stack import containers
+from tests.terminal import interruptible
 
 pytestmark = [pytest.mark.kamailio]
 
@@ -61,7 +62,7 @@ def test_ctrl_c_writes_what_the_campaign_found_so_far_and_removes_its_containers
     proc = subprocess.Popen(command("--kamailio-version", "6.1.5", "--budget", "5m", "--jobs", "10", "--seed", "3",
                                     "--out", str(out)),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            env=env)
+                            env=env, preexec_fn=interruptible)
     err = b""
     try:
         sel = selectors.DefaultSelector()

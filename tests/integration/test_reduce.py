@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from kamleak.harness.stack import containers
+from tests.terminal import interruptible
 
 pytestmark = [pytest.mark.kamailio, pytest.mark.asterisk]
 
@@ -156,7 +157,7 @@ def test_ctrl_c_writes_the_smallest_config_so_far_and_removes_the_containers(kam
     proc = subprocess.Popen([sys.executable, "-m", "kamleak.harness.tools.cli", "reduce", str(SMALL),
                              "--kamailio-version", "6.0.1", "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            env={**os.environ, "KAMLEAK_PROGRESS": "0"})
+                            env={**os.environ, "KAMLEAK_PROGRESS": "0"}, preexec_fn=interruptible)
     err = b""
     try:
         sel = selectors.DefaultSelector()

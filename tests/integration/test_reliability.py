@@ -18,19 +18,12 @@ import pytest
 
 from kamleak.harness.stack import containers
 from kamleak.harness.wait import poll
+from tests.terminal import interruptible
 
 # These tests look at every container and builder on the engine: not beside xdist workers.
 pytestmark = pytest.mark.serial
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _interruptible():
-    """Child setup: SIGINT at its default, as at a terminal. A shell without job
-    control starts background jobs with SIGINT ignored, and a Python started so
-    never raises KeyboardInterrupt; these tests are about what kamleak does on
-    Ctrl-C, not about how the suite itself was launched."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class Run:
@@ -41,7 +34,7 @@ class Run:
         self.proc = subprocess.Popen([sys.executable, "-m", "kamleak.harness.tools.cli", "check", *args],
                                      cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                     preexec_fn=_interruptible)
+                                     preexec_fn=interruptible)
         self.err = b""
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -179,7 +172,7 @@ def test_interrupt_during_an_image_build_leaves_no_build_container(docker_client
     before = {c.id for c in containers.listing(docker_client)}
     proc = subprocess.Popen([sys.executable, "-c", SLOW_BUILD, str(tmp_path / "ctx")], cwd=ROOT,
                             env={**os.environ, "KAMLEAK_PROGRESS": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, preexec_fn=_interruptible)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=interruptible)
     seen = ""
     while "Step 2/" not in seen:        # the RUN step is running in a build container
         line = proc.stdout.readline()

@@ -38,6 +38,7 @@ from kamleak.harness.stack.runner import launch_kamailio
 from kamleak.harness.stack.targets import Target
 from kamleak.harness.wait import poll, stop_process
 from kamleak.scenarios import gh4140_bye_to_closed_ws as gh4140
+from tests.terminal import interruptible
 
 pytestmark = [pytest.mark.kamailio]
 
@@ -56,7 +57,8 @@ class WatchProc:
 
     def __init__(self, *args: str):
         self.proc = subprocess.Popen([*KAMLEAK, "watch", *args, "--json"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+                                     stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2],
+                                     preexec_fn=interruptible)
         self.events: queue.Queue = queue.Queue()
         self.all: list[dict] = []
         threading.Thread(target=self._read, daemon=True).start()
