@@ -182,10 +182,10 @@ def test_kamailios_line_numbers_are_cited_as_lines_of_your_file():
     # kamleak's own config: its rendered line, as it is.
     own = KamailioConfig(5070, 8080, 4443, 5080)
     assert own.cite(3) == f" [line 3: {own.render().split(chr(10))[2].strip()}]"
-    # explore's (and reduce's) _your_line reads the same mapping.
-    from kamleak.harness.tools.explore.cli import _your_line
+    # explore's and reduce's your_line reads the same mapping.
+    from kamleak.harness.stack.kamailio.cfgcheck import your_line
     error = f"ERROR: <core> [core/cfg.y:3745]: yyerror_at(): parse error in config file x, line {m}, column 2"
-    assert _your_line(error, cfg, user) == cfg.cite(m)
+    assert your_line(error, cfg, user) == cfg.cite(m)
 
 
 def test_a_latin1_config_is_read_by_gate_and_lint_alike(tmp_path, capsys):

@@ -12,6 +12,7 @@ config with lines removed.
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -23,6 +24,18 @@ from kamleak.harness.stack.kamailio.server import CONTAINER_DIR, refusal_line
 def config_for_check(defines=(), user_config=None) -> KamailioConfig:
     """A config to check: `-c` binds no port, so any loopback ones do."""
     return KamailioConfig(5060, 8080, 4443, 5080, defines=tuple(defines), user_config=user_config)
+
+
+def your_line(error: str, checked: KamailioConfig, user_config) -> str:
+    """` (your line N: TEXT)` for Kamailio's error about line M of the config it read
+    (KamailioConfig.cite: the one mapping gate and check use too); explore and reduce
+    add it to a refusal."""
+    m = re.search(r"line (\d+)", error)
+    if not m:
+        return ""
+    if checked.user_config is None:
+        checked = dataclasses.replace(checked, user_config=user_config)
+    return checked.cite(int(m.group(1)))
 
 
 class Checker:

@@ -204,18 +204,6 @@ def _say(m: str) -> None:
     progress.say(m, "kamleak explore")
 
 
-def _your_line(error: str, checked, user_config) -> str:
-    """` (your line N: TEXT)` for Kamailio's error about line M of the config it read
-    (KamailioConfig.cite: the one mapping gate and check use too)."""
-    import dataclasses
-    m = re.search(r"line (\d+)", error)
-    if not m:
-        return ""
-    if checked.user_config is None:
-        checked = dataclasses.replace(checked, user_config=user_config)
-    return checked.cite(int(m.group(1)))
-
-
 def _replay_args(args) -> list[str]:
     """The options that start the Kamailio and config a finding replays on (flow.json has the rest)."""
     if args.image:
@@ -270,13 +258,13 @@ def _explore(args, out: Path, budget, transports, steps, answers, replay_flow, r
 
             if user_config is not None:
                 # Your config's own error (a syntax error, a module the build lacks) is bad input.
-                from kamleak.harness.stack.kamailio.cfgcheck import Checker, config_for_check
+                from kamleak.harness.stack.kamailio.cfgcheck import Checker, config_for_check, your_line
 
                 checked = config_for_check(user_config=user_config)
                 why = Checker(bench.target, bench.client).refusal(checked)
                 if why:
                     raise UsageError(f"{args.config} cannot run on {target.id}: kamailio -c: {why}"
-                                     + _your_line(why, checked, user_config), "fix your config there")
+                                     + your_line(why, checked, user_config), "fix your config there")
             try:
                 probe = start()
             except NotApplicable as exc:

@@ -119,10 +119,9 @@ def _reduce(args, user_config, out: Path, budget: float, same_signature) -> int:
     import os
 
     from kamleak.harness import progress, registry
-    from kamleak.harness.stack.kamailio.cfgcheck import config_for_check
+    from kamleak.harness.stack.kamailio.cfgcheck import config_for_check, your_line
     from kamleak.harness.stack.runner import Stack
     from kamleak.harness.stack.targets import one_target
-    from kamleak.harness.tools.explore.cli import _your_line
     from kamleak.harness.tools.reduce.probe import Probe
     from kamleak.harness.tools.reduce.removal import Reduction
     from kamleak.harness.tools.reduce.search import Outcome, Search
@@ -141,7 +140,7 @@ def _reduce(args, user_config, out: Path, budget: float, same_signature) -> int:
         why = probe.checker.refusal(checked)
         if why:
             raise UsageError(f"{args.cfg} cannot run on {target.id}: kamailio -c: {why}"
-                             + _your_line(why, checked, user_config), "fix your config there")
+                             + your_line(why, checked, user_config), "fix your config there")
         # 1. The leak to keep: the gate on your config as it is.
         first = probe.run([user_config])[0]
         if first.outcome == "skip":
