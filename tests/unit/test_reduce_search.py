@@ -94,7 +94,7 @@ def test_equal_keys_share_a_verdict():
     assert max(Counter(key(s) for s in calls).values()) <= 4
 
 
-def flaky_oracle(seed: int, *, flaky_p: float = 0.3, false_p: float = 0.05):
+def flaky_oracle(seed: int, *, flaky_p: float = 0.3, false_p: float = 0.1):
     """The leak is sure with NEEDED and FLAKY present; without a FLAKY unit it leaks in
     FLAKY_P of runs (the silent-vanish kind); without a NEEDED one it still shows in
     FALSE_P of runs (noise the other way)."""
@@ -201,3 +201,50 @@ def test_last_units_are_tried_only_once_the_tiers_are_swept_and_join_the_cause()
     # Every tier unit the leak does not need was gone before any timer was tried.
     assert present(calls[first_with_a_timer_gone]) == NEEDED
     assert r.cause[needed_timer] is Outcome.CLEAN
+
+
+class Gauge:
+    """An oracle that runs as gates do, one state per call from the search's threads, each
+    taking a while: how many ran at once, and whether any was still running at the end."""
+
+    def __init__(self, seconds: float = 0.01):
+        import threading
+        self.lock, self.seconds = threading.Lock(), seconds
+        self.now = self.most = self.calls = 0
+
+    def __call__(self, states):
+        import time
+        with self.lock:
+            self.now += 1
+            self.calls += 1
+            self.most = max(self.most, self.now)
+        time.sleep(self.seconds)
+        with self.lock:
+            self.now -= 1
+        return [Outcome.KEEPS if keeps(s) else Outcome.CLEAN for s in states]
+
+
+def test_runs_go_jobs_at_once_and_none_is_left_running():
+    gauge = Gauge()
+    r = Search(gauge, tiers, jobs=4).run()
+    assert present(r.removed) == NEEDED and r.runs == gauge.calls
+    assert gauge.most == 4, "the slots were never all busy"
+    assert gauge.now == 0, "a run was still going when the search returned"
+
+
+def test_each_unit_is_tried_alone_before_any_removal_is_accepted():
+    """The units of a tier go alone first (one run each, all at once), and only those
+    that keep the leak so are removed together: no chain of one removal after another."""
+    calls: list = []
+    Search(exact_oracle(calls), tiers, jobs=4).run()
+    first_tier = [s for s in calls if s][:len(TOP)]     # after the original's re-verification
+    assert sorted(len(s) for s in first_tier) == [1] * len(TOP)
+    assert {next(iter(s)) for s in first_tier} == set(TOP)
+
+
+def test_an_oracle_that_fails_fails_the_search():
+    def oracle(states):
+        raise RuntimeError("the probe broke")
+
+    with pytest.raises(RuntimeError, match="the probe broke"):
+        Search(oracle, tiers, jobs=2).run()

@@ -3,10 +3,13 @@ tolerant of an oracle that is slow and noisy.  Pure: no Kamailio here; the
 oracle, the loadability check and the cache key come from the caller.
 
 A state is the set of units removed so far.  Per tier (top-level units, then
-statements, then the statements nested in those...) ddmin removes chunks of
-the units present, halving them until single units are left, and accepts a
-removal when the oracle says the leak KEEPS; the tiers are swept again until
-a sweep removes nothing.  Around that:
+statements, then the statements nested in those...) each unit present is first
+removed alone, all of them at once (a gate takes seconds, and a chain of one
+removal after another is what makes a reducer slow); those that keep the leak
+alone are then removed together by ddmin (chunks halved until single units are
+left), a removal accepted when the oracle says the leak KEEPS.  One sweep of the
+tiers; then each unit left, removed alone, is the cause or goes in another round.
+Around that:
 
 - a verdict cache keyed by what Kamailio would read (`key`), so the same
   config reached by other removals is not run twice;
@@ -22,12 +25,16 @@ a sweep removes nothing.  Around that:
   so is the state each tier ends on; when that fails, the search goes back to
   the last verified state and doubts the steps since.  A flaky leak is never
   reduced to a config that does not leak.
-- parallel: candidates go to the oracle in batches of `jobs` (ddmin's chunks in
-  order; the first that keeps the leak wins, as in picire's parallel ddmin).
+- parallel: up to `jobs` runs at once, each started the moment a slot is free
+  (no batch waits for its slowest run).  ddmin's chunks are decided in order and
+  the first that keeps the leak wins, as in picire's parallel ddmin; the slots
+  the chunk in question leaves free run the next ones ahead, and their verdicts
+  wait in the cache.
 
 Why not picire (PyPI, 21.8) as the library, measured on the seeded oracles of
 tests/unit/test_reduce_search.py (docs/reduce.md): its DD needed 152 tests where
-this search with its tiers needs 75 (87 confirming each step); on the flaky
+this search with its tiers needed 75 (87 confirming each step; 51 since the units
+are tried alone first); on the flaky
 oracles it stopped on its own assertion (each reduced config must still fail)
 in 30 of 30 seeds, as its cache holds PASS/FAIL and nothing for a verdict that
 flips; its parallel mode forks a process per test and kills the rest of a
@@ -39,7 +46,10 @@ time, so `kamailio -c` could not check a round's candidates in one container.
 from __future__ import annotations
 
 import enum
+import queue
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
@@ -77,7 +87,8 @@ class Result:
 
 
 class Search:
-    """ORACLE(states) -> [Outcome]: runs the states (at most JOBS, at once).
+    """ORACLE(states) -> [Outcome]: runs the states; the search gives it one at a time, from
+    up to JOBS threads at once (it must be thread-safe).
     LOADABLE(states) -> [None | why]: would Kamailio take them (cheap, batched).
     KEY(state) -> hashable: what Kamailio reads; equal keys share verdicts.
     TIERS(state) -> [[unit]]: the removable units present in STATE, tier by tier.
@@ -103,7 +114,9 @@ class Search:
         self.seen: dict[Hashable, list[Outcome]] = {}      # key -> every outcome observed
         self.refusal: dict[Hashable, str | None] = {}
         self.doubt: set[Hashable] = set()                   # keys whose one run is not enough
-        self.flipped: set[Hashable] = set()                 # keys re-run once they flipped
+        self.flipped: dict[Hashable, State] = {}            # keys re-run once they flipped
+        self.flying: Counter = Counter()                    # key -> runs started, not yet recorded
+        self.done: queue.Queue = queue.Queue()              # (state, outcome or exception) of ended runs
         self.history: list[Step] = [Step(State())]
         self.result = Result(State(), verified=False)
 
@@ -134,28 +147,86 @@ class Search:
                 self.result.refused += why is not None
         return [self.refusal[k] for k in keys]
 
+    # -- the runs: JOBS at once, each slot refilled as soon as a run ends ---------------
+
+    def _start(self, state: State) -> None:
+        """One run of STATE in a thread of its own (a daemon: after Ctrl-C a run still in a
+        gate must not hold the exit; the caller removes its containers)."""
+        self._check_budget()
+        self.flying[self.key(state)] += 1
+
+        def work() -> None:
+            try:
+                outcome = self.oracle([state])[0]
+            except BaseException as exc:  # noqa: BLE001 - raised again where the search waits
+                outcome = exc
+            self.done.put((state, outcome))
+
+        threading.Thread(target=work, daemon=True).start()
+
+    def _busy(self) -> int:
+        return sum(self.flying.values())
+
+    def _reap(self) -> None:
+        """Wait for a run to end; record it and every other that has ended."""
+        if not self._busy():
+            raise RuntimeError("the search waits for a run it never started")
+        got = [self._next_done()]
+        while True:
+            try:
+                got.append(self.done.get_nowait())
+            except queue.Empty:
+                break
+        flips = [f for f in (self._record(state, outcome) for state, outcome in got) if f is not None]
+        errors = [o for _, o in got if isinstance(o, BaseException)]
+        if errors:
+            raise errors[0]
+        for state in flips:
+            # Unknown from now on: re-run for the record, never a pass or a fail again.
+            for _ in range(self.reruns):
+                self._start(state)
+
+    def _next_done(self):
+        while True:                     # a timeout, so that Ctrl-C is taken while waiting
+            try:
+                return self.done.get(timeout=0.5)
+            except queue.Empty:
+                continue
+
+    def _record(self, state: State, outcome) -> State | None:
+        """Count an ended run; STATE if its verdicts just flipped."""
+        key = self.key(state)
+        self.flying[key] -= 1
+        if self.flying[key] <= 0:
+            del self.flying[key]
+        if isinstance(outcome, BaseException):
+            return None
+        self.result.runs += 1
+        seen = self.seen.setdefault(key, [])
+        seen.append(outcome)
+        if len(set(seen)) > 1 and key not in self.flipped:
+            self.flipped[key] = state
+            return state
+        return None
+
     def _run(self, states: list[State]) -> list[Outcome]:
-        """Run STATES (repeats allowed) through the oracle, JOBS at a time; record every verdict."""
-        out: list[Outcome] = []
-        for i in range(0, len(states), self.jobs):
-            self._check_budget()
-            batch = states[i:i + self.jobs]
-            outcomes = self.oracle(batch)
-            self.result.runs += len(batch)
-            flipped = {}
-            for s, o in zip(batch, outcomes):
-                seen = self.seen.setdefault(self.key(s), [])
-                seen.append(o)
-                if len(set(seen)) > 1 and self.key(s) not in self.flipped:
-                    flipped[self.key(s)] = s
-            out += outcomes
-            for key, s in flipped.items():
-                # Unknown from now on: re-run for the record, never a pass or a fail again.
-                self.flipped.add(key)
-                self._run([s] * self.reruns)
-                seen = self.seen[key]
-                self.result.unknown.append((s, sum(o is Outcome.KEEPS for o in seen), len(seen)))
-        return out
+        """Run STATES (repeats allowed), JOBS at a time, and wait until each has a new
+        verdict; their outcomes in order.  Runs started ahead (a ddmin round's) go on beside,
+        and a run of the same config started elsewhere counts as one of these."""
+        keys = [self.key(s) for s in states]
+        before = {k: len(self.seen.get(k, [])) for k in keys}
+        need = Counter(keys)
+        todo = list(states)
+
+        def satisfied() -> bool:
+            return not todo and all(len(self.seen.get(k, [])) - before[k] >= n for k, n in need.items())
+
+        while not satisfied():
+            while todo and self._busy() < self.jobs:
+                self._start(todo.pop(0))
+            self._reap()
+        new = {k: list(self.seen[k][before[k]:]) for k in need}
+        return [new[k].pop(0) for k in keys]
 
     def _check_budget(self) -> None:
         if self.deadline is not None and self.clock() >= self.deadline:
@@ -181,47 +252,73 @@ class Search:
 
     def first_keeping(self, states: list[State]) -> int | None:
         """The index of the first of STATES that keeps the leak (CONFIRM runs, all keeping),
-        or None: refused ones are skipped, cached ones read, the rest run JOBS at a time in
-        order (the earlier wins).  Slots a batch leaves free confirm its candidates ahead."""
+        or None: refused ones are skipped, cached ones read, the rest decided in order (the
+        earlier wins) while the free slots run those after it, then confirm them ahead."""
         refusals = self._refusals(states)
         order = [i for i, why in enumerate(refusals) if why is None]
         for k, i in enumerate(order):
             if self.decided(states[i]) is None:
                 while self.decided(states[i]) is None:
-                    batch: list[State] = []
-                    pending = list(dict.fromkeys(self.key(states[j]) for j in order[k:]
-                                                 if self.decided(states[j]) is None))
-                    by_key = {self.key(states[j]): states[j] for j in order[k:]}
-                    for key in pending:
-                        batch += [by_key[key]] * min(self._wanted(by_key[key]), self.jobs - len(batch))
-                    for key in pending:     # speculative confirmations in the free slots
-                        if len(batch) >= self.jobs:
-                            break
-                        if not self.seen.get(key):
-                            batch += [by_key[key]] * min(self.confirm - 1, self.jobs - len(batch))
-                    self._run(batch[: self.jobs])
+                    self._fill([states[j] for j in order[k:]])
+                    self._reap()
             else:
                 self.result.cached += 1
             if self.decided(states[i]) is Outcome.KEEPS:
                 return i
         return None
 
+    def _fill(self, states: list[State]) -> None:
+        """Start what STATES (in order) still need, in the slots free: first a run of each
+        undecided one, then, for those never run, the confirmations a KEEPS would need."""
+        pending = list({self.key(s): s for s in reversed(states)
+                        if self.decided(s) is None}.items())[::-1]
+        for extra in (False, True):
+            for key, s in pending:
+                want = (self.confirm if not self.seen.get(key) else 0) if extra else self._wanted(s)
+                while self.flying[key] < want and self._busy() < self.jobs:
+                    self._start(s)
+                if self._busy() >= self.jobs:
+                    return
+
     # -- ddmin over one tier ----------------------------------------------------------
 
     def ddmin(self, units: list) -> bool:
         """Remove what can go of UNITS (all present in self.best); True if anything went.
-        Slots a round of chunks leaves free try the next round's halves ahead (their
-        verdicts are cached for it): the coarser chunk still wins when both keep the leak."""
+
+        Chunks that did not keep the leak are not tried again at their size once another
+        removal went, only split (ddmin would start over: a chunk that needed something with
+        more of the config present rarely stops needing it with less).  Each unit is so tried
+        at most once a size, and what could go only now is found when the cause is asked:
+        every unit left removed alone (run()).  Slots a round leaves free try the next
+        rounds' halves and quarters ahead (their verdicts are cached for them): the coarser
+        chunk still wins when both keep the leak."""
         changed = False
         # A unit whose removal alone Kamailio refuses is not tried in this sweep.
         alone = self._refusals([self.best | {u} for u in units])
         units = [u for u, why in zip(units, alone) if why is None]
+        # Each unit removed alone first, all at once: one run each, every slot busy.  Only
+        # those that keep the leak so go on to be removed together; a config's units mostly
+        # go or stay on their own, so a tier costs its units / JOBS runs' time and a few
+        # rounds, not a chain of one removal after another.
+        singles = [self.best | {u} for u in units]
+        self._run([s for s in singles if self.verdict(s) is None])
+        units = [u for u, s in zip(units, singles) if self.verdict(s) is Outcome.KEEPS]
         chunks = [units] if units else []
+        tried: set[tuple] = set()           # chunks that did not keep the leak, as they were
         while chunks:
-            cands = list(chunks)
-            if len(cands) < self.jobs:
-                cands += [h for c in chunks if len(c) > 1 for h in _halves(c)][: self.jobs - len(cands)]
+            fresh = [c for c in chunks if tuple(c) not in tried]
+            if not fresh:
+                if all(len(c) == 1 for c in chunks):
+                    break
+                chunks = [h for c in chunks for h in _halves(c)]
+                continue
+            cands, finer = list(fresh), fresh
+            while len(cands) < 2 * self.jobs and any(len(c) > 1 for c in finer):
+                # The rounds after this one, ahead: a slot is never idle while a round runs.
+                finer = [h for c in finer if len(c) > 1 for h in _halves(c)]
+                cands += finer[: 2 * self.jobs - len(cands)]
             i = self.first_keeping([self.best | set(c) for c in cands])
+            tried.update(tuple(c) for c in fresh[: len(fresh) if i is None else i])
             if i is not None:
                 gone = set(cands[i])
                 self._accept(self.best | gone)
@@ -229,10 +326,6 @@ class Search:
                 chunks = [k for k in ([u for u in c if u not in gone] for c in chunks) if k]
                 if len(chunks) == 1 and len(chunks[0]) > 1:
                     chunks = _halves(chunks[0])
-                continue
-            if all(len(c) == 1 for c in chunks):
-                break
-            chunks = [h for c in chunks for h in _halves(c)]
         return changed
 
     def _accept(self, state: State) -> None:
@@ -318,17 +411,27 @@ class Search:
         self._run(todo)
         self.result.cause = {u: self.verdict(s) for u, s in runnable}
 
-    def _end(self, flaky: bool = False) -> Result:
+    def _drain(self) -> None:
+        """Wait for every run still going and record it (its Kamailio is then gone)."""
+        while self._busy():
+            self._reap()
+
+    def _end(self, flaky: bool = False, drain: bool = True) -> Result:
+        if drain:
+            self._drain()
         r = self.result
         r.flaky = flaky
+        r.unknown = [(s, sum(o is Outcome.KEEPS for o in self.seen[k]), len(self.seen[k]))
+                     for k, s in self.flipped.items()]
         step = self.history[-1]
         r.removed, r.verified = step.state, step.verified
         return r
 
     def interrupt(self) -> Result:
-        """After Ctrl-C: the smallest state found so far, as it stands (maybe not re-verified)."""
+        """After Ctrl-C: the smallest state found so far, as it stands (maybe not re-verified);
+        the runs still going are not waited for."""
         self.result.stopped = "interrupted"
-        return self._end()
+        return self._end(drain=False)
 
 
 def _halves(chunk: list) -> list[list]:
