@@ -93,10 +93,12 @@ def start_kamailio(kamailio_factory, variant: Variant, timers: TmTimers | None =
 
 def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant,
         disconnect: str = "rst", target: str = "", cut=None, ua_options: dict | None = None,
-        hangup: str = "command", call_timeout: float = 15.0) -> TransactionVerdict:
+        hangup: str = "command", call_timeout: float = 15.0,
+        verdict_within: float | None = None) -> TransactionVerdict:
     """Drive the issue-4140 ladder once and return the oracle's verdict.  CALL_TIMEOUT: how
-    long the INVITE and the re-INVITE may wait for their final response (a reduce probe
-    whose candidate lost the call gives up sooner than a gate)."""
+    long the INVITE and the re-INVITE may wait for their final response; VERDICT_WITHIN: how
+    long after the BYE a verdict may take before the run ends without one (None: the
+    timers' bound).  A reduce probe gives up on both sooner than a gate."""
     if cut is None and disconnect not in DISCONNECTS:
         raise UsageError(f"unknown disconnect mode '{disconnect}'", f"use one of {', '.join(DISCONNECTS)}")
     if hangup not in HANGUPS:
@@ -110,7 +112,8 @@ def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant
     sampler = StatsSampler(kamailio.rpc, r.t0).start()
     try:
         verdict = _ladder(r, ua_factory, transport, variant, disconnect, target, cut=cut,
-                          ua_options=ua_options, hangup=hangup, call_timeout=call_timeout)
+                          ua_options=ua_options, hangup=hangup, call_timeout=call_timeout,
+                          verdict_within=verdict_within)
     finally:
         samples = sampler.stop()
     # Close the series with the counters read once tm.stats had settled.
@@ -122,7 +125,7 @@ def run(*, kamailio: Kamailio, pbx, ua_factory, transport: str, variant: Variant
 
 def _ladder(r: Run, ua_factory, transport, variant, disconnect, target, *,
             cut=None, ua_options: dict | None = None, hangup: str = "command",
-            call_timeout: float = 15.0) -> TransactionVerdict:
+            call_timeout: float = 15.0, verdict_within: float | None = None) -> TransactionVerdict:
     """The ladder; CUT(r, ua, ua_factory, transport) replaces step 2 for stories
     in which the client stays connected (a 200 to the BYE is then a verdict)."""
     kamailio, pbx, rpc = r.kamailio, r.pbx, r.kamailio.rpc
@@ -170,9 +173,16 @@ def _ladder(r: Run, ua_factory, transport, variant, disconnect, target, *,
         mark("BYE (Asterisk hangs up)")
 
     # 4. The oracle: watch the BYE transaction until it is gone or the deadline.
-    watch = oracle.watch_cell(kamailio, timers, r.stats_before, call_id, "BYE", deadline=deadline,
+    watch_until = deadline if verdict_within is None else min(deadline, verdict_within)
+    watch = oracle.watch_cell(kamailio, timers, r.stats_before, call_id, "BYE", deadline=watch_until,
                               started=bye_sent,
-                              tick=progress.countdown("watching the BYE cell", deadline))
+                              tick=progress.countdown("watching the BYE cell", watch_until))
+    if watch_until < deadline and watch.orphan is None and (watch.cells or not watch.seen):
+        # Cut short, the watch proves nothing: neither a leak (the bound was not waited out)
+        # nor clean (the cell is still there, or has not come).
+        raise ScenarioError(f"no verdict within {watch_until:.1f} s of the BYE (the BYE cell "
+                            f"{'still in tm.list, not proven orphaned' if watch.seen else 'never seen'})",
+                            "a reduce probe gives up there; kamleak gate waits out the bound")
     at_bye = bye_sent - t0
     if watch.first_seen is not None:
         timeline.append((round(at_bye + watch.first_seen, 3), "BYE cell in tm.list"))
@@ -198,6 +208,13 @@ def _ladder(r: Run, ua_factory, transport, variant, disconnect, target, *,
 
     leaked = bool(watch.cells)
     snapshots["tm.list at verdict"] = [c.raw for c in watch.cells]
+    if verdict_within is not None:
+        left = max(1.0, verdict_within - (time.monotonic() - bye_sent))
+        _, settled, note = oracle.stats_settled(rpc, r.stats_before, len(watch.cells), timeout=left)
+        if not settled:
+            raise ScenarioError(f"no verdict within {verdict_within:.1f} s of the BYE: tm.stats had "
+                                f"not settled ({note}: another transaction of the call still runs)",
+                                "a reduce probe gives up there; kamleak gate waits for it")
     stats_after, note = oracle.post_condition(rpc, r.stats_before, watch.cells, "BYE", timers,
                                               deadline=deadline)
     r.settled_at = time.monotonic()

@@ -81,7 +81,7 @@ def reduce_and_check(tmp_path: Path, cfg: Path, budget: str, docker_client, max_
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert left_by(docker_client, pid) == []
     m = re.search(r": (\d+) lines of (\d+) still leak 'BYE [^']*; tm cell: BYE/out0/ref1' \(re-verified: every run "
-                  r"kept the leak; stopped: (\w+)\)", proc.stdout)
+                  r"kept the leak(?:, at your wt_timer \d+ ms too)?; stopped: (\w+)\)", proc.stdout)
     assert m, proc.stdout
     kept, original, stopped = int(m.group(1)), int(m.group(2)), m.group(3)
     assert kept < original and len(out.read_text().strip().split("\n")) == kept
@@ -140,6 +140,31 @@ def test_the_stock_webrtc_config_with_the_4140_trigger_reduces_to_40_lines(kamle
     proc2, _ = kamleak("gate", "--kamailio-config", str(tmp_path / "cfg" / "noop.cfg"), "--kamailio-version",
                        "6.0.1", timeout=300)
     assert proc2.returncode == 1 and "no reply from Kamailio was seen" in proc2.stdout, proc2.stdout
+
+
+def test_a_candidate_is_paced_and_gives_up_where_its_verdict_comes_too_late(kamleak_images, docker_client):
+    """The probe's two knobs on the stock example (tm's default 5 s wt_timer): cut at 2 s after
+    the BYE, its leak (proven about 5 s after it) is no verdict, never a leak; paced (wt_timer at
+    PACE_WT_MS, probe.paced) it is proven in time, with the signature the user's timers give."""
+    from kamleak.harness import registry
+    from kamleak.harness.stack.kamailio.user_config import UserConfig
+    from kamleak.harness.stack.runner import Stack
+    from kamleak.harness.stack.targets import Target
+    from kamleak.harness.tools.reduce.probe import PACE_WT_MS, Probe
+    from kamleak.harness.tools.reduce.removal import Reduction
+
+    uc = UserConfig.load(str(STOCK))
+    sc = registry.scenario(registry.DEFAULT)
+    with Stack(Target("version", "6.0.1"), log=lambda m: None, user_config=uc) as stack:
+        probe = Probe(stack, Reduction.of(uc), sc, sc.parse_variant("none"))
+        probe.ladder["verdict_within"] = 2.0
+        cut, = probe.run([uc])
+        probe.wt_ms = PACE_WT_MS
+        paced, = probe.run([uc])
+    assert cut.outcome == "skip" and "no verdict within 2.0 s of the BYE" in cut.note, cut.note
+    assert paced.outcome == "leak" and paced.signature == "BYE 500/SL; tm cell: BYE/out0/ref1", paced.note
+    assert probe.wt_of(paced) == PACE_WT_MS and probe.wt_of(cut) == 5000
+    assert left_by(docker_client, os.getpid()) == []
 
 
 def test_a_clean_build_has_no_leak_to_keep(kamleak_images, docker_client, tmp_path):

@@ -158,6 +158,8 @@ def _reduce(args, user_config, out: Path, budget: float, same_signature) -> int:
         probe.pace(first)
         print(f"kamleak reduce: LEAK on {target.id}: {first.note}\n  signature: {first.signature}",
               flush=True)
+        observed = [Outcome.KEEPS]
+        yours = pace_wait_timer(probe, user_config, observed)
         # 2. The search, the config written at each step it takes (Ctrl-C or a kill keep it).
         def write(state) -> None:
             text = red.text(state)
@@ -167,8 +169,9 @@ def _reduce(args, user_config, out: Path, budget: float, same_signature) -> int:
         search = Search(probe.oracle, red.tiers, last=red.last, loadable=probe.loadable, key=red.key, jobs=args.jobs,
                         budget_s=max(1.0, budget - (time.monotonic() - t0)),
                         on_step=lambda s: write(s.best))
-        search.observe(frozenset(), Outcome.KEEPS)
-        search.result.runs += 1
+        for o in observed:
+            search.observe(frozenset(), o)
+        search.result.runs += len(observed)
         _say(f"{red.original_size} lines, {len(red.units)} removable units "
              f"({red.original_size - red.size()} comment, blank and unused lines go first); "
              f"{args.jobs} gates at once, budget {budget:.0f} s")
@@ -196,12 +199,63 @@ def _reduce(args, user_config, out: Path, budget: float, same_signature) -> int:
                  f"({red.size(result.removed)} of {red.original_size} lines, "
                  f"{'verified' if result.verified else 'not re-verified'}): {out}")
             raise
-    return _report(args, red, result, out, write, time.monotonic() - t0, probe)
+        at_yours = verify_at_your_timers(probe, red, result, yours, search.verify_runs)
+    return _report(args, red, result, out, write, time.monotonic() - t0, probe, at_yours)
 
 
-def _report(args, red, result, out: Path, write, elapsed: float, probe) -> int:
+def pace_wait_timer(probe, user_config, observed: list) -> int | None:
+    """Where the config's wt_timer is longer than probe.PACE_WT_MS, the search's candidates run
+    with that one (probe.paced) if the original keeps its leak so (its run is appended to
+    OBSERVED).  Returns the config's wt_timer when the runs are paced, else None."""
+    from kamleak.harness.tools.reduce.probe import PACE_WT_MS
     from kamleak.harness.tools.reduce.search import Outcome
 
+    yours = probe.wt_of(probe.runs[0]) if probe.runs else None
+    if yours is None or yours <= PACE_WT_MS:
+        return None
+    probe.wt_ms = PACE_WT_MS
+    check = probe.run([user_config])[0]
+    if probe.outcome(check) is not Outcome.KEEPS:
+        probe.wt_ms = None
+        _say(f"with tm's wt_timer at {PACE_WT_MS} ms your config does not keep its leak "
+             f"({check.signature or check.note}): candidates run at your {yours} ms")
+        return None
+    observed.append(Outcome.KEEPS)
+    probe.pace(check)                   # the candidates' give-up times from a run like theirs
+    _say(f"candidates run with tm's wt_timer at {PACE_WT_MS} ms, not your {yours} ms (a finished cell "
+         "leaves sooner, a leaked one is proven sooner; your config keeps its leak so): the reduced "
+         "config is verified at yours")
+    return yours
+
+
+def verify_at_your_timers(probe, red, result, yours: int | None, runs: int):
+    """The reduced config at the config's own wt_timer, RUNS gates at once: (kept, runs), or
+    None when the search did not pace its runs (or ended without a result to stand by)."""
+    from kamleak.harness.tools.reduce.search import Outcome
+
+    if yours is None or result.flaky:
+        return None
+    probe.wt_ms = None
+    _say(f"the reduced config at your wt_timer ({yours} ms): {runs} gates")
+    outcomes = [probe.outcome(p) for p in probe.run([red.candidate(result.removed)] * runs)]
+    kept = sum(o is Outcome.KEEPS for o in outcomes)
+    result.runs += runs
+    return kept, runs, yours
+
+
+def _report(args, red, result, out: Path, write, elapsed: float, probe, at_yours=None) -> int:
+    from kamleak.harness.tools.reduce.probe import PACE_WT_MS
+    from kamleak.harness.tools.reduce.search import Outcome
+
+    if at_yours is not None and at_yours[0] < at_yours[1]:
+        kept_n, runs_n, yours = at_yours
+        print(f"kamleak reduce: no leak to keep at your timers: the reduced config kept '{probe.keep}' "
+              f"with tm's wt_timer at {PACE_WT_MS} ms but in {kept_n} of {runs_n} runs at your "
+              f"{yours} ms; run kamleak reduce again (the paced search cannot stand by it); "
+              f"{result.runs} runs, {elapsed:.0f} s")
+        if getattr(write, "done", False):
+            out.unlink(missing_ok=True)
+        return EXIT_NO_LEAK
     if result.flaky:
         print(f"kamleak reduce: no leak to keep: re-run, {args.cfg} does not keep '{probe.keep}' "
               f"every time (a flaky leak is not reduced); {result.runs} runs, {elapsed:.0f} s")
@@ -211,6 +265,8 @@ def _report(args, red, result, out: Path, write, elapsed: float, probe) -> int:
     write(result.removed)
     kept = red.size(result.removed)
     verified = "re-verified: every run kept the leak" if result.verified else "NOT re-verified"
+    if at_yours is not None:
+        verified += f", at your wt_timer {at_yours[2]} ms too"
     print(f"kamleak reduce: {out}: {kept} lines of {red.original_size} still leak '{probe.keep}' "
           f"({verified}; stopped: {result.stopped})")
     units = {u.id: u for u in red.units}
@@ -225,6 +281,8 @@ def _report(args, red, result, out: Path, write, elapsed: float, probe) -> int:
         print(f"  cause: not determined: the search stopped ({result.stopped}) before every statement "
               f"left was tried alone; run kamleak reduce on {out} with a larger --budget")
     calls = [u for u in clean if u.role == "call"]
+    if at_yours is not None and clean:
+        print(f"  (the cause was gated with tm's wt_timer at {PACE_WT_MS} ms)")
     if calls:
         print("  cause: removing any one of these alone makes the leak go away:")
         for u in calls:

@@ -11,6 +11,7 @@ one container for a whole round) and the gate's contract first.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import threading
@@ -24,6 +25,26 @@ from kamleak.harness.tools.reduce.search import Outcome
 
 # What ends a gate run without a verdict (as the gate's CANNOT_TEST_ERRORS): no pass, no fail.
 _NO_VERDICT = (ServerError, ImageError, ScenarioError, RPCError, NotApplicable)
+
+# tm's wait timer the search's candidates run with when the user's is longer (see paced()).
+PACE_WT_MS = 1000
+
+
+def paced(user_config, wt_ms: int):
+    """USER_CONFIG with tm's wt_timer at WT_MS: a modparam appended after everything (Kamailio
+    takes the last value a parameter is given), so no line of the user's moves.
+
+    Why: a healthy cell leaves tm.list one wt_timer after its final reply, and a leak is
+    proven once the call's other cells are gone (the count proof, orphan.py): with tm's
+    5 s default every gate waits 5 s for either, and the trigger's own local request (a
+    MESSAGE on the wait timer) keeps the count from deciding sooner.  The wait timer only
+    says how long a finished cell stays; the leak is a cell never put on it.  reduce checks
+    that on the original (paced, it must keep the same leak) and re-verifies the reduced
+    config at the user's own timers."""
+    text = user_config.text.rstrip("\n") + (
+        "\n\n# kamleak reduce: tm's wait timer for the search's candidates (your config is "
+        f"verified at your own)\nmodparam(\"tm\", \"wt_timer\", {int(wt_ms)})\n")
+    return dataclasses.replace(user_config, text=text)
 
 
 def signature(verdict) -> str:
@@ -54,6 +75,7 @@ class Probed:
     signature: str = ""
     verdict: object = None
     seconds: float = 0.0               # the gate's wall time, Kamailio's start included
+    started: float = 0.0               # when it started, seconds after the Probe was made
 
 
 class _Slot(Stack):
@@ -79,8 +101,13 @@ class Probe:
         self.runs: list[Probed] = []       # every gate run, in order (the report's timing)
         self.log = None                    # a text file: one JSON line a gate (--log)
         self.ladder: dict = {}             # the gate's own knobs (call_timeout: see pace())
+        self.wt_ms: int | None = None      # tm's wt_timer for the runs (paced()); None: the config's
+        self.t0 = time.monotonic()
+        self._lock = threading.Lock()
 
     def gate(self, user_config) -> Probed:
+        if self.wt_ms is not None:
+            user_config = paced(user_config, self.wt_ms)
         slot = _Slot(self.stack, user_config)
         t0 = time.monotonic()
         try:
@@ -94,21 +121,37 @@ class Probe:
         finally:
             slot.release()
         probed.seconds = time.monotonic() - t0
+        probed.started = t0 - self.t0
         self.runs.append(probed)
         return probed
 
     def pace(self, first: Probed) -> None:
-        """After the original's run: a candidate whose INVITE or re-INVITE waits three times
-        as long as the original's did (3 s at least) lost the call, and gives up then rather
-        than at the gate's 15 s (measured on 6.0.1: a third of a small reduction's gates were
-        such calls, 15.6 s each).  Giving up early only ever loses a removal: a candidate
-        that would have kept the leak counts as no verdict, never as a leak."""
+        """After the original's run (FIRST, as the candidates run): a candidate whose INVITE
+        or re-INVITE waits three times as long as the original's did (3 s at least), or whose
+        verdict after the BYE does (5 s at least), gives up then rather than at the gate's
+        15 s or the timers' bound (measured on 6.0.1: a third of a small reduction's gates
+        were lost calls, 15.6 s each).  Giving up early only ever loses a removal: a
+        candidate that would have kept the leak counts as no verdict, never as a leak."""
         marks = {label: t for t, label in getattr(first.verdict, "timeline", None) or []}
         waits = [marks[b] - marks[a] for a, b in (("INVITE", "200 OK + ACK"),
                                                   ("re-INVITE", "re-INVITE 200 OK + ACK"))
                  if a in marks and b in marks]
         if waits:
             self.ladder["call_timeout"] = max(3.0, 3 * max(waits))
+        # Likewise the verdict after the BYE: a candidate whose local request now waits out
+        # fr_timer unanswered keeps the cell from being proven for 30 s and more (measured
+        # on the stock example: 35 s gates), and one whose BYE never comes waits the bound.
+        watched = getattr(first.verdict, "watched_for", None)
+        if watched:
+            self.ladder["verdict_within"] = max(5.0, 3 * watched)
+
+    @staticmethod
+    def wt_of(probed: Probed) -> int | None:
+        """tm's wt_timer (ms) the run's Kamailio had, as its verdict read it."""
+        try:
+            return int(probed.verdict.timers["wt_timer"]["ms"])
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None
 
     def timing(self) -> str:
         """`leak 4.1 s, clean 3.2 s, no verdict 11.0 s` (each outcome's mean gate time)."""
@@ -138,12 +181,16 @@ class Probe:
 
         threads = [threading.Thread(target=one, args=(i, uc), daemon=True)
                    for i, uc in enumerate(user_configs)]
-        self.running = len(threads)
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        self.running = 0
+        with self._lock:
+            self.running += len(threads)
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            with self._lock:
+                self.running -= len(threads)
         return [p for p in out if p is not None]
 
     def oracle(self, states: list) -> list[Outcome]:
@@ -151,12 +198,18 @@ class Probe:
         for s, p in zip(states, probed):
             self.last[self.reduction.key(s)] = p
             if self.log is not None:
-                gone = sorted(self.reduction.removed_lines(s) - self.reduction.free)
-                self.log.write(json.dumps({"removed_lines": gone, "outcome": p.outcome,
-                                           "signature": p.signature, "seconds": round(p.seconds, 2),
-                                           "note": p.note}) + "\n")
-                self.log.flush()
+                self._log(s, p)
         return [self.outcome(p) for p in probed]
+
+    def _log(self, s, p: Probed) -> None:
+        """--log's line for one gate (the search calls the oracle from several threads)."""
+        gone = sorted(self.reduction.removed_lines(s) - self.reduction.free)
+        line = json.dumps({"removed_lines": gone, "outcome": p.outcome, "signature": p.signature,
+                           "started": round(p.started, 2), "seconds": round(p.seconds, 2),
+                           "wt_timer_ms": self.wt_ms, "note": p.note})
+        with self._lock:
+            self.log.write(line + "\n")
+            self.log.flush()
 
     def loadable(self, states: list) -> list[str | None]:
         """None where the candidate keeps the gate's contract and `kamailio -c` takes it."""

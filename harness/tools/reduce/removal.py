@@ -482,10 +482,10 @@ class _Builder:
             if uid is None or not name:
                 continue
             calls = [span for callee, span in self.route_calls if callee == name]
-            extra = [self.lines_of(*s) for s in calls]
-            if any(x is None for x in extra):
-                self.units[uid] = dataclasses.replace(self.units[uid], lines=frozenset())
-                continue
+            # A call that shares its line with other code (`} else if (...) { route(X); }`)
+            # stays: Kamailio runs a call to a route it does not have as an empty one (6.0.1's
+            # kamailio -c takes it), and the call may go with its branch in another unit.
+            extra = [x for x in (self.lines_of(*s) for s in calls) if x is not None]
             u = self.units[uid]
             self.units[uid] = dataclasses.replace(u, lines=u.lines.union(*extra) if extra else u.lines)
         self.units = [u for u in self.units if u.lines]
