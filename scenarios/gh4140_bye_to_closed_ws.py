@@ -174,8 +174,8 @@ def _ladder(r: Run, ua_factory, transport, variant, disconnect, target, *,
 
     # 4. The oracle: watch the BYE transaction until it is gone or the deadline.
     watch_until = deadline if verdict_within is None else min(deadline, verdict_within)
-    watch = oracle.watch_cell(kamailio, timers, r.stats_before, call_id, "BYE", deadline=watch_until,
-                              started=bye_sent,
+    watch = oracle.watch_cell(kamailio, timers, r.stats_before, call_id, "BYE", deadline=deadline,
+                              started=bye_sent, until=watch_until,
                               tick=progress.countdown("watching the BYE cell", watch_until))
     if watch_until < deadline and watch.orphan is None and (watch.cells or not watch.seen):
         # Cut short, the watch proves nothing: neither a leak (the bound was not waited out)

@@ -206,7 +206,7 @@ def watch_transaction(rpc: KamailioRPC, call_id: str, method: str, *, deadline: 
                       started: float, interval: float = 0.05, alive=None,
                       appear_within: float | None = None, tick=None,
                       prover: orphan.Prover | None = None, confirm: bool | None = None,
-                      early_note: str = "") -> Watch:
+                      early_note: str = "", until: float | None = None) -> Watch:
     """Poll tm.list for CALL_ID/METHOD until the cell is gone, proven orphaned
     (PROVER) or DEADLINE passes.
 
@@ -216,7 +216,9 @@ def watch_transaction(rpc: KamailioRPC, call_id: str, method: str, *, deadline: 
     `appear_within` seconds ends the watch early (the caller decides whether
     the request reached Kamailio at all).  With CONFIRM (default: the
     policy's) a proven orphan is still watched until the deadline: if it
-    leaves, the two verdicts disagree and the watch is an error.
+    leaves, the two verdicts disagree and the watch is an error.  UNTIL
+    (seconds after `started`, before the deadline) ends the watch sooner:
+    the caller then has no verdict unless the cell left or was proven.
     """
     confirm = POLICY.confirm if confirm is None else confirm
     seen, first_seen, gone_after = False, None, None
@@ -260,7 +262,8 @@ def watch_transaction(rpc: KamailioRPC, call_id: str, method: str, *, deadline: 
         return False
 
     try:
-        poll(over, timeout=max(0.0, deadline - (time.monotonic() - started)),
+        end = deadline if until is None else min(deadline, until)
+        poll(over, timeout=max(0.0, end - (time.monotonic() - started)),
              what=f"the {method} cell leaving tm.list", interval=interval, max_interval=interval)
     except WaitTimeout:
         pass                        # the deadline: the cells still listed are the verdict's
@@ -286,13 +289,13 @@ def watch_transaction(rpc: KamailioRPC, call_id: str, method: str, *, deadline: 
 
 
 def watch_cell(kamailio, timers: Timers, baseline: dict, call_id: str, method: str, *,
-               deadline: float, started: float, tick=None) -> Watch:
+               deadline: float, started: float, tick=None, until: float | None = None) -> Watch:
     """`watch_transaction` on a running KAMAILIO, with the orphan proof its
     build and config allow (or the bound, said in `Watch.early`)."""
     prover, note = prover_for(kamailio, timers, baseline)
     return watch_transaction(kamailio.rpc, call_id, method, deadline=deadline, started=started,
                              alive=kamailio.death, appear_within=deadline, tick=tick,
-                             prover=prover, early_note=note)
+                             prover=prover, early_note=note, until=until)
 
 
 def early_fields(watch: Watch) -> dict:

@@ -67,12 +67,11 @@ def without_lines(reduced: Path, original: Path, lines: set[int], to: Path) -> P
     return to
 
 
-def reduce_and_check(tmp_path: Path, cfg: Path, budget: str, docker_client, max_lines: int | None = None,
-                     must_finish: bool = True):
-    """Reduce CFG on 6.0.1 within BUDGET.  Whatever the budget: exit 0, a smaller config that is
-    CFG's own lines, re-verified, and LEAK when gated again.  Once the search finished (always with
-    MUST_FINISH): the cause names uac_req_send() by its line, the sl_reply_error() after the failed
-    t_relay() is named as what the leak's reply needs, and without uac_req_send() the gate is CLEAN."""
+def reduce_and_check(tmp_path: Path, cfg: Path, budget: str, docker_client, max_lines: int | None = None):
+    """Reduce CFG on 6.0.1 within BUDGET, to the end: exit 0, a smaller config that is CFG's own
+    lines, re-verified (and as written), LEAK when gated again; the cause names uac_req_send() by
+    its line, the sl_reply_error() after the failed t_relay() is named as what the leak's reply
+    needs, and without uac_req_send() the gate is CLEAN."""
     work = tmp_path / "cfg"
     work.mkdir()
     out = work / "reduced.cfg"
@@ -81,7 +80,7 @@ def reduce_and_check(tmp_path: Path, cfg: Path, budget: str, docker_client, max_
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert left_by(docker_client, pid) == []
     m = re.search(r": (\d+) lines of (\d+) still leak 'BYE [^']*; tm cell: BYE/out0/ref1' \(re-verified: every run "
-                  r"kept the leak(?:, at your wt_timer \d+ ms too)?; stopped: (\w+)\)", proc.stdout)
+                  r"kept the leak, and as written \(its own tm timers\) too; stopped: (\w+)\)", proc.stdout)
     assert m, proc.stdout
     kept, original, stopped = int(m.group(1)), int(m.group(2)), m.group(3)
     assert kept < original and len(out.read_text().strip().split("\n")) == kept
@@ -89,10 +88,7 @@ def reduce_and_check(tmp_path: Path, cfg: Path, budget: str, docker_client, max_
     assert {t for t in text.split("\n") if t.strip() != ";"} <= set(cfg.read_text().split("\n")), text
     # The reduced config leaks when gated again.
     assert gate(out) == 1
-    if stopped != "done":
-        assert not must_finish, proc.stdout
-        assert "  cause: not determined: the search stopped (budget)" in proc.stdout, proc.stdout
-        return proc, out, stopped
+    assert stopped == "done", proc.stdout
     if max_lines is not None:
         assert kept <= max_lines, proc.stdout
     # The cause: uac_req_send() (the local tm request while the BYE is handled), by its line in CFG.
@@ -111,28 +107,24 @@ def reduce_and_check(tmp_path: Path, cfg: Path, budget: str, docker_client, max_
     return proc, out, stopped
 
 
-def test_a_small_config_reduces_and_what_is_left_still_leaks(kamleak_images, docker_client, tmp_path):
-    """make test's reduction: 4 minutes of it (a whole one takes 10-15 on 2 cores: `make reduce-stock`
-    runs it to the end); the cause is checked when it finished within them."""
-    proc, out, stopped = reduce_and_check(tmp_path, SMALL, "4m", docker_client, must_finish=False)
-    assert 'loadmodule "kex.so"' not in out.read_text()      # nothing calls it: gone in the first tier
-    assert re.search(r"runs: (\d+) gates", proc.stdout) and "answered from the cache" in proc.stdout
-
-
-@pytest.mark.skipif(os.environ.get("KAMLEAK_REDUCE_STOCK") != "1",
-                    reason="10-15 minutes on 2 cores: `make reduce-stock` runs it (KAMLEAK_REDUCE_STOCK=1)")
 def test_a_small_config_reduces_to_its_cause_and_the_reduced_config_still_leaks(kamleak_images, docker_client,
                                                                                tmp_path):
-    proc, out, _ = reduce_and_check(tmp_path, SMALL, "30m", docker_client)
+    """make test's reduction, to the end (about 2 minutes alone on 2 cores, measured; the budget
+    leaves room for the rest of the suite running beside it)."""
+    proc, out, _ = reduce_and_check(tmp_path, SMALL, "10m", docker_client, max_lines=36)
     text = out.read_text()
     for gone in ('xlog("L_INFO", "BYE $ci\\n");', 'loadmodule "kex.so"', 'modparam("rr", "enable_full_lr", 0)'):
         assert gone not in text, text
+    assert re.search(r"runs: (\d+) gates", proc.stdout), proc.stdout
 
 
 @pytest.mark.skipif(os.environ.get("KAMLEAK_REDUCE_STOCK") != "1",
-                    reason="15 minutes on 2 cores: `make reduce-stock` runs it (KAMLEAK_REDUCE_STOCK=1)")
-def test_the_stock_webrtc_config_with_the_4140_trigger_reduces_to_40_lines(kamleak_images, docker_client, tmp_path):
-    proc, out, _ = reduce_and_check(tmp_path, STOCK, "15m", docker_client, max_lines=40)
+                    reason="4-5 minutes on 2 cores: `make reduce-stock` runs it (KAMLEAK_REDUCE_STOCK=1)")
+def test_the_stock_webrtc_config_with_the_4140_trigger_reduces_to_its_cause(kamleak_images, docker_client, tmp_path):
+    """75 lines, each needed for this leak (500/SL): the report names why for every one (docs/reduce.md:
+    not the 40 issue 23 hoped for, which no removal of the user's lines reaches)."""
+    proc, out, _ = reduce_and_check(tmp_path, STOCK, "15m", docker_client, max_lines=75)
+    assert "candidates run with tm's wt_timer at 1000 ms, not your 5000 ms" in proc.stderr, proc.stderr
     # Without sl_reply_error() (a no-op in its place) the BYE cell still leaks on 6.0.1, with no
     # reply: the signature's stateless reply is its, the orphaned cell is not (docs/reduce.md).
     noop = out.read_text().replace("sl_reply_error();", ";", 1)
@@ -163,7 +155,8 @@ def test_a_candidate_is_paced_and_gives_up_where_its_verdict_comes_too_late(kaml
         paced, = probe.run([uc])
     assert cut.outcome == "skip" and "no verdict within 2.0 s of the BYE" in cut.note, cut.note
     assert paced.outcome == "leak" and paced.signature == "BYE 500/SL; tm cell: BYE/out0/ref1", paced.note
-    assert probe.wt_of(paced) == PACE_WT_MS and probe.wt_of(cut) == 5000
+    # The cut is the probe's, not the verdict's bound: the timers' bound is what the note cites.
+    assert probe.wt_of(paced) == PACE_WT_MS and "the bound (2.0 s)" not in paced.note, paced.note
     assert left_by(docker_client, os.getpid()) == []
 
 

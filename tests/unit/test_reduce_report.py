@@ -58,7 +58,7 @@ def test_the_report_names_the_calls_the_way_there_and_what_leaks_otherwise(tmp_p
     assert lines[cause + 3] == f"    line {call.line}: route(CALL_ENDED);  [request_route]"
     at = lines.index(f"  without line {reply.line}: sl_reply_error();  [route[RELAY]]")
     assert lines[at + 1] == "    it leaks otherwise: BYE no reply; tm cell: BYE/out0/ref1"
-    assert f"kept for the call or the contract (1; removing one loses the verdict): line {rr.line}" in text
+    assert f"kept for the call or the contract (1 line; removing one loses the verdict): line {rr.line}" in text
     assert "runs: 12 gates, 3 answered from the cache, 1 candidates" in text
     assert out.read_text() == red.text(frozenset())
 
@@ -72,3 +72,29 @@ def test_a_unit_partly_removed_is_cited_by_the_lines_left_of_it():
     call = next(k for k, t in enumerate(red.lines, 1) if t.strip() == "route(CALL_ENDED);")
     assert text.startswith(f"lines {call}, ") and f", {furi.line}," not in text and text.endswith(
         "  [route[CALL_ENDED]]")
+
+
+def test_what_leaks_otherwise_is_grouped_by_the_leak_and_names_the_innermost_lines(tmp_path, capsys):
+    """The stock example's NAT handling: without the route, its call, or the statement in it,
+    the BYE gets another reply (478, not 500): one group, the statements that matter."""
+    red = Reduction.of(UserConfig.load(str(SMALL)))
+    route = next(u for u in red.units if u.kind == "route" and "CALL_ENDED" in u.label)
+    call, send = unit(red, "route(CALL_ENDED);"), unit(red, "uac_req_send();")
+    rr = unit(red, "record_route();")
+    probe = _Probe()
+    other = "BYE 500/SL; tm cell: BYE/out0/ref1"
+    for u in (route, call, send):
+        probe.last[red.key(frozenset({u.id}))] = Probed("leak", "…", other)
+    probe.last[red.key(frozenset({rr.id}))] = Probed("leak", "…", "BYE no reply; tm cell: BYE/out0/ref1")
+    result = Result(frozenset(), verified=True, runs=5,
+                    cause={route.id: Outcome.OTHER, call.id: Outcome.OTHER, send.id: Outcome.OTHER,
+                           rr.id: Outcome.OTHER})
+    out = tmp_path / "r.cfg"
+    cli._report(argparse.Namespace(cfg=str(SMALL)), red, result, out, lambda s: out.write_text(red.text(s)),
+                1.0, probe)
+    lines = capsys.readouterr().out.splitlines()
+    at = lines.index(f"  without any one of these it leaks otherwise ({other}):")
+    # The route holds both the call and uac_req_send(): it is not listed, they are.
+    assert lines[at + 1:at + 3] == [f"    line {call.line}: route(CALL_ENDED);  [request_route]",
+                                    f"    line {send.line}: uac_req_send();  [route[CALL_ENDED]]"]
+    assert lines[at + 3] == f"  without line {rr.line}: record_route();  [request_route]"

@@ -204,16 +204,20 @@ def _reduce(args, user_config, out: Path, budget: float, same_signature) -> int:
 
 
 def pace_wait_timer(probe, user_config, observed: list) -> int | None:
-    """Where the config's wt_timer is longer than probe.PACE_WT_MS, the search's candidates run
-    with that one (probe.paced) if the original keeps its leak so (its run is appended to
-    OBSERVED).  Returns the config's wt_timer when the runs are paced, else None."""
+    """The search's candidates run with tm's wt_timer at the config's own or probe.PACE_WT_MS,
+    the shorter (probe.paced), whatever they remove: a candidate without the config's wt_timer
+    modparam would otherwise wait tm's 5 s default on every gate.  Shorter than the config's,
+    the original must keep its leak so first (its run is appended to OBSERVED).  Returns the
+    config's wt_timer when the runs are paced, else None."""
     from kamleak.harness.tools.reduce.probe import PACE_WT_MS
     from kamleak.harness.tools.reduce.search import Outcome
 
     yours = probe.wt_of(probe.runs[0]) if probe.runs else None
-    if yours is None or yours <= PACE_WT_MS:
+    if yours is None:
         return None
-    probe.wt_ms = PACE_WT_MS
+    probe.wt_ms = min(yours, PACE_WT_MS)
+    if probe.wt_ms == yours:
+        return yours
     check = probe.run([user_config])[0]
     if probe.outcome(check) is not Outcome.KEEPS:
         probe.wt_ms = None
@@ -224,19 +228,20 @@ def pace_wait_timer(probe, user_config, observed: list) -> int | None:
     probe.pace(check)                   # the candidates' give-up times from a run like theirs
     _say(f"candidates run with tm's wt_timer at {PACE_WT_MS} ms, not your {yours} ms (a finished cell "
          "leaves sooner, a leaked one is proven sooner; your config keeps its leak so): the reduced "
-         "config is verified at yours")
+         "config is verified as written")
     return yours
 
 
 def verify_at_your_timers(probe, red, result, yours: int | None, runs: int):
-    """The reduced config at the config's own wt_timer, RUNS gates at once: (kept, runs), or
-    None when the search did not pace its runs (or ended without a result to stand by)."""
+    """The reduced config as written (its own tm timers, where the search's runs had
+    PACE_WT_MS appended), RUNS gates at once: (kept, runs, yours), or None when the search
+    did not pace its runs (or ended without a result to stand by)."""
     from kamleak.harness.tools.reduce.search import Outcome
 
     if yours is None or result.flaky:
         return None
-    probe.wt_ms = None
-    _say(f"the reduced config at your wt_timer ({yours} ms): {runs} gates")
+    probe.paced_wt, probe.wt_ms = probe.wt_ms, None
+    _say(f"the reduced config as written (its own tm timers): {runs} gates")
     outcomes = [probe.outcome(p) for p in probe.run([red.candidate(result.removed)] * runs)]
     kept = sum(o is Outcome.KEEPS for o in outcomes)
     result.runs += runs
@@ -244,14 +249,13 @@ def verify_at_your_timers(probe, red, result, yours: int | None, runs: int):
 
 
 def _report(args, red, result, out: Path, write, elapsed: float, probe, at_yours=None) -> int:
-    from kamleak.harness.tools.reduce.probe import PACE_WT_MS
     from kamleak.harness.tools.reduce.search import Outcome
 
     if at_yours is not None and at_yours[0] < at_yours[1]:
-        kept_n, runs_n, yours = at_yours
-        print(f"kamleak reduce: no leak to keep at your timers: the reduced config kept '{probe.keep}' "
-              f"with tm's wt_timer at {PACE_WT_MS} ms but in {kept_n} of {runs_n} runs at your "
-              f"{yours} ms; run kamleak reduce again (the paced search cannot stand by it); "
+        kept_n, runs_n, _ = at_yours
+        print(f"kamleak reduce: no leak to keep as written: the reduced config kept '{probe.keep}' "
+              f"with tm's wt_timer at {probe_wt(probe)} ms but in {kept_n} of {runs_n} runs with its "
+              f"own timers; run kamleak reduce again (the paced search cannot stand by it); "
               f"{result.runs} runs, {elapsed:.0f} s")
         if getattr(write, "done", False):
             out.unlink(missing_ok=True)
@@ -266,7 +270,7 @@ def _report(args, red, result, out: Path, write, elapsed: float, probe, at_yours
     kept = red.size(result.removed)
     verified = "re-verified: every run kept the leak" if result.verified else "NOT re-verified"
     if at_yours is not None:
-        verified += f", at your wt_timer {at_yours[2]} ms too"
+        verified += ", and as written (its own tm timers) too"
     print(f"kamleak reduce: {out}: {kept} lines of {red.original_size} still leak '{probe.keep}' "
           f"({verified}; stopped: {result.stopped})")
     units = {u.id: u for u in red.units}
@@ -280,9 +284,10 @@ def _report(args, red, result, out: Path, write, elapsed: float, probe, at_yours
     if result.stopped != "done":
         print(f"  cause: not determined: the search stopped ({result.stopped}) before every statement "
               f"left was tried alone; run kamleak reduce on {out} with a larger --budget")
+    clean = sorted(innermost(red, clean, result.removed), key=lambda u: u.line)
     calls = [u for u in clean if u.role == "call"]
     if at_yours is not None and clean:
-        print(f"  (the cause was gated with tm's wt_timer at {PACE_WT_MS} ms)")
+        print(f"  (the cause was gated with tm's wt_timer at {probe_wt(probe)} ms)")
     if calls:
         print("  cause: removing any one of these alone makes the leak go away:")
         for u in calls:
@@ -298,16 +303,49 @@ def _report(args, red, result, out: Path, write, elapsed: float, probe, at_yours
               + ", ".join(f"line {u.line}" for u in doubted))
     others = [u for u in others if u not in doubted]
     changed = [(u, p) for u in others if (p := without(u)) is not None and p.outcome == "leak"]
+    by_leak: dict[str, list] = {}
     for u, p in changed:
-        print(f"  without {describe(red, u, result.removed)}\n    it leaks otherwise: {p.signature}")
+        by_leak.setdefault(p.signature, []).append(u)
+    for leak, group in by_leak.items():
+        group = innermost(red, group, result.removed)
+        if len(group) == 1:
+            print(f"  without {describe(red, group[0], result.removed)}\n    it leaks otherwise: {leak}")
+            continue
+        print(f"  without any one of these it leaks otherwise ({leak}):")
+        for u in group:
+            print(f"    {describe(red, u, result.removed)}")
     lost = [u for u in others if u not in {c for c, _ in changed}]
     if lost:
-        print(f"  kept for the call or the contract ({len(lost)}; removing one loses the verdict): "
-              + ", ".join(f"line {u.line}" for u in lost))
+        where = sorted({u.line for u in lost})
+        count = f"{len(where)} line{'s' * (len(where) != 1)}"
+        print(f"  kept for the call or the contract ({count}; removing one loses the verdict): "
+              + ", ".join(f"line {k}" for k in where))
     print(f"  runs: {result.runs} gates, {result.cached} answered from the cache, {result.refused} "
           f"candidates kamailio -c or the contract refused, {len(result.unknown)} flipped; {elapsed:.0f} s")
     print(f"  gates (mean time each): {probe.timing()}")
     return EXIT_REDUCED
+
+
+def probe_wt(probe) -> int:
+    """The wt_timer the search's runs had (the probe forgets it for the last check)."""
+    from kamleak.harness.tools.reduce.probe import PACE_WT_MS
+
+    return getattr(probe, "paced_wt", None) or getattr(probe, "wt_ms", None) or PACE_WT_MS
+
+
+def innermost(red, group: list, removed=frozenset()) -> list:
+    """GROUP less each unit that holds another of it (a route and the call in it, an `else` and
+    its statement), by the lines left of each, and of units left with the same lines the one
+    that was the smallest: the innermost names the line that matters."""
+    gone = red.removed_lines(removed)
+    left = {u.id: frozenset(u.lines) - gone for u in group}
+    out, seen = [], set()
+    for u in sorted(group, key=lambda u: len(u.lines)):
+        if left[u.id] in seen or any(left[v.id] < left[u.id] for v in group):
+            continue
+        seen.add(left[u.id])
+        out.append(u)
+    return sorted(out, key=lambda u: group.index(u))
 
 
 def describe(red, unit, removed=frozenset()) -> str:

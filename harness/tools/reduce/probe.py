@@ -102,6 +102,7 @@ class Probe:
         self.log = None                    # a text file: one JSON line a gate (--log)
         self.ladder: dict = {}             # the gate's own knobs (call_timeout: see pace())
         self.wt_ms: int | None = None      # tm's wt_timer for the runs (paced()); None: the config's
+        self.paced_wt: int | None = None   # the search's wt_ms, once the last check runs without
         self.t0 = time.monotonic()
         self._lock = threading.Lock()
 
