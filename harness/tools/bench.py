@@ -40,6 +40,11 @@ machine's state:
 * **source build, one bisect step**: `kamleak bisect`'s cost per probe
   once the compiler cache is warm: a commit built right after its parent.
 
+* **reduce**: a real `kamleak reduce` of the small fixture on Debian 6.0.1
+  (and of upstream's WebRTC example with `--reduce-stock`), its search time
+  against its floor, the gates' own time packed into the `--jobs` slots
+  (harness/tools/reduce/measure.py).
+
 Cold time (images built from nothing: debootstrap + apt) is not measured:
 it takes minutes and depends on the Debian mirror, not on kamleak.
 
@@ -631,7 +636,8 @@ def table(floor: dict, gate: dict, soak: list[dict], build: dict | None = None,
 
 
 NAME = "bench"
-HELP = "gate time by phase vs its floor, how soon a LEAK is declared, soak and explore throughput"
+HELP = ("gate time by phase vs its floor, how soon a LEAK is declared, soak and explore throughput, "
+        "a reduction's time vs its floor")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -662,6 +668,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--explore-only", action="store_true", help="only the floor and explore's figures")
     p.add_argument("--explore-budget", type=float, default=120.0, metavar="S",
                    help="seconds of the clean explore campaign (default 120)")
+    p.add_argument("--no-reduce", action="store_true",
+                   help="skip reduce's figures (a real reduction of the small fixture on 6.0.1, its time "
+                        "against its floor)")
+    p.add_argument("--reduce-stock", action="store_true",
+                   help="reduce upstream's WebRTC example with the trigger too (about 4 minutes)")
+    p.add_argument("--reduce-only", action="store_true", help="only the floor and reduce's figures")
     p.add_argument("--out", default="artifacts", help="directory for bench.json (default artifacts)")
 
 
@@ -686,6 +698,12 @@ def _main(args) -> int:
         if args.no_explore:
             raise UsageError("--explore-only and --no-explore leave nothing to run", "drop one of them")
         args.no_gate = args.no_soak = args.no_profile = args.no_build = args.no_early_verdict = True
+        args.no_reduce = True
+    if args.reduce_only:
+        if args.no_reduce:
+            raise UsageError("--reduce-only and --no-reduce leave nothing to run", "drop one of them")
+        args.no_gate = args.no_soak = args.no_profile = args.no_build = args.no_early_verdict = True
+        args.no_explore = True
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     client = engine.client()
@@ -756,8 +774,13 @@ def _main(args) -> int:
         from kamleak.harness.tools.explore import measure as explore_measure
         record["explore"] = explore_measure.measure(budget_s=args.explore_budget, say=_say)
         explore_lines = ["", *explore_measure.table(record["explore"])]
+    reduce_lines: list[str] = []
+    if not args.no_reduce:
+        from kamleak.harness.tools.reduce import measure as reduce_measure
+        record["reduce"] = reduce_measure.measure(stock=args.reduce_stock, say=_say)
+        reduce_lines = ["", *reduce_measure.table(record["reduce"])]
     record["loadavg_after"] = os.getloadavg()
-    text = "\n".join([table(floor, gate, soak, build, early, early_missing), *explore_lines])
+    text = "\n".join([table(floor, gate, soak, build, early, early_missing), *explore_lines, *reduce_lines])
     print(text)
     (out / "bench.json").write_text(json.dumps(record, indent=1, default=str))
     print(f"kamleak bench: results in {out / 'bench.json'}")

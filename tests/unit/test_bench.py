@@ -122,3 +122,24 @@ def test_explore_figures_read_against_their_floor_and_say_a_miss():
     assert "first leak after 41 flows, 52.0 s; shrunk to 3 steps" in text
     missed = "\n".join(table({"clean": clean, "leaking": dict(found, findings=[])}))
     assert "NO finding" in missed
+
+
+def test_reduce_figures_read_against_their_floor_and_say_a_failed_run():
+    from kamleak.harness.tools.reduce.measure import table
+    ok = {"config": "small", "exit": 0, "wall_s": 106.3, "lines": 36, "of": 75, "stopped": "done",
+          "gates": 123, "gates_at_once": 3.15, "search_s": 96.3, "floor_s": 75.7,
+          "mean_gate_s": {"clean": 2.09, "leak": 2.22}}
+    failed = {"config": "stock", "exit": 125, "wall_s": 3.0, "error": ["kamleak reduce: cannot test: no engine"]}
+    lines = table({"runs": [ok, failed]})
+    assert "small: 36 of 75 lines (done) in 106.3 s; 123 gates, 3.15 at once" in lines[1]
+    assert "search 96.3 s against its floor 75.7 s (gates' time / jobs): 1.27x" in lines[1]
+    assert lines[2] == "  stock: not measured (exit 125: kamleak reduce: cannot test: no engine)"
+
+
+def test_only_and_none_of_the_reduce_section_is_a_usage_error():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    with pytest.raises(UsageError):
+        bench._main(p.parse_args(["--reduce-only", "--no-reduce"]))
