@@ -134,30 +134,45 @@ def test_the_stock_webrtc_config_with_the_4140_trigger_reduces_to_its_cause(kaml
     assert proc2.returncode == 1 and "no reply from Kamailio was seen" in proc2.stdout, proc2.stdout
 
 
+_KNOBS = """
+import json, sys
+from kamleak.harness import registry
+from kamleak.harness.stack.kamailio.user_config import UserConfig
+from kamleak.harness.stack.runner import Stack
+from kamleak.harness.stack.targets import Target
+from kamleak.harness.tools.reduce.probe import PACE_WT_MS, Probe
+from kamleak.harness.tools.reduce.removal import Reduction
+
+uc = UserConfig.load(sys.argv[1])
+sc = registry.scenario(registry.DEFAULT)
+with Stack(Target("version", "6.0.1"), log=lambda m: None, user_config=uc) as stack:
+    probe = Probe(stack, Reduction.of(uc), sc, sc.parse_variant("none"))
+    probe.ladder["verdict_within"] = 2.0
+    cut, = probe.run([uc])
+    probe.wt_ms = PACE_WT_MS
+    paced, = probe.run([uc])
+print(json.dumps([[p.outcome, p.note, p.signature, probe.wt_of(p)] for p in (cut, paced)]))
+"""
+
+
 def test_a_candidate_is_paced_and_gives_up_where_its_verdict_comes_too_late(kamleak_images, docker_client):
     """The probe's two knobs on the stock example (tm's default 5 s wt_timer): cut at 2 s after
     the BYE, its leak (proven about 5 s after it) is no verdict, never a leak; paced (wt_timer at
-    PACE_WT_MS, probe.paced) it is proven in time, with the signature the user's timers give."""
-    from kamleak.harness import registry
-    from kamleak.harness.stack.kamailio.user_config import UserConfig
-    from kamleak.harness.stack.runner import Stack
-    from kamleak.harness.stack.targets import Target
-    from kamleak.harness.tools.reduce.probe import PACE_WT_MS, Probe
-    from kamleak.harness.tools.reduce.removal import Reduction
+    PACE_WT_MS, probe.paced) it is proven in time, with the signature the user's timers give.
+    In a process of its own: a Stack removes every container its process started."""
+    import json
 
-    uc = UserConfig.load(str(STOCK))
-    sc = registry.scenario(registry.DEFAULT)
-    with Stack(Target("version", "6.0.1"), log=lambda m: None, user_config=uc) as stack:
-        probe = Probe(stack, Reduction.of(uc), sc, sc.parse_variant("none"))
-        probe.ladder["verdict_within"] = 2.0
-        cut, = probe.run([uc])
-        probe.wt_ms = PACE_WT_MS
-        paced, = probe.run([uc])
-    assert cut.outcome == "skip" and "no verdict within 2.0 s of the BYE" in cut.note, cut.note
-    assert paced.outcome == "leak" and paced.signature == "BYE 500/SL; tm cell: BYE/out0/ref1", paced.note
+    proc = subprocess.Popen([sys.executable, "-c", _KNOBS, str(STOCK)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "KAMLEAK_PROGRESS": "0"})
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    (cut, cut_note, _, _), (paced, paced_note, signature, wt) = json.loads(out.decode().strip().splitlines()[-1])
+    assert cut == "skip" and "no verdict within 2.0 s of the BYE" in cut_note, cut_note
+    assert paced == "leak" and signature == "BYE 500/SL; tm cell: BYE/out0/ref1", paced_note
     # The cut is the probe's, not the verdict's bound: the timers' bound is what the note cites.
-    assert probe.wt_of(paced) == PACE_WT_MS and "the bound (2.0 s)" not in paced.note, paced.note
-    assert left_by(docker_client, os.getpid()) == []
+    assert wt == 1000 and "the bound (2.0 s)" not in paced_note, paced_note
+    assert left_by(docker_client, proc.pid) == []
 
 
 def test_a_clean_build_has_no_leak_to_keep(kamleak_images, docker_client, tmp_path):
