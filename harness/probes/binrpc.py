@@ -278,6 +278,11 @@ class BinRPC:
         except BinRPCError as exc:
             raise BinRPCError(f"{self.address} does not speak BINRPC: {exc.cause}",
                               'give the socket of modparam("ctl", "binrpc", ...)') from None
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            # A Kamailio that exits while kamleak asks it (a config it refuses at start):
+            # a failed call the caller can wait past or explain, not a crash of kamleak.
+            raise RPCError(f"ctl at {self.address} dropped the connection during {method}: "
+                           f"{exc.strerror}", "Kamailio's log says why (did it exit?)") from None
         finally:
             sock.close()
         ptype, tlen, cookie, hlen = hdr

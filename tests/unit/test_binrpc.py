@@ -71,3 +71,34 @@ def test_an_rpc_no_module_serves_is_known_over_either_transport():
     assert state.not_served(binrpc.CtlCallError("dlg.list", 500, "command dlg.list not found"))
     assert state.not_served(RPCCallError("dlg.list", 500, "Method Not Found"))
     assert not state.not_served(binrpc.CtlCallError("ul.dump", 500, "Internal error"))
+
+
+def test_a_ctl_that_resets_the_connection_is_a_failed_call_not_a_crash():
+    """A Kamailio exiting while kamleak asks it (a config it refuses at start) resets ctl's
+    connection: an RPCError the start-up wait retries past and then explains (a fresh-clone
+    make test saw `internal error: ConnectionResetError` from the gate)."""
+    import socket
+    import struct
+    import threading
+
+    from kamleak.harness.errors import RPCError
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+
+    def reset_the_first() -> None:
+        conn, _ = srv.accept()
+        conn.recv(64)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()                    # linger 0: an RST, as a process that dies mid-request
+
+    t = threading.Thread(target=reset_the_first, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(RPCError, match=r"dropped the connection during core.version"):
+            binrpc.BinRPC(f"tcp:127.0.0.1:{port}", timeout=5).call("core.version")
+    finally:
+        t.join(5)
+        srv.close()
