@@ -248,3 +248,24 @@ def test_an_oracle_that_fails_fails_the_search():
 
     with pytest.raises(RuntimeError, match="the probe broke"):
         Search(oracle, tiers, jobs=2).run()
+
+
+def test_a_flaky_oracle_never_runs_more_than_jobs_at_once():
+    """Runs for the record (a key that flipped) wait for a free slot like any other."""
+    import random as rnd
+
+    class FlakyGauge(Gauge):
+        def __init__(self):
+            super().__init__(0.002)
+            self.rng = rnd.Random(5)
+
+        def __call__(self, states):
+            out = super().__call__(states)
+            with self.lock:
+                flip = self.rng.random() < 0.2
+            return [Outcome.CLEAN if flip else o for o in out]
+
+    gauge = FlakyGauge()
+    r = Search(gauge, tiers, jobs=3).run()
+    assert r.unknown, "nothing flipped: the test shows nothing"
+    assert gauge.most <= 3 and gauge.now == 0

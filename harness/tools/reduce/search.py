@@ -116,6 +116,7 @@ class Search:
         self.doubt: set[Hashable] = set()                   # keys whose one run is not enough
         self.flipped: dict[Hashable, State] = {}            # keys re-run once they flipped
         self.flying: Counter = Counter()                    # key -> runs started, not yet recorded
+        self.reruns_due: list[State] = []                   # a flipped key's runs for the record
         self.done: queue.Queue = queue.Queue()              # (state, outcome or exception) of ended runs
         self.history: list[Step] = [Step(State())]
         self.result = Result(State(), verified=False)
@@ -183,8 +184,13 @@ class Search:
             raise errors[0]
         for state in flips:
             # Unknown from now on: re-run for the record, never a pass or a fail again.
-            for _ in range(self.reruns):
-                self._start(state)
+            self.reruns_due += [state] * self.reruns
+        self._rerun()
+
+    def _rerun(self) -> None:
+        """Start the runs for the record that the free slots take (they go first)."""
+        while self.reruns_due and self._busy() < self.jobs:
+            self._start(self.reruns_due.pop(0))
 
     def _next_done(self):
         while True:                     # a timeout, so that Ctrl-C is taken while waiting
@@ -222,6 +228,7 @@ class Search:
             return not todo and all(len(self.seen.get(k, [])) - before[k] >= n for k, n in need.items())
 
         while not satisfied():
+            self._rerun()
             while todo and self._busy() < self.jobs:
                 self._start(todo.pop(0))
             self._reap()
@@ -270,6 +277,7 @@ class Search:
     def _fill(self, states: list[State]) -> None:
         """Start what STATES (in order) still need, in the slots free: first a run of each
         undecided one, then, for those never run, the confirmations a KEEPS would need."""
+        self._rerun()
         pending = list({self.key(s): s for s in reversed(states)
                         if self.decided(s) is None}.items())[::-1]
         for extra in (False, True):
@@ -413,7 +421,8 @@ class Search:
 
     def _drain(self) -> None:
         """Wait for every run still going and record it (its Kamailio is then gone)."""
-        while self._busy():
+        while self._busy() or self.reruns_due:
+            self._rerun()
             self._reap()
 
     def _end(self, flaky: bool = False, drain: bool = True) -> Result:
