@@ -234,27 +234,26 @@ def pace_wait_timer(probe, user_config, observed: list) -> int | None:
 
 def verify_at_your_timers(probe, red, result, yours: int | None, runs: int):
     """The reduced config as written (its own tm timers, where the search's runs had
-    PACE_WT_MS appended), RUNS gates at once: (kept, runs, yours), or None when the search
-    did not pace its runs (or ended without a result to stand by)."""
+    probe.wt_ms appended), RUNS gates at once: (kept, runs, the search's wt_timer), or None
+    when the search did not pace its runs (or ended without a result to stand by)."""
     from kamleak.harness.tools.reduce.search import Outcome
 
     if yours is None or result.flaky:
         return None
-    probe.paced_wt, probe.wt_ms = probe.wt_ms, None
     _say(f"the reduced config as written (its own tm timers): {runs} gates")
-    outcomes = [probe.outcome(p) for p in probe.run([red.candidate(result.removed)] * runs)]
+    outcomes = [probe.outcome(p) for p in probe.run([red.candidate(result.removed)] * runs, paced=False)]
     kept = sum(o is Outcome.KEEPS for o in outcomes)
     result.runs += runs
-    return kept, runs, yours
+    return kept, runs, probe.wt_ms
 
 
 def _report(args, red, result, out: Path, write, elapsed: float, probe, at_yours=None) -> int:
     from kamleak.harness.tools.reduce.search import Outcome
 
     if at_yours is not None and at_yours[0] < at_yours[1]:
-        kept_n, runs_n, _ = at_yours
+        kept_n, runs_n, wt = at_yours
         print(f"kamleak reduce: no leak to keep as written: the reduced config kept '{probe.keep}' "
-              f"with tm's wt_timer at {probe_wt(probe)} ms but in {kept_n} of {runs_n} runs with its "
+              f"with tm's wt_timer at {wt} ms but in {kept_n} of {runs_n} runs with its "
               f"own timers; run kamleak reduce again (the paced search cannot stand by it); "
               f"{result.runs} runs, {elapsed:.0f} s")
         if getattr(write, "done", False):
@@ -287,7 +286,7 @@ def _report(args, red, result, out: Path, write, elapsed: float, probe, at_yours
     clean = sorted(innermost(red, clean, result.removed), key=lambda u: u.line)
     calls = [u for u in clean if u.role == "call"]
     if at_yours is not None and clean:
-        print(f"  (the cause was gated with tm's wt_timer at {probe_wt(probe)} ms)")
+        print(f"  (the cause was gated with tm's wt_timer at {at_yours[2]} ms)")
     if calls:
         print("  cause: removing any one of these alone makes the leak go away:")
         for u in calls:
@@ -324,13 +323,6 @@ def _report(args, red, result, out: Path, write, elapsed: float, probe, at_yours
           f"candidates kamailio -c or the contract refused, {len(result.unknown)} flipped; {elapsed:.0f} s")
     print(f"  gates (mean time each): {probe.timing()}")
     return EXIT_REDUCED
-
-
-def probe_wt(probe) -> int:
-    """The wt_timer the search's runs had (the probe forgets it for the last check)."""
-    from kamleak.harness.tools.reduce.probe import PACE_WT_MS
-
-    return getattr(probe, "paced_wt", None) or getattr(probe, "wt_ms", None) or PACE_WT_MS
 
 
 def innermost(red, group: list, removed=frozenset()) -> list:
