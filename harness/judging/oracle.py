@@ -366,12 +366,19 @@ def check_post_condition(method: str, cells: list[TmCell], baseline: dict, after
 
 
 def post_condition(rpc: KamailioRPC, baseline: dict, cells: list[TmCell], method: str,
-                   timers: Timers, deadline: float | None = None) -> tuple[dict, str]:
+                   timers: Timers, deadline: float | None = None,
+                   within: float | None = None) -> tuple[dict, str]:
     """Let tm.stats settle (its timeout from the timers), then `check_post_condition`.
 
-    Every transaction verdict goes through here: (tm.stats after, note).
+    Every transaction verdict goes through here: (tm.stats after, note).  WITHIN (seconds)
+    gives up sooner, as a caller cut short does (a reduce probe): then no verdict.
     """
-    after, _, _ = stats_settled(rpc, baseline, len(cells), timeout=timers.settle_timeout())
+    after, settled, note = stats_settled(rpc, baseline, len(cells), timeout=timers.settle_timeout()
+                                         if within is None else within)
+    if within is not None and not settled:
+        raise ScenarioError(f"no verdict within {within:.1f} s more: tm.stats had not settled ({note}: "
+                            f"another transaction of the call still runs)",
+                            "a reduce probe gives up there; kamleak gate waits for it")
     return after, check_post_condition(method, cells, baseline, after, deadline=deadline,
                                        rule=timers.rule(method))
 
