@@ -102,8 +102,8 @@ def test_fixed_is_exactly_what_breaks_the_contract_alone(path):
 
 def test_a_route_goes_with_every_call_to_it_that_has_a_line_of_its_own(red):
     """A call sharing its line with other code (`} else if (is_method("ACK")) { route(NATMANAGE);`
-    in the stock example) stays: Kamailio runs a call to a missing route as an empty one (the
-    real kamailio -c takes every unit alone: the test below), and the call goes with its branch."""
+    in the stock example) stays: the real kamailio -c takes a call to a missing route (every unit
+    alone: the test below), and the call goes with its branch."""
     # Named ones: reply_route has no callers.
     routes = [u for u in red.units if u.kind == "route" and not u.fixed and "[" in u.where]
     assert len(routes) >= 5

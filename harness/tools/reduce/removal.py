@@ -483,8 +483,9 @@ class _Builder:
                 continue
             calls = [span for callee, span in self.route_calls if callee == name]
             # A call that shares its line with other code (`} else if (...) { route(X); }`)
-            # stays: Kamailio runs a call to a route it does not have as an empty one (6.0.1's
-            # kamailio -c takes it), and the call may go with its branch in another unit.
+            # stays: 6.0.1's kamailio -c takes a call to a route the config does not have (run:
+            # `route(FOO);` alone), the gate judges what it does, and the call may go with its
+            # branch in another unit.
             extra = [x for x in (self.lines_of(*s) for s in calls) if x is not None]
             u = self.units[uid]
             self.units[uid] = dataclasses.replace(u, lines=u.lines.union(*extra) if extra else u.lines)
