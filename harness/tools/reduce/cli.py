@@ -241,7 +241,7 @@ def verify_at_your_timers(probe, red, result, yours: int | None, runs: int):
     if yours is None or result.flaky:
         return None
     _say(f"the reduced config as written (its own tm timers): {runs} gates")
-    outcomes = [probe.outcome(p) for p in probe.run([red.candidate(result.removed)] * runs, paced=False)]
+    outcomes = [probe.outcome(p) for p in probe.run([red.candidate(result.removed)] * runs, pace=False)]
     kept = sum(o is Outcome.KEEPS for o in outcomes)
     result.runs += runs
     return kept, runs, probe.wt_ms

@@ -105,9 +105,9 @@ class Probe:
         self.t0 = time.monotonic()
         self._lock = threading.Lock()
 
-    def gate(self, user_config, paced: bool = True) -> Probed:
-        """One gate run; PACED (default): with wt_ms appended, if set."""
-        if paced and self.wt_ms is not None:
+    def gate(self, user_config, pace: bool = True) -> Probed:
+        """One gate run; PACE (default): with wt_ms appended (paced()), if set."""
+        if pace and self.wt_ms is not None:
             user_config = paced(user_config, self.wt_ms)
         slot = _Slot(self.stack, user_config)
         t0 = time.monotonic()
@@ -168,15 +168,15 @@ class Probe:
             return Outcome.KEEPS
         return Outcome.OTHER
 
-    def run(self, user_configs: list, paced: bool = True) -> list[Probed]:
+    def run(self, user_configs: list, pace: bool = True) -> list[Probed]:
         """The gate on each config at once, each in a thread of its own (daemon: after
         Ctrl-C the CLI removes the containers and a thread still in a gate must not hold
-        the exit); PACED as gate()'s."""
+        the exit); PACE as gate()'s."""
         out: list[Probed | None] = [None] * len(user_configs)
 
         def one(i: int, uc) -> None:
             try:
-                out[i] = self.gate(uc, paced)
+                out[i] = self.gate(uc, pace)
             except Exception as exc:  # noqa: BLE001 - one probe's failure is its own verdict
                 out[i] = Probed("skip", f"cannot test: {type(exc).__name__}: {exc}")
 
