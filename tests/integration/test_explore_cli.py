@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +16,7 @@ import pytest
 from junitparser import JUnitXml
 
 from kamleak.harness.stack import containers
-from tests.terminal import interruptible
+from tests.terminal import interrupt_when, interruptible
 
 pytestmark = [pytest.mark.kamailio]
 
@@ -63,22 +61,8 @@ def test_ctrl_c_writes_what_the_campaign_found_so_far_and_removes_its_containers
                                     "--out", str(out)),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             env=env, preexec_fn=interruptible)
-    err = b""
-    try:
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stderr, selectors.EVENT_READ)
-        deadline = time.monotonic() + 240
-        # The first batch's line: a Kamailio and Asterisk are up and flows ran.
-        while b"[explore] " not in err or b" leaked in this batch" not in err:
-            assert time.monotonic() < deadline and proc.poll() is None, err.decode()[-2000:]
-            if sel.select(timeout=1):
-                err += os.read(proc.stderr.fileno(), 65536)
-        proc.send_signal(signal.SIGINT)
-        rest_out, rest_err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    err += rest_err
+    # The first batch's line: a Kamailio and Asterisk are up and flows ran.
+    _, err = interrupt_when(proc, lambda err: b"[explore] " in err and b" leaked in this batch" in err)
     assert proc.returncode == 130, err.decode()[-3000:]
     assert b"interrupted after" in err and b"our containers were removed" in err, err.decode()[-2000:]
     summary = json.loads((out / "summary.json").read_text())
